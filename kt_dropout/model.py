@@ -1,0 +1,54 @@
+"""The post's network, built layer for layer as in its original Keras script."""
+
+from __future__ import annotations
+
+import keras
+
+from kt_dropout.config import NUM_BLOCKS, Recipe, VGGConfig
+
+
+def _activation_stack(x, config: VGGConfig, rate: float, prefix: str):
+    """BatchNorm (if enabled) -> ReLU -> Dropout, the post's order after every conv and dense layer."""
+    if config.batchnorm:
+        x = keras.layers.BatchNormalization(name=f"{prefix}_bn")(x)
+    x = keras.layers.Activation("relu", name=f"{prefix}_relu")(x)
+    if rate > 0:  # Dropout(0) is an identity: leave it out
+        x = keras.layers.Dropout(rate, name=f"{prefix}_dropout")(x)
+    return x
+
+
+def build_model(config: VGGConfig | None = None, name: str = "dropout_vgg") -> keras.Model:
+    """Builds the post's VGG-like CNN for `config` (uncompiled).
+
+    Each of the three blocks is a 3x3 `same` conv and a 3x3 `valid` conv, each
+    followed by BatchNorm -> ReLU -> Dropout(block rate), then a 2x2 max-pool.
+    Then Flatten, two Dense(ndense) -> BatchNorm -> ReLU -> Dropout(dense rate),
+    and a softmax classifier. Layers keep Keras's defaults (biases, initializers).
+    """
+    config = config or VGGConfig()
+    inputs = keras.Input(shape=config.input_shape, name="image")
+    x = inputs
+    for block in range(NUM_BLOCKS):
+        filters, rate = config.nfilters[block], config.dropout_conv[block]
+        for conv, padding in ((1, "same"), (2, "valid")):
+            prefix = f"block{block + 1}_conv{conv}"
+            x = keras.layers.Conv2D(filters, (3, 3), padding=padding, name=prefix)(x)
+            x = _activation_stack(x, config, rate, prefix)
+        x = keras.layers.MaxPooling2D(pool_size=(2, 2), name=f"block{block + 1}_pool")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    for dense in (1, 2):
+        x = keras.layers.Dense(config.ndense, name=f"dense{dense}")(x)
+        x = _activation_stack(x, config, config.dropout_dense, f"dense{dense}")
+    outputs = keras.layers.Dense(config.num_classes, activation="softmax", name="predictions")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def compile_model(model: keras.Model, recipe: Recipe | None = None) -> keras.Model:
+    """Compiles with the post's recipe: Adam, categorical cross-entropy, accuracy."""
+    recipe = recipe or Recipe()
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate=recipe.learning_rate),
+        loss="categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+    return model
