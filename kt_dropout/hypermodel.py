@@ -1,0 +1,223 @@
+"""The post's network as a Keras Tuner HyperModel whose hyperparameters are the dropout rates.
+
+The search space is plain data (`space={"dropout_dense": [0.0, 0.5]}`) checked
+when the hypermodel is made, so a typo fails before any tuner or trial exists
+instead of as a failed trial hours later.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Callable
+
+import keras_tuner
+import numpy as np
+
+from kt_dropout.config import NUM_BLOCKS, Recipe, VGGConfig, _check_positive_int, _check_rate
+from kt_dropout.model import build_model, compile_model
+from kt_dropout.training import recipe_callbacks
+
+DROPOUT_NAMES = (*(f"dropout_conv_{block}" for block in range(1, NUM_BLOCKS + 1)), "dropout_dense")
+# 0.0 (the default: the post's baseline), 0.1, ..., 0.5; covers the post's 0.0, 0.2 and 0.5.
+DEFAULT_SPACE = {name: (0.0, 0.5, 0.1) for name in DROPOUT_NAMES}
+_RANGE_KEYS = ("min", "max", "step", "sampling")
+_SAMPLINGS = ("linear", "log", "reverse_log")
+
+
+def _check_positive(field: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{field}: must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def _check_bool(field: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{field}: must be True or False, got {value!r}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class _Param:
+    """What one tunable name accepts."""
+
+    check: Callable[[str, Any], Any]  # validates and normalizes one value
+    range_type: str | None  # the `HyperParameters` method a range declares; None: no ranges
+    sampling: str = "linear"
+
+
+PARAMS = {
+    **{name: _Param(_check_rate, "Float") for name in DROPOUT_NAMES},
+    "ndense": _Param(_check_positive_int, "Int"),
+    "width": _Param(_check_positive, "Float"),
+    "batchnorm": _Param(_check_bool, None),
+    "learning_rate": _Param(_check_positive, "Float", sampling="log"),
+}
+
+
+class DropoutVGGHyperModel(keras_tuner.HyperModel):
+    """The post's VGG-like CNN with tunable dropout rates (and, on request, width, dense units, BN, LR).
+
+    Every name in `space` is one hyperparameter, given as:
+
+    - a range `(min, max)`, `(min, max, step)` or `dict(min=, max=, step=, sampling=)`
+      (`hp.Float`, or `hp.Int` for `ndense`; its default is `min`);
+    - a list of choices (`hp.Choice`, default the first; `[False, True]` is
+      `hp.Boolean`; a one-element list is fixed);
+    - a single value (`hp.Fixed`);
+    - `None`: not tuned, the value comes from `base` / `recipe`.
+
+    `space` is merged into `DEFAULT_SPACE`: the four dropout rates, each
+    `hp.Float(name, 0.0, 0.5, step=0.1)` with default 0.0. The tunable names:
+
+    - `dropout_conv_1`, `dropout_conv_2`, `dropout_conv_3`: rate after every
+      conv of that block; `dropout_dense`: rate after each dense layer. In [0, 1).
+    - `ndense`: units of the dense layers (opt-in).
+    - `width`: multiplies `base.nfilters` (rounded, at least 1), e.g.
+      `[0.5, 1.0]` asks whether half the filters do as well (opt-in).
+    - `batchnorm`: `[False, True]` tunes BatchNormalization on/off (opt-in).
+    - `learning_rate`: Adam's; a range samples on a log scale (opt-in).
+
+    Args:
+        space: the search space, as above.
+        base: the network every untuned setting comes from.
+        recipe: the training recipe (batch size, epochs, learning rate if untuned).
+        **kwargs: `name` and `tunable`, as for `keras_tuner.HyperModel`.
+
+    Raises:
+        ValueError: an unknown name, or a spec that is malformed or outside its
+            name's domain; the message names the hyperparameter.
+    """
+
+    def __init__(self, space: dict | None = None, *, base: VGGConfig | None = None, recipe: Recipe | None = None,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.base = _instance("base", base, VGGConfig)
+        self.recipe = _instance("recipe", recipe, Recipe)
+        merged = {**DEFAULT_SPACE, **_mapping(space)}
+        self._declarations = {name: _parse(name, spec) for name, spec in merged.items() if spec is not None}
+
+    def declare_hyperparameters(self, hp: keras_tuner.HyperParameters) -> None:
+        """Registers the whole search space on `hp` (Keras Tuner calls this before the first build)."""
+        self._values(hp)
+
+    def config_from_hp(self, hp: keras_tuner.HyperParameters) -> VGGConfig:
+        """The validated network for `hp`: tuned values from `hp`, everything else from `base`."""
+        values, base = self._values(hp), self.base
+        width = values.get("width", 1.0)
+        return base.replace(
+            nfilters=tuple(max(1, round(n * width)) for n in base.nfilters),
+            ndense=values.get("ndense", base.ndense),
+            batchnorm=values.get("batchnorm", base.batchnorm),
+            dropout_conv=tuple(
+                values.get(f"dropout_conv_{block + 1}", rate) for block, rate in enumerate(base.dropout_conv)
+            ),
+            dropout_dense=values.get("dropout_dense", base.dropout_dense),
+        )
+
+    def recipe_from_hp(self, hp: keras_tuner.HyperParameters) -> Recipe:
+        """The recipe for `hp`: only the learning rate can be tuned."""
+        return self.recipe.replace(learning_rate=self._values(hp).get("learning_rate", self.recipe.learning_rate))
+
+    def build(self, hp: keras_tuner.HyperParameters):
+        """A compiled model for `hp`, as `compile_model(build_model(config), recipe)`."""
+        return compile_model(build_model(self.config_from_hp(hp)), self.recipe_from_hp(hp))
+
+    def fit(self, hp, model, x, y, validation_data=None, callbacks=(), epochs=None, **kwargs):
+        """Trains with the recipe: its batch size and epochs unless given, its best-epoch and NaN callbacks.
+
+        `x` and `y` must already be scaled float images and one-hot labels
+        (`kt_dropout.training.prepare_splits`); `kt_dropout.search` prepares them
+        once rather than in every trial. Hyperband's `epochs` and `initial_epoch`
+        pass through. Returns the `History`, which Keras Tuner scores on
+        `val_accuracy`.
+        """
+        _check_prepared(x, y)
+        epochs = epochs or self.recipe.epochs
+        kwargs.setdefault("batch_size", self.recipe.batch_size)
+        return model.fit(
+            x, y, validation_data=validation_data, epochs=epochs,
+            callbacks=[*callbacks, *recipe_callbacks(self.recipe, epochs)], **kwargs,
+        )
+
+    def _values(self, hp: keras_tuner.HyperParameters) -> dict:
+        """Declares every tuned name on `hp` (a no-op if already there) and returns the values."""
+        return {name: getattr(hp, method)(name, **kwargs) for name, (method, kwargs) in self._declarations.items()}
+
+
+def _instance(field: str, value, cls):
+    if value is None:
+        return cls()
+    if not isinstance(value, cls):
+        raise TypeError(f"{field}: expected a {cls.__name__}, got {type(value).__name__}")
+    return value
+
+
+def _mapping(space) -> dict:
+    if space is None:
+        return {}
+    if not isinstance(space, dict):
+        raise TypeError(f"space: expected a dict of hyperparameter name to spec, got {type(space).__name__}")
+    unknown = sorted(str(name) for name in space if name not in PARAMS)
+    if unknown:
+        raise ValueError(f"space: unknown hyperparameter(s) {', '.join(unknown)}; known: {', '.join(PARAMS)}")
+    return space
+
+
+def _parse(name: str, spec) -> tuple[str, dict]:
+    """The `HyperParameters` method and arguments for one spec, tried on a scratch space so Keras Tuner's own
+    checks (e.g. log sampling needs step > 1) also fire now."""
+    try:
+        method, kwargs = _declaration(PARAMS[name], spec)
+        getattr(keras_tuner.HyperParameters(), method)(name, **kwargs)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"space[{name!r}]: {error}") from None
+    return method, kwargs
+
+
+def _declaration(param: _Param, spec) -> tuple[str, dict]:
+    if isinstance(spec, dict):
+        unknown = sorted(set(spec) - set(_RANGE_KEYS))
+        if unknown or not {"min", "max"} <= spec.keys():
+            raise ValueError(f"a range dict needs min and max and may have step, sampling; got keys {sorted(spec)}")
+        return _range(param, spec["min"], spec["max"], spec.get("step"), spec.get("sampling"))
+    if isinstance(spec, tuple):
+        if len(spec) not in (2, 3):
+            raise ValueError(f"a range is (min, max) or (min, max, step), got {spec!r}")
+        return _range(param, *spec)
+    if isinstance(spec, list):
+        return _choices(param, spec)
+    return "Fixed", {"value": param.check("value", spec)}
+
+
+def _range(param: _Param, low, high, step=None, sampling=None) -> tuple[str, dict]:
+    if param.range_type is None:
+        raise ValueError("takes a value or a list of choices, not a range")
+    low, high = param.check("min", low), param.check("max", high)
+    if low > high:
+        raise ValueError(f"min {low!r} is greater than max {high!r}")
+    if sampling not in (None, *_SAMPLINGS):
+        raise ValueError(f"sampling must be one of {', '.join(_SAMPLINGS)}, got {sampling!r}")
+    if step is not None:
+        step = (_check_positive_int if param.range_type == "Int" else _check_positive)("step", step)
+    return param.range_type, {"min_value": low, "max_value": high, "step": step, "sampling": sampling or param.sampling}
+
+
+def _choices(param: _Param, spec: list) -> tuple[str, dict]:
+    values = [param.check(f"choices[{i}]", value) for i, value in enumerate(spec)]
+    if not values:
+        raise ValueError("the list of choices is empty")
+    if len(set(values)) == 1:
+        return "Fixed", {"value": values[0]}
+    if isinstance(values[0], bool):  # hp.Choice would turn booleans into 0 and 1
+        return "Boolean", {"default": values[0]}
+    return "Choice", {"values": values}
+
+
+def _check_prepared(x, y) -> None:
+    """Raw uint8 images would train unscaled without any error: refuse them."""
+    if isinstance(x, np.ndarray) and (x.dtype.kind in "biu" or np.ndim(y) != 2):
+        raise ValueError(
+            f"fit() takes scaled float images and one-hot labels, got {x.dtype} images and labels of shape "
+            f"{np.shape(y)}; prepare them with kt_dropout.training.prepare_splits (kt_dropout.search does)"
+        )

@@ -1,0 +1,168 @@
+"""K copies of the post's network as one Keras model, so K runs train in one step.
+
+At batch 64 a single network leaves a GPU nearly idle: the time goes to per-step
+overhead, not arithmetic. Stacking K networks that share a shape (different
+dropout rates, different seeds) into one model multiplies the arithmetic per
+step by K and leaves the overhead as it is. Each member keeps its own weights,
+BatchNorm statistics, dropout masks and Adam state:
+
+- convolutions are grouped (`groups=K`): member k owns channel group k;
+- BatchNormalization is per channel, so per member already;
+- dense layers are `EinsumDense` with a leading member axis;
+- `GroupDropout` drops each channel group at its own member's rate;
+- the loss is the *sum* of the members' losses, so each member's gradient is
+  exactly its own (Adam is element-wise, so its updates are too).
+
+Members may read different input groups (one per seed, so that each seed sees
+its own shuffling of the data): the input has 3*S channels and member k reads
+group `input_groups[k]`.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from kt_dropout.config import NUM_BLOCKS, VGGConfig
+
+
+class GroupDropout(keras.layers.Layer):
+    """Dropout whose rate is given per channel (the last axis): one rate per packed member."""
+
+    def __init__(self, rates, seed=None, **kwargs):
+        super().__init__(**kwargs)
+        self.rates = [float(r) for r in rates]
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.supports_masking = True
+
+    def call(self, inputs, training=False):
+        if not training:
+            return inputs
+        rates = keras.ops.convert_to_tensor(np.asarray(self.rates, dtype="float32"), dtype=inputs.dtype)
+        noise = keras.random.uniform(keras.ops.shape(inputs), seed=self.seed_generator, dtype=inputs.dtype)
+        keep = keras.ops.cast(noise >= rates, inputs.dtype)
+        return inputs * keep / (1.0 - rates)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        return {**super().get_config(), "rates": self.rates, "seed": self.seed}
+
+
+def check_packable(configs: list[VGGConfig]) -> None:
+    if not configs:
+        raise ValueError("a pack needs at least one configuration")
+    keys = {c.shape_key for c in configs}
+    if len(keys) > 1:
+        raise ValueError(
+            "configurations in one pack must share nfilters, ndense, batchnorm, num_classes and input_shape; "
+            f"got {len(keys)} different shapes (plan_packs splits them automatically)"
+        )
+
+
+def _per_channel(rates: list[float], width: int) -> list[float]:
+    return [r for r in rates for _ in range(width)]
+
+
+def _activation_stack(x, shape: VGGConfig, rates: list[float], width: int, prefix: str):
+    """BatchNorm -> ReLU -> GroupDropout over K*width channels, as `model._activation_stack` per member."""
+    if shape.batchnorm:
+        x = keras.layers.BatchNormalization(name=f"{prefix}_bn")(x)
+    x = keras.layers.Activation("relu", name=f"{prefix}_relu")(x)
+    if any(r > 0 for r in rates):
+        x = GroupDropout(_per_channel(rates, width), name=f"{prefix}_dropout")(x)
+    return x
+
+
+def build_packed_model(
+    configs: list[VGGConfig], input_groups: list[int] | None = None, pixel_scale: float = 1.0 / 256.0,
+    name: str = "packed_dropout_vgg",
+) -> keras.Model:
+    """One model holding `len(configs)` members: uint8 images (B, H, W, 3*S) in, (B, K, classes) out.
+
+    Layer names match `build_model`'s, so `pack_weights`/`member_weights` map weights by name.
+    """
+    check_packable(configs)
+    k = len(configs)
+    groups = list(input_groups) if input_groups is not None else [0] * k
+    if len(groups) != k:
+        raise ValueError(f"input_groups: need one input group per member ({k}), got {len(groups)}")
+    shape = configs[0]
+    height, width, channels = shape.input_shape
+    n_inputs = max(groups) + 1
+    inputs = keras.Input(shape=(height, width, channels * n_inputs), dtype="uint8", name="images")
+    x = keras.layers.Rescaling(pixel_scale, name="rescale")(inputs)
+    picks = [g * channels + c for g in groups for c in range(channels)]
+    if picks != list(range(channels * n_inputs)):
+        x = keras.layers.Lambda(lambda t: keras.ops.take(t, picks, axis=-1), name="member_inputs")(x)
+    for block in range(NUM_BLOCKS):
+        filters = shape.nfilters[block]
+        rates = [c.dropout_conv[block] for c in configs]
+        for conv, padding in ((1, "same"), (2, "valid")):
+            prefix = f"block{block + 1}_conv{conv}"
+            x = keras.layers.Conv2D(k * filters, (3, 3), padding=padding, groups=k, name=prefix)(x)
+            x = _activation_stack(x, shape, rates, filters, prefix)
+        x = keras.layers.MaxPooling2D(pool_size=(2, 2), name=f"block{block + 1}_pool")(x)
+    # Flatten each member's (h, w, filters) in the same order as keras.layers.Flatten does.
+    h, w = x.shape[1], x.shape[2]
+    f = shape.nfilters[-1]
+    x = keras.layers.Reshape((h, w, k, f), name="split_members")(x)
+    x = keras.layers.Permute((3, 1, 2, 4), name="members_first")(x)
+    x = keras.layers.Reshape((k, h * w * f), name="flatten")(x)
+    dense_rates = [c.dropout_dense for c in configs]
+    for dense in (1, 2):
+        x = keras.layers.EinsumDense(
+            "bki,kio->bko", output_shape=(k, shape.ndense), bias_axes="ko", name=f"dense{dense}"
+        )(x)
+        x = keras.layers.Reshape((k * shape.ndense,), name=f"dense{dense}_join")(x)
+        x = _activation_stack(x, shape, dense_rates, shape.ndense, f"dense{dense}")
+        x = keras.layers.Reshape((k, shape.ndense), name=f"dense{dense}_split")(x)
+    x = keras.layers.EinsumDense(
+        "bki,kio->bko", output_shape=(k, shape.num_classes), bias_axes="ko", name="predictions"
+    )(x)
+    outputs = keras.layers.Activation("softmax", dtype="float32", name="softmax")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def _member_slices(packed_layer, member: int, members: int):
+    """Index of member `member` in each weight of a packed layer (channel group or leading axis)."""
+    for weight in packed_layer.weights:
+        if isinstance(packed_layer, keras.layers.EinsumDense):
+            yield weight, (member,)
+        else:  # Conv2D and BatchNormalization: the last axis holds `members` equal groups
+            size = weight.shape[-1] // members
+            yield weight, (Ellipsis, slice(member * size, (member + 1) * size))
+
+
+def _weighted_layers(model: keras.Model):
+    return [layer for layer in model.layers if layer.weights]
+
+
+def pack_weights(packed: keras.Model, members: list[keras.Model]) -> None:
+    """Copies each member model's weights (e.g. its seeded initialization) into its slot of the pack."""
+    for layer in _weighted_layers(members[0]):
+        target = packed.get_layer(layer.name)
+        values = [np.array(v) for v in target.get_weights()]
+        for k, member in enumerate(members):
+            source = member.get_layer(layer.name).get_weights()
+            for (weight, index), src, value in zip(_member_slices(target, k, len(members)), source, values):
+                value[index] = src
+        target.set_weights(values)
+
+
+def member_weights(packed: keras.Model, member: int, members: int) -> dict[str, list[np.ndarray]]:
+    """Member `member`'s weights, by layer name, in the layout of a separately built model."""
+    out = {}
+    for layer in _weighted_layers(packed):
+        values = [np.array(v) for v in layer.get_weights()]
+        out[layer.name] = [value[index] for (_, index), value in zip(_member_slices(layer, member, members), values)]
+    return out
+
+
+def load_member(model: keras.Model, weights: dict[str, list[np.ndarray]]) -> keras.Model:
+    """Loads `member_weights` into a model built with `build_model` for that member's config."""
+    for name, values in weights.items():
+        model.get_layer(name).set_weights(values)
+    return model

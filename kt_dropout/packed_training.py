@@ -1,0 +1,204 @@
+"""Training a pack of runs together, with each member's own bookkeeping and record.
+
+Every member starts from exactly the weights a separate `training.train` run
+with its seed would start from (the member is built with that seed and copied
+into the pack). Members that share a seed share the order of the training
+data; each seed gets its own shuffling, so seeds differ in data order as well
+as in initialization and dropout masks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Callable, Iterable
+
+import keras
+import numpy as np
+
+from kt_dropout.config import Recipe, VGGConfig
+from kt_dropout.model import build_model
+from kt_dropout.packed import build_packed_model, member_weights, pack_weights
+from kt_dropout.training import make_record
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+    """One run of a pack: a named configuration and a seed."""
+
+    name: str
+    config: VGGConfig
+    seed: int
+
+
+def plan_packs(members: Iterable[Member], max_pack_size: int) -> list[list[Member]]:
+    """Groups members by weight shape, then cuts each group into packs of at most `max_pack_size`."""
+    if max_pack_size < 1:
+        raise ValueError(f"max_pack_size: must be at least 1, got {max_pack_size}")
+    by_shape: dict[tuple, list[Member]] = {}
+    for member in members:
+        by_shape.setdefault(member.config.shape_key, []).append(member)
+    packs = []
+    for group in by_shape.values():
+        count = math.ceil(len(group) / max_pack_size)
+        size = math.ceil(len(group) / count)  # equal-sized packs compile once per size
+        packs += [group[i : i + size] for i in range(0, len(group), size)]
+    return packs
+
+
+def packed_crossentropy(y_true, y_pred):
+    """Sum over members of each member's cross-entropy: each member's gradient is its own."""
+    per_member = keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
+    return keras.ops.sum(per_member, axis=-1)
+
+
+def _member_metrics(count: int) -> list[keras.metrics.Metric]:
+    metrics = []
+    for k in range(count):
+        metrics.append(keras.metrics.MeanMetricWrapper(_member_fn(k, "accuracy"), name=f"accuracy_{k}"))
+        metrics.append(keras.metrics.MeanMetricWrapper(_member_fn(k, "loss"), name=f"loss_{k}"))
+    return metrics
+
+
+def _member_fn(k: int, what: str):
+    def fn(y_true, y_pred):
+        y_true, y_pred = y_true[:, k], y_pred[:, k]
+        if what == "accuracy":
+            return keras.metrics.sparse_categorical_accuracy(y_true, y_pred)
+        return keras.losses.sparse_categorical_crossentropy(y_true, y_pred)
+
+    fn.__name__ = f"member{k}_{what}"
+    return fn
+
+
+def _score(probabilities: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-member accuracy and cross-entropy of (N, K, C) probabilities against (N,) labels."""
+    n = len(labels)
+    accuracy = (probabilities.argmax(-1) == labels[:, None]).mean(axis=0)
+    picked = probabilities[np.arange(n), :, labels]  # (N, K)
+    eps = keras.config.epsilon()
+    loss = -np.log(np.clip(picked, eps, 1 - eps)).mean(axis=0)
+    return accuracy, loss
+
+
+class PackTrainer:
+    """Trains `members` (one shape) together on `data` with the post's recipe.
+
+    Args:
+        data: `((x_train, y_train), (x_test, y_test))`, uint8 images and int labels.
+        dtype_policy: e.g. "mixed_bfloat16"; None keeps float32 (the post's).
+        steps_per_execution: passed to `compile`; more steps per call cuts per-step overhead.
+    """
+
+    def __init__(self, members: list[Member], data, recipe: Recipe, *, dtype_policy: str | None = None,
+                 steps_per_execution: int = 1):
+        self.members, self.recipe = list(members), recipe
+        self.seeds = sorted({m.seed for m in members})
+        self.groups = [self.seeds.index(m.seed) for m in members]
+        (x_train, y_train), (x_test, y_test) = data
+        y_train, y_test = np.asarray(y_train).reshape(-1), np.asarray(y_test).reshape(-1)
+        if recipe.selection == "holdout":
+            if recipe.holdout >= len(x_train):
+                raise ValueError(
+                    f"holdout: {recipe.holdout} images requested for selection but the training set has "
+                    f"only {len(x_train)}"
+                )
+            cut = len(x_train) - recipe.holdout
+            self.x_train, self.y_train = x_train[:cut], y_train[:cut]
+            self.x_val, self.y_val = x_train[cut:], y_train[cut:]
+            self.x_test, self.y_test = x_test, y_test
+        else:
+            self.x_train, self.y_train, self.x_val, self.y_val = x_train, y_train, x_test, y_test
+            self.x_test = self.y_test = None
+        self.model = self._build(dtype_policy, steps_per_execution)
+        self._rngs = [np.random.default_rng(seed) for seed in self.seeds]
+
+    def _build(self, dtype_policy, steps_per_execution) -> keras.Model:
+        initial = []
+        for member in self.members:
+            keras.utils.set_random_seed(member.seed)
+            initial.append(build_model(member.config))
+        keras.utils.set_random_seed(self.seeds[0])
+        previous = keras.config.dtype_policy()
+        if dtype_policy:
+            keras.config.set_dtype_policy(dtype_policy)
+        try:
+            model = build_packed_model([m.config for m in self.members], self.groups, self.recipe.pixel_scale)
+        finally:
+            keras.config.set_dtype_policy(previous)
+        pack_weights(model, initial)
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate=self.recipe.learning_rate),
+            loss=packed_crossentropy,
+            metrics=_member_metrics(len(self.members)),
+            steps_per_execution=steps_per_execution,
+        )
+        return model
+
+    def _epoch_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """This epoch's training data: one shuffled copy per seed, side by side in the channel axis."""
+        orders = [rng.permutation(len(self.x_train)) for rng in self._rngs]
+        x = np.concatenate([self.x_train[order] for order in orders], axis=-1)
+        y = np.stack([self.y_train[orders[g]] for g in self.groups], axis=1)
+        return x, y
+
+    def _predict(self, x: np.ndarray) -> np.ndarray:
+        tiled = np.concatenate([x] * len(self.seeds), axis=-1)
+        return self.model.predict(tiled, batch_size=max(1024, self.recipe.batch_size), verbose=0)
+
+    def train_epoch(self) -> dict[str, np.ndarray]:
+        """One epoch for every member; returns per-member metrics as arrays of length K."""
+        x, y = self._epoch_arrays()
+        logs = self.model.fit(x, y, batch_size=self.recipe.batch_size, epochs=1, shuffle=False, verbose=0).history
+        count = len(self.members)
+        result = {
+            "loss": np.array([logs[f"loss_{k}"][-1] for k in range(count)]),
+            "accuracy": np.array([logs[f"accuracy_{k}"][-1] for k in range(count)]),
+        }
+        result["val_accuracy"], result["val_loss"] = _score(self._predict(self.x_val), self.y_val)
+        if self.x_test is not None:
+            result["test_accuracy"], _ = _score(self._predict(self.x_test), self.y_test)
+        return result
+
+    def member_weights(self, k: int):
+        return member_weights(self.model, k, len(self.members))
+
+
+def train_pack(
+    members: list[Member], data, *, recipe: Recipe | None = None, epochs: int | None = None,
+    data_fingerprint: str = "unknown", on_epoch: Callable[[int, dict], None] | None = None,
+    dtype_policy: str | None = None, steps_per_execution: int = 1,
+) -> list[dict]:
+    """Trains a pack and returns one run record per member, in order.
+
+    A member whose loss turns NaN or infinite is recorded as failed at that
+    epoch; the others train on (members never share weights).
+    """
+    recipe = recipe or Recipe()
+    epochs = epochs or recipe.epochs
+    trainer = PackTrainer(members, data, recipe, dtype_policy=dtype_policy, steps_per_execution=steps_per_execution)
+    histories = [{key: [] for key in ("loss", "accuracy", "val_loss", "val_accuracy")} for _ in members]
+    alive = [True] * len(members)
+    seconds = []
+    for epoch in range(epochs):
+        start = time.perf_counter()
+        logs = trainer.train_epoch()
+        seconds.append(time.perf_counter() - start)
+        for k, history in enumerate(histories):
+            if alive[k]:
+                for key, values in logs.items():
+                    history.setdefault(key, []).append(float(values[k]))
+                alive[k] = math.isfinite(history["loss"][-1])
+        if on_epoch is not None:
+            on_epoch(epoch + 1, logs)
+        if not any(alive):
+            break
+    per_member = [s / len(members) for s in seconds]  # the pack's time, shared by its members
+    return [
+        make_record(
+            name=m.name, config=m.config, recipe=recipe, seed=m.seed, epochs=epochs, data_fingerprint=data_fingerprint,
+            history=history, epoch_seconds=per_member, pack_size=len(members),
+        )
+        for m, history in zip(members, histories)
+    ]

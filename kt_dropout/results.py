@@ -1,0 +1,222 @@
+"""The results store: one JSON file per run, keyed by what determines the run.
+
+A run is identified by the network, the recipe, the seed, the number of
+epochs, the backend and the data -- not by the configuration's name, so the
+same network under two names is trained once. Every file is written whole
+(temp file, fsync, `os.replace`): a run killed mid-write leaves either the old
+file or the new one, never half of one, and the store can be copied, merged
+and resumed from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import re
+import tempfile
+import warnings
+from pathlib import Path
+
+from kt_dropout.config import Recipe, VGGConfig
+
+MANIFEST_NAME = "store.json"
+MANIFEST = {"format": "kt-dropout-results", "version": 1}
+KEY_LENGTH = 20
+
+_RUN_FILE = re.compile(rf"[0-9a-f]{{{KEY_LENGTH}}}\.json")
+_KEY_FIELDS = ("config", "recipe", "seed", "epochs", "backend", "data")
+
+
+def run_key(config: VGGConfig, recipe: Recipe, seed: int, epochs: int, backend: str, data_fingerprint: str) -> str:
+    """The first 20 hex digits of the sha256 of a canonical JSON of the run's defining fields."""
+    fields = {
+        "config": config.to_dict(),
+        "recipe": recipe.to_dict(),
+        "seed": int(seed),
+        "epochs": int(epochs),
+        "backend": backend,
+        "data": data_fingerprint,
+    }
+    return hashlib.sha256(_canonical(fields).encode()).hexdigest()[:KEY_LENGTH]
+
+
+def record_key(record: dict) -> str:
+    """`run_key` of a stored record; config and recipe go through their classes so equal values hash equally."""
+    return run_key(
+        VGGConfig.from_dict(record["config"]), Recipe.from_dict(record["recipe"]),
+        record["seed"], record["epochs"], record["backend"], record["data"],
+    )
+
+
+def _canonical(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def _is_store_file(name: str) -> bool:
+    # Temp files are dot-prefixed and end in ".tmp"; one left by a killed writer is harmless.
+    return name == MANIFEST_NAME or bool(_RUN_FILE.fullmatch(name)) or (name.startswith(".") and name.endswith(".tmp"))
+
+
+def _read_record(path: Path) -> dict:
+    record = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(record, dict) or any(field not in record for field in _KEY_FIELDS):
+        raise ValueError("not a run record (a JSON object with " + ", ".join(_KEY_FIELDS) + ")")
+    return record
+
+
+def _folder_error(error: OSError, what: str, folder: Path) -> OSError:
+    """The same kind of OSError (PermissionError, ...) with a message that names the folder."""
+    return OSError(error.errno or errno.EIO, f"cannot {what} results store folder {folder}: {error.strerror or error}")
+
+
+class ResultStore:
+    """A folder of run records plus a `store.json` manifest.
+
+    Args:
+        root: the folder; created with its manifest when missing (or empty).
+        create: when False, a folder that is not already a store is an error
+            (used for the source of `merge`, which must not be created).
+    """
+
+    def __init__(self, root, *, create: bool = True):
+        self.root = Path(root)
+        manifest = self.root / MANIFEST_NAME
+        if manifest.is_file():
+            self._check_manifest(manifest)
+            self._check_contents()
+        elif not create:
+            raise FileNotFoundError(f"{self.root} is not a results store: it has no {MANIFEST_NAME}")
+        else:
+            self._create()
+
+    def _check_manifest(self, path: Path) -> None:
+        try:
+            found = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise ValueError(f"{self.root}: unreadable {MANIFEST_NAME} ({e}); refusing to use this folder") from e
+        if found != MANIFEST:
+            raise ValueError(
+                f"{self.root}: {MANIFEST_NAME} says {found!r} but this code reads {MANIFEST!r}; "
+                "refusing to use or overwrite it -- pick another folder"
+            )
+
+    def _check_contents(self) -> None:
+        strangers = sorted(p.name for p in self.root.iterdir() if not (p.is_file() and _is_store_file(p.name)))
+        if strangers:
+            shown = ", ".join(strangers[:5]) + (", ..." if len(strangers) > 5 else "")
+            raise ValueError(
+                f"{self.root} is not a results store: it holds files a store does not write ({shown}); "
+                "refusing to use it -- pick an empty or new folder"
+            )
+
+    def _create(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise _folder_error(e, "create the", self.root) from e
+        self._check_contents()
+        self._write_json(self.root / MANIFEST_NAME, MANIFEST)
+
+    def _write_json(self, path: Path, data) -> None:
+        """Writes `path` whole or not at all: temp file in the same folder, fsync, `os.replace`."""
+        try:
+            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{path.name}.", suffix=".tmp")
+        except OSError as e:
+            raise _folder_error(e, "write to the", self.root) from e
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(data, f, indent=1, sort_keys=True)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        self._sync_folder()
+
+    def _sync_folder(self) -> None:
+        # Makes the rename itself durable; not every platform can open a directory.
+        with contextlib.suppress(OSError):
+            fd = os.open(self.root, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def _run_files(self) -> list[Path]:
+        return sorted(p for p in self.root.iterdir() if _RUN_FILE.fullmatch(p.name))
+
+    def _load(self, path: Path) -> dict | None:
+        """The record in `path`, or None with a warning naming the file when it cannot be read."""
+        try:
+            return _read_record(path)
+        except (OSError, ValueError) as e:
+            warnings.warn(f"results store: skipping unreadable run file {path}: {e}", stacklevel=3)
+            return None
+
+    def __len__(self) -> int:
+        """The number of run files (a corrupt one counts until it is rewritten)."""
+        return len(self._run_files())
+
+    def put(self, record: dict) -> str:
+        """Stores `record` under its key, replacing an earlier record of the same run; returns the key."""
+        key = record_key(record)
+        self._write_json(self.root / f"{key}.json", record)
+        return key
+
+    def get(self, key: str, *, ok_only: bool = False) -> dict | None:
+        """The record stored under `key`; None when there is none, or with `ok_only` when that run failed."""
+        path = self.root / f"{key}.json"
+        record = self._load(path) if path.is_file() else None
+        if record is None or (ok_only and record.get("status") != "ok"):
+            return None
+        return record
+
+    def records(self) -> list[dict]:
+        """Every readable record, failed runs included, in key order."""
+        return [r for r in map(self._load, self._run_files()) if r is not None]
+
+    def find(
+        self, *, config: VGGConfig | None = None, recipe: Recipe | None = None, epochs: int | None = None,
+        backend: str | None = None, data_fingerprint: str | None = None,
+    ) -> list[dict]:
+        """The records matching every given criterion (None matches anything)."""
+        wanted = {
+            "config": config, "recipe": recipe, "epochs": epochs, "backend": backend, "data": data_fingerprint,
+        }
+        wanted = {field: value for field, value in wanted.items() if value is not None}
+        return [r for r in self.records() if all(_field(r, f) == v for f, v in wanted.items())]
+
+    def merge(self, other_root) -> int:
+        """Copies in the runs of the store at `other_root` that this one lacks; returns how many.
+
+        A key present on both sides with different content keeps this store's
+        record, with a warning naming the key -- except that a successful run
+        replaces a failed one, since the failed one would only be retrained.
+        """
+        copied, conflicts = 0, []
+        for record in ResultStore(other_root, create=False).records():
+            mine = self.get(record_key(record))
+            if mine is None or (mine.get("status") != "ok" and record.get("status") == "ok"):
+                self.put(record)
+                copied += 1
+            elif _canonical(mine) != _canonical(record):
+                conflicts.append(record_key(record))
+        if conflicts:
+            warnings.warn(
+                f"results store {self.root}: kept this store's record for {len(conflicts)} run(s) that "
+                f"{other_root} holds with different content: {', '.join(conflicts)}",
+                stacklevel=2,
+            )
+        return copied
+
+
+def _field(record: dict, field: str):
+    """A record field as the value `find` compares with: config and recipe as their classes."""
+    parse = {"config": VGGConfig.from_dict, "recipe": Recipe.from_dict}.get(field)
+    return parse(record[field]) if parse else record.get(field)

@@ -1,0 +1,489 @@
+"""kt_dropout.data: each layout round-trips, the lookup order holds, every bad file is a DataError naming it.
+
+All files are small ones generated in tmp_path from `synthetic_cifar10`; no
+test reads the real Keras cache or touches the network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import re
+import tarfile
+
+import keras
+import numpy as np
+import pytest
+from PIL import Image
+
+from kt_dropout.data import (
+    CIFAR10_TAR_MD5,
+    DataError,
+    data_fingerprint,
+    load_cifar10,
+    synthetic_cifar10,
+    validate_dataset,
+)
+
+BATCH_NAMES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+DATA = synthetic_cifar10(n_train=50, n_test=10, seed=1)
+# Image folders use a non-CIFAR size: the format accepts any one shared size.
+SMALL = synthetic_cifar10(n_train=30, n_test=10, image_size=8, seed=2)
+# Label i lives in folder CLASS_NAMES[i], whose sorted position is 9 - i.
+CLASS_NAMES = [f"class_{9 - i}" for i in range(10)]
+
+
+@pytest.fixture(autouse=True)
+def offline(tmp_path, monkeypatch):
+    """An empty Keras cache, no KT_DROPOUT_DATA, and a download that fails the test if reached."""
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras_home"))
+    monkeypatch.delenv("KT_DROPOUT_DATA", raising=False)
+
+    def no_download():
+        pytest.fail("the test reached keras.datasets.cifar10.load_data (a network download)")
+
+    monkeypatch.setattr(keras.datasets.cifar10, "load_data", no_download)
+
+
+# --- writers of each layout ----------------------------------------------------------------------
+
+
+def write_npz(path, data=DATA, **overrides):
+    """`data` as an .npz; an override replaces one array, None leaves it out."""
+    (x_train, y_train), (x_test, y_test) = data
+    arrays = {"x_train": x_train, "y_train": y_train, "x_test": x_test, "y_test": y_test, **overrides}
+    np.savez(path, **{key: value for key, value in arrays.items() if value is not None})
+    return path
+
+
+def write_batch(path, x, y):
+    """One batch as the official files have it: a protocol-2 pickle of channel-major rows."""
+    rows = x.transpose(0, 3, 1, 2).reshape(len(x), -1)
+    batch = {b"batch_label": path.name.encode(), b"labels": [int(v) for v in y], b"data": rows,
+             b"filenames": [f"{i}.png".encode() for i in range(len(x))]}
+    path.write_bytes(pickle.dumps(batch, protocol=2))
+
+
+def write_batches(parent, data=DATA, skip=()):
+    """`parent/cifar-10-batches-py/` with five training batches, test_batch and batches.meta."""
+    folder = parent / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    (x_train, y_train), test = data
+    pieces = [*zip(np.array_split(x_train, 5), np.array_split(y_train, 5)), test]
+    for name, (x, y) in zip(BATCH_NAMES, pieces):
+        if name not in skip:
+            write_batch(folder / name, x, y)
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"c%d" % i for i in range(10)]}))
+    return folder
+
+
+def write_tar(path, data=DATA, skip=()):
+    """A gzipped tarball laid out like cifar-10-python.tar.gz."""
+    folder = write_batches(path.parent / (path.name + ".src"), data, skip)
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+    return path
+
+
+def write_image_folder(root, data=SMALL, splits=("train", "test")):
+    """`root/<split>/<class>/<index>.png`, label i in folder CLASS_NAMES[i]."""
+    for split, (x, y) in zip(("train", "test"), data):
+        if split not in splits:
+            continue
+        for name in CLASS_NAMES:
+            (root / split / name).mkdir(parents=True)
+        for index, (image, label) in enumerate(zip(x, y)):
+            Image.fromarray(image).save(root / split / CLASS_NAMES[label] / f"{index:04d}.png")
+    return root
+
+
+def md5_of(path):
+    return hashlib.md5(path.read_bytes()).hexdigest()
+
+
+def truncate(path, fraction=0.5):
+    path.write_bytes(path.read_bytes()[: int(path.stat().st_size * fraction)])
+    return path
+
+
+def naming(path, problem):
+    """A `match=` pattern: the message starts with the file, then states the problem."""
+    return "^" + re.escape(f"{path}: ") + ".*" + re.escape(problem)
+
+
+def assert_same(loaded, expected):
+    for (x, y), (x_expected, y_expected) in zip(loaded, expected):
+        assert x.dtype == np.uint8 and x.ndim == 4 and x.shape[-1] == 3
+        assert y.dtype == np.int64 and y.shape == (len(x),)
+        np.testing.assert_array_equal(x, x_expected)
+        np.testing.assert_array_equal(y, np.asarray(y_expected).reshape(-1))
+
+
+# --- each layout loads ---------------------------------------------------------------------------
+
+
+def test_npz_round_trip(tmp_path):
+    loaded = load_cifar10(write_npz(tmp_path / "c.npz"))
+    assert_same(loaded, DATA)
+    assert loaded[0][0].shape == (50, 32, 32, 3)
+
+
+def test_npz_with_keras_style_uint8_column_labels(tmp_path):
+    (x_train, y_train), (x_test, y_test) = DATA
+    path = write_npz(tmp_path / "c.npz", y_train=y_train.astype(np.uint8)[:, None], y_test=y_test.astype(np.uint8))
+    assert_same(load_cifar10(path), DATA)
+
+
+@pytest.mark.parametrize("inside", [True, False], ids=["batches-folder", "its-parent"])
+def test_batches_folder_round_trip(tmp_path, inside):
+    folder = write_batches(tmp_path)
+    assert_same(load_cifar10(folder if inside else tmp_path), DATA)
+
+
+def test_tar_round_trip_with_its_md5(tmp_path):
+    path = write_tar(tmp_path / "cifar-10-python.tar.gz")
+    assert_same(load_cifar10(path, md5=md5_of(path)), DATA)
+
+
+def test_tar_is_checked_against_the_published_md5(tmp_path):
+    path = write_tar(tmp_path / "cifar-10-python.tar.gz")
+    with pytest.raises(DataError, match=naming(path, "MD5")) as error:
+        load_cifar10(path)
+    assert CIFAR10_TAR_MD5 in str(error.value) and md5_of(path) in str(error.value)
+
+
+def test_tar_md5_none_skips_the_check(tmp_path):
+    assert_same(load_cifar10(write_tar(tmp_path / "c.tgz"), md5=None), DATA)
+
+
+def test_image_folder_round_trip_in_sorted_class_and_file_order(tmp_path):
+    loaded = load_cifar10(write_image_folder(tmp_path / "images"))
+    expected = []
+    for x, y in SMALL:
+        index = 9 - y  # sorted position of folder CLASS_NAMES[y]
+        order = np.argsort(index, kind="stable")  # by class folder, then by file name
+        expected.append((x[order], index[order]))
+    assert_same(loaded, expected)
+    assert loaded[0][0].shape == (30, 8, 8, 3)
+
+
+def test_image_folder_reads_jpeg_and_ignores_other_files(tmp_path):
+    root = write_image_folder(tmp_path / "images")
+    Image.fromarray(SMALL[0][0][0]).save(root / "train" / CLASS_NAMES[0] / "extra.JPG")
+    (root / "train" / CLASS_NAMES[0] / "notes.txt").write_text("not an image")
+    (x_train, y_train), _ = load_cifar10(root)
+    assert x_train.shape == (31, 8, 8, 3) and y_train.shape == (31,)
+
+
+def test_same_data_through_two_layouts_has_one_fingerprint(tmp_path):
+    """The same data through two layouts is the same data set."""
+    from_batches = load_cifar10(write_batches(tmp_path / "b"))
+    from_npz = load_cifar10(write_npz(tmp_path / "c.npz"))
+    assert data_fingerprint(from_batches) == data_fingerprint(from_npz)
+
+
+# --- where the data is looked for ----------------------------------------------------------------
+
+
+def test_path_beats_the_environment_variable(tmp_path, monkeypatch):
+    other = synthetic_cifar10(n_train=20, n_test=10, seed=9)
+    monkeypatch.setenv("KT_DROPOUT_DATA", str(write_npz(tmp_path / "env.npz", other)))
+    assert_same(load_cifar10(write_npz(tmp_path / "arg.npz")), DATA)
+
+
+def test_environment_variable_beats_the_keras_cache(tmp_path, monkeypatch):
+    write_batches(tmp_path / "keras_home" / "datasets", synthetic_cifar10(n_train=20, n_test=10, seed=9))
+    monkeypatch.setenv("KT_DROPOUT_DATA", str(write_npz(tmp_path / "env.npz")))
+    assert_same(load_cifar10(), DATA)
+
+
+@pytest.mark.parametrize("entry", ["cifar-10-batches-py", "cifar-10-batches-py-target", "cifar-10-python.tar.gz"])
+def test_keras_cache_is_used_before_downloading(tmp_path, entry):
+    datasets = tmp_path / "keras_home" / "datasets"
+    if entry.endswith(".tar.gz"):
+        datasets.mkdir(parents=True)
+        path = write_tar(datasets / entry)
+        loaded = load_cifar10(md5=md5_of(path))
+    else:
+        write_batches(datasets if entry == "cifar-10-batches-py" else datasets / entry)
+        loaded = load_cifar10()
+    assert_same(loaded, DATA)
+
+
+def test_keras_download_comes_last_and_is_normalized(monkeypatch):
+    (x_train, y_train), (x_test, y_test) = DATA
+    keras_style = (x_train, y_train.astype(np.uint8)[:, None]), (x_test, y_test.astype(np.uint8)[:, None])
+    monkeypatch.setattr(keras.datasets.cifar10, "load_data", lambda: keras_style)
+    assert_same(load_cifar10(), DATA)
+
+
+def test_missing_path_is_named_with_its_origin(tmp_path):
+    missing = tmp_path / "nowhere.npz"
+    with pytest.raises(FileNotFoundError, match=naming(missing, "path argument")):
+        load_cifar10(missing)
+
+
+def test_missing_environment_path_is_named_with_its_origin(tmp_path, monkeypatch):
+    missing = tmp_path / "nowhere"
+    monkeypatch.setenv("KT_DROPOUT_DATA", str(missing))
+    with pytest.raises(FileNotFoundError, match=naming(missing, "$KT_DROPOUT_DATA")):
+        load_cifar10()
+
+
+# --- bad data: always a DataError naming the file and the problem --------------------------------
+
+(X_TRAIN, Y_TRAIN), (X_TEST, Y_TEST) = DATA
+Y_OUT_OF_RANGE = Y_TRAIN.copy()
+Y_OUT_OF_RANGE[[3, 5, 7]] = 12
+
+
+@pytest.mark.parametrize(
+    "overrides, problem",
+    [
+        ({"x_train": X_TRAIN[..., 0]}, "x_train has shape (50, 32, 32); expected (N, height, width, 3)"),
+        ({"x_test": X_TEST.astype(np.float32)}, "x_test has dtype float32; expected uint8"),
+        ({"y_train": Y_OUT_OF_RANGE}, "y_train has 3 labels outside [0, 10) (e.g. 12)"),
+        ({"y_train": Y_TRAIN[:-1]}, "x_train has 50 images but y_train has 49 labels"),
+        ({"y_test": Y_TEST.astype(np.float64)}, "y_test has dtype float64; expected integer"),
+        ({"y_test": np.stack([Y_TEST, Y_TEST], axis=1)}, "y_test has shape (10, 2)"),
+        ({"x_test": X_TEST[:0], "y_test": Y_TEST[:0]}, "x_test is empty"),
+        ({"x_test": X_TEST[:, :16, :16]}, "train images are 32x32 but test images are 16x16"),
+        ({"x_test": None}, "x_test missing"),
+        ({"x_test": None, "y_test": None}, "x_test, y_test missing"),
+        ({"y_train": np.array(["a"] * 50)}, "y_train has dtype <U1"),
+    ],
+    ids=["shape", "float-images", "out-of-range", "length", "float-labels", "label-shape", "empty-split",
+         "size-mismatch", "missing-x_test", "missing-test-split", "string-labels"],
+)
+def test_bad_npz_contents(tmp_path, overrides, problem):
+    path = write_npz(tmp_path / "bad.npz", **overrides)
+    with pytest.raises(DataError, match=naming(path, problem)):
+        load_cifar10(path)
+
+
+def test_labels_beyond_num_classes(tmp_path):
+    path = write_npz(tmp_path / "c.npz")
+    with pytest.raises(DataError, match=naming(path, "labels outside [0, 5)")):
+        load_cifar10(path, num_classes=5)
+
+
+def test_npz_with_object_arrays_is_refused(tmp_path):
+    path = write_npz(tmp_path / "c.npz", y_train=np.array([1, "a"] * 25, dtype=object))
+    with pytest.raises(DataError, match=naming(path, "damaged .npz")):
+        load_cifar10(path)
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.999, 0.0], ids=["half", "last-byte", "empty-file"])
+def test_truncated_npz(tmp_path, fraction):
+    path = truncate(write_npz(tmp_path / "c.npz"), fraction)
+    with pytest.raises(DataError, match=naming(path, "not an .npz")):
+        load_cifar10(path)
+
+
+def test_npy_named_npz(tmp_path):
+    path = tmp_path / "c.npz"
+    with open(path, "wb") as file:
+        np.save(file, X_TRAIN)
+    with pytest.raises(DataError, match=naming(path, "not an .npz")):
+        load_cifar10(path)
+
+
+@pytest.mark.parametrize("missing", ["test_batch", "data_batch_3"])
+def test_batches_folder_missing_a_batch(tmp_path, missing):
+    folder = write_batches(tmp_path, skip=[missing])
+    with pytest.raises(DataError, match=naming(folder, f"missing batch(es) {missing}")):
+        load_cifar10(tmp_path)
+
+
+def test_tar_missing_the_test_batch(tmp_path):
+    path = write_tar(tmp_path / "c.tar.gz", skip=["test_batch"])
+    with pytest.raises(DataError, match=naming(path, "missing batch(es) test_batch")):
+        load_cifar10(path, md5=None)
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.98, 0.0], ids=["half", "tail", "empty-file"])
+def test_truncated_tar(tmp_path, fraction):
+    path = truncate(write_tar(tmp_path / "c.tar.gz"), fraction)
+    with pytest.raises(DataError, match=naming(path, "not a readable tar.gz archive, or truncated")):
+        load_cifar10(path, md5=None)
+
+
+def test_tar_that_is_not_gzip(tmp_path):
+    path = tmp_path / "c.tar.gz"
+    path.write_bytes(b"this is not a gzip stream" * 100)
+    with pytest.raises(DataError, match=naming(path, "not a readable tar.gz")):
+        load_cifar10(path, md5=None)
+
+
+@pytest.mark.parametrize(
+    "corrupt",
+    [lambda raw: b"garbage, not a pickle" * 10, lambda raw: raw[: len(raw) // 2], lambda raw: b""],
+    ids=["garbage", "truncated", "empty"],
+)
+def test_corrupt_batch_pickle(tmp_path, corrupt):
+    folder = write_batches(tmp_path)
+    batch = folder / "data_batch_2"
+    batch.write_bytes(corrupt(batch.read_bytes()))
+    with pytest.raises(DataError, match=naming(batch, "not a readable CIFAR-10 batch pickle")):
+        load_cifar10(folder)
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ([1, 2, 3], "not a CIFAR-10 batch"),
+        ({b"data": np.zeros((4, 100), np.uint8), b"labels": [0] * 4}, "data has shape (4, 100)"),
+        ({b"data": np.zeros((4, 3072), np.uint8), b"labels": [0] * 3}, "labels have shape (3,) for 4 images"),
+    ],
+    ids=["not-a-dict", "row-length", "label-count"],
+)
+def test_batch_of_the_wrong_structure(tmp_path, content, problem):
+    folder = write_batches(tmp_path)
+    (folder / "test_batch").write_bytes(pickle.dumps(content))
+    with pytest.raises(DataError, match=naming(folder / "test_batch", problem)):
+        load_cifar10(folder)
+
+
+class _RunsCode:
+    """Unpickling this would delete the file at `path`."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return os.remove, (str(self.path),)
+
+
+def test_batch_pickle_cannot_run_code(tmp_path):
+    folder = write_batches(tmp_path / "d")
+    victim = tmp_path / "victim"
+    victim.write_text("still here")
+    (folder / "test_batch").write_bytes(pickle.dumps({b"data": _RunsCode(victim), b"labels": []}))
+    with pytest.raises(DataError, match=naming(folder / "test_batch", "refusing to load")):
+        load_cifar10(folder)
+    assert victim.exists()
+
+
+def test_image_folder_without_test_split(tmp_path):
+    root = write_image_folder(tmp_path / "images", splits=("train",))
+    with pytest.raises(DataError, match=naming(root, "no test/ folder")):
+        load_cifar10(root)
+
+
+def test_image_folder_with_an_empty_split(tmp_path):
+    root = write_image_folder(tmp_path / "images", splits=("train",))
+    for name in CLASS_NAMES:
+        (root / "test" / name).mkdir(parents=True)
+    with pytest.raises(DataError, match=naming(root / "test", "no images")):
+        load_cifar10(root)
+
+
+def test_image_folder_with_different_classes(tmp_path):
+    root = write_image_folder(tmp_path / "images")
+    (root / "test" / "extra_class").mkdir()
+    with pytest.raises(DataError, match=naming(root, "different class folders")):
+        load_cifar10(root)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [lambda path: truncate(path, 0.5), lambda path: path.write_bytes(b"not a png at all")],
+    ids=["truncated", "garbage"],
+)
+def test_corrupt_image(tmp_path, damage):
+    root = write_image_folder(tmp_path / "images")
+    image = sorted((root / "test" / CLASS_NAMES[0]).iterdir())[0]
+    damage(image)
+    with pytest.raises(DataError, match=naming(image, "unreadable image")):
+        load_cifar10(root)
+
+
+def test_images_of_different_sizes(tmp_path):
+    root = write_image_folder(tmp_path / "images")
+    odd = sorted((root / "train" / CLASS_NAMES[3]).iterdir())[0]
+    Image.new("RGB", (5, 7)).save(odd)
+    with pytest.raises(DataError, match=naming(odd, "image is 7x5 but")):
+        load_cifar10(root)
+
+
+@pytest.mark.parametrize("name", ["cifar.txt", "cifar.zip", "cifar"])
+def test_unknown_file_type(tmp_path, name):
+    path = tmp_path / name
+    path.write_bytes(b"whatever")
+    with pytest.raises(DataError, match=naming(path, "unknown file type")):
+        load_cifar10(path)
+
+
+def test_folder_of_unknown_layout(tmp_path):
+    (tmp_path / "stuff").mkdir()
+    with pytest.raises(DataError, match=naming(tmp_path / "stuff", "folder of unknown layout")):
+        load_cifar10(tmp_path / "stuff")
+
+
+def test_keras_cache_with_bad_data_is_an_error_not_a_download(tmp_path):
+    folder = write_batches(tmp_path / "keras_home" / "datasets", skip=["test_batch"])
+    with pytest.raises(DataError, match=naming(folder, "missing batch(es) test_batch")):
+        load_cifar10()
+
+
+# --- validate_dataset on user arrays -------------------------------------------------------------
+
+
+def test_validate_squeezes_column_labels_to_int64():
+    (x_train, y_train), (x_test, y_test) = DATA
+    checked = validate_dataset(((x_train, y_train[:, None].astype(np.uint8)), (x_test, list(y_test))), "mine")
+    assert_same(checked, DATA)
+
+
+@pytest.mark.parametrize(
+    "data, problem",
+    [
+        ((X_TRAIN, Y_TRAIN), "expected ((x_train, y_train), (x_test, y_test))"),
+        (((X_TRAIN, Y_TRAIN), None), "expected ((x_train, y_train), (x_test, y_test))"),
+        (((X_TRAIN, Y_TRAIN), (None, Y_TEST)), "x_test is missing"),
+        (((X_TRAIN, Y_TRAIN), ([[1, 2], [3]], Y_TEST)), "x_test is not an array"),
+    ],
+    ids=["one-split", "none-split", "none-images", "ragged"],
+)
+def test_validate_rejects_malformed_structures(data, problem):
+    with pytest.raises(DataError, match="^mine: .*" + re.escape(problem)):
+        validate_dataset(data, "mine")
+
+
+# --- fingerprints and the synthetic set ----------------------------------------------------------
+
+
+def test_fingerprint_is_stable_and_ignores_label_layout():
+    fingerprint = data_fingerprint(DATA)
+    assert re.fullmatch("[0-9a-f]{16}", fingerprint)
+    (x_train, y_train), (x_test, y_test) = DATA
+    copy = (x_train.copy(), y_train.astype(np.uint8)[:, None]), (x_test.copy(), y_test.copy())
+    assert data_fingerprint(copy) == fingerprint
+    assert data_fingerprint(synthetic_cifar10(n_train=50, n_test=10, seed=1)) == fingerprint
+
+
+@pytest.mark.parametrize("split, field", [(0, 0), (1, 0), (0, 1), (1, 1)])
+def test_fingerprint_changes_with_one_value(split, field):
+    changed = [[array.copy() for array in pair] for pair in DATA]
+    array = changed[split][field]
+    array.flat[7] = (int(array.flat[7]) + 1) % (256 if field == 0 else 10)
+    assert data_fingerprint(changed) != data_fingerprint(DATA)
+
+
+def test_synthetic_set_is_deterministic_and_balanced():
+    first, again = synthetic_cifar10(seed=3), synthetic_cifar10(seed=3)
+    assert_same(first, again)
+    assert data_fingerprint(synthetic_cifar10(seed=4)) != data_fingerprint(first)
+    (x_train, y_train), (x_test, y_test) = first
+    assert x_train.shape == (256, 32, 32, 3) and x_test.shape == (64, 32, 32, 3)
+    assert np.bincount(y_train, minlength=10).min() >= 25
+
+
+def test_synthetic_set_is_learnable():
+    """Nearest class mean, the simplest learner, separates the classes: a CNN will too."""
+    (x_train, y_train), (x_test, y_test) = synthetic_cifar10(n_train=200, n_test=100, num_classes=7, image_size=16)
+    flat_train, flat_test = x_train.reshape(len(x_train), -1) / 255.0, x_test.reshape(len(x_test), -1) / 255.0
+    means = np.stack([flat_train[y_train == c].mean(axis=0) for c in range(7)])
+    predicted = np.argmin(((flat_test[:, None, :] - means[None]) ** 2).sum(axis=-1), axis=1)
+    assert (predicted == y_test).mean() > 0.9

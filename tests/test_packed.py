@@ -1,0 +1,133 @@
+"""Packed training must be K separate trainings, only faster."""
+
+import keras
+import numpy as np
+import pytest
+
+from kt_dropout.config import Recipe, VGGConfig
+from kt_dropout.model import build_model, compile_model
+from kt_dropout.packed import GroupDropout, build_packed_model, load_member, member_weights, pack_weights
+from kt_dropout.packed_training import Member, PackTrainer, plan_packs, train_pack
+
+TINY = VGGConfig(nfilters=(4, 8, 8), ndense=16)
+
+
+def _data(n_train=192, n_test=64, seed=0):
+    rng = np.random.default_rng(seed)
+    return (
+        (rng.integers(0, 256, (n_train, 32, 32, 3), dtype="uint8"), rng.integers(0, 10, n_train)),
+        (rng.integers(0, 256, (n_test, 32, 32, 3), dtype="uint8"), rng.integers(0, 10, n_test)),
+    )
+
+
+def _train_separately(member: Member, data, recipe: Recipe, epochs: int) -> keras.Model:
+    """What `training.train` does, but on the pack's batch order (one shuffling per seed)."""
+    (x, y), _ = data
+    keras.utils.set_random_seed(member.seed)
+    model = compile_model(build_model(member.config), recipe)
+    rng = np.random.default_rng(member.seed)
+    for _ in range(epochs):
+        order = rng.permutation(len(x))
+        model.fit(
+            x[order].astype("float32") * recipe.pixel_scale,
+            keras.utils.to_categorical(y[order], 10),
+            batch_size=recipe.batch_size, epochs=1, shuffle=False, verbose=0,
+        )
+    return model
+
+
+def test_packed_forward_pass_equals_separate_models():
+    configs = [TINY, TINY.replace(dropout_conv=(0.2, 0.0, 0.5)), TINY.replace(dropout_dense=0.5)]
+    members = [build_model(c) for c in configs]
+    packed = build_packed_model(configs, [0, 1, 0])
+    pack_weights(packed, members)
+    (x, _), _ = _data(n_train=8)
+    x2 = np.concatenate([x, x[::-1]], axis=-1)
+    out = keras.ops.convert_to_numpy(packed(x2, training=False))
+    assert out.shape == (8, 3, 10)
+    inputs = [x, x[::-1], x]
+    for k, model in enumerate(members):
+        expected = keras.ops.convert_to_numpy(model(inputs[k].astype("float32") / 256.0, training=False))
+        np.testing.assert_allclose(out[:, k], expected, rtol=1e-5, atol=1e-6)
+
+
+def test_member_weights_round_trip():
+    configs = [TINY, TINY]
+    members = [build_model(c) for c in configs]
+    packed = build_packed_model(configs)
+    pack_weights(packed, members)
+    restored = load_member(build_model(TINY), member_weights(packed, 1, 2))
+    for a, b in zip(restored.get_weights(), members[1].get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def _train_both(config, recipe, data, epochs=2):
+    members = [Member("a", config, 1), Member("b", config, 2), Member("c", config, 1)]
+    trainer = PackTrainer(members, data, recipe)
+    for _ in range(epochs):
+        trainer.train_epoch()
+    return [(trainer.member_weights(k), _train_separately(m, data, recipe, epochs)) for k, m in enumerate(members)]
+
+
+def test_packed_training_without_dropout_gives_the_weights_of_separate_training():
+    for packed, separate in _train_both(TINY.replace(batchnorm=False), Recipe(batch_size=32), _data()):
+        for layer in separate.layers:
+            for got, want in zip(packed.get(layer.name, []), layer.get_weights()):
+                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=layer.name)
+
+
+def test_packed_training_with_batchnorm_gives_the_predictions_of_separate_training():
+    """With BatchNorm, a conv bias has a zero gradient in exact arithmetic (BN subtracts the mean),
+    so Adam turns float round-off into lr-sized steps on it; the bias is cancelled by BN, so the
+    networks' function is what must agree."""
+    data = _data()
+    _, (x_test, _) = data
+    for k, (packed, separate) in enumerate(_train_both(TINY, Recipe(batch_size=32), data)):
+        model = load_member(build_model(TINY), packed)
+        x = x_test.astype("float32") / 256.0
+        np.testing.assert_allclose(model.predict(x, verbose=0), separate.predict(x, verbose=0), atol=2e-3)
+
+
+def test_group_dropout_drops_each_group_at_its_rate():
+    layer = GroupDropout([0.0] * 500 + [0.2] * 500 + [0.5] * 500, seed=3)
+    out = keras.ops.convert_to_numpy(layer(np.ones((400, 1500), "float32"), training=True))
+    for lo, rate in ((0, 0.0), (500, 0.2), (1000, 0.5)):
+        group = out[:, lo : lo + 500]
+        assert abs((group == 0).mean() - rate) < 0.01
+        np.testing.assert_allclose(group[group != 0], 1 / (1 - rate), rtol=1e-6)
+    assert np.array_equal(keras.ops.convert_to_numpy(layer(np.ones((2, 1500), "float32"))), np.ones((2, 1500)))
+
+
+def test_plan_packs_separates_shapes_and_balances_sizes():
+    wide = VGGConfig(ndense=1024)
+    members = [Member(f"n{i}", VGGConfig(), i) for i in range(5)] + [Member("w", wide, 0)]
+    packs = plan_packs(members, max_pack_size=4)
+    assert sorted(len(p) for p in packs) == [1, 2, 3]
+    for pack in packs:
+        assert len({m.config.shape_key for m in pack}) == 1
+    with pytest.raises(ValueError, match="max_pack_size"):
+        plan_packs(members, 0)
+
+
+def test_mixed_shapes_in_one_pack_are_refused():
+    with pytest.raises(ValueError, match="share nfilters"):
+        build_packed_model([TINY, TINY.replace(ndense=32)])
+
+
+def test_train_pack_records_each_member():
+    data = _data()
+    members = [Member("bn", TINY, 0), Member("conv", TINY.replace(dropout_conv=(0.5, 0.5, 0.5)), 0)]
+    records = train_pack(members, data, recipe=Recipe(batch_size=64), epochs=2, data_fingerprint="fp")
+    assert [r["name"] for r in records] == ["bn", "conv"]
+    for r in records:
+        assert r["status"] == "ok" and r["pack_size"] == 2 and r["epochs_run"] == 2
+        assert len(r["history"]["val_accuracy"]) == 2 and 1 <= r["best_epoch"] <= 2
+        assert r["best_val_accuracy"] == max(r["history"]["val_accuracy"])
+
+
+def test_train_pack_holdout_mode_scores_the_test_set():
+    records = train_pack(
+        [Member("bn", TINY, 0)], _data(), recipe=Recipe(selection="holdout", holdout=64), epochs=1
+    )
+    assert records[0]["test_accuracy"] is not None
+    assert len(records[0]["history"]["test_accuracy"]) == 1

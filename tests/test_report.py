@@ -1,0 +1,119 @@
+import matplotlib.image
+import numpy as np
+import pytest
+
+from kt_dropout.config import Recipe, VGGConfig
+from kt_dropout.experiments import CONFIGS
+from kt_dropout.report import write_report
+from kt_dropout.training import make_record
+from kt_dropout.verdicts import decide_all
+
+EPOCHS = 10
+PEAKS = {"vanilla": 0.70, "bn": 0.80, "conv0.2": 0.83, "conv0.5": 0.74}
+
+
+def curve(name, seed):
+    """A learning curve rising to about PEAKS[name]; vanilla's falls off late, as in the post."""
+    rng = np.random.default_rng([seed, len(name)])
+    epochs = np.arange(1, EPOCHS + 1)
+    values = PEAKS[name] * (1 - np.exp(-epochs / 2)) + rng.normal(0, 0.005, EPOCHS)
+    if name == "vanilla":
+        values[-3:] -= [0.03, 0.05, 0.08]
+    return values.tolist()
+
+
+def record(name, seed, selection="test", status="ok", error=None):
+    val = curve(name, seed)
+    history = {"loss": [1.0] * EPOCHS, "accuracy": val, "val_loss": [1.0] * EPOCHS, "val_accuracy": val}
+    if selection == "holdout":
+        history["test_accuracy"] = [v - 0.01 for v in val]
+    return make_record(
+        name=name, config=CONFIGS[name], recipe=Recipe(epochs=EPOCHS, selection=selection), seed=seed, epochs=EPOCHS,
+        data_fingerprint="cifar10-abc", history=history, epoch_seconds=[3.0] + [1.5] * (EPOCHS - 1),
+        status=status, error=error,
+    )
+
+
+@pytest.fixture(scope="module")
+def records():
+    ok = [record(name, seed) for name in PEAKS for seed in range(3)]
+    return ok + [record("conv0.5", 3, status="failed", error="ResourceExhaustedError: out of memory\n| on GPU 0")]
+
+
+@pytest.fixture(scope="module")
+def report(records, tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    path = write_report(records, out, experiments=["batchnorm", "conv-dropout", "capacity", "per-block"])
+    return path, path.read_text()
+
+
+def section(markdown, heading):
+    """The text from the `## ` heading starting with `heading` to the next one."""
+    start = markdown.index(f"## {heading}")
+    end = markdown.find("\n## ", start + 1)
+    return markdown[start:] if end == -1 else markdown[start:end]
+
+
+def table_row(text, first_cell):
+    return next(line for line in text.splitlines() if line.startswith(f"| {first_cell} "))
+
+
+def test_header_describes_the_environment(records, report):
+    path, markdown = report
+    assert path.name == "report.md"
+    header = markdown[: markdown.index("## Claims")]
+    for expected in ["cifar10-abc", records[0]["backend"], "test set as validation set, as in the post"]:
+        assert expected in header
+    assert "| 13 (1 failed) " in header and "| 4 (0, 1, 2, 3) " in header
+
+
+def test_configuration_tables_have_the_means(records, report):
+    _, markdown = report
+    experiments = [("Batch normalization", ["vanilla", "bn"]), ("Dropout in the conv blocks", ["bn", "conv0.2"])]
+    for heading, names in experiments:
+        text = section(markdown, heading)
+        for name in names:
+            best = [max(curve(name, seed)) for seed in range(3)]
+            cells = [c.strip() for c in table_row(text, name).split("|")[1:-1]]
+            assert cells[1:4] == ["3", "0", f"{np.mean(best):.4f} ± {np.std(best, ddof=1):.4f}"]
+            assert cells[-1] == "1.50"
+    assert table_row(section(markdown, "Dropout in the conv blocks"), "conv0.5").split("|")[3].strip() == "1"
+
+
+def test_every_claim_has_its_verdict(records, report):
+    _, markdown = report
+    verdicts = {v.claim.id: v for v in decide_all(records)}
+    overview = section(markdown, "Claims")
+    for claim_id in ["C1", "C10", "C2", "C3"]:
+        status = verdicts[claim_id].status
+        assert f"### {claim_id}: {status}" in markdown
+        assert f"| **{claim_id}** " in overview and status in table_row(overview, f"**{claim_id}**")
+    assert verdicts["C3"].status == "supported"
+    for absent in ["`capacity`", "`per-block`", "C4", "C8"]:  # no runs of a configuration they introduce
+        assert absent not in markdown
+
+
+def test_failed_runs_are_listed(report):
+    _, markdown = report
+    failed = section(markdown, "Failed runs")
+    row = table_row(failed, "conv0.5")
+    assert "| 3 " in row and "ResourceExhaustedError: out of memory \\| on GPU 0" in row
+
+
+def test_figures_exist_and_are_linked(report):
+    path, markdown = report
+    for name in ["curves-batchnorm.png", "curves-conv-dropout.png", "best-accuracy.png"]:
+        assert f"]({name})" in markdown
+        image = matplotlib.image.imread(path.parent / name)
+        assert image.shape[0] > 200 and image.shape[1] > 400
+        assert image[..., :3].std() > 0.05  # not blank
+
+
+def test_holdout_records_are_reported_as_such(tmp_path):
+    records = [record(name, seed, selection="holdout") for name in ("vanilla", "bn") for seed in range(2)]
+    markdown = write_report(records, tmp_path).read_text()
+    assert "holdout split; test accuracy at the selected epoch" in markdown
+    assert "test acc. at best epoch" in markdown
+    best = [max(curve("bn", seed)) - 0.01 for seed in range(2)]
+    assert f"{np.mean(best):.4f} ± " in table_row(section(markdown, "Batch normalization"), "bn")
+    assert "`conv-dropout`" not in markdown  # bn alone does not pull in the experiments comparing against it

@@ -1,0 +1,128 @@
+import json
+import os
+
+import pytest
+
+from kt_dropout.config import Recipe, VGGConfig
+from kt_dropout.results import MANIFEST, ResultStore, record_key, run_key
+from kt_dropout.training import make_record
+
+HISTORY = {"loss": [1.0, 0.8], "accuracy": [0.4, 0.6], "val_loss": [1.1, 0.9], "val_accuracy": [0.45, 0.55]}
+
+
+def record(name="bn", seed=0, config=VGGConfig(), status="ok", **history):
+    return make_record(
+        name=name, config=config, recipe=Recipe(epochs=2), seed=seed, epochs=2, data_fingerprint="data-1",
+        history={**HISTORY, **history}, epoch_seconds=[2.0, 1.0], status=status,
+        error=None if status == "ok" else "out of memory",
+    )
+
+
+def test_put_get_round_trip(tmp_path):
+    store = ResultStore(tmp_path / "store")
+    run = record()
+    key = store.put(run)
+    assert json.loads((tmp_path / "store" / "store.json").read_text()) == MANIFEST
+    assert (tmp_path / "store" / f"{key}.json").is_file()
+    assert ResultStore(tmp_path / "store").get(key) == run
+    assert store.get("0" * 20) is None
+    assert len(store) == 1 and store.records() == [run]
+
+
+def test_key_ignores_the_name_and_depends_on_what_defines_the_run():
+    assert record_key(record(name="bn")) == record_key(record(name="alias"))
+    assert record_key(record(seed=0)) != record_key(record(seed=1))
+    assert record_key(record()) != record_key(record(config=VGGConfig(dropout_dense=0.5)))
+    key = run_key(VGGConfig(), Recipe(epochs=2), 0, 2, "jax", "data-1")
+    assert len(key) == 20 and key == record_key({**record(), "backend": "jax"})
+
+
+def test_failed_runs_are_stored_but_ok_only_skips_them(tmp_path):
+    store = ResultStore(tmp_path)
+    key = store.put(record(status="failed"))
+    assert store.get(key)["error"] == "out of memory"
+    assert store.get(key, ok_only=True) is None
+
+
+def test_find_filters_on_config_recipe_epochs_backend_and_data(tmp_path):
+    store = ResultStore(tmp_path)
+    wide = VGGConfig(ndense=1024)
+    store.put(record(seed=0))
+    store.put(record(seed=1))
+    store.put(record(config=wide))
+    assert len(store.find(config=VGGConfig())) == 2
+    assert [r["config"]["ndense"] for r in store.find(config=wide, recipe=Recipe(epochs=2), epochs=2)] == [1024]
+    assert len(store.find(data_fingerprint="data-1", backend=record()["backend"])) == 3
+    assert store.find(data_fingerprint="other") == []
+
+
+def test_a_killed_writer_leaves_files_that_readers_skip(tmp_path):
+    store = ResultStore(tmp_path)
+    good = store.put(record(seed=0))
+    truncated = record_key(record(seed=1))
+    (tmp_path / f".{truncated}.json.abc123.tmp").write_text('{"schema": 1, "na')  # killed before os.replace
+    (tmp_path / f"{truncated}.json").write_text('{"schema": 1, "na')  # a file cut short some other way
+    with pytest.warns(UserWarning, match=f"{truncated}.json"):
+        assert [record_key(r) for r in ResultStore(tmp_path).records()] == [good]
+    assert store.put(record(seed=1)) == truncated
+    assert store.get(truncated)["seed"] == 1
+
+
+def test_write_failure_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch):
+    store = ResultStore(tmp_path)
+    key = store.put(record())
+
+    def killed(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(KeyboardInterrupt):
+        store.put(record(val_accuracy=[0.5, 0.9]))
+    assert store.get(key)["best_val_accuracy"] == 0.55
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["store.json", f"{key}.json"])
+
+
+@pytest.mark.parametrize(
+    "manifest", ['{"format": "kt-dropout-results", "version": 2}', '{"format": "other"}', "{not json"]
+)
+def test_incompatible_manifest_is_refused_and_left_alone(tmp_path, manifest):
+    (tmp_path / "store.json").write_text(manifest)
+    with pytest.raises(ValueError, match=str(tmp_path)):
+        ResultStore(tmp_path)
+    assert (tmp_path / "store.json").read_text() == manifest
+
+
+def test_folder_with_other_files_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="notes.txt"):
+        ResultStore(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+def test_unwritable_folder_gives_a_clear_error(tmp_path):
+    (tmp_path / "file.txt").write_text("")  # fails even for root, unlike chmod
+    with pytest.raises(OSError, match="file.txt"):
+        ResultStore(tmp_path / "file.txt" / "store")
+
+
+def test_merge_copies_missing_runs_and_keeps_conflicting_ones(tmp_path):
+    mine, theirs = ResultStore(tmp_path / "mine"), ResultStore(tmp_path / "theirs")
+    shared = mine.put(record(seed=0))
+    theirs.put({**record(seed=0), "seconds": 99.0})  # same run, different content
+    failed_here = mine.put(record(seed=2, status="failed"))
+    theirs.put(record(seed=2))  # the other machine's run succeeded
+    theirs.put(record(seed=1))
+    with pytest.warns(UserWarning, match=shared):
+        assert mine.merge(tmp_path / "theirs") == 2
+    assert len(mine) == 3
+    assert mine.get(shared)["seconds"] != 99.0
+    assert mine.get(failed_here, ok_only=True) is not None
+    with pytest.warns(UserWarning, match=shared):
+        assert mine.merge(tmp_path / "theirs") == 0
+
+
+def test_merge_from_a_missing_store_is_an_error_and_creates_nothing(tmp_path):
+    store = ResultStore(tmp_path / "mine")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        store.merge(tmp_path / "nowhere")
+    assert not (tmp_path / "nowhere").exists()
