@@ -1,0 +1,50 @@
+"""The study behind the benchmark suite, built once per session from the `--kt-*` options."""
+
+from pathlib import Path
+
+import pytest
+
+from kt_dropout.runner import open_study
+
+
+def _int_option(config, name):
+    value = config.getoption(name)
+    if value in (None, ""):
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise pytest.UsageError(f"{name}: expected an integer, got {value!r}") from None
+
+
+@pytest.fixture(scope="session")
+def study(pytestconfig):
+    try:
+        chosen = open_study(
+            pytestconfig.getoption("--kt-profile"),
+            Path(pytestconfig.getoption("--kt-results")) / "store",
+            data_path=pytestconfig.getoption("--kt-data"),
+            epochs=_int_option(pytestconfig, "--kt-epochs"),
+            seeds=_int_option(pytestconfig, "--kt-seeds"),
+            selection=pytestconfig.getoption("--kt-selection"),
+            pack_size=_int_option(pytestconfig, "--kt-pack-size") or 1,
+        )
+    except (ValueError, OSError) as error:
+        raise pytest.UsageError(str(error)) from None
+    pytestconfig.stash[STUDY] = chosen
+    return chosen
+
+
+STUDY = pytest.StashKey()
+
+
+def pytest_sessionfinish(session):
+    """Writes the report of whatever the session trained or reused."""
+    chosen = session.config.stash.get(STUDY, None)
+    if chosen is None:
+        return
+    from kt_dropout.report import write_report
+
+    out = Path(session.config.getoption("--kt-results")) / f"report-{chosen.profile.name}"
+    path = write_report(chosen.records(), out)
+    session.config.get_terminal_writer().line(f"kt-dropout report: {path}")

@@ -1,0 +1,44 @@
+"""The post's experiments and claims as a GPU benchmark suite.
+
+`test_experiment` trains one experiment's configurations (every seed) and
+records the time per epoch with pytest-benchmark; `test_claim` decides one claim
+from the stored runs with a 95% confidence interval:
+
+- interval entirely in the claimed direction -> passes;
+- entirely in the opposite direction -> fails;
+- straddling zero, or too few runs -> xfail, with the numbers in the reason.
+"""
+
+import pytest
+
+from kt_dropout.experiments import CLAIMS, EXPERIMENTS
+from kt_dropout.verdicts import CONTRADICTED, SUPPORTED, decide, summarize_config
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.mark.parametrize("experiment", list(EXPERIMENTS))
+def test_experiment(experiment, study, benchmark):
+    if experiment not in study.profile.experiments:
+        pytest.skip(f"{experiment}: not trained by the {study.profile.name} profile ({study.profile.description})")
+    runs = benchmark.pedantic(study.experiment_runs, args=(experiment,), rounds=1, iterations=1)
+    for name, config_runs in runs.items():
+        summary = summarize_config(config_runs)
+        benchmark.extra_info[f"{name} seconds_per_epoch"] = summary["seconds_per_epoch_mean"]
+        benchmark.extra_info[f"{name} best_val_accuracy"] = summary["accuracy_mean"]
+    expected = set(EXPERIMENTS[experiment].configs)
+    assert set(runs) == expected, f"missing runs for {sorted(expected - set(runs))}"
+    for name, config_runs in runs.items():
+        assert len(config_runs) == len(study.seeds), f"{name}: {len(config_runs)} runs for {len(study.seeds)} seeds"
+
+
+@pytest.mark.parametrize("claim_id", list(CLAIMS))
+def test_claim(claim_id, study):
+    claim = CLAIMS[claim_id]
+    verdict = decide(claim, study.runs(claim.configs))
+    if claim_id not in study.profile.claims:
+        pytest.skip(f"not decided in the {study.profile.name} profile ({study.profile.description}): {verdict.summary()}")
+    if verdict.status == CONTRADICTED:
+        pytest.fail(verdict.summary())
+    if verdict.status != SUPPORTED:
+        pytest.xfail(verdict.summary())

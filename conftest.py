@@ -1,0 +1,38 @@
+"""Options and markers shared by the CPU tests and the benchmark suite.
+
+`gpu`-marked tests train for GPU lengths: they run only when the marker
+expression selects them (`pytest benchmarks -m gpu`), so a plain `pytest` never
+starts GPU-length training.
+"""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import pytest  # noqa: E402
+
+OPTIONS = {
+    # option: (environment variable, default, help)
+    "--kt-profile": ("KT_PROFILE", "quick", "suite profile: smoke, quick or full"),
+    "--kt-epochs": ("KT_EPOCHS", None, "epochs per run (default: the profile's)"),
+    "--kt-seeds": ("KT_SEEDS", None, "seeds per configuration (default: the profile's)"),
+    "--kt-results": ("KT_RESULTS", "kt_results", "results folder (store and report)"),
+    "--kt-data": ("KT_DROPOUT_DATA", None, "CIFAR-10 location (see kt_dropout.load_cifar10)"),
+    "--kt-selection": ("KT_SELECTION", "test", "pick the best epoch on the test set (post) or on a holdout"),
+    "--kt-pack-size": ("KT_PACK_SIZE", "20", "most runs trained together in one pack; 1 turns packing off"),
+}
+
+
+def pytest_addoption(parser):
+    group = parser.getgroup("kt-dropout", "kt-dropout reproducibility suite")
+    for option, (env, default, help_text) in OPTIONS.items():
+        group.addoption(option, default=os.environ.get(env, default), help=f"{help_text} [env {env}]")
+
+
+def pytest_collection_modifyitems(config, items):
+    if "gpu" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason="GPU-length training: select it with `pytest benchmarks -m gpu`")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

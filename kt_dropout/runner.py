@@ -1,0 +1,150 @@
+"""Trains what a study needs, reusing every finished run in the results store.
+
+The benchmark suite and `kt-dropout reproduce` both go through `Study`: ask it
+for configurations by name and it returns their runs, training only the
+(configuration, seed) pairs the store does not already hold -- packed by shape
+unless packing is turned off. Each run is stored as soon as its pack ends, so
+an interrupted study resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import Callable, Iterable
+
+import keras
+
+from kt_dropout.config import Recipe
+from kt_dropout.experiments import CONFIGS, EXPERIMENTS
+from kt_dropout.packed_training import Member, plan_packs, train_pack
+from kt_dropout.profiles import Profile
+from kt_dropout.results import ResultStore, run_key
+from kt_dropout.training import train
+
+
+def _print(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class Study:
+    """A profile's worth of runs against one data set and one results store.
+
+    Args:
+        data: `((x_train, y_train), (x_test, y_test))`.
+        data_fingerprint: identifies `data` in stored runs (see `data.data_fingerprint`).
+        epochs, seeds: override the profile's.
+        pack: train runs of one shape together (`packed_training`); False trains each with `keras.fit`.
+        max_pack_size: the most runs in one pack.
+        progress: called with one line per epoch / run; None is silent.
+    """
+
+    def __init__(
+        self, profile: Profile, data, data_fingerprint: str, store: ResultStore, *, recipe: Recipe | None = None,
+        epochs: int | None = None, seeds: int | None = None, pack: bool = True, max_pack_size: int = 20,
+        progress: Callable[[str], None] | None = _print, **pack_options,
+    ):
+        self.profile, self.data, self.fingerprint, self.store = profile, data, data_fingerprint, store
+        self.recipe = recipe or Recipe()
+        self.epochs = epochs or profile.epochs
+        self.seeds = list(range(seeds or profile.seeds))
+        self.pack, self.max_pack_size, self.pack_options = pack, max_pack_size, pack_options
+        self.progress = progress or (lambda message: None)
+
+    def _key(self, member: Member) -> str:
+        return run_key(member.config, self.recipe, member.seed, self.epochs, keras.backend.backend(), self.fingerprint)
+
+    def members(self, names: Iterable[str]) -> list[Member]:
+        unknown = [n for n in names if n not in CONFIGS]
+        if unknown:
+            raise ValueError(f"unknown configuration(s): {', '.join(unknown)}; known: {', '.join(CONFIGS)}")
+        return [Member(n, self.profile.scale(CONFIGS[n]), seed) for n in names for seed in self.seeds]
+
+    def runs(self, names: Iterable[str], *, along: Iterable[str] = ()) -> dict[str, list[dict]]:
+        """Every seed's run of each named configuration, training the missing ones first.
+
+        Missing runs of the configurations in `along` are trained in the same
+        packs, since packing more runs of one shape together is cheaper.
+        """
+        names = list(dict.fromkeys(names))
+        wanted = self.members(list(dict.fromkeys([*names, *along])))
+        missing = [m for m in wanted if self.store.get(self._key(m), ok_only=True) is None]
+        if missing:
+            self._train(missing)
+        members = [m for m in wanted if m.name in names]
+        runs: dict[str, list[dict]] = {}
+        for member in members:
+            record = self.store.get(self._key(member))
+            if record is not None:
+                runs.setdefault(member.name, []).append({**record, "name": member.name})
+        return runs
+
+    def experiment_runs(self, experiment: str) -> dict[str, list[dict]]:
+        """An experiment's runs; the first call trains every missing run of the profile's experiments."""
+        along = [n for e in self.profile.experiments for n in EXPERIMENTS[e].configs]
+        return self.runs(EXPERIMENTS[experiment].configs, along=along)
+
+    def records(self) -> list[dict]:
+        """Every stored run of this study's recipe, epochs, backend and data."""
+        return self.store.find(
+            recipe=self.recipe, epochs=self.epochs, backend=keras.backend.backend(), data_fingerprint=self.fingerprint
+        )
+
+    def _train(self, missing: list[Member]) -> None:
+        packs = plan_packs(missing, self.max_pack_size) if self.pack else [[m] for m in missing]
+        for number, pack in enumerate(packs, 1):
+            label = f"[{number}/{len(packs)}] " + ", ".join(f"{m.name}/seed{m.seed}" for m in pack)
+            self.progress(f"{label}: training {self.epochs} epochs")
+            start = time.perf_counter()
+            if self.pack:
+                records = train_pack(
+                    pack, self.data, recipe=self.recipe, epochs=self.epochs, data_fingerprint=self.fingerprint,
+                    on_epoch=self._epoch_progress(label), **self.pack_options,
+                )
+            else:
+                m = pack[0]
+                records = [train(
+                    m.config, self.data, recipe=self.recipe, seed=m.seed, epochs=self.epochs, name=m.name,
+                    data_fingerprint=self.fingerprint, verbose=0,
+                    callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=self._keras_epoch_progress(label))],
+                )]
+            for record in records:
+                self.store.put(record)
+            self.progress(f"{label}: done in {time.perf_counter() - start:.1f} s")
+
+    def _epoch_progress(self, label: str):
+        def report(epoch: int, logs: dict) -> None:
+            val = logs["val_accuracy"]
+            self.progress(f"{label}: epoch {epoch}/{self.epochs} val_accuracy {min(val):.4f}-{max(val):.4f}")
+
+        return report
+
+    def _keras_epoch_progress(self, label: str):
+        def report(epoch: int, logs: dict) -> None:
+            self.progress(f"{label}: epoch {epoch + 1}/{self.epochs} val_accuracy {logs.get('val_accuracy', 0):.4f}")
+
+        return report
+
+
+def open_study(
+    profile: str, results, *, data_path=None, epochs: int | None = None, seeds: int | None = None,
+    selection: str = "test", pack_size: int = 20, progress: Callable[[str], None] | None = _print,
+) -> Study:
+    """A `Study` from plain settings, as the CLI and the pytest options give them.
+
+    A smoke profile trains on `synthetic_cifar10`; the others load CIFAR-10 the
+    standard way (`load_cifar10`). `pack_size=1` trains each run with `keras.fit`.
+    """
+    from kt_dropout.data import data_fingerprint, load_cifar10, synthetic_cifar10
+    from kt_dropout.profiles import get_profile
+
+    chosen = get_profile(profile)
+    if pack_size < 1:
+        raise ValueError(f"pack_size: must be at least 1, got {pack_size}")
+    store = ResultStore(results)  # refuses a folder it does not own before any data is read
+    recipe = Recipe(selection=selection, holdout=64 if chosen.synthetic else Recipe().holdout)
+    data = synthetic_cifar10(n_train=512, n_test=128) if chosen.synthetic else load_cifar10(data_path)
+    return Study(
+        chosen, data, data_fingerprint(data), store, recipe=recipe, epochs=epochs, seeds=seeds,
+        pack=pack_size > 1, max_pack_size=pack_size, progress=progress,
+    )
