@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 from typing import Any, Callable
 
 import keras_tuner
@@ -20,7 +21,7 @@ from kt_dropout.training import recipe_callbacks
 
 DROPOUT_NAMES = (*(f"dropout_conv_{block}" for block in range(1, NUM_BLOCKS + 1)), "dropout_dense")
 # 0.0 (the default: the post's baseline), 0.1, ..., 0.5; covers the post's 0.0, 0.2 and 0.5.
-DEFAULT_SPACE = {name: (0.0, 0.5, 0.1) for name in DROPOUT_NAMES}
+DEFAULT_SPACE = types.MappingProxyType({name: (0.0, 0.5, 0.1) for name in DROPOUT_NAMES})
 _RANGE_KEYS = ("min", "max", "step", "sampling")
 _SAMPLINGS = ("linear", "log", "reverse_log")
 
@@ -133,7 +134,7 @@ class DropoutVGGHyperModel(keras_tuner.HyperModel):
         `val_accuracy`.
         """
         _check_prepared(x, y)
-        epochs = epochs or self.recipe.epochs
+        epochs = self.recipe.epochs if epochs is None else epochs
         kwargs.setdefault("batch_size", self.recipe.batch_size)
         return model.fit(
             x, y, validation_data=validation_data, epochs=epochs,
@@ -142,7 +143,15 @@ class DropoutVGGHyperModel(keras_tuner.HyperModel):
 
     def _values(self, hp: keras_tuner.HyperParameters) -> dict:
         """Declares every tuned name on `hp` (a no-op if already there) and returns the values."""
-        return {name: getattr(hp, method)(name, **kwargs) for name, (method, kwargs) in self._declarations.items()}
+        return {
+            name: tidy(getattr(hp, method)(name, **kwargs)) for name, (method, kwargs) in self._declarations.items()
+        }
+
+
+def tidy(value):
+    """Keras Tuner steps floats by adding, so 0.1 * 3 comes out as 0.30000000000000004: 12 significant digits
+    give back the 0.3 that was meant, in configs and result tables alike."""
+    return float(f"{value:.12g}") if isinstance(value, float) else value
 
 
 def _instance(field: str, value, cls):

@@ -71,9 +71,12 @@ class Study:
         missing = [m for m in wanted if self.store.get(self._key(m), ok_only=True) is None]
         if missing:
             self._train(missing)
-        members = [m for m in wanted if m.name in names]
+        return self.stored_runs(names)
+
+    def stored_runs(self, names: Iterable[str]) -> dict[str, list[dict]]:
+        """The stored runs of each named configuration (every seed that has one); trains nothing."""
         runs: dict[str, list[dict]] = {}
-        for member in members:
+        for member in self.members(list(dict.fromkeys(names))):
             record = self.store.get(self._key(member))
             if record is not None:
                 runs.setdefault(member.name, []).append({**record, "name": member.name})

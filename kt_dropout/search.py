@@ -18,7 +18,7 @@ import keras_tuner
 from tabulate import tabulate
 
 from kt_dropout.config import Recipe, VGGConfig, _check_positive_int
-from kt_dropout.hypermodel import DropoutVGGHyperModel
+from kt_dropout.hypermodel import DropoutVGGHyperModel, tidy
 from kt_dropout.training import Splits, prepare_splits
 
 OBJECTIVE = keras_tuner.Objective("val_accuracy", direction="max")
@@ -64,8 +64,11 @@ class SearchResult:
         return cls(tuner, best, tuner.hypermodel.config_from_hp(best.copy()), rows)
 
     def best_model(self) -> keras.Model:
-        """The best trial's model with its best epoch's weights."""
-        return self.tuner.get_best_models(1)[0]
+        """The best trial's model with its best epoch's weights, for prediction and evaluation."""
+        with warnings.catch_warnings():
+            # The checkpoint holds the optimizer's state too, which a freshly built model has no slots for.
+            warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+            return self.tuner.get_best_models(1)[0]
 
     @property
     def columns(self) -> list[str]:
@@ -146,7 +149,7 @@ def search(
     hypermodel = _hypermodel(hypermodel, space, base, recipe)
     tuner_class = _tuner_class(tuner)
     _check_positive_int("max_trials", max_trials)
-    epochs = _check_positive_int("epochs", epochs or hypermodel.recipe.epochs)
+    epochs = _check_positive_int("epochs", hypermodel.recipe.epochs if epochs is None else epochs)
     splits = _splits(x, y, validation_data, data, hypermodel)
     budget = {"max_epochs": epochs} if issubclass(tuner_class, keras_tuner.Hyperband) else {"max_trials": max_trials}
     built = tuner_class(
@@ -186,7 +189,7 @@ def _hypermodel(hypermodel, space, base, recipe) -> DropoutVGGHyperModel:
         return DropoutVGGHyperModel(space, base=base, recipe=recipe)
     if not isinstance(hypermodel, DropoutVGGHyperModel):
         raise TypeError(f"hypermodel: expected a DropoutVGGHyperModel, got {type(hypermodel).__name__}")
-    if (space, base, recipe) != (None, None, None):
+    if any(value is not None for value in (space, base, recipe)):
         raise ValueError("space, base and recipe belong to the hypermodel: give them to it, or no hypermodel")
     return hypermodel
 
@@ -266,10 +269,12 @@ def _too_many_failures(oracle: keras_tuner.Oracle) -> bool:
 def _check_trials(oracle: keras_tuner.Oracle, stopped: RuntimeError | None) -> None:
     """Raises if no trial completed, warns if some failed."""
     trials = list(oracle.trials.values())
+    if not trials:
+        raise SearchFailedError("the tuner ran no trial")
     failed = [trial for trial in trials if trial.status != _COMPLETED]
     if not failed:
         return
-    why = f" (Keras Tuner stopped after {oracle.max_consecutive_failed_trials} in a row)" if stopped else ""
+    why = f" (Keras Tuner stops after {oracle.max_consecutive_failed_trials} failures in a row)" if stopped else ""
     first = failed[0].message or f"status {failed[0].status}, no message"
     if len(failed) == len(trials):
         raise SearchFailedError(f"all {len(trials)} trials failed{why}; the first one with:\n{first}") from stopped
@@ -287,11 +292,11 @@ def _row(trial) -> dict:
     return {
         "trial_id": trial.trial_id,
         "status": trial.status,
-        **{name: value for name, value in values.items() if not name.startswith("tuner/")},
+        **{name: tidy(value) for name, value in values.items() if not name.startswith("tuner/")},
         "val_accuracy": float(trial.score) if completed else None,
         # best_step counts from the fit's first epoch; Hyperband resumes trials at tuner/initial_epoch
         "best_epoch": trial.best_step + 1 + values.get("tuner/initial_epoch", 0) if completed else None,
-        "seconds": trial.metrics.get_last_value("seconds") if trial.metrics.exists("seconds") else None,
+        "seconds": float(trial.metrics.get_last_value("seconds")) if trial.metrics.exists("seconds") else None,
         "error": None if completed else _last_line(trial.message),
     }
 

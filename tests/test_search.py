@@ -1,0 +1,250 @@
+import csv
+import shutil
+import sys
+
+import keras
+import keras_tuner
+import numpy as np
+import pytest
+
+import kt_dropout.data
+from kt_dropout.config import Recipe, VGGConfig
+from kt_dropout.data import DataError, synthetic_cifar10
+from kt_dropout.hypermodel import DROPOUT_NAMES, DropoutVGGHyperModel
+from kt_dropout.search import SearchFailedError, SearchResult, search
+
+BASE = VGGConfig(nfilters=(4, 8, 8), ndense=16)
+RECIPE = Recipe(batch_size=64, epochs=1)
+DATA = synthetic_cifar10(256, 64)
+# Conv dropout makes XLA compile each model for ~10 s on CPU (JAX); the shared random search covers it.
+DENSE_ONLY = {f"dropout_conv_{block}": None for block in (1, 2, 3)}
+
+
+class CountingHyperModel(DropoutVGGHyperModel):
+    """Counts builds: a trial that is not run again builds nothing."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**{"base": BASE, "recipe": RECIPE, **kwargs})
+        self.builds = 0
+
+    def build(self, hp):
+        self.builds += 1
+        return super().build(hp)
+
+
+class InstantHyperModel(DropoutVGGHyperModel):
+    """Records what `fit` gets and reports a score without training; its first `failures` fits raise."""
+
+    def __init__(self, failures=0, **kwargs):
+        super().__init__(**{"base": BASE, "recipe": RECIPE, **kwargs})
+        self.failures, self.fits = failures, []
+
+    def fit(self, hp, model, x, y, validation_data=None, **kwargs):
+        self.fits.append((x, y, validation_data, kwargs))
+        if len(self.fits) <= self.failures:
+            raise ValueError("deliberate failure in fit")
+        return {"val_accuracy": 0.5}
+
+
+def run(directory, **kwargs) -> SearchResult:
+    (x, y), validation = DATA
+    options = {"hypermodel": CountingHyperModel(), "max_trials": 2, "epochs": 1, "seed": 0, "verbose": 0, **kwargs}
+    return search(x, y, validation, directory=directory, **options)
+
+
+def check_result(result: SearchResult, trials: int):
+    assert len(result.trials) == trials
+    scores = [row["val_accuracy"] for row in result.trials]
+    assert scores == sorted(scores, reverse=True)
+    for row in result.trials:
+        assert row["status"] == "COMPLETED" and row["error"] is None
+        assert 0.0 <= row["val_accuracy"] <= 1.0 and row["best_epoch"] == 1 and row["seconds"] > 0
+        assert all(0.0 <= row[name] <= 0.5 for name in DROPOUT_NAMES if name in row)
+    best = result.trials[0]
+    assert result.best_config == BASE.replace(
+        dropout_conv=tuple(best.get(f"dropout_conv_{b}", 0.0) for b in (1, 2, 3)), dropout_dense=best["dropout_dense"]
+    )
+    assert result.best_hyperparameters is result.tuner.oracle.trials[best["trial_id"]].hyperparameters
+    (x_test, _), _ = DATA
+    predictions = result.best_model().predict(x_test[:5] / 256.0, verbose=0)
+    assert predictions.shape == (5, 10)
+
+
+@pytest.fixture(scope="module")
+def first(tmp_path_factory):
+    """One real random search, shared: (its directory, builds it made, its result)."""
+    directory = tmp_path_factory.mktemp("search")
+    hypermodel = CountingHyperModel()
+    result = run(directory, hypermodel=hypermodel)
+    return directory, hypermodel.builds, result
+
+
+def copy_of(first, tmp_path):
+    return shutil.copytree(first[0], tmp_path / "copy")
+
+
+def test_random_search(first):
+    _, builds, result = first
+    assert builds == 3  # the search space once, then one model per trial
+    check_result(result, trials=2)
+
+
+@pytest.mark.parametrize("tuner, trials", [("grid", 2), ("bayesian", 2), ("hyperband", 1)])
+def test_other_tuners(tmp_path, tuner, trials):
+    result = run(tmp_path, tuner=tuner, hypermodel=CountingHyperModel(space=DENSE_ONLY))
+    check_result(result, trials)
+    if tuner == "grid":  # a grid starts from the defaults: the network without dropout
+        assert sorted(row["dropout_dense"] for row in result.trials) == [0.0, 0.1]
+
+
+def test_table_and_csv(first, tmp_path):
+    _, _, result = first
+    lines = result.to_table().splitlines()
+    assert str(result) == result.to_table()
+    assert [cell.strip() for cell in lines[0].strip("|").split("|")] == result.columns
+    assert result.columns == ["trial_id", "status", *DROPOUT_NAMES, "val_accuracy", "best_epoch", "seconds", "error"]
+    assert set(lines[1]) <= set("|-: ") and len(lines) == 4
+    result.to_csv(tmp_path / "trials.csv")
+    with open(tmp_path / "trials.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert list(rows[0]) == result.columns
+    assert [row["trial_id"] for row in rows] == [row["trial_id"] for row in result.trials]
+    assert [float(row["val_accuracy"]) for row in rows] == [row["val_accuracy"] for row in result.trials]
+    assert {row["error"] for row in rows} == {""}
+
+
+def test_second_call_resumes_without_training(first, tmp_path):
+    hypermodel = CountingHyperModel()
+    result = run(copy_of(first, tmp_path), hypermodel=hypermodel)
+    assert hypermodel.builds == 0
+    assert result.trials == first[2].trials
+
+
+def test_overwrite_starts_over(first, tmp_path):
+    hypermodel = CountingHyperModel()
+    result = run(copy_of(first, tmp_path), hypermodel=hypermodel, overwrite=True, max_trials=1)
+    assert hypermodel.builds == 2 and len(result.trials) == 1
+
+
+def test_same_seed_same_search(first, tmp_path):
+    (again,) = run(tmp_path, max_trials=1).trials  # the shared search's seed, in a new project
+    (original,) = [row for row in first[2].trials if row["trial_id"] == again["trial_id"]]
+    assert {**again, "seconds": None} == {**original, "seconds": None}
+
+
+@pytest.mark.parametrize("max_trials, failed, why", [(2, 2, ""), (5, 3, "Keras Tuner stops after 3 failures in a row")])
+def test_all_trials_failed(tmp_path, max_trials, failed, why):
+    hypermodel = InstantHyperModel(failures=max_trials)
+    with pytest.raises(SearchFailedError, match=f"all {failed} trials failed") as raised:
+        run(tmp_path, hypermodel=hypermodel, max_trials=max_trials)
+    assert "ValueError: deliberate failure in fit" in str(raised.value) and why in str(raised.value)
+    assert len(hypermodel.fits) == failed
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="only the TensorFlow backend imports TensorBoard")
+def test_missing_tensorboard_fails_the_search(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorboard.plugins.hparams", None)
+    with pytest.raises(SearchFailedError, match="(?s)all 2 trials failed.*tensorboard"):
+        run(tmp_path, hypermodel=InstantHyperModel())
+
+
+def test_some_trials_failed(tmp_path):
+    with pytest.warns(RuntimeWarning, match="1 of 2 trials failed.*deliberate failure in fit"):
+        result = run(tmp_path, hypermodel=InstantHyperModel(failures=1))
+    completed, failed = result.trials
+    assert (completed["status"], completed["val_accuracy"]) == ("COMPLETED", 0.5)
+    assert (failed["status"], failed["val_accuracy"], failed["best_epoch"]) == ("FAILED", None, None)
+    assert failed["error"] == "ValueError: deliberate failure in fit"
+    assert set(DROPOUT_NAMES) <= set(failed)
+    assert result.best_hyperparameters is result.tuner.oracle.trials[completed["trial_id"]].hyperparameters
+
+
+def scaled_shapes(hypermodel):
+    """(training images, validation images) that the first trial's fit got, after checking their preparation."""
+    x, y, (x_val, y_val), kwargs = hypermodel.fits[0]
+    assert x.dtype == np.float32 and 0.0 <= x.min() and x.max() < 1.0
+    assert y.shape == (len(x), 10) and y_val.shape == (len(x_val), 10)
+    assert kwargs["epochs"] == 1
+    return len(x), len(x_val)
+
+
+def test_cifar10_is_loaded_when_no_data_is_given(tmp_path, monkeypatch):
+    monkeypatch.setattr(kt_dropout.data, "load_cifar10", lambda num_classes: synthetic_cifar10(128, 32))
+    hypermodel = InstantHyperModel()
+    search(hypermodel=hypermodel, max_trials=1, epochs=1, directory=tmp_path, verbose=0)
+    assert scaled_shapes(hypermodel) == (128, 32)  # the test set selects, as in the post
+
+
+@pytest.mark.parametrize("given_validation, shapes", [(False, (192, 64)), (True, (256, 64))])
+def test_holdout_selection(tmp_path, given_validation, shapes):
+    hypermodel = InstantHyperModel(recipe=RECIPE.replace(selection="holdout", holdout=64))
+    if given_validation:  # an explicit validation set is what selects
+        (x, y), validation = DATA
+        search(x, y, validation, hypermodel=hypermodel, max_trials=1, epochs=1, directory=tmp_path, verbose=0)
+    else:  # the last 64 training images select; the test set is not looked at
+        search(data=DATA, hypermodel=hypermodel, max_trials=1, epochs=1, directory=tmp_path, verbose=0)
+    assert scaled_shapes(hypermodel) == shapes
+
+
+def test_a_keras_tuner_subclass_can_be_the_tuner(tmp_path):
+    class Tuner(keras_tuner.RandomSearch):
+        pass
+
+    result = run(tmp_path, tuner=Tuner, hypermodel=InstantHyperModel())
+    assert isinstance(result.tuner, Tuner) and len(result.trials) == 2
+
+
+@pytest.mark.parametrize("tuner", ["evolution", keras_tuner.Tuner, None])
+def test_unknown_tuner(tmp_path, tuner):
+    with pytest.raises(ValueError, match="'random', 'grid', 'bayesian', 'hyperband'"):
+        run(tmp_path, tuner=tuner)
+
+
+def test_bayesian_without_scikit_learn(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "sklearn", None)
+    with pytest.raises(ImportError, match=r'pip install "kt-dropout\[bayesian\]"'):
+        run(tmp_path, tuner="bayesian")
+
+
+@pytest.mark.parametrize(
+    "data, error, message",
+    [
+        (((DATA[0][0], DATA[0][1][:-1]), DATA[1]), DataError, "256 images but y_train has 255 labels"),
+        (((DATA[0][0] / 255.0, DATA[0][1]), DATA[1]), DataError, "dtype float64; expected uint8"),
+        (((DATA[0][0], DATA[0][1] + 5), DATA[1]), DataError, "labels outside"),
+        (((DATA[0][0][:0], DATA[0][1][:0]), DATA[1]), DataError, "empty"),
+        ((DATA[0], (DATA[1][0][:, :24, :24], DATA[1][1])), DataError, "train images are 32x32 but test images"),
+        (synthetic_cifar10(8, 8, image_size=24), ValueError, r"images are \(24, 24, 3\) but the network takes"),
+    ],
+)
+def test_bad_data_fails_before_any_trial(tmp_path, data, error, message):
+    (x, y), validation = data
+    with pytest.raises(error, match=message):
+        search(x, y, validation, hypermodel=CountingHyperModel(), directory=tmp_path, verbose=0)
+    assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"x": DATA[0][0], "y": DATA[0][1]}, "validation_data"),
+        ({"x": DATA[0][0], "y": DATA[0][1], "validation_data": DATA[1], "data": DATA}, "or data="),
+        ({"validation_data": DATA[1]}, "needs x and y"),
+        ({"space": {"dropout_dense": 0.5}, "hypermodel": DropoutVGGHyperModel()}, "belong to the hypermodel"),
+        ({"data": DATA, "max_trials": 0}, "max_trials"),
+        ({"data": DATA, "epochs": 0}, "epochs"),
+    ],
+)
+def test_bad_arguments(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        search(directory=tmp_path, verbose=0, **kwargs)
+
+
+@pytest.mark.slow
+def test_hyperband_counts_epochs_of_continued_trials(tmp_path):
+    # Two brackets; in the first, the better of two 1-epoch trials is continued for a second epoch.
+    hypermodel = CountingHyperModel(space=DENSE_ONLY)
+    result = run(tmp_path, tuner="hyperband", epochs=2, factor=2, hypermodel=hypermodel)
+    trials = result.tuner.oracle.trials
+    continued = [row for row in result.trials if trials[row["trial_id"]].hyperparameters.values["tuner/initial_epoch"]]
+    assert continued and all(row["best_epoch"] == 2 for row in continued)
