@@ -1,0 +1,82 @@
+"""The benchmark suite's machinery on CPU: collection, GPU gating, and a smoke run end to end.
+
+Runs pytest in real subprocesses, as a user would: the smoke profile trains
+tiny networks on synthetic data, stores the runs, decides (and reports) claims,
+writes the report with its figures, and a second run reuses every stored run.
+"""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _pytest(*args, env=None):
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", **(env or {})},
+        timeout=900,
+    )
+
+
+def test_every_experiment_and_claim_is_collected():
+    from kt_dropout.experiments import CLAIMS, EXPERIMENTS
+
+    result = _pytest("benchmarks", "--collect-only", "-q")
+    assert result.returncode == 0, result.stdout + result.stderr
+    for experiment in EXPERIMENTS:
+        assert f"test_experiment[{experiment}]" in result.stdout
+    for claim in CLAIMS:
+        assert f"test_claim[{claim}]" in result.stdout
+    assert "bench_speed.py::test_speed" in result.stdout
+
+
+def test_without_the_gpu_marker_nothing_trains(tmp_path):
+    result = _pytest("benchmarks", "--kt-results", str(tmp_path), "-rs")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "passed" not in result.stdout.splitlines()[-1]
+    assert "select it with `pytest benchmarks -m gpu`" in result.stdout
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.slow
+def test_smoke_profile_runs_end_to_end_and_resumes(tmp_path):
+    args = ["benchmarks/test_post.py", "-m", "gpu", "--kt-profile", "smoke", "--kt-seeds", "2", "--kt-epochs", "2",
+            "--kt-results", str(tmp_path), "-k", "batchnorm or C1 or C10 or C4", "-rs",
+            "--benchmark-json", str(tmp_path / "bench.json")]
+    first = _pytest(*args)
+    assert first.returncode == 0, first.stdout + first.stderr
+    store = tmp_path / "store"
+    runs = sorted(store.glob("*.json"))
+    records = [json.loads(p.read_text()) for p in runs if p.name != "store.json"]
+    assert sorted((r["name"], r["seed"]) for r in records) == [("bn", 0), ("bn", 1), ("vanilla", 0), ("vanilla", 1)]
+    assert all(r["status"] == "ok" and r["epochs_run"] == 2 and r["pack_size"] == 2 for r in records)
+    # C4 is not decided by the smoke profile and its configurations are not trained for it.
+    assert "C4" in first.stdout and "not decided in the smoke profile" in first.stdout
+    report = (tmp_path / "report-smoke" / "report.md").read_text()
+    assert "C1" in report and "vanilla" in report and "| bn" in report
+    assert (tmp_path / "report-smoke" / "curves-batchnorm.png").stat().st_size > 10_000
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    extra = bench["benchmarks"][0]["extra_info"]
+    assert extra["bn seconds_per_epoch"] > 0
+
+    mtimes = {p.name: p.stat().st_mtime_ns for p in runs}
+    second = _pytest(*args)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert {p.name: p.stat().st_mtime_ns for p in sorted(store.glob("*.json"))} == mtimes  # nothing retrained
+
+
+@pytest.mark.slow
+def test_speed_benchmark_writes_its_table(tmp_path):
+    result = _pytest("benchmarks/bench_speed.py", "-m", "gpu", "--kt-profile", "smoke", "--kt-results", str(tmp_path),
+                     env={"KT_SPEED_PACKS": "1,2", "KT_SPEED_IMAGES": "128"})
+    assert result.returncode == 0, result.stdout + result.stderr
+    speed = json.loads((tmp_path / "speed.json").read_text())
+    assert [r["models"] for r in speed["rows"]] == [1, 1, 2]
+    assert speed["rows"][0]["speedup"] == 1.0
+    assert "| pack of 2" in (tmp_path / "speed.md").read_text()

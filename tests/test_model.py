@@ -1,0 +1,96 @@
+"""The post's network: shapes through every layer and parameter counts, for any valid config."""
+
+import math
+
+import keras
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from kt_dropout import VGGConfig, build_model, compile_model, Recipe
+
+rates = st.sampled_from([0.0, 0.2, 0.5, 0.75])
+
+
+@st.composite
+def configs(draw):
+    side = draw(st.integers(22, 40))
+    return VGGConfig(
+        nfilters=tuple(draw(st.integers(1, 12)) for _ in range(3)),
+        ndense=draw(st.integers(1, 24)),
+        batchnorm=draw(st.booleans()),
+        dropout_conv=tuple(draw(rates) for _ in range(3)),
+        dropout_dense=draw(rates),
+        num_classes=draw(st.integers(2, 12)),
+        input_shape=(side, draw(st.integers(22, 40)), draw(st.integers(1, 4))),
+    )
+
+
+def expected_param_count(c: VGGConfig) -> int:
+    """Closed form, written from the architecture alone: 3x3 convs with bias, BN has 4 per channel."""
+    total, channels = 0, c.input_shape[2]
+    bn = 4 if c.batchnorm else 0
+    for filters in c.nfilters:
+        total += (9 * channels + 1) * filters + bn * filters  # first conv of the block
+        total += (9 * filters + 1) * filters + bn * filters  # second conv
+        channels = filters
+    h, w = (((((s - 2) // 2) - 2) // 2 - 2) // 2 for s in c.input_shape[:2])
+    flat = h * w * channels
+    total += (flat + 1) * c.ndense + bn * c.ndense
+    total += (c.ndense + 1) * c.ndense + bn * c.ndense
+    total += (c.ndense + 1) * c.num_classes
+    return total
+
+
+def expected_sides(side: int) -> list[int]:
+    """32 -> 32, 30, 15, 13, 6, 4, 2: same conv, valid conv, pool, three times."""
+    out = []
+    for _ in range(3):
+        out += [side, side - 2, (side - 2) // 2]
+        side = (side - 2) // 2
+    return out
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(configs())
+def test_shapes_and_parameter_count_follow_the_arithmetic(config):
+    model = build_model(config)
+    assert model.output_shape == (None, config.num_classes)
+    assert model.count_params() == expected_param_count(config)
+    heights, widths = expected_sides(config.input_shape[0]), expected_sides(config.input_shape[1])
+    for block in range(3):
+        for i, layer in enumerate((f"block{block + 1}_conv1", f"block{block + 1}_conv2", f"block{block + 1}_pool")):
+            shape = model.get_layer(layer).output.shape
+            assert shape[1:] == (heights[3 * block + i], widths[3 * block + i], config.nfilters[block]), layer
+    dropouts = {l.name: l.rate for l in model.layers if isinstance(l, keras.layers.Dropout)}
+    for block, rate in enumerate(config.dropout_conv, 1):
+        for conv in (1, 2):
+            assert dropouts.get(f"block{block}_conv{conv}_dropout", 0.0) == rate
+    assert dropouts.get("dense1_dropout", 0.0) == config.dropout_dense
+    assert any(isinstance(l, keras.layers.BatchNormalization) for l in model.layers) == config.batchnorm
+
+
+def test_the_posts_networks_have_about_2m_and_3_2m_parameters():
+    assert build_model(VGGConfig()).count_params() == 1_945_674 == expected_param_count(VGGConfig())
+    assert build_model(VGGConfig(ndense=1024)).count_params() == 3_266_634
+    assert math.isclose(build_model(VGGConfig()).count_params(), 2.0e6, rel_tol=0.03)
+    assert math.isclose(build_model(VGGConfig(ndense=1024)).count_params(), 3.2e6, rel_tol=0.03)
+
+
+def test_32_pixel_input_follows_the_posts_sizes():
+    model = build_model(VGGConfig())
+    assert [model.get_layer(f"block{b}_pool").output.shape[1] for b in (1, 2, 3)] == [15, 6, 2]
+    assert model.get_layer("block3_conv2").output.shape[1:] == (4, 4, 256)
+    assert model.get_layer("flatten").output.shape[1:] == (1024,)
+
+
+def test_layer_order_is_conv_bn_relu_dropout():
+    names = [l.name for l in build_model(VGGConfig(dropout_conv=(0.2, 0.2, 0.2))).layers][1:6]
+    assert names == ["block1_conv1", "block1_conv1_bn", "block1_conv1_relu", "block1_conv1_dropout", "block1_conv2"]
+
+
+def test_compile_uses_the_recipe():
+    model = compile_model(build_model(VGGConfig(nfilters=(2, 2, 2), ndense=4)), Recipe(learning_rate=0.002))
+    assert isinstance(model.optimizer, keras.optimizers.Adam)
+    assert float(model.optimizer.learning_rate) == pytest.approx(0.002)
+    assert model.loss == "categorical_crossentropy"
