@@ -17,6 +17,17 @@ def _int_option(config, name):
         raise pytest.UsageError(f"{name}: expected an integer, got {value!r}") from None
 
 
+STUDY = pytest.StashKey()
+SELECTED = pytest.StashKey()
+
+
+def pytest_collection_modifyitems(config, items):
+    """Remembers which experiments this session runs, so that they are trained together in packs."""
+    config.stash[SELECTED] = [
+        item.callspec.params["experiment"] for item in items if getattr(item, "originalname", None) == "test_experiment"
+    ]
+
+
 @pytest.fixture(scope="session")
 def study(pytestconfig):
     try:
@@ -28,6 +39,7 @@ def study(pytestconfig):
             seeds=_int_option(pytestconfig, "--kt-seeds"),
             selection=pytestconfig.getoption("--kt-selection"),
             pack_size=_int_option(pytestconfig, "--kt-pack-size") or 1,
+            experiments=_planned(pytestconfig),
         )
     except (ValueError, OSError) as error:
         raise pytest.UsageError(str(error)) from None
@@ -35,7 +47,15 @@ def study(pytestconfig):
     return chosen
 
 
-STUDY = pytest.StashKey()
+def _planned(config):
+    """The selected experiments that the profile trains (None: the profile's; only experiment tests use it)."""
+    from kt_dropout.profiles import get_profile
+
+    try:
+        profile = get_profile(config.getoption("--kt-profile"))
+    except ValueError as error:
+        raise pytest.UsageError(str(error)) from None
+    return [e for e in config.stash.get(SELECTED, []) if e in profile.experiments] or None
 
 
 def pytest_sessionfinish(session):

@@ -16,7 +16,7 @@ from typing import Callable, Iterable
 import keras
 
 from kt_dropout.config import Recipe
-from kt_dropout.experiments import CONFIGS, EXPERIMENTS
+from kt_dropout.experiments import CONFIGS, EXPERIMENTS, resolve_experiments
 from kt_dropout.packed_training import Member, plan_packs, train_pack
 from kt_dropout.profiles import Profile
 from kt_dropout.results import ResultStore, run_key
@@ -34,6 +34,8 @@ class Study:
         data: `((x_train, y_train), (x_test, y_test))`.
         data_fingerprint: identifies `data` in stored runs (see `data.data_fingerprint`).
         epochs, seeds: override the profile's.
+        experiments: the experiments this study will train (default: the profile's); the first
+            experiment asked for trains the missing runs of all of them, packed together.
         pack: train runs of one shape together (`packed_training`); False trains each with `keras.fit`.
         max_pack_size: the most runs in one pack.
         progress: called with one line per epoch / run; None is silent.
@@ -41,13 +43,14 @@ class Study:
 
     def __init__(
         self, profile: Profile, data, data_fingerprint: str, store: ResultStore, *, recipe: Recipe | None = None,
-        epochs: int | None = None, seeds: int | None = None, pack: bool = True, max_pack_size: int = 20,
-        progress: Callable[[str], None] | None = _print, **pack_options,
+        epochs: int | None = None, seeds: int | None = None, experiments: Iterable[str] | None = None,
+        pack: bool = True, max_pack_size: int = 20, progress: Callable[[str], None] | None = _print, **pack_options,
     ):
         self.profile, self.data, self.fingerprint, self.store = profile, data, data_fingerprint, store
         self.recipe = recipe or Recipe()
         self.epochs = epochs or profile.epochs
         self.seeds = list(range(seeds or profile.seeds))
+        self.experiments = [e.name for e in resolve_experiments(list(experiments or profile.experiments))]
         self.pack, self.max_pack_size, self.pack_options = pack, max_pack_size, pack_options
         self.progress = progress or (lambda message: None)
 
@@ -83,8 +86,8 @@ class Study:
         return runs
 
     def experiment_runs(self, experiment: str) -> dict[str, list[dict]]:
-        """An experiment's runs; the first call trains every missing run of the profile's experiments."""
-        along = [n for e in self.profile.experiments for n in EXPERIMENTS[e].configs]
+        """An experiment's runs; the first call trains every missing run of the study's experiments."""
+        along = [n for e in self.experiments for n in EXPERIMENTS[e].configs]
         return self.runs(EXPERIMENTS[experiment].configs, along=along)
 
     def records(self) -> list[dict]:
@@ -131,7 +134,8 @@ class Study:
 
 def open_study(
     profile: str, results, *, data_path=None, epochs: int | None = None, seeds: int | None = None,
-    selection: str = "test", pack_size: int = 20, progress: Callable[[str], None] | None = _print,
+    selection: str = "test", pack_size: int = 20, experiments: Iterable[str] | None = None,
+    progress: Callable[[str], None] | None = _print,
 ) -> Study:
     """A `Study` from plain settings, as the CLI and the pytest options give them.
 
@@ -149,5 +153,5 @@ def open_study(
     data = synthetic_cifar10(n_train=512, n_test=128) if chosen.synthetic else load_cifar10(data_path)
     return Study(
         chosen, data, data_fingerprint(data), store, recipe=recipe, epochs=epochs, seeds=seeds,
-        pack=pack_size > 1, max_pack_size=pack_size, progress=progress,
+        experiments=experiments, pack=pack_size > 1, max_pack_size=pack_size, progress=progress,
     )

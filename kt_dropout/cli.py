@@ -1,0 +1,436 @@
+"""`kt-dropout`: the study from the command line.
+
+    kt-dropout experiments                 what the post tried and claimed, and the profiles
+    kt-dropout train --config conv0.2      train one configuration, write its run record
+    kt-dropout search --max-trials 20      Keras Tuner search over the dropout rates
+    kt-dropout reproduce batchnorm         train an experiment (resumable), decide its claims, report
+    kt-dropout report kt_results           rewrite the report from stored runs
+
+Every error is one line on stderr, `kt-dropout <command>: error: ...`, and exit
+status 2 (1 when a search ran but every trial failed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+from collections import Counter
+from pathlib import Path
+
+import keras
+from tabulate import tabulate
+
+from kt_dropout.config import Recipe, VGGConfig
+from kt_dropout.data import data_fingerprint, load_cifar10, synthetic_cifar10
+from kt_dropout.experiments import CLAIMS, CONFIGS, EXPERIMENTS, claims_for, resolve_experiments
+from kt_dropout.hypermodel import PARAMS
+from kt_dropout.profiles import PROFILES, get_profile
+from kt_dropout.report import write_report
+from kt_dropout.results import MANIFEST_NAME, ResultStore
+from kt_dropout.runner import open_study
+from kt_dropout.search import TUNERS, SearchFailedError, search
+from kt_dropout.training import train
+from kt_dropout.verdicts import decide_all
+
+PROG = "kt-dropout"
+DEFAULT_OUTPUT = "kt-dropout-run.json"
+DEFAULT_RESULTS = "kt_results"
+STORE_FOLDER = "store"
+
+
+class UsageError(Exception):
+    """Bad input found after parsing: reported like an argparse error, exit status 2."""
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --- shared flag groups ----------------------------------------------------------------------------
+
+
+def _add_network_flags(parser: argparse.ArgumentParser) -> None:
+    """The VGGConfig fields; each flag overrides the configuration named by --config (default: bn)."""
+    group = parser.add_argument_group("network (VGGConfig); each flag overrides --config")
+    group.add_argument("--config", choices=list(CONFIGS), metavar="NAME",
+                       help="start from this named configuration of the post (see `kt-dropout experiments`); "
+                            "default: bn, the post's baseline with batch norm and no dropout")
+    group.add_argument("--nfilters", type=int, nargs=3, metavar="N", help="filters of the three conv blocks")
+    group.add_argument("--ndense", type=int, metavar="N", help="units of each of the two dense layers")
+    group.add_argument("--batchnorm", action=argparse.BooleanOptionalAction, default=None,
+                       help="BatchNormalization before every ReLU")
+    group.add_argument("--dropout-conv", type=float, nargs=3, metavar="R",
+                       help="dropout rate after every conv of each of the three blocks, in [0, 1)")
+    group.add_argument("--dropout-dense", type=float, metavar="R", help="dropout rate after each dense layer")
+    group.add_argument("--num-classes", type=int, metavar="N", help="size of the softmax output")
+    group.add_argument("--input-shape", type=int, nargs=3, metavar=("H", "W", "C"), help="input image shape")
+
+
+def _add_recipe_flags(parser: argparse.ArgumentParser, epochs_help: str) -> None:
+    """The Recipe fields; unset ones keep the post's recipe."""
+    default = Recipe()
+    group = parser.add_argument_group("training recipe (Recipe)")
+    group.add_argument("--learning-rate", type=float, metavar="LR",
+                       help=f"Adam's learning rate [{default.learning_rate:g}]")
+    group.add_argument("--batch-size", type=int, metavar="N", help=f"mini-batch size [{default.batch_size}]")
+    group.add_argument("--epochs", type=int, metavar="N", help=f"{epochs_help} [{default.epochs}]")
+    group.add_argument("--pixel-scale", type=float, metavar="S", help="inputs are multiplied by this [1/256]")
+    group.add_argument("--selection", choices=Recipe.SELECTIONS,
+                       help="pick the best epoch on the test set (test, as the post) or on a holdout split of "
+                            "the training set, reporting test accuracy there (holdout) [test]")
+    group.add_argument("--holdout", type=int, metavar="N",
+                       help=f"size of the holdout split, with --selection holdout [{default.holdout}]")
+
+
+def _add_data_flags(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data").add_mutually_exclusive_group()
+    group.add_argument("--data", metavar="PATH",
+                       help="CIFAR-10 as an .npz, the official tarball, a cifar-10-batches-py folder or an image "
+                            "folder tree; default: $KT_DROPOUT_DATA, then Keras's cache, then Keras's download")
+    group.add_argument("--synthetic", type=int, nargs=2, metavar=("N_TRAIN", "N_TEST"),
+                       help="train on a small synthetic CIFAR-10-shaped data set instead, to try things out")
+
+
+def _given(args, cls) -> dict:
+    """The fields of dataclass `cls` that flags set."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name) is not None}
+
+
+def _config(args) -> VGGConfig:
+    """The network the flags describe: --config, then every network flag given."""
+    return (CONFIGS[args.config] if args.config else VGGConfig()).replace(**_given(args, VGGConfig))
+
+
+def _recipe(args) -> Recipe:
+    return Recipe(**_given(args, Recipe))
+
+
+def _data(args, config: VGGConfig):
+    """`((x_train, y_train), (x_test, y_test))` from --synthetic, --data or the standard lookup."""
+    if args.synthetic:
+        n_train, n_test = args.synthetic
+        return synthetic_cifar10(n_train, n_test, image_size=config.input_shape[0], num_classes=config.num_classes)
+    return load_cifar10(args.data, num_classes=config.num_classes)
+
+
+# --- experiments -----------------------------------------------------------------------------------
+
+
+def _config_changes(config: VGGConfig) -> str:
+    default = VGGConfig()
+    changes = [
+        f"{f.name}={getattr(config, f.name)}" for f in dataclasses.fields(VGGConfig)
+        if getattr(config, f.name) != getattr(default, f.name)
+    ]
+    return ", ".join(changes) or "(the defaults)"
+
+
+def cmd_experiments(args) -> int:
+    """Prints the experiments with their configurations, the claims and the profiles."""
+    print("Experiments\n")
+    rows = [[e.name, e.title, f"{name}: {_config_changes(CONFIGS[name])}"] for e in EXPERIMENTS.values()
+            for name in e.configs]
+    print(tabulate(rows, headers=["experiment", "title", "configuration: non-default fields"]))
+    print("\nClaims\n")
+    print(tabulate([[c.id, c.experiment, c.text] for c in CLAIMS.values()], headers=["claim", "experiment", "text"]))
+    print("\nProfiles (kt-dropout reproduce --profile NAME)\n")
+    rows = [[p.name, p.epochs, p.seeds, ", ".join(p.experiments), ", ".join(p.claims) or "none", p.description]
+            for p in PROFILES.values()]
+    print(tabulate(rows, headers=["profile", "epochs", "seeds", "trains", "decides", "what for"]))
+    return 0
+
+
+# --- train -----------------------------------------------------------------------------------------
+
+
+def _reserve_output(path: Path, force: bool) -> Path:
+    """Refuses an existing `path` without --force and proves its folder writable: returns a temp file there."""
+    if path.exists() and not force:
+        raise UsageError(f"{path} already exists; pass --force to overwrite it")
+    if not path.parent.is_dir():
+        raise UsageError(f"{path.parent}: no such folder for the output")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise UsageError(f"cannot write to {path.parent}: {e.strerror or e}") from None
+    os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the record is an ordinary file
+    return Path(tmp)
+
+
+def _epoch_line(epochs: int):
+    """A Keras callback printing one line per epoch to stderr."""
+    def report(epoch: int, logs: dict) -> None:
+        metrics = " ".join(f"{k} {v:.4f}" for k, v in logs.items() if isinstance(v, (int, float)))
+        _stderr(f"epoch {epoch + 1}/{epochs} {metrics}")
+
+    return keras.callbacks.LambdaCallback(on_epoch_end=report)
+
+
+def cmd_train(args) -> int:
+    """Trains one configuration and writes its run record as JSON."""
+    config, recipe = _config(args), _recipe(args)
+    output = Path(args.output)
+    tmp = _reserve_output(output, args.force)
+    try:
+        data = _data(args, config)
+        record = train(
+            config, data, recipe=recipe, seed=args.seed, name=args.config or "custom",
+            data_fingerprint=data_fingerprint(data), verbose=1 if args.verbose else 0,
+            callbacks=[] if args.verbose else [_epoch_line(recipe.epochs)],
+        )
+        tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    best = record["best_val_accuracy"]
+    print(f"{record['name']} seed {record['seed']}: {record['status']}"
+          + (f" ({record['error']})" if record["error"] else ""))
+    print(f"best val_accuracy {best:.4f} at epoch {record['best_epoch']}/{record['epochs_run']}, "
+          f"{record['seconds_per_epoch']:.2f} s/epoch" if best is not None else "no finite val_accuracy")
+    print(f"record written to {output}")
+    return 0 if record["status"] == "ok" else 1
+
+
+# --- search ----------------------------------------------------------------------------------------
+
+
+def _value(text: str):
+    """One value of a --space spec: a boolean, an int, or a float."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return int(lowered)
+    except ValueError:
+        pass
+    try:
+        return float(lowered)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or true/false") from None
+
+
+def space_item(text: str) -> tuple[str, object]:
+    """NAME=SPEC: `lo:hi[:step]` a range, `a,b,c` choices, `v` a fixed value, `none` not tuned."""
+    name, sep, spec = text.partition("=")
+    if not sep or not name or not spec:
+        raise argparse.ArgumentTypeError(f"expected NAME=SPEC, got {text!r}")
+    if name not in PARAMS:
+        raise argparse.ArgumentTypeError(f"unknown hyperparameter {name!r}; known: {', '.join(PARAMS)}")
+    if spec.strip().lower() == "none":
+        return name, None
+    if ":" in spec:
+        return name, tuple(_value(part) for part in spec.split(":"))
+    if "," in spec:
+        return name, [_value(part) for part in spec.split(",")]
+    return name, _value(spec)
+
+
+def _space(items: list[tuple[str, object]]) -> dict:
+    repeated = [name for name, count in Counter(name for name, _ in items).items() if count > 1]
+    if repeated:
+        raise UsageError(f"--space given more than once for {', '.join(repeated)}")
+    return dict(items)
+
+
+def cmd_search(args) -> int:
+    """Runs a Keras Tuner search and prints its trials, best first."""
+    space, base, recipe = _space(args.space), _config(args), _recipe(args)
+    data = _data(args, base)
+    try:
+        result = search(
+            data=data, tuner=args.tuner, max_trials=args.max_trials, space=space, base=base, recipe=recipe,
+            directory=args.directory, project_name=args.project_name, overwrite=args.overwrite, seed=args.seed,
+            verbose=1 if args.verbose else 0,
+        )
+    except SearchFailedError as error:
+        lines = str(error).splitlines()
+        _stderr(f"{PROG} search: {lines[0]} {lines[-1].strip() if len(lines) > 1 else ''}".rstrip())
+        return 1
+    print(result.to_table())
+    print(f"\nbest configuration: {_config_changes(result.best_config)}")
+    if args.csv:
+        result.to_csv(args.csv)
+        print(f"trials written to {args.csv}")
+    return 0
+
+
+# --- reproduce -------------------------------------------------------------------------------------
+
+
+def cmd_reproduce(args) -> int:
+    """Trains what the experiments need (reusing stored runs), decides their claims, writes the report."""
+    if args.no_pack and (args.pack_size or 1) > 1:
+        raise UsageError(f"--no-pack conflicts with --pack-size {args.pack_size}")
+    profile = get_profile(args.profile)
+    experiments = [e.name for e in resolve_experiments(args.experiments or list(profile.experiments))]
+    results = Path(args.results)
+    study = open_study(
+        profile.name, results / STORE_FOLDER, data_path=args.data, epochs=args.epochs, seeds=args.seeds,
+        selection=args.selection, pack_size=1 if args.no_pack else (args.pack_size or 20),
+    )
+    configs = list(dict.fromkeys(n for name in experiments for n in EXPERIMENTS[name].configs))
+    _stderr(f"{', '.join(experiments)}: {len(configs)} configurations x {len(study.seeds)} seeds")
+    records = [run for runs in study.runs(configs).values() for run in runs]  # trains only what is missing
+    claims = [c for name in experiments for c in claims_for(name)]
+    decided = {v.claim.id: v for v in decide_all(records, [c for c in claims if c.id in profile.claims])}
+    print(f"Claims ({profile.name} profile, {study.epochs} epochs, {len(study.seeds)} seeds):")
+    for claim in claims:
+        print(f"  {decided[claim.id].summary()}" if claim.id in decided
+              else f"  {claim.id} not decided in this profile: {claim.text}")
+    path = write_report(records, results / f"report-{profile.name}", experiments=experiments)
+    print(f"report written to {path}")
+    return 0
+
+
+# --- report ----------------------------------------------------------------------------------------
+
+
+def _open_store(results: Path) -> ResultStore:
+    """The store in a results folder (RESULTS/store) or the store folder itself."""
+    root = results if (results / MANIFEST_NAME).is_file() else results / STORE_FOLDER
+    if not (root / MANIFEST_NAME).is_file():
+        raise UsageError(f"{results}: neither a results folder (with {STORE_FOLDER}/) nor a results store "
+                         f"(with {MANIFEST_NAME})")
+    return ResultStore(root, create=False)
+
+
+def _study_key(record: dict) -> tuple:
+    return (record.get("epochs"), json.dumps(record.get("recipe"), sort_keys=True), record.get("backend"),
+            record.get("data"))
+
+
+def _one_study(records: list[dict], epochs: int | None) -> list[dict]:
+    """The records of one study: those with --epochs, and of the study with the most runs if still mixed."""
+    if epochs is not None:
+        available = sorted({r.get("epochs") for r in records})
+        records = [r for r in records if r.get("epochs") == epochs]
+        if not records:
+            raise UsageError(f"no runs of {epochs} epochs; the store has runs of {available} epochs")
+    studies = Counter(map(_study_key, records))
+    if len(studies) <= 1:
+        return records
+    chosen, count = studies.most_common(1)[0]
+    _stderr(f"the store mixes {len(studies)} studies (epochs, recipe, backend, data); reporting the one with "
+            f"the most runs: {count} runs of {chosen[0]} epochs on {chosen[2]}, data {chosen[3]}")
+    return [r for r in records if _study_key(r) == chosen]
+
+
+def cmd_report(args) -> int:
+    """Writes report.md and its figures from the runs in a results store."""
+    results = Path(args.results)
+    store = _open_store(results)
+    records = store.records()
+    if not records:
+        raise UsageError(f"{store.root} holds no runs")
+    out = Path(args.out) if args.out else store.root.parent / "report"
+    path = write_report(_one_study(records, args.epochs), out)
+    print(f"report written to {path}")
+    return 0
+
+
+# --- parser ----------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Dropout with batch normalization in a VGG-like CNN on CIFAR-10: train, search, "
+                               "reproduce the post's experiments and report on them.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, run, help_text: str, description: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, help=help_text, description=description)
+        sub.set_defaults(run=run)
+        return sub
+
+    command("experiments", cmd_experiments, "list the post's experiments, claims and profiles",
+            "Lists every experiment of the post with its configurations (name and fields that differ from the "
+            "defaults), every claim (id, experiment deciding it, text) and the profiles of `reproduce`.")
+
+    train_cmd = command("train", cmd_train, "train one configuration",
+                        "Trains one configuration with the post's recipe (or the flags' changes to it) and writes "
+                        "its run record as JSON: config, recipe, history, best epoch, timings, environment.")
+    _add_network_flags(train_cmd)
+    _add_recipe_flags(train_cmd, "epochs to train")
+    _add_data_flags(train_cmd)
+    train_cmd.add_argument("--seed", type=int, default=0, help="random seed of weights and shuffling [0]")
+    train_cmd.add_argument("--output", "-o", default=DEFAULT_OUTPUT, metavar="FILE.json",
+                           help=f"where the run record goes [{DEFAULT_OUTPUT}]")
+    train_cmd.add_argument("--force", action="store_true", help="overwrite --output if it exists")
+    train_cmd.add_argument("--verbose", "-v", action="store_true",
+                           help="Keras's progress bar instead of one line per epoch")
+
+    search_cmd = command("search", cmd_search, "Keras Tuner search over the dropout rates",
+                         "Searches the dropout rates (or what --space tunes) of the network the network flags "
+                         "describe, maximizing val_accuracy. A project already in --directory/--project-name is "
+                         "resumed unless --overwrite. Prints the trials, best first.")
+    search_cmd.add_argument("--tuner", choices=list(TUNERS), default="random", help="the Keras Tuner tuner [random]")
+    search_cmd.add_argument("--max-trials", type=int, default=10, metavar="N",
+                            help="trials to run; hyperband runs its brackets up to --epochs instead [10]")
+    search_cmd.add_argument("--space", type=space_item, action="append", default=[], metavar="NAME=SPEC",
+                            help="one hyperparameter, repeatable: NAME is one of "
+                                 f"{', '.join(PARAMS)}; SPEC is lo:hi or lo:hi:step (a range), a,b,c (choices), "
+                                 "a single value (fixed) or none (not tuned: from the network flags). "
+                                 "Unnamed dropout rates search 0.0:0.5:0.1")
+    search_cmd.add_argument("--directory", default="kt_dropout_search", help="Keras Tuner's folder [kt_dropout_search]")
+    search_cmd.add_argument("--project-name", default="dropout_vgg", help="project within --directory [dropout_vgg]")
+    search_cmd.add_argument("--overwrite", action="store_true", help="start over instead of resuming the project")
+    search_cmd.add_argument("--seed", type=int, help="seeds the tuner and every trial's initial state")
+    search_cmd.add_argument("--csv", metavar="FILE", help="also write the trials table as CSV")
+    search_cmd.add_argument("--verbose", "-v", action="store_true", help="Keras Tuner's and Keras's progress output")
+    _add_network_flags(search_cmd)
+    _add_recipe_flags(search_cmd, "epochs per trial")
+    _add_data_flags(search_cmd)
+
+    reproduce = command("reproduce", cmd_reproduce, "train the post's experiments, decide its claims, report",
+                        "Trains the runs the experiments need (default: the profile's), reusing every run already "
+                        "in RESULTS/store, so an interrupted or repeated call resumes. Then prints each claim's "
+                        "verdict and writes RESULTS/report-PROFILE/report.md with figures.")
+    reproduce.add_argument("experiments", nargs="*", metavar="EXPERIMENT",
+                           help=f"experiments to train: {', '.join(EXPERIMENTS)} [the profile's]")
+    reproduce.add_argument("--profile", choices=list(PROFILES), default="quick",
+                           help="smoke: tiny networks on synthetic data; quick: 15 epochs; full: the post's "
+                                "250 [quick]")
+    reproduce.add_argument("--seeds", type=int, metavar="N", help="seeds per configuration [the profile's]")
+    reproduce.add_argument("--epochs", type=int, metavar="N", help="epochs per run [the profile's]")
+    reproduce.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR",
+                           help=f"results folder: store/ and report-PROFILE/ [{DEFAULT_RESULTS}]")
+    reproduce.add_argument("--data", metavar="PATH", help="CIFAR-10 location (not used by smoke) [standard lookup]")
+    reproduce.add_argument("--selection", choices=Recipe.SELECTIONS, default="test",
+                           help="pick the best epoch on the test set (as the post) or a holdout split [test]")
+    reproduce.add_argument("--pack-size", type=int, metavar="N",
+                           help="most runs of one shape trained together as one packed model [20]")
+    reproduce.add_argument("--no-pack", action="store_true", help="train each run alone with keras fit (pack size 1)")
+
+    report = command("report", cmd_report, "write the report from stored runs",
+                     "Writes report.md and PNG figures from the runs in a results store. When the store holds "
+                     "several studies (runs differing in epochs, recipe, backend or data), --epochs picks one; "
+                     "if that still leaves several, the one with the most runs is reported and a note says so.")
+    report.add_argument("results", metavar="RESULTS",
+                        help="a results folder (holding store/) or a results store (holding store.json)")
+    report.add_argument("--out", metavar="DIR", help="where the report goes [RESULTS/report, beside the store]")
+    report.add_argument("--epochs", type=int, metavar="N", help="report only the runs of N epochs")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except BrokenPipeError:  # e.g. `kt-dropout experiments | head`: not an error worth a message
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (UsageError, ValueError, OSError, ImportError) as error:  # DataError is a ValueError
+        _stderr(f"{PROG} {args.command}: error: {error}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

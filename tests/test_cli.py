@@ -1,0 +1,183 @@
+"""`kt-dropout` as a user runs it: real subprocesses, tiny networks, synthetic data."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kt_dropout.cli import space_item
+from kt_dropout.experiments import CLAIMS, CONFIGS, EXPERIMENTS
+from kt_dropout.profiles import PROFILES
+
+ENV = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
+TINY = ["--synthetic", "128", "64", "--nfilters", "4", "8", "8", "--ndense", "16", "--batch-size", "32"]
+SMOKE = ["--profile", "smoke", "--seeds", "2", "--epochs", "1"]
+
+
+def run_cli(*args, cwd):
+    return subprocess.run(
+        [sys.executable, "-m", "kt_dropout.cli", *map(str, args)], cwd=cwd, env=ENV, capture_output=True, text=True,
+        timeout=300,
+    )
+
+
+def assert_usage_error(result, command, *fragments):
+    assert result.returncode == 2, result.stderr
+    assert f"kt-dropout {command}: error:" in result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr
+
+
+@pytest.mark.parametrize("command, flags", [
+    ([], ["experiments", "train", "search", "reproduce", "report"]),
+    (["experiments"], []),
+    (["train"], ["--config", "--nfilters", "--no-batchnorm", "--dropout-conv", "--input-shape", "--learning-rate",
+                 "--selection", "--holdout", "--seed", "--data", "--synthetic", "--output", "--force", "--verbose"]),
+    (["search"], ["--tuner", "--max-trials", "--epochs", "--directory", "--project-name", "--overwrite", "--space",
+                  "--dropout-dense", "--csv"]),
+    (["reproduce"], ["--profile", "--seeds", "--epochs", "--results", "--data", "--selection", "--pack-size",
+                     "--no-pack"]),
+    (["report"], ["RESULTS", "--out", "--epochs"]),
+])
+def test_help(tmp_path, command, flags):
+    result = run_cli(*command, "--help", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for flag in flags:
+        assert flag in result.stdout
+
+
+def test_experiments_lists_everything(tmp_path):
+    result = run_cli("experiments", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for name in [*EXPERIMENTS, *CONFIGS, *CLAIMS, *PROFILES]:
+        assert name in result.stdout
+    assert "conv0.2: dropout_conv=(0.2, 0.2, 0.2)" in result.stdout
+
+
+@pytest.mark.slow
+def test_train_writes_a_record_and_refuses_to_overwrite_it(tmp_path):
+    (tmp_path / "tmp").mkdir()
+    args = ["train", *TINY, "--epochs", "2", "--output", "tmp/run.json"]
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "epoch 2/2" in result.stderr and "val_accuracy" in result.stderr
+    assert "best val_accuracy" in result.stdout
+    output = tmp_path / "tmp" / "run.json"
+    record = json.loads(output.read_text())
+    assert record["status"] == "ok"
+    assert len(record["history"]["loss"]) == len(record["history"]["val_accuracy"]) == 2
+    assert record["config"]["nfilters"] == [4, 8, 8]
+    assert os.listdir(tmp_path / "tmp") == ["run.json"]  # no temp file left behind
+
+    before = output.read_bytes()
+    again = run_cli(*args, cwd=tmp_path)
+    assert_usage_error(again, "train", "tmp/run.json", "--force")
+    assert output.read_bytes() == before
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["--dropout-conv", "0.5", "1.2", "0"], ["dropout_conv[1]"]),
+    (["--data", "/nonexistent"], ["/nonexistent"]),
+    (["--synthetic", "8", "8", "--output", "/nonexistent-folder/run.json"], ["/nonexistent-folder"]),
+])
+def test_train_rejects_bad_input(tmp_path, args, fragments):
+    assert_usage_error(run_cli("train", *args, cwd=tmp_path), "train", *fragments)
+    assert os.listdir(tmp_path) == []
+
+
+def test_data_and_synthetic_conflict(tmp_path):
+    result = run_cli("train", "--data", "x", "--synthetic", "1", "1", cwd=tmp_path)
+    assert_usage_error(result, "train", "--synthetic", "--data")
+
+
+def test_space_specs():
+    assert space_item("dropout_dense=0.0:0.5:0.1") == ("dropout_dense", (0.0, 0.5, 0.1))
+    assert space_item("ndense=256,512") == ("ndense", [256, 512])
+    assert space_item("batchnorm=false,true") == ("batchnorm", [False, True])
+    assert space_item("dropout_conv_1=0.2") == ("dropout_conv_1", 0.2)
+    assert space_item("dropout_conv_2=none") == ("dropout_conv_2", None)
+
+
+@pytest.mark.slow
+def test_search_prints_and_writes_the_trials(tmp_path):
+    result = run_cli(
+        "search", *TINY, "--max-trials", 2, "--epochs", 1, "--seed", 1, "--directory", "kts", "--csv", "trials.csv",
+        "--space", "dropout_dense=0.0,0.5", "--space", "dropout_conv_1=0",
+        "--space", "dropout_conv_2=none", "--space", "dropout_conv_3=none",
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if "COMPLETED" in line]
+    assert len(rows) == 2
+    with open(tmp_path / "trials.csv", newline="") as file:
+        trials = list(csv.DictReader(file))
+    assert [t["status"] for t in trials] == ["COMPLETED", "COMPLETED"]
+    assert {t["dropout_dense"] for t in trials} == {"0.0", "0.5"}
+    assert {t["dropout_conv_1"] for t in trials} == {"0.0"}
+    assert "dropout_conv_2" not in trials[0]  # not tuned: from the base network
+
+
+def test_search_rejects_a_bad_space(tmp_path):
+    result = run_cli("search", "--space", "dropout_dense=0.2:1.5", "--synthetic", "8", "8", cwd=tmp_path)
+    assert_usage_error(result, "search", "dropout_dense")
+
+
+@pytest.fixture(scope="module")
+def reproduced(tmp_path_factory):
+    """`reproduce batchnorm` on the smoke profile: 2 configurations x 2 seeds, one epoch."""
+    cwd = tmp_path_factory.mktemp("reproduce")
+    result = run_cli("reproduce", "batchnorm", *SMOKE, "--results", "tmp", cwd=cwd)
+    return cwd, result
+
+
+@pytest.mark.slow
+def test_reproduce_trains_decides_and_reports(reproduced):
+    cwd, result = reproduced
+    assert result.returncode == 0, result.stderr
+    assert "training 1 epochs" in result.stderr
+    runs = [p for p in (cwd / "tmp" / "store").iterdir() if p.name != "store.json"]
+    assert len(runs) == 4
+    assert "C1 not decided in this profile" in result.stdout
+    report = cwd / "tmp" / "report-smoke" / "report.md"
+    assert report.is_file() and "C1" in report.read_text()
+    assert str(report.relative_to(cwd)) in result.stdout
+
+
+@pytest.mark.slow
+def test_reproduce_again_trains_nothing(reproduced):
+    cwd, first = reproduced
+    assert first.returncode == 0, first.stderr
+    start = time.perf_counter()
+    result = run_cli("reproduce", "batchnorm", *SMOKE, "--results", "tmp", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    assert "training" not in result.stderr
+    assert time.perf_counter() - start < 30
+    assert len(list((cwd / "tmp" / "store").iterdir())) == 5
+
+
+@pytest.mark.slow
+def test_report_from_a_results_folder(reproduced):
+    cwd, first = reproduced
+    assert first.returncode == 0, first.stderr
+    result = run_cli("report", "tmp", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    out = cwd / "tmp" / "report"
+    assert (out / "report.md").is_file() and "C1" in (out / "report.md").read_text()
+    assert (out / "best-accuracy.png").is_file() and (out / "curves-batchnorm.png").is_file()
+
+
+def test_reproduce_rejects_unknown_experiments_and_conflicting_packing(tmp_path):
+    assert_usage_error(run_cli("reproduce", "nosuch", cwd=tmp_path), "reproduce", "nosuch", "batchnorm")
+    assert_usage_error(
+        run_cli("reproduce", "batchnorm", "--no-pack", "--pack-size", "4", cwd=tmp_path), "reproduce", "--no-pack"
+    )
+    assert os.listdir(tmp_path) == []
+
+
+def test_report_needs_a_store(tmp_path):
+    assert_usage_error(run_cli("report", tmp_path, cwd=tmp_path), "report", str(tmp_path))
