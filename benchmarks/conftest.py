@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from kt_dropout.profiles import get_profile
 from kt_dropout.runner import open_study
 
 
@@ -18,18 +19,10 @@ def _int_option(config, name):
 
 
 STUDY = pytest.StashKey()
-SELECTED = pytest.StashKey()
-
-
-def pytest_collection_modifyitems(config, items):
-    """Remembers which experiments this session runs, so that they are trained together in packs."""
-    config.stash[SELECTED] = [
-        item.callspec.params["experiment"] for item in items if getattr(item, "originalname", None) == "test_experiment"
-    ]
 
 
 @pytest.fixture(scope="session")
-def study(pytestconfig):
+def study(pytestconfig, request):
     try:
         chosen = open_study(
             pytestconfig.getoption("--kt-profile"),
@@ -39,7 +32,7 @@ def study(pytestconfig):
             seeds=_int_option(pytestconfig, "--kt-seeds"),
             selection=pytestconfig.getoption("--kt-selection"),
             pack_size=_int_option(pytestconfig, "--kt-pack-size") or 1,
-            experiments=_planned(pytestconfig),
+            experiments=_planned(get_profile(pytestconfig.getoption("--kt-profile")), request.session.items),
         )
     except (ValueError, OSError) as error:
         raise pytest.UsageError(str(error)) from None
@@ -47,15 +40,10 @@ def study(pytestconfig):
     return chosen
 
 
-def _planned(config):
-    """The selected experiments that the profile trains (None: the profile's; only experiment tests use it)."""
-    from kt_dropout.profiles import get_profile
-
-    try:
-        profile = get_profile(config.getoption("--kt-profile"))
-    except ValueError as error:
-        raise pytest.UsageError(str(error)) from None
-    return [e for e in config.stash.get(SELECTED, []) if e in profile.experiments] or None
+def _planned(profile, items):
+    """The experiments this session selected that the profile trains, so that they train together in packs."""
+    selected = [i.callspec.params["experiment"] for i in items if getattr(i, "originalname", "") == "test_experiment"]
+    return [e for e in selected if e in profile.experiments] or None
 
 
 def pytest_sessionfinish(session):
