@@ -7,13 +7,13 @@ set -u
 out=${OUT:-gpu-out}
 work=${KT_WORK:-/tmp/kt-gpu}
 profile=${KT_PROFILE:-quick}
-mkdir -p "$out" "$work"
+mkdir -p "$out" "$work/$profile" "$work/speed"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$work/gpu.txt" 2>&1
-timeout "${KT_QUICK_SECONDS:-320}" python3 -m pytest benchmarks/test_post.py -m gpu -p no:cacheprovider -rA \
+timeout "${KT_QUICK_SECONDS:-310}" python3 -m pytest benchmarks/test_post.py -m gpu -p no:cacheprovider -rA \
   --kt-profile "$profile" --kt-results "$work/$profile" --benchmark-json "$work/$profile/benchmark.json" \
   > "$work/$profile.log" 2>&1
 echo "suite exit code: $?" >> "$work/$profile.log"
-timeout "${KT_SPEED_SECONDS:-230}" python3 -m pytest benchmarks/bench_speed.py -m gpu -p no:cacheprovider -rA \
+timeout "${KT_SPEED_SECONDS:-220}" python3 -m pytest benchmarks/bench_speed.py -m gpu -p no:cacheprovider -rA \
   --kt-profile full --kt-results "$work/speed" --benchmark-json "$work/speed/benchmark.json" \
   > "$work/speed.log" 2>&1
 echo "speed exit code: $?" >> "$work/speed.log"
