@@ -20,7 +20,7 @@ import numpy as np
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.model import build_model
 from kt_dropout.packed import build_packed_model, member_weights, pack_weights
-from kt_dropout.training import make_record
+from kt_dropout.training import make_record, selection_split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,21 +96,8 @@ class PackTrainer:
         self.members, self.recipe = list(members), recipe
         self.seeds = sorted({m.seed for m in members})
         self.groups = [self.seeds.index(m.seed) for m in members]
-        (x_train, y_train), (x_test, y_test) = data
-        y_train, y_test = np.asarray(y_train).reshape(-1), np.asarray(y_test).reshape(-1)
-        if recipe.selection == "holdout":
-            if recipe.holdout >= len(x_train):
-                raise ValueError(
-                    f"holdout: {recipe.holdout} images requested for selection but the training set has "
-                    f"only {len(x_train)}"
-                )
-            cut = len(x_train) - recipe.holdout
-            self.x_train, self.y_train = x_train[:cut], y_train[:cut]
-            self.x_val, self.y_val = x_train[cut:], y_train[cut:]
-            self.x_test, self.y_test = x_test, y_test
-        else:
-            self.x_train, self.y_train, self.x_val, self.y_val = x_train, y_train, x_test, y_test
-            self.x_test = self.y_test = None
+        (self.x_train, self.y_train), (self.x_val, self.y_val), test = selection_split(data, recipe)
+        self.x_test, self.y_test = test if test is not None else (None, None)
         self.model = self._build(dtype_policy, steps_per_execution)
         self._rngs = [np.random.default_rng(seed) for seed in self.seeds]
 
