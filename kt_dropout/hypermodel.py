@@ -17,7 +17,7 @@ import numpy as np
 
 from kt_dropout.config import NUM_BLOCKS, Recipe, VGGConfig, _check_positive_int, _check_rate
 from kt_dropout.model import build_model, compile_model
-from kt_dropout.training import recipe_callbacks
+from kt_dropout.training import check_finite, recipe_callbacks
 
 DROPOUT_NAMES = (*(f"dropout_conv_{block}" for block in range(1, NUM_BLOCKS + 1)), "dropout_dense")
 # 0.0 (the default: the post's baseline), 0.1, ..., 0.5; covers the post's 0.0, 0.2 and 0.5.
@@ -136,10 +136,12 @@ class DropoutVGGHyperModel(keras_tuner.HyperModel):
         _check_prepared(x, y)
         epochs = self.recipe.epochs if epochs is None else epochs
         kwargs.setdefault("batch_size", self.recipe.batch_size)
-        return model.fit(
+        history = model.fit(
             x, y, validation_data=validation_data, epochs=epochs,
             callbacks=[*callbacks, *recipe_callbacks(self.recipe, epochs)], **kwargs,
         )
+        check_finite(history.history)
+        return history
 
     def _values(self, hp: keras_tuner.HyperParameters) -> dict:
         """Declares every tuned name on `hp` (a no-op if already there) and returns the values."""

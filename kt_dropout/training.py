@@ -104,6 +104,17 @@ def recipe_callbacks(recipe: Recipe, epochs: int) -> list[keras.callbacks.Callba
     ]
 
 
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; `TerminateOnNaN` stopped the run there."""
+
+
+def check_finite(history: dict[str, list[float]]) -> None:
+    """Raises `TrainingDiverged` naming the epoch where the loss stopped being finite."""
+    for epoch, loss in enumerate(history.get("loss", []), 1):
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"loss became {loss} in epoch {epoch}; training was stopped there")
+
+
 def environment() -> dict:
     """Backend, library versions and machine: stored with every result."""
     backend = keras.backend.backend()
@@ -152,9 +163,11 @@ def make_record(
     """The stored form of one (configuration, seed) run."""
     history = {k: [float(v) for v in vs] for k, vs in history.items()}
     steady = epoch_seconds[1:] or epoch_seconds  # the first epoch pays for compilation
-    diverged = any(not math.isfinite(v) for v in history.get("loss", []))
-    if diverged and status == "ok":
-        status, error = "failed", "loss became NaN or infinite; training stopped"
+    if status == "ok":
+        try:
+            check_finite(history)
+        except TrainingDiverged as diverged:
+            status, error = "failed", str(diverged)
     return {
         "schema": RECORD_SCHEMA,
         "name": name,

@@ -1,5 +1,6 @@
 import csv
 import shutil
+import re
 import sys
 
 import keras
@@ -248,3 +249,16 @@ def test_hyperband_counts_epochs_of_continued_trials(tmp_path):
     trials = result.tuner.oracle.trials
     continued = [row for row in result.trials if trials[row["trial_id"]].hyperparameters.values["tuner/initial_epoch"]]
     assert continued and all(row["best_epoch"] == 2 for row in continued)
+
+
+def test_a_diverging_trial_is_stopped_failed_and_the_search_carries_on(tmp_path):
+    hypermodel = DropoutVGGHyperModel(
+        space={**DENSE_ONLY, "dropout_dense": 0.0, "learning_rate": [1e-3, 1e38]}, base=BASE,
+        recipe=Recipe(batch_size=64, epochs=3),
+    )
+    with pytest.warns(RuntimeWarning, match="1 of 2 trials failed"):
+        result = run(tmp_path, hypermodel=hypermodel, tuner="grid", epochs=3)
+    completed, failed = result.trials
+    assert completed["status"] == "COMPLETED" and completed["learning_rate"] == 1e-3
+    assert failed["status"] == "FAILED" and failed["learning_rate"] == 1e38
+    assert re.search(r"TrainingDiverged: loss became (nan|inf|-inf) in epoch 1", failed["error"])
