@@ -292,9 +292,14 @@ def cmd_reproduce(args) -> int:
 # --- report ----------------------------------------------------------------------------------------
 
 
+def _store_root(results: Path) -> Path:
+    """RESULTS itself when it is a store (holds the manifest), else RESULTS/store."""
+    return results if (results / MANIFEST_NAME).is_file() else results / STORE_FOLDER
+
+
 def _open_store(results: Path) -> ResultStore:
     """The store in a results folder (RESULTS/store) or the store folder itself."""
-    root = results if (results / MANIFEST_NAME).is_file() else results / STORE_FOLDER
+    root = _store_root(results)
     if not (root / MANIFEST_NAME).is_file():
         raise UsageError(f"{results}: neither a results folder (with {STORE_FOLDER}/) nor a results store "
                          f"(with {MANIFEST_NAME})")
@@ -332,6 +337,14 @@ def cmd_report(args) -> int:
     out = Path(args.out) if args.out else store.root.parent / "report"
     path = write_report(_one_study(records, args.epochs), out)
     print(f"report written to {path}")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    """Copies into RESULTS the runs that another results folder or store holds (e.g. one from a GPU machine)."""
+    target = ResultStore(_store_root(Path(args.results)))
+    copied = sum(target.merge(_open_store(Path(source)).root) for source in args.sources)
+    print(f"{copied} run(s) merged into {target.root}; it holds {len(target)}")
     return 0
 
 
@@ -416,6 +429,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a results folder (holding store/) or a results store (holding store.json)")
     report.add_argument("--out", metavar="DIR", help="where the report goes [RESULTS/report, beside the store]")
     report.add_argument("--epochs", type=int, metavar="N", help="report only the runs of N epochs")
+
+    merge = command("merge", cmd_merge, "merge stored runs from other results folders",
+                    "Copies into RESULTS every run that the SOURCE stores hold and RESULTS lacks (a successful run "
+                    "also replaces a failed one), so runs trained on several machines make one study.")
+    merge.add_argument("results", metavar="RESULTS", help="the results folder (or store) to merge into; created "
+                                                          "if missing")
+    merge.add_argument("sources", nargs="+", metavar="SOURCE", help="results folders or stores to copy runs from")
     return parser
 
 
