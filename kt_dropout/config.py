@@ -29,7 +29,7 @@ def spatial_sizes(input_size: int) -> list[int]:
     return sizes
 
 
-def _check_rate(field: str, value: Any) -> float:
+def check_rate(field: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{field}: a dropout rate must be a number, got {value!r}")
     if math.isnan(value) or not 0.0 <= value < 1.0:
@@ -37,7 +37,7 @@ def _check_rate(field: str, value: Any) -> float:
     return float(value)
 
 
-def _check_positive_int(field: str, value: Any) -> int:
+def check_positive_int(field: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{field}: must be a positive integer, got {value!r}")
     return value
@@ -71,25 +71,25 @@ class VGGConfig:
         if not isinstance(nfilters, tuple) or len(nfilters) != NUM_BLOCKS:
             raise ValueError(f"nfilters: need one filter count per conv block ({NUM_BLOCKS}), got {self.nfilters!r}")
         for i, n in enumerate(nfilters):
-            _check_positive_int(f"nfilters[{i}]", n)
+            check_positive_int(f"nfilters[{i}]", n)
         rates = tuple(self.dropout_conv) if isinstance(self.dropout_conv, (list, tuple)) else self.dropout_conv
         if not isinstance(rates, tuple) or len(rates) != NUM_BLOCKS:
             raise ValueError(
                 f"dropout_conv: need one rate per conv block ({NUM_BLOCKS}), got {self.dropout_conv!r}"
             )
-        rates = tuple(_check_rate(f"dropout_conv[{i}]", r) for i, r in enumerate(rates))
-        _check_positive_int("ndense", self.ndense)
+        rates = tuple(check_rate(f"dropout_conv[{i}]", r) for i, r in enumerate(rates))
+        check_positive_int("ndense", self.ndense)
         if not isinstance(self.batchnorm, bool):
             raise ValueError(f"batchnorm: must be True or False, got {self.batchnorm!r}")
-        dense_rate = _check_rate("dropout_dense", self.dropout_dense)
-        _check_positive_int("num_classes", self.num_classes)
+        dense_rate = check_rate("dropout_dense", self.dropout_dense)
+        check_positive_int("num_classes", self.num_classes)
         if self.num_classes < 2:
             raise ValueError(f"num_classes: a classifier needs at least 2 classes, got {self.num_classes}")
         shape = tuple(self.input_shape) if isinstance(self.input_shape, (list, tuple)) else self.input_shape
         if not isinstance(shape, tuple) or len(shape) != 3:
             raise ValueError(f"input_shape: must be (height, width, channels), got {self.input_shape!r}")
         for i, n in enumerate(shape):
-            _check_positive_int(f"input_shape[{i}]", n)
+            check_positive_int(f"input_shape[{i}]", n)
         for side in shape[:2]:
             if spatial_sizes(side)[-1] < 1:
                 raise ValueError(
@@ -149,14 +149,14 @@ class Recipe:
         lr = self.learning_rate
         if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
             raise ValueError(f"learning_rate: must be a positive finite number, got {lr!r}")
-        _check_positive_int("batch_size", self.batch_size)
-        _check_positive_int("epochs", self.epochs)
+        check_positive_int("batch_size", self.batch_size)
+        check_positive_int("epochs", self.epochs)
         scale = self.pixel_scale
         if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
             raise ValueError(f"pixel_scale: must be a positive finite number, got {scale!r}")
         if self.selection not in self.SELECTIONS:
             raise ValueError(f"selection: must be one of {self.SELECTIONS}, got {self.selection!r}")
-        _check_positive_int("holdout", self.holdout)
+        check_positive_int("holdout", self.holdout)
         object.__setattr__(self, "learning_rate", float(lr))
         object.__setattr__(self, "pixel_scale", float(scale))
 

@@ -15,7 +15,7 @@ from typing import Any, Callable
 import keras_tuner
 import numpy as np
 
-from kt_dropout.config import NUM_BLOCKS, Recipe, VGGConfig, _check_positive_int, _check_rate
+from kt_dropout.config import NUM_BLOCKS, Recipe, VGGConfig, check_positive_int, check_rate
 from kt_dropout.model import build_model, compile_model
 from kt_dropout.training import check_finite, recipe_callbacks
 
@@ -48,8 +48,8 @@ class _Param:
 
 
 PARAMS = {
-    **{name: _Param(_check_rate, "Float") for name in DROPOUT_NAMES},
-    "ndense": _Param(_check_positive_int, "Int"),
+    **{name: _Param(check_rate, "Float") for name in DROPOUT_NAMES},
+    "ndense": _Param(check_positive_int, "Int"),
     "width": _Param(_check_positive, "Float"),
     "batchnorm": _Param(_check_bool, None),
     "learning_rate": _Param(_check_positive, "Float", sampling="log"),
@@ -210,7 +210,7 @@ def _range(param: _Param, low, high, step=None, sampling=None) -> tuple[str, dic
     if sampling not in (None, *_SAMPLINGS):
         raise ValueError(f"sampling must be one of {', '.join(_SAMPLINGS)}, got {sampling!r}")
     if step is not None:
-        step = (_check_positive_int if param.range_type == "Int" else _check_positive)("step", step)
+        step = (check_positive_int if param.range_type == "Int" else _check_positive)("step", step)
     return param.range_type, {"min_value": low, "max_value": high, "step": step, "sampling": sampling or param.sampling}
 
 

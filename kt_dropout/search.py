@@ -17,7 +17,7 @@ import keras
 import keras_tuner
 from tabulate import tabulate
 
-from kt_dropout.config import Recipe, VGGConfig, _check_positive_int
+from kt_dropout.config import Recipe, VGGConfig, check_positive_int
 from kt_dropout.hypermodel import DropoutVGGHyperModel, tidy
 from kt_dropout.training import Splits, prepare_splits
 
@@ -148,8 +148,8 @@ def search(
     """
     hypermodel = _hypermodel(hypermodel, space, base, recipe)
     tuner_class = _tuner_class(tuner)
-    _check_positive_int("max_trials", max_trials)
-    epochs = _check_positive_int("epochs", hypermodel.recipe.epochs if epochs is None else epochs)
+    check_positive_int("max_trials", max_trials)
+    epochs = check_positive_int("epochs", hypermodel.recipe.epochs if epochs is None else epochs)
     splits = _splits(x, y, validation_data, data, hypermodel)
     budget = {"max_epochs": epochs} if issubclass(tuner_class, keras_tuner.Hyperband) else {"max_trials": max_trials}
     built = tuner_class(
