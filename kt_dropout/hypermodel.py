@@ -138,7 +138,7 @@ class DropoutVGGHyperModel(keras_tuner.HyperModel):
         kwargs.setdefault("batch_size", self.recipe.batch_size)
         history = model.fit(
             x, y, validation_data=validation_data, epochs=epochs,
-            callbacks=[*callbacks, *recipe_callbacks(self.recipe, epochs)], **kwargs,
+            callbacks=[*callbacks, *recipe_callbacks(epochs)], **kwargs,
         )
         check_finite(history.history)
         return history

@@ -94,7 +94,7 @@ class TestScorer(keras.callbacks.Callback):
             logs["test_accuracy"] = float(accuracy)
 
 
-def recipe_callbacks(recipe: Recipe, epochs: int) -> list[keras.callbacks.Callback]:
+def recipe_callbacks(epochs: int) -> list[keras.callbacks.Callback]:
     """Keep the weights of the best validation-accuracy epoch; stop a diverged run at once."""
     return [
         keras.callbacks.TerminateOnNaN(),
@@ -222,7 +222,7 @@ def train(
         batch_size=recipe.batch_size,
         epochs=epochs,
         validation_data=(splits.x_val, splits.y_val),
-        callbacks=[timer, *extra, *recipe_callbacks(recipe, epochs), *(callbacks or [])],
+        callbacks=[timer, *extra, *recipe_callbacks(epochs), *(callbacks or [])],
         verbose=verbose,
     )
     record = make_record(
