@@ -105,31 +105,27 @@ class Study:
             if self.pack:
                 records = train_pack(
                     pack, self.data, recipe=self.recipe, epochs=self.epochs, data_fingerprint=self.fingerprint,
-                    on_epoch=self._epoch_progress(label), **self.pack_options,
+                    on_epoch=lambda epoch, logs: self._epoch_line(label, epoch, logs["val_accuracy"]),
+                    **self.pack_options,
                 )
             else:
                 m = pack[0]
                 records = [train(
                     m.config, self.data, recipe=self.recipe, seed=m.seed, epochs=self.epochs, name=m.name,
                     data_fingerprint=self.fingerprint, verbose=0,
-                    callbacks=[keras.callbacks.LambdaCallback(on_epoch_end=self._keras_epoch_progress(label))],
+                    callbacks=[keras.callbacks.LambdaCallback(
+                        on_epoch_end=lambda epoch, logs: self._epoch_line(label, epoch + 1, [logs["val_accuracy"]])
+                    )],
                 )]
             for record in records:
                 self.store.put(record)
             self.progress(f"{label}: done in {time.perf_counter() - start:.1f} s")
 
-    def _epoch_progress(self, label: str):
-        def report(epoch: int, logs: dict) -> None:
-            val = logs["val_accuracy"]
-            self.progress(f"{label}: epoch {epoch}/{self.epochs} val_accuracy {min(val):.4f}-{max(val):.4f}")
-
-        return report
-
-    def _keras_epoch_progress(self, label: str):
-        def report(epoch: int, logs: dict) -> None:
-            self.progress(f"{label}: epoch {epoch + 1}/{self.epochs} val_accuracy {logs.get('val_accuracy', 0):.4f}")
-
-        return report
+    def _epoch_line(self, label: str, epoch: int, accuracies) -> None:
+        """One progress line per epoch: the range of the pack's validation accuracies (one value alone)."""
+        low, high = min(accuracies), max(accuracies)
+        span = f"{low:.4f}" if low == high else f"{low:.4f}-{high:.4f}"
+        self.progress(f"{label}: epoch {epoch}/{self.epochs} val_accuracy {span}")
 
 
 def open_study(
