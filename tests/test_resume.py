@@ -1,0 +1,59 @@
+"""`kt-dropout reproduce` killed with SIGKILL and run again finishes the study without retraining finished runs."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+ENV = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+COMMAND = [sys.executable, "-m", "kt_dropout.cli", "reproduce", "batchnorm", "--profile", "smoke", "--seeds", "2",
+           "--epochs", "2", "--pack-size", "2", "--results", "results"]
+
+
+def _kill_when(cwd, marker: str) -> str:
+    """Starts `reproduce` and kills it (SIGKILL, no clean-up) as soon as a line containing `marker` appears."""
+    process = subprocess.Popen(COMMAND, cwd=cwd, env=ENV, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    seen = []
+    for line in process.stderr:
+        seen.append(line)
+        if marker in line:
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL, "".join(seen)
+    return "".join(seen)
+
+
+def _runs(cwd):
+    store = cwd / "results" / "store"
+    return {p.name: json.loads(p.read_text()) for p in store.glob("*.json") if p.name != "store.json"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("marker, finished", [
+    ("[1/2] vanilla/seed0, vanilla/seed1: epoch 1/2", 0),  # in the middle of the first pack
+    ("[2/2] bn/seed0, bn/seed1: training", 2),  # first pack stored, second just started
+])
+def test_killed_reproduce_resumes_without_retraining(tmp_path, marker, finished):
+    _kill_when(tmp_path, marker)
+    before = _runs(tmp_path)
+    assert len(before) == finished
+    assert not list((tmp_path / "results" / "store").glob("*.tmp"))  # no half-written file became a run
+    mtimes = {name: (tmp_path / "results" / "store" / name).stat().st_mtime_ns for name in before}
+
+    again = subprocess.run(COMMAND, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    after = _runs(tmp_path)
+    assert sorted((r["name"], r["seed"]) for r in after.values()) == [
+        ("bn", 0), ("bn", 1), ("vanilla", 0), ("vanilla", 1)
+    ]
+    assert all(r["status"] == "ok" and r["epochs_run"] == 2 for r in after.values())
+    for name, mtime in mtimes.items():  # finished runs were neither retrained nor rewritten
+        assert (tmp_path / "results" / "store" / name).stat().st_mtime_ns == mtime
+    retrained = {line.split("]")[1].split(":")[0].strip() for line in again.stderr.splitlines() if "training" in line}
+    expected = {"bn/seed0, bn/seed1"} if finished else {"vanilla/seed0, vanilla/seed1", "bn/seed0, bn/seed1"}
+    assert retrained == expected
+    assert (tmp_path / "results" / "report-smoke" / "report.md").is_file()
