@@ -183,7 +183,7 @@ def cmd_train(args) -> int:
         record = train(
             config, data, recipe=recipe, seed=args.seed, name=args.config or "custom",
             data_fingerprint=data_fingerprint(data), verbose=1 if args.verbose else 0,
-            callbacks=[] if args.verbose else [_epoch_line(recipe.epochs)],
+            callbacks=[] if args.verbose else [_epoch_line(recipe.epochs)], distributed=args.data_parallel,
         )
         tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
         os.replace(tmp, output)
@@ -376,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     train_cmd.add_argument("--output", "-o", default=DEFAULT_OUTPUT, metavar="FILE.json",
                            help=f"where the run record goes [{DEFAULT_OUTPUT}]")
     train_cmd.add_argument("--force", action="store_true", help="overwrite --output if it exists")
+    train_cmd.add_argument("--data-parallel", action="store_true",
+                           help="train over every local GPU (keras.distribution.DataParallel on JAX, "
+                                "tf.distribute.MirroredStrategy on TensorFlow); --batch-size stays the global batch")
     train_cmd.add_argument("--verbose", "-v", action="store_true",
                            help="Keras's progress bar instead of one line per epoch")
 

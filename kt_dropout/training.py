@@ -7,6 +7,7 @@ labels, the selection split, keeping the best epoch's weights, stopping on NaN
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import math
@@ -18,6 +19,7 @@ import keras
 import numpy as np
 
 from kt_dropout.config import Recipe, VGGConfig
+from kt_dropout.distribution import data_parallel, describe
 from kt_dropout.model import build_model, compile_model
 
 RECORD_SCHEMA = 1
@@ -159,6 +161,7 @@ def summarize_history(history: dict[str, list[float]], selection: str) -> dict:
 def make_record(
     *, name: str, config: VGGConfig, recipe: Recipe, seed: int, epochs: int, data_fingerprint: str,
     history: dict, epoch_seconds: list[float], status: str = "ok", error: str | None = None, pack_size: int = 1,
+    distribution: str | None = None,
 ) -> dict:
     """The stored form of one (configuration, seed) run."""
     history = {k: [float(v) for v in vs] for k, vs in history.items()}
@@ -186,6 +189,7 @@ def make_record(
         "seconds_per_epoch": float(np.median(steady)) if steady else None,
         "first_epoch_seconds": float(epoch_seconds[0]) if epoch_seconds else None,
         "pack_size": int(pack_size),
+        "distribution": distribution,
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -202,6 +206,7 @@ def train(
     callbacks: list | None = None,
     verbose: int | str = "auto",
     on_model: Callable[[keras.Model], None] | None = None,
+    distributed: bool = False,
 ) -> dict:
     """Trains one configuration with `keras.Model.fit` and returns its run record.
 
@@ -209,25 +214,29 @@ def train(
         data: `((x_train, y_train), (x_test, y_test))` as `load_cifar10` returns.
         epochs: overrides `recipe.epochs` (e.g. for a quick profile).
         on_model: called with the trained model (best epoch's weights) before it is dropped.
+        distributed: build and train data-parallel over every local device
+            (`kt_dropout.distribution.data_parallel`); the batch size stays the global one.
     """
     recipe = recipe or Recipe()
     epochs = epochs or recipe.epochs
     splits = prepare_splits(data, recipe, config.num_classes)
-    keras.utils.set_random_seed(seed)
-    model = compile_model(build_model(config), recipe)
-    timer = EpochTimer()
-    extra = [TestScorer(splits.x_test, splits.y_test, recipe.batch_size)] if splits.x_test is not None else []
-    history = model.fit(
-        splits.x_train, splits.y_train,
-        batch_size=recipe.batch_size,
-        epochs=epochs,
-        validation_data=(splits.x_val, splits.y_val),
-        callbacks=[timer, *extra, *recipe_callbacks(epochs), *(callbacks or [])],
-        verbose=verbose,
-    )
+    with (data_parallel() if distributed else contextlib.nullcontext()) as distribution:
+        keras.utils.set_random_seed(seed)
+        model = compile_model(build_model(config), recipe)
+        timer = EpochTimer()
+        extra = [TestScorer(splits.x_test, splits.y_test, recipe.batch_size)] if splits.x_test is not None else []
+        history = model.fit(
+            splits.x_train, splits.y_train,
+            batch_size=recipe.batch_size,
+            epochs=epochs,
+            validation_data=(splits.x_val, splits.y_val),
+            callbacks=[timer, *extra, *recipe_callbacks(epochs), *(callbacks or [])],
+            verbose=verbose,
+        )
     record = make_record(
         name=name, config=config, recipe=recipe, seed=seed, epochs=epochs, data_fingerprint=data_fingerprint,
         history=history.history, epoch_seconds=timer.seconds,
+        distribution=describe(distribution) if distribution is not None else None,
     )
     if on_model is not None:
         on_model(model)
