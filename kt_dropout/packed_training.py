@@ -96,8 +96,10 @@ class PackTrainer:
         self.members, self.recipe = list(members), recipe
         self.seeds = sorted({m.seed for m in members})
         self.groups = [self.seeds.index(m.seed) for m in members]
-        (self.x_train, self.y_train), (self.x_val, self.y_val), test = selection_split(data, recipe)
-        self.x_test, self.y_test = test if test is not None else (None, None)
+        (self.x_train, self.y_train), (x_val, self.y_val), test = selection_split(data, recipe)
+        # Every input group sees the same evaluation images: tile them once, not every epoch.
+        self.x_val = self._tile(x_val)
+        self.x_test, self.y_test = (self._tile(test[0]), test[1]) if test is not None else (None, None)
         self.model = self._build(dtype_policy, steps_per_execution)
         self._rngs = [np.random.default_rng(seed) for seed in self.seeds]
 
@@ -130,8 +132,10 @@ class PackTrainer:
         y = np.stack([self.y_train[orders[g]] for g in self.groups], axis=1)
         return x, y
 
-    def _predict(self, x: np.ndarray) -> np.ndarray:
-        tiled = np.concatenate([x] * len(self.seeds), axis=-1)
+    def _tile(self, x: np.ndarray) -> np.ndarray:
+        return np.concatenate([x] * len(self.seeds), axis=-1)
+
+    def _predict(self, tiled: np.ndarray) -> np.ndarray:
         return self.model.predict(tiled, batch_size=max(1024, self.recipe.batch_size), verbose=0)
 
     def train_epoch(self) -> dict[str, np.ndarray]:
