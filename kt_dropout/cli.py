@@ -24,6 +24,7 @@ from pathlib import Path
 import keras
 from tabulate import tabulate
 
+from kt_dropout import cluster
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.data import data_fingerprint, load_cifar10, synthetic_cifar10
 from kt_dropout.experiments import CLAIMS, CONFIGS, EXPERIMENTS, claims_for, resolve_experiments
@@ -242,19 +243,25 @@ def _space(items: list[tuple[str, object]]) -> dict:
 def cmd_search(args) -> int:
     """Runs a Keras Tuner search and prints its trials, best first."""
     space, base, recipe = _space(args.space), _config(args), _recipe(args)
-    data = _data(args, base)
+    if args.tuner_id is not None and args.worker is None:
+        raise UsageError("--tuner-id names a worker: it needs --worker")
+    role = cluster.configure(args.chief, args.worker, args.tuner_id) if args.chief or args.worker else None
+    data = None if role == "chief" else _data(args, base)  # the chief trains nothing
     try:
         result = search(
             data=data, tuner=args.tuner, max_trials=args.max_trials, space=space, base=base, recipe=recipe,
             directory=args.directory, project_name=args.project_name, overwrite=args.overwrite, seed=args.seed,
-            verbose=1 if args.verbose else 0,
+            verbose=1 if args.verbose else 0, distributed=role is not None, lost_worker_seconds=args.lost_worker_seconds,
         )
     except SearchFailedError as error:
         lines = str(error).splitlines()
         _stderr(f"{PROG} search: {lines[0]} {lines[-1].strip() if len(lines) > 1 else ''}".rstrip())
         return 1
+    if role == "worker":
+        print(f"worker {os.environ[cluster.ENV_TUNER_ID]}: {len(result.trials)} trials run and reported")
     print(result.to_table())
-    print(f"\nbest configuration: {_config_changes(result.best_config)}")
+    if result.best_config is not None:
+        print(f"\nbest configuration: {_config_changes(result.best_config)}")
     if args.csv:
         result.to_csv(args.csv)
         print(f"trials written to {args.csv}")
@@ -400,6 +407,17 @@ def build_parser() -> argparse.ArgumentParser:
     search_cmd.add_argument("--seed", type=int, help="seeds the tuner and every trial's initial state")
     search_cmd.add_argument("--csv", metavar="FILE", help="also write the trials table as CSV")
     search_cmd.add_argument("--verbose", "-v", action="store_true", help="Keras Tuner's and Keras's progress output")
+    cluster_flags = search_cmd.add_argument_group(
+        "distributed search (Keras Tuner's chief/worker engine; every process gets the same search flags)")
+    chief_or_worker = cluster_flags.add_mutually_exclusive_group()
+    chief_or_worker.add_argument("--chief", metavar="HOST:PORT",
+                                 help="be the chief: serve the trials at HOST:PORT until all have ended; trains nothing")
+    chief_or_worker.add_argument("--worker", metavar="HOST:PORT", help="be a worker of the chief at HOST:PORT")
+    cluster_flags.add_argument("--tuner-id", metavar="ID",
+                               help="this worker's name; a restarted worker with the same ID resumes its unfinished "
+                                    "trial at once [worker-HOSTNAME-PID]")
+    cluster_flags.add_argument("--lost-worker-seconds", type=float, default=120.0, metavar="S",
+                               help="on the chief: a worker silent this long has its trial given to another [120]")
     _add_network_flags(search_cmd)
     _add_recipe_flags(search_cmd, "epochs per trial")
     _add_data_flags(search_cmd)

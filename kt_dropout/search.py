@@ -10,12 +10,17 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import os
 import time
 import warnings
 
 import keras
 import keras_tuner
+from keras_tuner.src.engine import tuner_utils  # how Keras Tuner turns a trial's histories into its report
 from tabulate import tabulate
+
+from kt_dropout import cluster
+from kt_dropout.cluster import LeasedOracle
 
 from kt_dropout.config import Recipe, VGGConfig, check_positive_int
 from kt_dropout.hypermodel import DropoutVGGHyperModel, tidy
@@ -39,10 +44,14 @@ class SearchFailedError(RuntimeError):
 class SearchResult:
     """What a search found.
 
+    On the chief of a distributed search, and in a search of one process, the
+    result holds every trial; on a worker, the trials that worker ran, with the
+    results it reported to the chief.
+
     Attributes:
         tuner: the Keras Tuner tuner, for anything not summarized here.
-        best_hyperparameters: the best completed trial's `HyperParameters`.
-        best_config: the network those hyperparameters make.
+        best_trial: the completed trial with the best `val_accuracy`; None if
+            none completed (a worker that was given no trial).
         trials: one row per trial, best first (failed ones last): trial_id,
             status, every hyperparameter, val_accuracy (best epoch's),
             best_epoch (1-based), seconds (wall time of the trial), error (the
@@ -50,25 +59,36 @@ class SearchResult:
     """
 
     tuner: keras_tuner.Tuner
-    best_hyperparameters: keras_tuner.HyperParameters
-    best_config: VGGConfig
+    best_trial: keras_tuner.engine.trial.Trial | None
     trials: list[dict]
 
     @classmethod
-    def from_tuner(cls, tuner: keras_tuner.Tuner) -> "SearchResult":
-        best = tuner.get_best_hyperparameters(1)[0]
+    def from_trials(cls, tuner: keras_tuner.Tuner, trials) -> "SearchResult":
+        trials = list(trials)
+        completed = [trial for trial in trials if trial.status == _COMPLETED]
         rows = sorted(
-            (_row(trial) for trial in tuner.oracle.trials.values()),
-            key=lambda row: (row["val_accuracy"] is None, -(row["val_accuracy"] or 0.0)),
+            map(_row, trials), key=lambda row: (row["val_accuracy"] is None, -(row["val_accuracy"] or 0.0))
         )
-        return cls(tuner, best, tuner.hypermodel.config_from_hp(best.copy()), rows)
+        return cls(tuner, max(completed, key=lambda trial: trial.score, default=None), rows)
+
+    @property
+    def best_hyperparameters(self) -> keras_tuner.HyperParameters | None:
+        return None if self.best_trial is None else self.best_trial.hyperparameters
+
+    @property
+    def best_config(self) -> VGGConfig | None:
+        """The network the best hyperparameters make."""
+        best = self.best_hyperparameters
+        return None if best is None else self.tuner.hypermodel.config_from_hp(best.copy())
 
     def best_model(self) -> keras.Model:
         """The best trial's model with its best epoch's weights, for prediction and evaluation."""
+        if self.best_trial is None:
+            raise ValueError("no trial completed: there is no best model")
         with warnings.catch_warnings():
             # The checkpoint holds the optimizer's state too, which a freshly built model has no slots for.
             warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
-            return self.tuner.get_best_models(1)[0]
+            return self.tuner.load_model(self.best_trial)
 
     @property
     def columns(self) -> list[str]:
@@ -108,6 +128,8 @@ def search(
     seed: int | None = None,
     data=None,
     verbose=1,
+    distributed: bool = False,
+    lost_worker_seconds: float = 120.0,
     **tuner_kwargs,
 ) -> SearchResult:
     """Searches dropout rates (or whatever `space` tunes) of the post's network, maximizing `val_accuracy`.
@@ -124,6 +146,13 @@ def search(
     A project already in `directory/project_name` is resumed: finished trials
     are not run again. `overwrite=True` starts over.
 
+    With `distributed=True` the search runs on Keras Tuner's chief/worker
+    engine, configured by its environment variables (`KERASTUNER_TUNER_ID`,
+    `KERASTUNER_ORACLE_IP`, `KERASTUNER_ORACLE_PORT`; see
+    `kt_dropout.cluster.configure`). Every process calls `search` with the same
+    arguments: the chief serves the oracle until every trial has ended and
+    needs no data; each worker trains the trials it is given.
+
     Args:
         tuner: "random", "grid", "bayesian" or "hyperband", or a subclass of one
             of those Keras Tuner classes.
@@ -136,6 +165,12 @@ def search(
             start of every trial, so each configuration starts from the same
             random state whatever its place in the search.
         verbose: Keras Tuner's and `fit`'s verbosity.
+        distributed: run as the chief or a worker of a distributed search;
+            without it, Keras Tuner's environment variables are an error rather
+            than silently turning the search distributed.
+        lost_worker_seconds: on the chief, how long a worker may stay silent
+            (it beats every 2 s while training) before its trial is given to
+            another worker.
         **tuner_kwargs: passed to the tuner (e.g. `executions_per_trial`,
             `max_consecutive_failed_trials`, Hyperband's `factor`).
 
@@ -150,38 +185,78 @@ def search(
     tuner_class = _tuner_class(tuner)
     check_positive_int("max_trials", max_trials)
     epochs = check_positive_int("epochs", hypermodel.recipe.epochs if epochs is None else epochs)
-    splits = _splits(x, y, validation_data, data, hypermodel)
+    role = _role(distributed, overwrite)
     budget = {"max_epochs": epochs} if issubclass(tuner_class, keras_tuner.Hyperband) else {"max_trials": max_trials}
+    fit_args, fit_kwargs = (), {}
+    if role != "chief":
+        splits = _splits(x, y, validation_data, data, hypermodel)
+        fit_args = (splits.x_train, splits.y_train)
+        fit_kwargs = {"validation_data": (splits.x_val, splits.y_val), "epochs": epochs}
     built = tuner_class(
         hypermodel=hypermodel, objective=OBJECTIVE, directory=str(directory), project_name=project_name,
         overwrite=overwrite, seed=_oracle_seed(seed), trial_seed=seed, **budget, **tuner_kwargs,
     )
-    stopped = _run(
-        built, splits.x_train, splits.y_train, validation_data=(splits.x_val, splits.y_val), epochs=epochs,
-        verbose=verbose,
-    )
-    _check_trials(built.oracle, stopped)
-    return SearchResult.from_tuner(built)
+    if role == "chief":
+        built.oracle = LeasedOracle(built.oracle, lost_worker_seconds)
+    stopped = _run(built, *fit_args, **fit_kwargs, verbose=verbose)
+    trials = built.ran_trials.values() if role == "worker" else built.oracle.trials.values()
+    _check_trials(list(trials), role, stopped, None if stopped is None else built.oracle.max_consecutive_failed_trials)
+    return SearchResult.from_trials(built, trials)
+
+
+def _role(distributed: bool, overwrite: bool) -> str | None:
+    """This process's part in a distributed search, or None."""
+    role = cluster.role()
+    if role is None and distributed:
+        raise ValueError(
+            f"distributed=True but {cluster.ENV_TUNER_ID}, {cluster.ENV_IP} and {cluster.ENV_PORT} are not set: "
+            "see kt_dropout.cluster.configure"
+        )
+    if role is not None and not distributed:
+        raise ValueError(
+            f"{cluster.ENV_TUNER_ID}={os.environ[cluster.ENV_TUNER_ID]!r} is set, which makes Keras Tuner's search "
+            "distributed: pass distributed=True, or unset its KERASTUNER_* variables"
+        )
+    if role == "worker" and overwrite:
+        raise ValueError("overwrite=True on a worker would delete the chief's project: only the chief may start over")
+    return role
 
 
 class _TrialHooks:
     """Mixed into the chosen tuner: seeds every trial and records its wall time in the trial's metrics,
-    which Keras Tuner saves with the trial, so a resumed search still knows it."""
+    which Keras Tuner saves with the trial, so a resumed search still knows it.
+
+    On a worker of a distributed search it also keeps a heartbeat going while a
+    trial runs, and keeps its own copy of each trial with what it reported.
+    """
 
     def __init__(self, *args, trial_seed: int | None = None, **kwargs):
         self.trial_seed = trial_seed
+        self.ran_trials: dict[str, keras_tuner.engine.trial.Trial] = {}
         super().__init__(*args, **kwargs)
 
     def on_trial_begin(self, trial):
         if self.trial_seed is not None:
             keras.utils.set_random_seed(self.trial_seed)
+        self.ran_trials[trial.trial_id] = trial
+        self._heartbeat = cluster.Heartbeat(self.oracle, trial.trial_id) if self._is_worker() else None
         self._trial_start = time.perf_counter()
         super().on_trial_begin(trial)
 
+    def run_trial(self, trial, *args, **kwargs):
+        results = super().run_trial(trial, *args, **kwargs)
+        if self._is_worker():  # the chief scores what is reported; the worker's copy gets the same
+            step = tuner_utils.get_best_step(results, self.oracle.objective)
+            for name, value in tuner_utils.convert_to_metrics_dict(results, self.oracle.objective).items():
+                trial.metrics.update(name, value, step=step)
+            trial.score, trial.best_step = trial.metrics.get_best_value(OBJECTIVE.name), step
+        return results
+
     def on_trial_end(self, trial):
-        seconds = time.perf_counter() - self._trial_start
-        self.oracle.get_trial(trial.trial_id).metrics.update("seconds", seconds)
-        super().on_trial_end(trial)  # ends the trial in the oracle and saves it
+        if self._heartbeat is not None:
+            self._heartbeat.stop()
+        trial.metrics.update("seconds", time.perf_counter() - self._trial_start)
+        super().on_trial_end(trial)  # ends the trial in the oracle (the chief's, on a worker) and saves it
 
 
 def _hypermodel(hypermodel, space, base, recipe) -> DropoutVGGHyperModel:
@@ -254,7 +329,7 @@ def _run(tuner: keras_tuner.Tuner, *args, **kwargs) -> RuntimeError | None:
     try:
         tuner.search(*args, **kwargs)
     except RuntimeError as error:
-        if not _too_many_failures(tuner.oracle):
+        if tuner._is_worker() or not _too_many_failures(tuner.oracle):  # a worker's oracle is the chief's
             raise
         return error
     return None
@@ -266,15 +341,16 @@ def _too_many_failures(oracle: keras_tuner.Oracle) -> bool:
     return len(last) == limit and all(oracle.trials[trial_id].status == _FAILED for trial_id in last)
 
 
-def _check_trials(oracle: keras_tuner.Oracle, stopped: RuntimeError | None) -> None:
-    """Raises if no trial completed, warns if some failed."""
-    trials = list(oracle.trials.values())
+def _check_trials(trials: list, role: str | None, stopped: RuntimeError | None, limit: int | None) -> None:
+    """Raises if no trial completed, warns if some failed; a worker may have been given no trial."""
     if not trials:
+        if role == "worker":
+            return
         raise SearchFailedError("the tuner ran no trial")
     failed = [trial for trial in trials if trial.status != _COMPLETED]
     if not failed:
         return
-    why = f" (Keras Tuner stops after {oracle.max_consecutive_failed_trials} failures in a row)" if stopped else ""
+    why = f" (Keras Tuner stops after {limit} failures in a row)" if stopped else ""
     first = failed[0].message or f"status {failed[0].status}, no message"
     if len(failed) == len(trials):
         raise SearchFailedError(f"all {len(trials)} trials failed{why}; the first one with:\n{first}") from stopped

@@ -1,0 +1,147 @@
+"""Distributed search on Keras Tuner's chief/worker engine: real `kt-dropout search` processes over loopback."""
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from kt_dropout import cluster
+from kt_dropout.search import search
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+for _name in (cluster.ENV_TUNER_ID, cluster.ENV_IP, cluster.ENV_PORT):
+    ENV.pop(_name, None)
+TINY = ["--synthetic", "128", "64", "--nfilters", "4", "8", "8", "--ndense", "16", "--batch-size", "32", "--seed", "0"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Search:
+    """One `kt-dropout search` process of a distributed search sharing `directory`."""
+
+    def __init__(self, tmp_path, name, role_flags, search_flags):
+        self.csv = tmp_path / f"{name}.csv"
+        self.log = open(tmp_path / f"{name}.log", "w+")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "kt_dropout.cli", "search", *role_flags, *search_flags, "--csv", str(self.csv)],
+            cwd=tmp_path, env=ENV, stdout=self.log, stderr=subprocess.STDOUT, text=True,
+        )
+
+    def finish(self, timeout=240) -> list[dict]:
+        returncode = self.process.wait(timeout=timeout)
+        self.log.seek(0)
+        assert returncode == 0, self.log.read()
+        with open(self.csv, newline="") as file:
+            return list(csv.DictReader(file))
+
+
+@pytest.fixture
+def cluster_flags(tmp_path):
+    address = f"127.0.0.1:{free_port()}"
+
+    def start(name, *role_flags, epochs, max_trials, lost_after=120):
+        search_flags = [*TINY, "--epochs", epochs, "--max-trials", max_trials, "--directory", tmp_path / "search",
+                        "--lost-worker-seconds", lost_after]
+        flags = ["--chief", address] if name == "chief" else ["--worker", address, "--tuner-id", name]
+        return Search(tmp_path, name, flags, [*map(str, search_flags), *role_flags])
+
+    yield start
+
+
+def test_chief_and_two_workers_run_every_trial_once_and_the_chief_keeps_what_they_reported(cluster_flags):
+    chief = cluster_flags("chief", epochs=2, max_trials=4)
+    workers = [cluster_flags(name, epochs=2, max_trials=4) for name in ("w1", "w2")]
+    reported = [row for worker in workers for row in worker.finish()]
+    kept = chief.finish()
+
+    assert sorted(row["trial_id"] for row in kept) == ["0", "1", "2", "3"]
+    assert all(row["status"] == "COMPLETED" for row in kept)
+    assert sorted(row["trial_id"] for row in reported) == ["0", "1", "2", "3"]  # each trial run by one worker, once
+    by_id = {row["trial_id"]: row for row in reported}
+    for row in kept:
+        worker_row = by_id[row["trial_id"]]
+        for column in ("val_accuracy", "best_epoch", "dropout_conv_1", "dropout_conv_2", "dropout_conv_3",
+                       "dropout_dense"):
+            assert row[column] == worker_row[column], column
+        assert float(row["seconds"]) == pytest.approx(float(worker_row["seconds"]), rel=1e-6)  # float32 in gRPC
+
+
+def test_a_worker_killed_mid_trial_loses_its_trial_to_another_and_the_search_finishes(tmp_path, cluster_flags):
+    chief = cluster_flags("chief", epochs=40, max_trials=2, lost_after=5)
+    doomed = cluster_flags("w1", epochs=40, max_trials=2)
+    trial_dir = tmp_path / "search" / "dropout_vgg" / "trial_0"
+    deadline = time.monotonic() + 180
+    while not (trial_dir / "checkpoint.weights.h5").exists():  # written after the trial's first epoch
+        assert time.monotonic() < deadline and doomed.process.poll() is None, "w1 never got into trial 0"
+        time.sleep(0.05)
+    doomed.process.send_signal(signal.SIGKILL)
+    doomed.process.wait()
+    assert json.loads((trial_dir / "trial.json").read_text())["status"] == "RUNNING", "w1 finished before the kill"
+
+    survivor = cluster_flags("w2", epochs=40, max_trials=2)
+    ran = survivor.finish()
+    kept = chief.finish()
+
+    assert sorted(row["trial_id"] for row in ran) == ["0", "1"]  # its own, and the lost one
+    assert sorted((row["trial_id"], row["status"]) for row in kept) == [("0", "COMPLETED"), ("1", "COMPLETED")]
+    chief.log.seek(0)
+    assert "worker w1 silent for" in chief.log.read()
+
+
+def test_configure_sets_keras_tuners_environment(monkeypatch):
+    for name in (cluster.ENV_TUNER_ID, cluster.ENV_IP, cluster.ENV_PORT):
+        monkeypatch.delenv(name, raising=False)
+    assert cluster.configure(chief="10.0.0.1:8000") == "chief"
+    assert (os.environ[cluster.ENV_TUNER_ID], os.environ[cluster.ENV_IP], os.environ[cluster.ENV_PORT]) == (
+        "chief", "10.0.0.1", "8000")
+    assert cluster.configure(worker="node-1:8000", tuner_id="gpu0") == "worker"
+    assert os.environ[cluster.ENV_TUNER_ID] == "gpu0"
+    assert cluster.configure(worker="node-1:8000") == "worker"
+    assert os.environ[cluster.ENV_TUNER_ID] == f"worker-{socket.gethostname()}-{os.getpid()}"
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({}, "either chief or worker"),
+    ({"chief": "a:1", "worker": "a:1"}, "either chief or worker"),
+    ({"chief": "nohost"}, "HOST:PORT, got 'nohost'"),
+    ({"worker": "a:99999"}, "HOST:PORT, got 'a:99999'"),
+    ({"chief": "a:1", "tuner_id": "x"}, "always 'chief'"),
+    ({"worker": "a:1", "tuner_id": "chief2"}, "must not contain 'chief'"),
+])
+def test_configure_refuses_bad_addresses_and_ids(monkeypatch, kwargs, message):
+    for name in (cluster.ENV_TUNER_ID, cluster.ENV_IP, cluster.ENV_PORT):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValueError, match=message):
+        cluster.configure(**kwargs)
+    assert cluster.role() is None  # nothing half-set
+
+
+def test_search_refuses_a_distributed_setting_it_was_not_asked_for_and_the_reverse(monkeypatch, tmp_path):
+    for name in (cluster.ENV_TUNER_ID, cluster.ENV_IP, cluster.ENV_PORT):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(ValueError, match="distributed=True but KERASTUNER_TUNER_ID"):
+        search(distributed=True, directory=tmp_path)
+    monkeypatch.setenv(cluster.ENV_IP, "127.0.0.1")
+    with pytest.raises(ValueError, match="KERASTUNER_ORACLE_IP set but KERASTUNER_TUNER_ID, KERASTUNER_ORACLE_PORT"):
+        search(distributed=True, directory=tmp_path)
+    cluster.configure(worker=f"127.0.0.1:{free_port()}", tuner_id="w1")
+    with pytest.raises(ValueError, match="pass distributed=True"):
+        search(directory=tmp_path)
+    with pytest.raises(ValueError, match="only the chief may start over"):
+        search(distributed=True, overwrite=True, directory=tmp_path)
+    assert not (tmp_path / "dropout_vgg").exists()
+
+
+def test_the_chief_needs_leases_longer_than_two_heartbeats():
+    with pytest.raises(ValueError, match="lost_worker_seconds: must exceed two heartbeats"):
+        cluster.LeasedOracle(oracle=None, lost_worker_seconds=cluster.HEARTBEAT_SECONDS)
