@@ -252,6 +252,7 @@ def cmd_search(args) -> int:
             data=data, tuner=args.tuner, max_trials=args.max_trials, space=space, base=base, recipe=recipe,
             directory=args.directory, project_name=args.project_name, overwrite=args.overwrite, seed=args.seed,
             verbose=1 if args.verbose else 0, distributed=role is not None, lost_worker_seconds=args.lost_worker_seconds,
+            trials_per_step=args.trials_per_step,
         )
     except SearchFailedError as error:
         lines = str(error).splitlines()
@@ -405,6 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     search_cmd.add_argument("--project-name", default="dropout_vgg", help="project within --directory [dropout_vgg]")
     search_cmd.add_argument("--overwrite", action="store_true", help="start over instead of resuming the project")
     search_cmd.add_argument("--seed", type=int, help="seeds the tuner and every trial's initial state")
+    search_cmd.add_argument("--trials-per-step", type=int, default=1, metavar="K",
+                            help="train K trials at once as one packed model (those sharing a shape and learning "
+                                 "rate; each keeps its own weights and result); not with hyperband [1]")
     search_cmd.add_argument("--csv", metavar="FILE", help="also write the trials table as CSV")
     search_cmd.add_argument("--verbose", "-v", action="store_true", help="Keras Tuner's and Keras's progress output")
     cluster_flags = search_cmd.add_argument_group(

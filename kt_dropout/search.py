@@ -24,7 +24,8 @@ from kt_dropout.cluster import LeasedOracle
 
 from kt_dropout.config import Recipe, VGGConfig, check_positive_int
 from kt_dropout.hypermodel import DropoutVGGHyperModel, tidy
-from kt_dropout.training import Splits, prepare_splits
+from kt_dropout.packed_search import PackedTrials
+from kt_dropout.training import prepare_splits
 
 OBJECTIVE = keras_tuner.Objective("val_accuracy", direction="max")
 TUNERS = {
@@ -130,6 +131,7 @@ def search(
     verbose=1,
     distributed: bool = False,
     lost_worker_seconds: float = 120.0,
+    trials_per_step: int = 1,
     **tuner_kwargs,
 ) -> SearchResult:
     """Searches dropout rates (or whatever `space` tunes) of the post's network, maximizing `val_accuracy`.
@@ -168,6 +170,11 @@ def search(
         distributed: run as the chief or a worker of a distributed search;
             without it, Keras Tuner's environment variables are an error rather
             than silently turning the search distributed.
+        trials_per_step: how many trials to train at once: the oracle is asked
+            for that many, and those sharing a network shape and learning rate
+            train as one packed model (`kt_dropout.packed_search`). Every trial
+            still has its own weights, BatchNorm statistics, dropout masks, Adam
+            state, best epoch, checkpoint and result. Not with Hyperband.
         lost_worker_seconds: on the chief, how long a worker may stay silent
             (it beats every 2 s while training) before its trial is given to
             another worker.
@@ -182,19 +189,27 @@ def search(
         ImportError: the Bayesian tuner without scikit-learn.
     """
     hypermodel = _hypermodel(hypermodel, space, base, recipe)
-    tuner_class = _tuner_class(tuner)
+    check_positive_int("trials_per_step", trials_per_step)
+    tuner_class = _tuner_class(tuner, packed=trials_per_step > 1)
+    packing = {"trials_per_step": trials_per_step} if trials_per_step > 1 else {}
+    if packing and tuner_kwargs.get("executions_per_trial", 1) != 1:
+        raise ValueError("executions_per_trial: a packed search runs each trial once; use trials_per_step=1")
     check_positive_int("max_trials", max_trials)
     epochs = check_positive_int("epochs", hypermodel.recipe.epochs if epochs is None else epochs)
     role = _role(distributed, overwrite)
     budget = {"max_epochs": epochs} if issubclass(tuner_class, keras_tuner.Hyperband) else {"max_trials": max_trials}
     fit_args, fit_kwargs = (), {}
     if role != "chief":
-        splits = _splits(x, y, validation_data, data, hypermodel)
-        fit_args = (splits.x_train, splits.y_train)
-        fit_kwargs = {"validation_data": (splits.x_val, splits.y_val), "epochs": epochs}
+        dataset, selection = _dataset(x, y, validation_data, data, hypermodel)
+        if trials_per_step > 1:
+            fit_args, fit_kwargs = (dataset,), {"selection": selection, "epochs": epochs}
+        else:
+            splits = prepare_splits(dataset, hypermodel.recipe.replace(selection=selection), hypermodel.base.num_classes)
+            fit_args = (splits.x_train, splits.y_train)
+            fit_kwargs = {"validation_data": (splits.x_val, splits.y_val), "epochs": epochs}
     built = tuner_class(
         hypermodel=hypermodel, objective=OBJECTIVE, directory=str(directory), project_name=project_name,
-        overwrite=overwrite, seed=_oracle_seed(seed), trial_seed=seed, **budget, **tuner_kwargs,
+        overwrite=overwrite, seed=_oracle_seed(seed), trial_seed=seed, **budget, **packing, **tuner_kwargs,
     )
     if role == "chief":
         built.oracle = LeasedOracle(built.oracle, lost_worker_seconds)
@@ -233,29 +248,42 @@ class _TrialHooks:
     def __init__(self, *args, trial_seed: int | None = None, **kwargs):
         self.trial_seed = trial_seed
         self.ran_trials: dict[str, keras_tuner.engine.trial.Trial] = {}
+        self._running: dict[str, tuple[float, cluster.Heartbeat | None]] = {}
         super().__init__(*args, **kwargs)
 
     def on_trial_begin(self, trial):
         if self.trial_seed is not None:
             keras.utils.set_random_seed(self.trial_seed)
         self.ran_trials[trial.trial_id] = trial
-        self._heartbeat = cluster.Heartbeat(self.oracle, trial.trial_id) if self._is_worker() else None
-        self._trial_start = time.perf_counter()
+        heartbeat = cluster.Heartbeat(self.oracle, trial.trial_id) if self._is_worker() else None
+        self._running[trial.trial_id] = (time.perf_counter(), heartbeat)
         super().on_trial_begin(trial)
 
     def run_trial(self, trial, *args, **kwargs):
-        results = super().run_trial(trial, *args, **kwargs)
-        if self._is_worker():  # the chief scores what is reported; the worker's copy gets the same
-            step = tuner_utils.get_best_step(results, self.oracle.objective)
-            for name, value in tuner_utils.convert_to_metrics_dict(results, self.oracle.objective).items():
-                trial.metrics.update(name, value, step=step)
-            trial.score, trial.best_step = trial.metrics.get_best_value(OBJECTIVE.name), step
+        results = super().run_trial(trial, *args, **kwargs)  # Keras Tuner reports them to the oracle
+        if self._is_worker():
+            self._keep(trial, results)
         return results
 
+    def report(self, trial, results) -> None:
+        """Reports a trial's histories to the oracle the way Keras Tuner does (best epoch's metrics)."""
+        metrics = tuner_utils.convert_to_metrics_dict(results, OBJECTIVE)
+        self.oracle.update_trial(trial.trial_id, metrics, step=tuner_utils.get_best_step(results, OBJECTIVE))
+        if self._is_worker():
+            self._keep(trial, results)
+
+    def _keep(self, trial, results) -> None:
+        """A worker's copy of a trial gets what the chief's gets, so the worker can tell what it reported."""
+        step = tuner_utils.get_best_step(results, OBJECTIVE)
+        for name, value in tuner_utils.convert_to_metrics_dict(results, OBJECTIVE).items():
+            trial.metrics.update(name, value, step=step)
+        trial.score, trial.best_step = trial.metrics.get_best_value(OBJECTIVE.name), step
+
     def on_trial_end(self, trial):
-        if self._heartbeat is not None:
-            self._heartbeat.stop()
-        trial.metrics.update("seconds", time.perf_counter() - self._trial_start)
+        start, heartbeat = self._running.pop(trial.trial_id)
+        if heartbeat is not None:
+            heartbeat.stop()
+        trial.metrics.update("seconds", time.perf_counter() - start)
         super().on_trial_end(trial)  # ends the trial in the oracle (the chief's, on a worker) and saves it
 
 
@@ -269,8 +297,8 @@ def _hypermodel(hypermodel, space, base, recipe) -> DropoutVGGHyperModel:
     return hypermodel
 
 
-def _tuner_class(tuner) -> type:
-    """The tuner class with `_TrialHooks` mixed in."""
+def _tuner_class(tuner, packed: bool) -> type:
+    """The tuner class with `_TrialHooks` (and `PackedTrials` for a packed search) mixed in."""
     if isinstance(tuner, str) and tuner in TUNERS:
         cls = TUNERS[tuner]
     elif isinstance(tuner, type) and issubclass(tuner, tuple(TUNERS.values())):
@@ -282,7 +310,10 @@ def _tuner_class(tuner) -> type:
         )
     if issubclass(cls, keras_tuner.BayesianOptimization):
         _require_sklearn()
-    return type(cls.__name__, (_TrialHooks, cls), {})
+    if packed and issubclass(cls, keras_tuner.Hyperband):
+        raise ValueError("trials_per_step: Hyperband continues trials from their checkpoints one at a time; "
+                         "use trials_per_step=1 with it")
+    return type(cls.__name__, (_TrialHooks, PackedTrials, cls) if packed else (_TrialHooks, cls), {})
 
 
 def _require_sklearn() -> None:
@@ -300,15 +331,16 @@ def _oracle_seed(seed: int | None) -> int | None:
     return None if seed is None else seed + 1
 
 
-def _splits(x, y, validation_data, data, hypermodel: DropoutVGGHyperModel) -> Splits:
-    """Validated, scaled, one-hot training and selection sets; see `search` for where they come from."""
+def _dataset(x, y, validation_data, data, hypermodel: DropoutVGGHyperModel) -> tuple[tuple, str]:
+    """The validated `((x_train, y_train), (x_test, y_test))` and the selection mode that splits it; see
+    `search` for where it comes from."""
     from kt_dropout.data import load_cifar10, validate_dataset
 
-    recipe, num_classes = hypermodel.recipe, hypermodel.base.num_classes
+    selection, num_classes = hypermodel.recipe.selection, hypermodel.base.num_classes
     if x is not None or y is not None:
         if x is None or y is None or validation_data is None or data is not None:
             raise ValueError("pass x, y and validation_data together, or data=((x_train, y_train), (x_test, y_test))")
-        data, recipe = ((x, y), validation_data), recipe.replace(selection="test")
+        data, selection = ((x, y), validation_data), "test"
         source = "search(): x, y (train) and validation_data (test)"
     elif validation_data is not None:
         raise ValueError("validation_data needs x and y")
@@ -316,12 +348,11 @@ def _splits(x, y, validation_data, data, hypermodel: DropoutVGGHyperModel) -> Sp
         data, source = load_cifar10(num_classes=num_classes), "load_cifar10()"
     else:
         source = "search(data=...)"
-    splits = prepare_splits(validate_dataset(data, source, num_classes), recipe, num_classes)
-    if splits.x_train.shape[1:] != hypermodel.base.input_shape:
-        raise ValueError(
-            f"{source}: images are {splits.x_train.shape[1:]} but the network takes {hypermodel.base.input_shape}"
-        )
-    return splits
+    data = validate_dataset(data, source, num_classes)
+    images = tuple(data[0][0].shape[1:])
+    if images != hypermodel.base.input_shape:
+        raise ValueError(f"{source}: images are {images} but the network takes {hypermodel.base.input_shape}")
+    return data, selection
 
 
 def _run(tuner: keras_tuner.Tuner, *args, **kwargs) -> RuntimeError | None:
@@ -373,6 +404,7 @@ def _row(trial) -> dict:
         # best_step counts from the fit's first epoch; Hyperband resumes trials at tuner/initial_epoch
         "best_epoch": trial.best_step + 1 + values.get("tuner/initial_epoch", 0) if completed else None,
         "seconds": float(trial.metrics.get_last_value("seconds")) if trial.metrics.exists("seconds") else None,
+        **({"pack_size": int(trial.metrics.get_last_value("pack_size"))} if trial.metrics.exists("pack_size") else {}),
         "error": None if completed else _last_line(trial.message),
     }
 

@@ -1,0 +1,133 @@
+"""Several trials of a Keras Tuner search trained at once, as one packed model.
+
+Keras Tuner, Optuna and Ray Tune train one trial per process at a time; at the
+post's batch of 64 that leaves a GPU mostly idle. `PackedTrials` asks the oracle
+for up to `trials_per_step` trials at once (each from its own slot, as parallel
+workers would), trains those that share a network shape and a recipe together
+with `PackTrainer`, and then hands each back to the oracle as its own trial:
+its best epoch's metrics, the checkpoint of that epoch for `load_model`, and
+its status (a member whose loss turned NaN fails alone).
+"""
+
+from __future__ import annotations
+
+import traceback
+
+import keras
+import keras_tuner
+import numpy as np
+
+from kt_dropout.model import build_model
+from kt_dropout.packed import load_member
+from kt_dropout.packed_training import Member, PackTrainer, plan_packs
+from kt_dropout.training import check_finite
+
+_HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
+_Status = keras_tuner.engine.trial.TrialStatus
+
+
+class PackedTrials:
+    """Mixed into a Keras Tuner tuner (before the tuner class): its `search` trains packs of trials."""
+
+    def __init__(self, *args, trials_per_step: int, **kwargs):
+        self.trials_per_step = trials_per_step
+        super().__init__(*args, **kwargs)
+
+    def search(self, data, *, selection: str, epochs: int, verbose=1):
+        """Runs trials until the oracle stops, `trials_per_step` at a time.
+
+        Args:
+            data: `((x_train, y_train), (x_test, y_test))`, validated.
+            selection: which images select the best epoch (`Recipe.selection`).
+        """
+        self.oracle.verbose = verbose
+        self.on_search_begin()
+        while trials := self._create_trials():
+            for pack in self._packs(trials, selection):
+                self._run_pack(pack, data, epochs)
+        self.on_search_end()
+
+    def _create_trials(self) -> list:
+        """Up to `trials_per_step` new trials; none once the oracle has stopped."""
+        trials = []
+        while len(trials) < self.trials_per_step:
+            self.pre_create_trial()
+            trial = self.oracle.create_trial(f"{self.tuner_id}/{len(trials)}")
+            if trial.status == _Status.STOPPED or (trial.status == _Status.IDLE and trials):
+                break
+            if trial.status == _Status.RUNNING:
+                trials.append(trial)
+        return trials
+
+    def _packs(self, trials, selection: str) -> list[list[tuple]]:
+        """The trials grouped into packs: same recipe (one optimizer per pack), then same weight shapes."""
+        by_recipe: dict = {}
+        for trial in trials:
+            hp = trial.hyperparameters.copy()
+            recipe = self.hypermodel.recipe_from_hp(hp).replace(selection=selection)
+            member = Member(f"trial_{trial.trial_id}", self.hypermodel.config_from_hp(hp), self._seed())
+            by_recipe.setdefault(recipe, {})[member] = trial
+        return [
+            [(members[member], member, recipe) for member in pack]
+            for recipe, members in by_recipe.items()
+            for pack in plan_packs(members, self.trials_per_step)
+        ]
+
+    def _seed(self) -> int:
+        """The search's seed for every trial, as in a sequential search; else a fresh one per trial."""
+        return self.trial_seed if self.trial_seed is not None else int(np.random.default_rng().integers(2**31))
+
+    def _run_pack(self, pack: list[tuple], data, epochs: int) -> None:
+        trials, members, recipe = [p[0] for p in pack], [p[1] for p in pack], pack[0][2]
+        for trial in trials:
+            self.on_trial_begin(trial)
+            trial.metrics.update("pack_size", len(trials))
+        histories = [{key: [] for key in _HISTORY_KEYS} for _ in trials]
+        try:
+            self._train(members, data, recipe, epochs, trials, histories)
+        except Exception:  # the pack as a whole failed (e.g. out of memory): every trial in it did
+            message = traceback.format_exc()
+            for trial in trials:
+                trial.status, trial.message = _Status.FAILED, message
+        for trial, history in zip(trials, histories):
+            if trial.status == _Status.RUNNING:
+                self._end_member(trial, history)
+            self.on_trial_end(trial)
+
+    def _train(self, members, data, recipe, epochs, trials, histories) -> None:
+        trainer = PackTrainer(members, data, recipe)
+        singles = [build_model(member.config) for member in members]  # to write each member's checkpoint
+        best = [-np.inf] * len(members)
+        alive = [True] * len(members)
+        for _ in range(epochs):
+            logs = trainer.train_epoch()
+            for k, history in enumerate(histories):
+                if not alive[k]:
+                    continue
+                for key in _HISTORY_KEYS:
+                    history[key].append(float(logs[key][k]))
+                alive[k] = bool(np.isfinite(history["loss"][-1]))
+                if alive[k] and history["val_accuracy"][-1] > best[k]:
+                    best[k] = history["val_accuracy"][-1]
+                    load_member(singles[k], trainer.member_weights(k))
+                    singles[k].save_weights(self._get_checkpoint_fname(trials[k].trial_id))
+            if not any(alive):
+                break
+
+    def _end_member(self, trial, history: dict) -> None:
+        """Reports a member like a trial of its own: the best epoch's metrics, or why it failed."""
+        try:
+            check_finite(history)
+        except Exception as error:
+            trial.status, trial.message = _Status.FAILED, f"{type(error).__name__}: {error}"
+            return
+        self.report(trial, _as_history(history))
+        trial.status = _Status.COMPLETED
+
+
+def _as_history(values: dict) -> keras.callbacks.History:
+    """Per-epoch values as the `History` a `fit` would return, so Keras Tuner scores them its own way."""
+    history = keras.callbacks.History()
+    history.history = values
+    history.epoch = list(range(len(values["loss"])))
+    return history

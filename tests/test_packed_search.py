@@ -1,0 +1,69 @@
+"""search(trials_per_step=K): several trials asked of the oracle at once and trained as one packed model."""
+
+import re
+
+import numpy as np
+import pytest
+
+from kt_dropout.config import Recipe, VGGConfig
+from kt_dropout.data import synthetic_cifar10
+from kt_dropout.hypermodel import DropoutVGGHyperModel
+from kt_dropout.search import search
+
+BASE = VGGConfig(nfilters=(4, 4, 4), ndense=8)
+RECIPE = Recipe(batch_size=32, epochs=2)
+DATA = synthetic_cifar10(64, 32)  # grouped convolutions are slow on CPU: keep packs tiny
+
+
+def packed_search(tmp_path, space, **kwargs):
+    hypermodel = DropoutVGGHyperModel(space, base=BASE, recipe=RECIPE)
+    options = {"tuner": "grid", "max_trials": 4, "seed": 0, "verbose": 0, "trials_per_step": 2, **kwargs}
+    return search(data=DATA, hypermodel=hypermodel, directory=tmp_path, **options)
+
+
+def test_trials_train_in_packs_and_each_keeps_its_own_best_epoch_and_checkpoint(tmp_path):
+    space = {"dropout_conv_1": (0.0, 0.5), "dropout_conv_2": None, "dropout_conv_3": None, "dropout_dense": (0.0, 0.5)}
+    result = packed_search(tmp_path, space, tuner="random")
+
+    assert sorted(row["trial_id"] for row in result.trials) == ["0", "1", "2", "3"]
+    assert all(row["status"] == "COMPLETED" and row["pack_size"] == 2 for row in result.trials)
+    assert len({(row["dropout_conv_1"], row["dropout_dense"]) for row in result.trials}) == 4
+    x_val, y_val = DATA[1]
+    for trial in result.tuner.oracle.trials.values():  # each checkpoint holds that trial's best epoch
+        model = result.tuner.load_model(trial)
+        predicted = model.predict(x_val * RECIPE.pixel_scale, verbose=0).argmax(-1)
+        assert abs(np.mean(predicted == y_val) - trial.score) <= 1 / len(y_val)  # packed vs single-model round-off
+        assert 0 <= trial.best_step < RECIPE.epochs
+    assert result.best_trial.score == max(trial.score for trial in result.tuner.oracle.trials.values())
+
+
+def test_trials_of_different_shapes_train_in_separate_packs(tmp_path):
+    space = {"dropout_conv_1": None, "dropout_conv_2": None, "dropout_conv_3": None, "dropout_dense": (0.0, 0.5),
+             "ndense": [8, 16]}
+    result = packed_search(tmp_path, space, tuner="random", trials_per_step=4)  # one step asks for all four
+    widths = [row["ndense"] for row in result.trials]
+    assert set(widths) == {8, 16}  # (seed 0 draws both)
+    assert all(row["status"] == "COMPLETED" for row in result.trials)
+    assert all(row["pack_size"] == widths.count(row["ndense"]) for row in result.trials)
+
+
+def test_a_diverging_pack_fails_its_trials_and_the_search_carries_on(tmp_path):
+    space = {"dropout_conv_1": None, "dropout_conv_2": None, "dropout_conv_3": None, "dropout_dense": None,
+             "learning_rate": [1e-3, 1e38]}  # one learning rate per pack: each trial is a pack of one
+    with pytest.warns(RuntimeWarning, match="1 of 2 trials failed"):
+        result = packed_search(tmp_path, space)
+    completed, failed = result.trials
+    assert completed["status"] == "COMPLETED" and completed["learning_rate"] == 1e-3
+    assert failed["status"] == "FAILED" and failed["learning_rate"] == 1e38
+    assert re.search(r"TrainingDiverged: loss became (nan|inf|-inf) in epoch 1", failed["error"])
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"trials_per_step": 0}, "trials_per_step: must be"),
+    ({"tuner": "hyperband"}, "Hyperband continues trials"),
+    ({"executions_per_trial": 2}, "executions_per_trial: a packed search"),
+])
+def test_packed_search_refuses_what_it_cannot_do(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        packed_search(tmp_path, None, **kwargs)
+    assert not list(tmp_path.iterdir())
