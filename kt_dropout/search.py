@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import json
 import os
 import time
 import warnings
@@ -20,6 +21,7 @@ from keras_tuner.src.engine import tuner_utils  # how Keras Tuner turns a trial'
 from tabulate import tabulate
 
 from kt_dropout import cluster
+from kt_dropout.atomic import atomic_saves, write_text
 from kt_dropout.cluster import LeasedOracle
 
 from kt_dropout.config import Recipe, VGGConfig, check_positive_int
@@ -211,6 +213,8 @@ def search(
         hypermodel=hypermodel, objective=OBJECTIVE, directory=str(directory), project_name=project_name,
         overwrite=overwrite, seed=_oracle_seed(seed), trial_seed=seed, **budget, **packing, **tuner_kwargs,
     )
+    if role != "worker":  # a worker's oracle is the chief's
+        atomic_saves(built.oracle)
     if role == "chief":
         built.oracle = LeasedOracle(built.oracle, lost_worker_seconds)
     stopped = _run(built, *fit_args, **fit_kwargs, verbose=verbose)
@@ -278,6 +282,12 @@ class _TrialHooks:
         for name, value in tuner_utils.convert_to_metrics_dict(results, OBJECTIVE).items():
             trial.metrics.update(name, value, step=step)
         trial.score, trial.best_step = trial.metrics.get_best_value(OBJECTIVE.name), step
+
+    def save(self):
+        """Keras Tuner's `save`, with this tuner's own file written atomically too."""
+        if not self._is_worker():
+            self.oracle.save()
+        write_text(self._get_tuner_fname(), json.dumps(self.get_state()))
 
     def on_trial_end(self, trial):
         start, heartbeat = self._running.pop(trial.trial_id)

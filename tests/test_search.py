@@ -1,4 +1,6 @@
 import csv
+import json
+import os
 import shutil
 import re
 import sys
@@ -262,3 +264,23 @@ def test_a_diverging_trial_is_stopped_failed_and_the_search_carries_on(tmp_path)
     assert completed["status"] == "COMPLETED" and completed["learning_rate"] == 1e-3
     assert failed["status"] == "FAILED" and failed["learning_rate"] == 1e38
     assert re.search(r"TrainingDiverged: loss became (nan|inf|-inf) in epoch 1", failed["error"])
+
+
+def test_keras_tuners_project_files_are_replaced_whole_not_rewritten_in_place(tmp_path):
+    """A kill -9 during a save must leave the old file intact: hard links to the old files keep their content."""
+    run(tmp_path, max_trials=1)
+    project = tmp_path / "dropout_vgg"
+    files = [project / "oracle.json", project / "tuner0.json"]  # both saved again by the next trial
+    before = {path: path.read_text() for path in files}
+    for path in files:
+        os.link(path, path.with_name(path.name + ".old"))
+
+    run(tmp_path, max_trials=2)  # resumes: one more trial, every file saved again
+    for path in files:
+        old = path.with_name(path.name + ".old")
+        assert old.read_text() == before[path]  # not written through
+        assert path.stat().st_ino != old.stat().st_ino  # a new file took the name
+        json.loads(path.read_text())
+    assert (project / "oracle.json").read_text() != before[project / "oracle.json"]
+    assert json.loads((project / "trial_1" / "trial.json").read_text())["status"] == "COMPLETED"
+    assert not list(project.rglob("*.tmp"))

@@ -1,0 +1,59 @@
+"""Files written whole or not at all, so a `kill -9` at any moment leaves either the old file or the new one.
+
+The run store writes its records this way; Keras Tuner writes its project
+files (`oracle.json`, `trial_*/trial.json`, `tuner_*.json`) by truncating and
+rewriting them in place, so a search killed in the middle of such a write
+could not be resumed. `AtomicSaves` gives the oracle of a search the same
+guarantee.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+
+def write_text(path, text: str) -> None:
+    """Writes `text` to `path` through a temp file in the same folder, fsync and `os.replace`."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _sync_folder(path.parent)
+
+
+def _sync_folder(folder: Path) -> None:
+    # Makes the rename itself durable; not every platform can open a directory.
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+class AtomicSaves:
+    """Mixed into a Keras Tuner oracle: its state and its trials are saved with `write_text`."""
+
+    def save(self):
+        write_text(self._get_oracle_fname(), json.dumps(self.get_state()))
+
+    def _save_trial(self, trial):
+        write_text(os.path.join(self._get_trial_dir(trial.trial_id), "trial.json"), json.dumps(trial.get_state()))
+
+
+def atomic_saves(oracle):
+    """The same oracle, from now on saving atomically (its class gains `AtomicSaves`)."""
+    oracle.__class__ = type(type(oracle).__name__, (AtomicSaves, type(oracle)), {})
+    return oracle
