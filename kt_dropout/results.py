@@ -10,16 +10,15 @@ and resumed from.
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import hashlib
 import json
 import os
 import re
-import tempfile
 import warnings
 from pathlib import Path
 
+from kt_dropout.atomic import write_text
 from kt_dropout.config import Recipe, VGGConfig
 
 MANIFEST_NAME = "store.json"
@@ -121,32 +120,11 @@ class ResultStore:
         self._write_json(self.root / MANIFEST_NAME, MANIFEST)
 
     def _write_json(self, path: Path, data) -> None:
-        """Writes `path` whole or not at all: temp file in the same folder, fsync, `os.replace`."""
+        """Writes `path` whole or not at all (`atomic.write_text`)."""
         try:
-            fd, tmp = tempfile.mkstemp(dir=self.root, prefix=f".{path.name}.", suffix=".tmp")
+            write_text(path, json.dumps(data, indent=1, sort_keys=True) + "\n")
         except OSError as e:
             raise _folder_error(e, "write to the", self.root) from e
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, indent=1, sort_keys=True)
-                f.write("\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        self._sync_folder()
-
-    def _sync_folder(self) -> None:
-        # Makes the rename itself durable; not every platform can open a directory.
-        with contextlib.suppress(OSError):
-            fd = os.open(self.root, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
 
     def _run_files(self) -> list[Path]:
         return sorted(p for p in self.root.iterdir() if _RUN_FILE.fullmatch(p.name))
