@@ -2,7 +2,7 @@ import matplotlib.image
 import numpy as np
 import pytest
 
-from kt_dropout.config import Recipe, VGGConfig
+from kt_dropout.config import Recipe
 from kt_dropout.experiments import CONFIGS
 from kt_dropout.report import write_report
 from kt_dropout.training import make_record
