@@ -252,7 +252,7 @@ def cmd_search(args) -> int:
             data=data, tuner=args.tuner, max_trials=args.max_trials, space=space, base=base, recipe=recipe,
             directory=args.directory, project_name=args.project_name, overwrite=args.overwrite, seed=args.seed,
             verbose=1 if args.verbose else 0, distributed=role is not None, lost_worker_seconds=args.lost_worker_seconds,
-            trials_per_step=args.trials_per_step,
+            trials_per_step=args.trials_per_step, data_parallel=args.data_parallel,
         )
     except SearchFailedError as error:
         lines = str(error).splitlines()
@@ -409,6 +409,8 @@ def build_parser() -> argparse.ArgumentParser:
     search_cmd.add_argument("--trials-per-step", type=int, default=1, metavar="K",
                             help="train K trials at once as one packed model (those sharing a shape and learning "
                                  "rate; each keeps its own weights and result); not with hyperband [1]")
+    search_cmd.add_argument("--data-parallel", action="store_true",
+                            help="train each trial over every local GPU (as train --data-parallel)")
     search_cmd.add_argument("--csv", metavar="FILE", help="also write the trials table as CSV")
     search_cmd.add_argument("--verbose", "-v", action="store_true", help="Keras Tuner's and Keras's progress output")
     cluster_flags = search_cmd.add_argument_group(

@@ -77,6 +77,14 @@ def local_device_count() -> int:
     raise _unsupported(backend)
 
 
+def _mirrored(devices: list | None):
+    import tensorflow as tf
+
+    if devices is None:
+        devices = [d.name for d in _tensorflow_devices()]
+    return tf.distribute.MirroredStrategy(devices=list(devices))
+
+
 @contextlib.contextmanager
 def data_parallel(devices: list | None = None) -> Iterator[object]:
     """Makes models built and trained inside data-parallel over every local device.
@@ -96,15 +104,54 @@ def data_parallel(devices: list | None = None) -> Iterator[object]:
         with distribution.scope():
             yield distribution
     elif backend == "tensorflow":
-        import tensorflow as tf
-
-        if devices is None:
-            devices = [d.name for d in _tensorflow_devices()]
-        strategy = tf.distribute.MirroredStrategy(devices=list(devices))
+        strategy = _mirrored(devices)
         with strategy.scope():
             yield strategy
     else:
         raise _unsupported(backend)
+
+
+class _KeptScope:
+    """A JAX `DataParallel` in the shape Keras Tuner's `distribution_strategy` argument takes (a `scope()`).
+
+    Keras Tuner clears Keras's global state (the distribution with it) before
+    building each trial's model, then builds it inside `scope()`; on JAX the
+    distribution must stay in force for `fit` too, so this scope leaves it set
+    (the next trial's clearing, or `for_keras_tuner`'s exit, removes it).
+    """
+
+    extended = None  # Keras Tuner looks here for a TensorFlow multi-worker strategy; this is none
+
+    def __init__(self, distribution):
+        self.distribution = distribution
+
+    @contextlib.contextmanager
+    def scope(self):
+        keras.distribution.set_distribution(self.distribution)
+        yield self.distribution
+
+
+@contextlib.contextmanager
+def for_keras_tuner(devices: list | None = None) -> Iterator[object]:
+    """Yields what a Keras Tuner tuner's `distribution_strategy` needs to train every trial data-parallel.
+
+    A `tf.distribute.MirroredStrategy` on TensorFlow, whose scope Keras Tuner
+    enters itself (that argument's own use); on JAX a
+    `keras.distribution.DataParallel` kept in force while each trial builds and
+    fits, and Keras's distribution before the block is back after it.
+    """
+    backend = _backend()
+    if backend not in SUPPORTED_BACKENDS:
+        raise _unsupported(backend)
+    if backend == "tensorflow":
+        yield _mirrored(devices)
+        return
+    previous = keras.distribution.distribution()
+    try:
+        with data_parallel(devices) as distribution:
+            yield _KeptScope(distribution)
+    finally:
+        keras.distribution.set_distribution(previous)
 
 
 def describe(distribution) -> str:

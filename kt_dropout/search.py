@@ -8,6 +8,7 @@ case and warns when only some trials failed, keeping them in the result.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -20,7 +21,7 @@ import keras_tuner
 from keras_tuner.src.engine import tuner_utils  # how Keras Tuner turns a trial's histories into its report
 from tabulate import tabulate
 
-from kt_dropout import cluster
+from kt_dropout import cluster, distribution
 from kt_dropout.atomic import atomic_saves, write_text
 from kt_dropout.cluster import LeasedOracle
 
@@ -134,6 +135,7 @@ def search(
     distributed: bool = False,
     lost_worker_seconds: float = 120.0,
     trials_per_step: int = 1,
+    data_parallel: bool = False,
     **tuner_kwargs,
 ) -> SearchResult:
     """Searches dropout rates (or whatever `space` tunes) of the post's network, maximizing `val_accuracy`.
@@ -177,6 +179,9 @@ def search(
             train as one packed model (`kt_dropout.packed_search`). Every trial
             still has its own weights, BatchNorm statistics, dropout masks, Adam
             state, best epoch, checkpoint and result. Not with Hyperband.
+        data_parallel: train each trial's model over every local accelerator
+            (`kt_dropout.distribution.data_parallel`: Keras's DataParallel on
+            JAX, MirroredStrategy on TensorFlow); the batch size stays global.
         lost_worker_seconds: on the chief, how long a worker may stay silent
             (it beats every 2 s while training) before its trial is given to
             another worker.
@@ -196,6 +201,9 @@ def search(
     packing = {"trials_per_step": trials_per_step} if trials_per_step > 1 else {}
     if packing and tuner_kwargs.get("executions_per_trial", 1) != 1:
         raise ValueError("executions_per_trial: a packed search runs each trial once; use trials_per_step=1")
+    if packing and data_parallel:
+        raise ValueError("data_parallel: splits one model's batches over devices; a packed search (trials_per_step > 1) "
+                         "trains many models on one device instead: choose one")
     check_positive_int("max_trials", max_trials)
     epochs = check_positive_int("epochs", hypermodel.recipe.epochs if epochs is None else epochs)
     role = _role(distributed, overwrite)
@@ -209,15 +217,20 @@ def search(
             splits = prepare_splits(dataset, hypermodel.recipe.replace(selection=selection), hypermodel.base.num_classes)
             fit_args = (splits.x_train, splits.y_train)
             fit_kwargs = {"validation_data": (splits.x_val, splits.y_val), "epochs": epochs}
-    built = tuner_class(
-        hypermodel=hypermodel, objective=OBJECTIVE, directory=str(directory), project_name=project_name,
-        overwrite=overwrite, seed=_oracle_seed(seed), trial_seed=seed, **budget, **packing, **tuner_kwargs,
-    )
-    if role != "worker":  # a worker's oracle is the chief's
-        atomic_saves(built.oracle)
-    if role == "chief":
-        built.oracle = LeasedOracle(built.oracle, lost_worker_seconds)
-    stopped = _run(built, *fit_args, **fit_kwargs, verbose=verbose)
+    if data_parallel and "distribution_strategy" in tuner_kwargs:
+        raise ValueError("data_parallel=True chooses the distribution_strategy: give one or the other")
+    with distribution.for_keras_tuner() if data_parallel else contextlib.nullcontext() as strategy:
+        if strategy is not None:
+            tuner_kwargs["distribution_strategy"] = strategy
+        built = tuner_class(
+            hypermodel=hypermodel, objective=OBJECTIVE, directory=str(directory), project_name=project_name,
+            overwrite=overwrite, seed=_oracle_seed(seed), trial_seed=seed, **budget, **packing, **tuner_kwargs,
+        )
+        if role != "worker":  # a worker's oracle is the chief's
+            atomic_saves(built.oracle)
+        if role == "chief":
+            built.oracle = LeasedOracle(built.oracle, lost_worker_seconds)
+        stopped = _run(built, *fit_args, **fit_kwargs, verbose=verbose)
     trials = built.ran_trials.values() if role == "worker" else built.oracle.trials.values()
     _check_trials(list(trials), role, stopped, None if stopped is None else built.oracle.max_consecutive_failed_trials)
     return SearchResult.from_trials(built, trials)

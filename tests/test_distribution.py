@@ -158,6 +158,9 @@ def test_unsupported_backend_raises_naming_it(monkeypatch, backend):
             pass  # pragma: no cover
     with pytest.raises(NotImplementedError, match=backend):
         distribution.local_device_count()
+    with pytest.raises(NotImplementedError, match=backend):
+        with distribution.for_keras_tuner():
+            pass  # pragma: no cover
 
 
 def test_cli_train_data_parallel_records_the_distribution(tmp_path):
@@ -173,3 +176,38 @@ def test_cli_train_data_parallel_records_the_distribution(tmp_path):
     record = json.loads((tmp_path / "run.json").read_text())
     assert record["status"] == "ok" and record["distribution"] == "DataParallel over 2 devices"
     assert record["devices"] == ["cpu:0", "cpu:1"]
+
+
+SEARCH_SCRIPT = """
+import json, tempfile
+from kt_dropout.config import Recipe, VGGConfig
+from kt_dropout.data import synthetic_cifar10
+from kt_dropout.hypermodel import DropoutVGGHyperModel
+from kt_dropout.search import search
+
+class Recording(DropoutVGGHyperModel):
+    devices = []
+
+    def fit(self, hp, model, *args, **kwargs):
+        kernel = model.get_layer("block1_conv1").kernel.value
+        if hasattr(kernel, "sharding"):  # JAX
+            self.devices.append(sorted(str(d) for d in kernel.sharding.device_set))
+        else:  # TensorFlow: a MirroredVariable has one value per device
+            self.devices.append(sorted(v.device.split("device:")[-1].lower() for v in getattr(kernel, "values", ())))
+        return super().fit(hp, model, *args, **kwargs)
+
+hypermodel = Recording({"dropout_conv_1": None, "dropout_conv_2": None, "dropout_conv_3": None},
+                       base=VGGConfig(nfilters=(4, 8, 8), ndense=16), recipe=Recipe(batch_size=32))
+result = search(data=synthetic_cifar10(128, 32), hypermodel=hypermodel, max_trials=2, epochs=1, seed=0, verbose=0,
+                directory=tempfile.mkdtemp(), data_parallel=True)
+print("%s" + json.dumps({"devices": Recording.devices, "statuses": [row["status"] for row in result.trials]}))
+""" % MARK
+
+
+@pytest.mark.parametrize("backend", ["jax", "tensorflow"])
+def test_search_trains_every_trial_data_parallel_when_asked(backend):
+    pytest.importorskip(backend)
+    script = (TF_SCRIPT.split(COMMON)[0] if backend == "tensorflow" else "") + SEARCH_SCRIPT
+    r = _run(script, {"KERAS_BACKEND": backend, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}, timeout=300)
+    assert r["statuses"] == ["COMPLETED", "COMPLETED"]
+    assert r["devices"] == [["cpu:0", "cpu:1"], ["cpu:0", "cpu:1"]]  # each trial's model built over both devices
