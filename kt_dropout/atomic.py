@@ -10,6 +10,7 @@ guarantee.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import tempfile
@@ -31,6 +32,25 @@ def write_text(path, text: str) -> None:
             os.unlink(tmp)
         raise
     _sync_folder(path.parent)
+
+
+def check_writable_folder(folder) -> None:
+    """Raises an OSError naming `folder` unless files can be written in it, or in what creating it would
+    make, so that a study stops before hours of training rather than after. Writes nothing: the probe file
+    is removed at once."""
+    folder = Path(folder)
+    existing = folder
+    while not os.path.lexists(existing):  # the deepest part of the path that is there
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, f"cannot write to {folder}: {existing} is not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=existing, prefix=".probe.", suffix=".tmp")
+    except OSError as e:
+        where = "" if existing == folder else f" (in {existing})"
+        raise OSError(e.errno, f"cannot write to {folder}: {e.strerror or e}{where}") from e
+    os.close(fd)
+    os.unlink(probe)
 
 
 def _sync_folder(folder: Path) -> None:

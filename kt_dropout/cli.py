@@ -25,6 +25,7 @@ import keras
 from tabulate import tabulate
 
 from kt_dropout import cluster
+from kt_dropout.atomic import check_writable_folder
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.data import data_fingerprint, load_cifar10, synthetic_cifar10
 from kt_dropout.experiments import CLAIMS, CONFIGS, EXPERIMENTS, claims_for, resolve_experiments
@@ -279,6 +280,8 @@ def cmd_reproduce(args) -> int:
     profile = get_profile(args.profile)
     experiments = [e.name for e in resolve_experiments(args.experiments or list(profile.experiments))]
     results = Path(args.results)
+    report_dir = results / f"report-{profile.name}"
+    check_writable_folder(report_dir)  # before the store is made and hours of training, not after
     study = open_study(
         profile.name, results / STORE_FOLDER, data_path=args.data, epochs=args.epochs, seeds=args.seeds,
         selection=args.selection, pack_size=1 if args.no_pack else (args.pack_size or 20),
@@ -292,7 +295,7 @@ def cmd_reproduce(args) -> int:
     for claim in claims:
         print(f"  {decided[claim.id].summary()}" if claim.id in decided
               else f"  {claim.id} not decided in this profile: {claim.text}")
-    path = write_report(records, results / f"report-{profile.name}", experiments=experiments)
+    path = write_report(records, report_dir, experiments=experiments)
     print(f"report written to {path}")
     return 0
 
@@ -350,8 +353,9 @@ def cmd_report(args) -> int:
 
 def cmd_merge(args) -> int:
     """Copies into RESULTS the runs that another results folder or store holds (e.g. one from a GPU machine)."""
+    sources = [_open_store(Path(source)).root for source in args.sources]  # all checked before RESULTS is made
     target = ResultStore(_store_root(Path(args.results)))
-    copied = sum(target.merge(_open_store(Path(source)).root) for source in args.sources)
+    copied = sum(target.merge(source) for source in sources)
     print(f"{copied} run(s) merged into {target.root}; it holds {len(target)}")
     return 0
 

@@ -9,7 +9,8 @@ through `validate_dataset`, so a bad copy fails at load time with a
 inside training.
 
 All loaders return `((x_train, y_train), (x_test, y_test))`: images uint8
-`(N, H, W, 3)` channels-last (32x32 for CIFAR-10 itself), labels int64 `(N,)`.
+`(N, H, W, 3)` channels-last (32x32 for CIFAR-10 itself; an `.npz` may also
+hold float pixels in 0..255, which come back as float32), labels int64 `(N,)`.
 Labels are int64 whatever the source stored (Keras: (N, 1) uint8, the
 pickles: Python ints) so that every source yields identical arrays.
 """
@@ -107,7 +108,7 @@ def load_cifar10(
 
     Returns:
         `((x_train, y_train), (x_test, y_test))`: uint8 `(N, H, W, 3)` images
-        and int64 `(N,)` labels.
+        (float32 from an `.npz` of float pixels) and int64 `(N,)` labels.
 
     Raises:
         FileNotFoundError: `path` or `KT_DROPOUT_DATA` does not exist.
@@ -122,8 +123,12 @@ def load_cifar10(
 def validate_dataset(data, source: str, num_classes: int = 10) -> Dataset:
     """Checks `((x_train, y_train), (x_test, y_test))`; returns it with 1-D int64 labels.
 
-    Every loader and every user-supplied data set goes through here, so each
-    problem is reported once, the same way, naming `source`.
+    Images are uint8, or float with every pixel a finite value in 0..255, not
+    all within 0..1 (the network scales pixels by 1/256, as it does uint8
+    ones: images scaled already would be scaled twice); float images come
+    back as float32, and so do uint8 ones beside float ones. Every loader and every user-supplied data set goes
+    through here, so each problem is reported once, the same way, naming
+    `source`.
     """
     try:
         (x_train, y_train), (x_test, y_test) = data
@@ -137,6 +142,8 @@ def validate_dataset(data, source: str, num_classes: int = 10) -> Dataset:
         raise DataError(
             f"{source}: train images are {_size(train[0].shape[1:3])} but test images are {_size(test[0].shape[1:3])}"
         )
+    if train[0].dtype != test[0].dtype:  # uint8 and float: float32 both, so that a network takes either split
+        train, test = ((x.astype(np.float32), y) for x, y in (train, test))
     return train, test
 
 
@@ -378,10 +385,9 @@ def _check_split(x, y, split: str, source: str, num_classes: int) -> tuple[np.nd
     x, y = _as_array(x, x_name, source), _as_array(y, y_name, source)
     if x.ndim != 4 or x.shape[-1] != 3 or 0 in x.shape[1:]:
         raise DataError(f"{source}: {x_name} has shape {x.shape}; expected (N, height, width, 3) RGB images")
-    if x.dtype != np.uint8:
-        raise DataError(f"{source}: {x_name} has dtype {x.dtype}; expected uint8 pixels in 0..255")
     if len(x) == 0:
         raise DataError(f"{source}: {x_name} is empty")
+    x = _check_pixels(x, x_name, source)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
     if y.ndim != 1:
@@ -397,6 +403,39 @@ def _check_split(x, y, split: str, source: str, num_classes: int) -> tuple[np.nd
             f"(e.g. {y[outside][0]})"
         )
     return x, y.astype(np.int64)
+
+
+def _check_pixels(x: np.ndarray, name: str, source: str) -> np.ndarray:
+    """uint8 images as they are; float images as float32 (what the network computes in), if every pixel is
+    a finite value in 0..255 and not all are within 0..1. The recipe multiplies pixels by its `pixel_scale`
+    (1/256), so a NaN would poison training and images in 0..1 or outside 0..255 were scaled another way."""
+    if x.dtype == np.uint8:
+        return x
+    if x.dtype.kind != "f":
+        raise DataError(f"{source}: {name} has dtype {x.dtype}; expected uint8 or float pixels in 0..255")
+    low, high = x.min(), x.max()  # NaN comes out of both; no array-sized temporaries unless a pixel is bad
+    if not (np.isfinite(low) and np.isfinite(high)):
+        bad = ~np.isfinite(x)
+        raise DataError(
+            f"{source}: {name} has {np.count_nonzero(bad)} NaN or infinite pixel(s), the first at {_first(name, bad)}"
+        )
+    if low < 0 or high > 255:
+        bad = (x < 0) | (x > 255)
+        raise DataError(
+            f"{source}: {name} has {np.count_nonzero(bad)} pixel(s) outside 0..255, the first {x[bad][0]} at "
+            f"{_first(name, bad)}; pixels must be in 0..255, as in uint8 images: the network scales them by 1/256"
+        )
+    if high <= 1:
+        raise DataError(
+            f"{source}: {name} has dtype {x.dtype}; expected uint8 or float pixels in 0..255, but every pixel is "
+            "within 0..1: the images look scaled already, and the network would scale them by 1/256 again"
+        )
+    return x.astype(np.float32, copy=False)
+
+
+def _first(name: str, bad: np.ndarray) -> str:
+    """Where the first True of `bad` is, e.g. x_train[3, 0, 5, 1]."""
+    return f"{name}[{', '.join(str(int(i)) for i in np.unravel_index(np.argmax(bad), bad.shape))}]"
 
 
 def _as_array(value, field: str, source: str) -> np.ndarray:

@@ -17,7 +17,7 @@ import numpy as np
 
 from kt_dropout.config import NUM_BLOCKS, Recipe, VGGConfig, check_positive_int, check_rate
 from kt_dropout.model import build_model, compile_model
-from kt_dropout.training import check_finite, recipe_callbacks
+from kt_dropout.training import check_finite, recipe_callbacks, releasing_traced_gradients
 
 DROPOUT_NAMES = (*(f"dropout_conv_{block}" for block in range(1, NUM_BLOCKS + 1)), "dropout_dense")
 # 0.0 (the default: the post's baseline), 0.1, ..., 0.5; covers the post's 0.0, 0.2 and 0.5.
@@ -136,10 +136,11 @@ class DropoutVGGHyperModel(keras_tuner.HyperModel):
         _check_prepared(x, y)
         epochs = self.recipe.epochs if epochs is None else epochs
         kwargs.setdefault("batch_size", self.recipe.batch_size)
-        history = model.fit(
-            x, y, validation_data=validation_data, epochs=epochs,
-            callbacks=[*callbacks, *recipe_callbacks(epochs)], **kwargs,
-        )
+        with releasing_traced_gradients():  # else TensorFlow keeps every trial's model
+            history = model.fit(
+                x, y, validation_data=validation_data, epochs=epochs,
+                callbacks=[*callbacks, *recipe_callbacks(epochs)], **kwargs,
+            )
         check_finite(history.history)
         return history
 

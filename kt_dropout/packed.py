@@ -39,10 +39,13 @@ class GroupDropout(keras.layers.Layer):
     def call(self, inputs, training=False):
         if not training:
             return inputs
-        rates = keras.ops.convert_to_tensor(np.asarray(self.rates, dtype="float32"), dtype=inputs.dtype)
-        noise = keras.random.uniform(keras.ops.shape(inputs), seed=self.seed_generator, dtype=inputs.dtype)
-        keep = keras.ops.cast(noise >= rates, inputs.dtype)
-        return inputs * keep / (1.0 - rates)
+        # Noise, mask and scale in float32 whatever the compute dtype (as keras.layers.Dropout): bfloat16
+        # noise takes only 128 values, so it would drop 20.3% instead of 20%, and 1/(1 - rate) would be
+        # rounded before it scales. In float32 the casts are no-ops and this is the float32 layer exactly.
+        rates = keras.ops.convert_to_tensor(np.asarray(self.rates, dtype="float32"), dtype="float32")
+        noise = keras.random.uniform(keras.ops.shape(inputs), seed=self.seed_generator, dtype="float32")
+        keep = keras.ops.cast(noise >= rates, "float32")
+        return keras.ops.cast(keras.ops.cast(inputs, "float32") * keep / (1.0 - rates), inputs.dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -78,11 +81,13 @@ def _activation_stack(x, shape: VGGConfig, rates: list[float], width: int, prefi
 
 def build_packed_model(
     configs: list[VGGConfig], input_groups: list[int] | None = None, pixel_scale: float = 1.0 / 256.0,
-    name: str = "packed_dropout_vgg",
+    name: str = "packed_dropout_vgg", input_dtype: str = "uint8",
 ) -> keras.Model:
-    """One model holding `len(configs)` members: uint8 images (B, H, W, 3*S) in, (B, K, classes) out.
+    """One model holding `len(configs)` members: images (B, H, W, 3*S) in, (B, K, classes) out.
 
     Layer names match `build_model`'s, so `pack_weights`/`member_weights` map weights by name.
+    `input_dtype` must be the images' own: Keras casts inputs to it, and a cast of float pixels to
+    uint8 would drop their fractions.
     """
     check_packable(configs)
     k = len(configs)
@@ -92,7 +97,7 @@ def build_packed_model(
     shape = configs[0]
     height, width, channels = shape.input_shape
     n_inputs = max(groups) + 1
-    inputs = keras.Input(shape=(height, width, channels * n_inputs), dtype="uint8", name="images")
+    inputs = keras.Input(shape=(height, width, channels * n_inputs), dtype=input_dtype, name="images")
     x = keras.layers.Rescaling(pixel_scale, name="rescale")(inputs)
     picks = [g * channels + c for g in groups for c in range(channels)]
     if picks != list(range(channels * n_inputs)):

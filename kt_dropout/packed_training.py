@@ -20,7 +20,7 @@ import numpy as np
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.model import build_model
 from kt_dropout.packed import build_packed_model, member_weights, pack_weights
-from kt_dropout.training import make_record, selection_split
+from kt_dropout.training import make_record, releasing_traced_gradients, selection_split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,9 +86,12 @@ class PackTrainer:
     """Trains `members` (one shape) together on `data` with the post's recipe.
 
     Args:
-        data: `((x_train, y_train), (x_test, y_test))`, uint8 images and int labels.
-        dtype_policy: e.g. "mixed_bfloat16"; None keeps float32 (the post's).
-        steps_per_execution: passed to `compile`; more steps per call cuts per-step overhead.
+        data: `((x_train, y_train), (x_test, y_test))`, uint8 (or float32) images and int labels.
+        dtype_policy: e.g. "mixed_bfloat16"; None keeps float32 (the post's). Weights, BatchNorm
+            statistics, dropout masks and the final softmax stay float32 (probabilities out are float32).
+        steps_per_execution: passed to `compile`; the weights are exactly those of one step per call
+            (tested). On TensorFlow the steps run in one `tf.while_loop`; on JAX Keras 3.15 calls the
+            same jitted step in a Python loop, which saves only per-step callback dispatch.
     """
 
     def __init__(self, members: list[Member], data, recipe: Recipe, *, dtype_policy: str | None = None,
@@ -102,6 +105,7 @@ class PackTrainer:
         self.x_test, self.y_test = (self._tile(test[0]), test[1]) if test is not None else (None, None)
         self.model = self._build(dtype_policy, steps_per_execution)
         self._rngs = [np.random.default_rng(seed) for seed in self.seeds]
+        self.last_epoch_seconds: dict[str, float] = {}
 
     def _build(self, dtype_policy, steps_per_execution) -> keras.Model:
         initial = []
@@ -113,7 +117,10 @@ class PackTrainer:
         if dtype_policy:
             keras.config.set_dtype_policy(dtype_policy)
         try:
-            model = build_packed_model([m.config for m in self.members], self.groups, self.recipe.pixel_scale)
+            model = build_packed_model(
+                [m.config for m in self.members], self.groups, self.recipe.pixel_scale,
+                input_dtype=self.x_train.dtype.name,
+            )
         finally:
             keras.config.set_dtype_policy(previous)
         pack_weights(model, initial)
@@ -139,17 +146,29 @@ class PackTrainer:
         return self.model.predict(tiled, batch_size=max(1024, self.recipe.batch_size), verbose=0)
 
     def train_epoch(self) -> dict[str, np.ndarray]:
-        """One epoch for every member; returns per-member metrics as arrays of length K."""
+        """One epoch for every member; returns per-member metrics as arrays of length K.
+
+        `last_epoch_seconds` then holds where the epoch's wall-clock time went: "data" (shuffling
+        and stacking the epoch's images on the host), "fit" (the training steps) and "evaluate"
+        (scoring the validation and, in holdout mode, test images).
+        """
+        start = time.perf_counter()
         x, y = self._epoch_arrays()
-        logs = self.model.fit(x, y, batch_size=self.recipe.batch_size, epochs=1, shuffle=False, verbose=0).history
+        data_done = time.perf_counter()
+        with releasing_traced_gradients():  # a pack traces its step once; TensorFlow would keep it for good
+            logs = self.model.fit(x, y, batch_size=self.recipe.batch_size, epochs=1, shuffle=False, verbose=0).history
         count = len(self.members)
         result = {
             "loss": np.array([logs[f"loss_{k}"][-1] for k in range(count)]),
             "accuracy": np.array([logs[f"accuracy_{k}"][-1] for k in range(count)]),
         }
+        fit_done = time.perf_counter()
         result["val_accuracy"], result["val_loss"] = _score(self._predict(self.x_val), self.y_val)
         if self.x_test is not None:
             result["test_accuracy"], _ = _score(self._predict(self.x_test), self.y_test)
+        self.last_epoch_seconds = {
+            "data": data_done - start, "fit": fit_done - data_done, "evaluate": time.perf_counter() - fit_done,
+        }
         return result
 
     def member_weights(self, k: int):

@@ -17,6 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
+from kt_dropout.atomic import check_writable_folder  # noqa: E402
 from kt_dropout.experiments import CONFIGS, EXPERIMENTS, Experiment, claims_for, resolve_experiments  # noqa: E402
 from kt_dropout.verdicts import (  # noqa: E402
     MIN_RUNS, ClaimVerdict, decide_all, group_by_name, is_holdout, metric_values, summarize_config,
@@ -34,6 +35,8 @@ def write_report(
 ) -> Path:
     """Writes `out_dir/report.md` and its figures; returns the Markdown file's path.
 
+    Raises an OSError naming `out_dir` before writing anything when files cannot be written there.
+
     Args:
         experiments: names of experiments to report (default: all). Of those,
             an experiment appears when any configuration it introduces has
@@ -41,6 +44,7 @@ def write_report(
             compares against `bn`.
     """
     out_dir = Path(out_dir)
+    check_writable_folder(out_dir)  # a clear error naming the folder, and no figure written before it
     out_dir.mkdir(parents=True, exist_ok=True)
     groups = group_by_name(records)
     introduced = _introduced_configs()

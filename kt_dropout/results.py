@@ -17,7 +17,7 @@ import re
 import warnings
 from pathlib import Path
 
-from kt_dropout.atomic import write_text
+from kt_dropout.atomic import check_writable_folder, write_text
 from kt_dropout.config import Recipe, VGGConfig
 
 MANIFEST_NAME = "store.json"
@@ -76,7 +76,9 @@ class ResultStore:
     Args:
         root: the folder; created with its manifest when missing (or empty).
         create: when False, a folder that is not already a store is an error
-            (used for the source of `merge`, which must not be created).
+            and the store is only read (the source of `merge`, which must not
+            be created). Otherwise the store must be writable: an existing
+            one is checked at once, not at its first `put` after training.
     """
 
     def __init__(self, root, *, create: bool = True):
@@ -85,6 +87,8 @@ class ResultStore:
         if manifest.is_file():
             self._check_manifest(manifest)
             self._check_contents()
+            if create:
+                check_writable_folder(self.root)
         elif not create:
             raise FileNotFoundError(f"{self.root} is not a results store: it has no {MANIFEST_NAME}")
         else:

@@ -142,7 +142,8 @@ def search(
 
     The data, prepared once (scaled, one-hot) for all trials:
 
-    - `x`, `y` and `validation_data=(x_val, y_val)`: uint8 images, int labels;
+    - `x`, `y` and `validation_data=(x_val, y_val)`: uint8 images (or float in
+      0..255), int labels;
       the best epoch is selected on `validation_data`, which is required.
     - otherwise `data=((x_train, y_train), (x_test, y_test))`, or CIFAR-10 from
       `load_cifar10()` if that is None too, split by `recipe.selection`: "test"

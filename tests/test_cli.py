@@ -9,8 +9,11 @@ import sys
 import pytest
 
 from kt_dropout.cli import space_item
+from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.experiments import CLAIMS, CONFIGS, EXPERIMENTS
 from kt_dropout.profiles import PROFILES
+from kt_dropout.results import ResultStore
+from kt_dropout.training import make_record
 
 ENV = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
 TINY = ["--synthetic", "128", "64", "--nfilters", "4", "8", "8", "--ndense", "16", "--batch-size", "32"]
@@ -196,3 +199,35 @@ def test_reproduce_rejects_unknown_experiments_and_conflicting_packing(tmp_path)
 
 def test_report_needs_a_store(tmp_path):
     assert_usage_error(run_cli("report", tmp_path, cwd=tmp_path), "report", str(tmp_path))
+
+
+def test_reproduce_checks_its_report_folder_before_training(tmp_path):
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "report-smoke").write_text("mine")  # fails even for root, unlike chmod
+    result = run_cli("reproduce", "batchnorm", *SMOKE, "--results", "results", cwd=tmp_path)
+    assert_usage_error(result, "reproduce", "cannot write to results/report-smoke", "is not a folder")
+    assert len(result.stderr.strip().splitlines()) == 1  # no training, no progress lines
+    assert os.listdir(tmp_path / "results") == ["report-smoke"]
+
+
+@pytest.mark.parametrize("command, path", [
+    (["reproduce", "batchnorm", *SMOKE, "--results", "file.txt/results"], "file.txt/results/report-smoke"),
+    (["report", "results", "--out", "file.txt/report"], "file.txt/report"),
+    (["merge", "file.txt/merged", "results"], "file.txt/merged/store"),
+], ids=["reproduce", "report", "merge"])
+def test_output_under_a_file_is_a_one_line_error_and_writes_nothing(tmp_path, command, path):
+    ResultStore(tmp_path / "results" / "store").put(make_record(
+        name="bn", config=VGGConfig(), recipe=Recipe(epochs=1), seed=0, epochs=1, data_fingerprint="data",
+        history={"loss": [1.0], "accuracy": [0.5], "val_loss": [1.0], "val_accuracy": [0.5]}, epoch_seconds=[1.0],
+    ))
+    (tmp_path / "file.txt").write_text("mine")  # a path under a file fails even for root, unlike chmod
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
+    result = run_cli(*command, cwd=tmp_path)
+    assert_usage_error(result, command[0], f"{path}: ")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
+
+
+def test_merge_with_a_bad_source_creates_no_target(tmp_path):
+    assert_usage_error(run_cli("merge", "merged", "nowhere", cwd=tmp_path), "merge", "nowhere")
+    assert os.listdir(tmp_path) == []

@@ -6,6 +6,7 @@ test reads the real Keras cache or touches the network.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import pickle
@@ -17,6 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.data import (
     CIFAR10_TAR_MD5,
     DataError,
@@ -25,6 +27,10 @@ from kt_dropout.data import (
     synthetic_cifar10,
     validate_dataset,
 )
+from kt_dropout.model import build_model
+from kt_dropout.packed import load_member
+from kt_dropout.packed_training import Member, PackTrainer
+from kt_dropout.training import prepare_splits
 
 BATCH_NAMES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 DATA = synthetic_cifar10(n_train=50, n_test=10, seed=1)
@@ -238,11 +244,28 @@ Y_OUT_OF_RANGE = Y_TRAIN.copy()
 Y_OUT_OF_RANGE[[3, 5, 7]] = 12
 
 
+def with_pixels(x, dtype, **pixels):
+    """`x` as `dtype` with some pixels changed: `with_pixels(x, float, at_1_2_3_0=nan)`."""
+    x = x.astype(dtype)
+    for where, value in pixels.items():
+        x[tuple(int(i) for i in where.split("_")[1:])] = value
+    return x
+
+
 @pytest.mark.parametrize(
     "overrides, problem",
     [
         ({"x_train": X_TRAIN[..., 0]}, "x_train has shape (50, 32, 32); expected (N, height, width, 3)"),
-        ({"x_test": X_TEST.astype(np.float32)}, "x_test has dtype float32; expected uint8"),
+        ({"x_test": X_TEST.astype(np.int64)}, "x_test has dtype int64; expected uint8 or float pixels in 0..255"),
+        ({"x_test": with_pixels(X_TEST, np.float32, at_4_0_0_2=np.nan, at_1_2_3_0=np.nan)},
+         "x_test has 2 NaN or infinite pixel(s), the first at x_test[1, 2, 3, 0]"),
+        ({"x_train": with_pixels(X_TRAIN, np.float64, at_0_0_0_1=-np.inf)},
+         "x_train has 1 NaN or infinite pixel(s), the first at x_train[0, 0, 0, 1]"),
+        ({"x_train": with_pixels(X_TRAIN, np.float32, at_2_1_1_1=255.5, at_7_0_0_0=-1)},
+         "x_train has 2 pixel(s) outside 0..255, the first 255.5 at x_train[2, 1, 1, 1]; pixels must be in "
+         "0..255, as in uint8 images: the network scales them by 1/256"),
+        ({"x_train": X_TRAIN / 255.0}, "x_train has dtype float64; expected uint8 or float pixels in 0..255, but "
+                                       "every pixel is within 0..1: the images look scaled already"),
         ({"y_train": Y_OUT_OF_RANGE}, "y_train has 3 labels outside [0, 10) (e.g. 12)"),
         ({"y_train": Y_TRAIN[:-1]}, "x_train has 50 images but y_train has 49 labels"),
         ({"y_test": Y_TEST.astype(np.float64)}, "y_test has dtype float64; expected integer"),
@@ -253,8 +276,9 @@ Y_OUT_OF_RANGE[[3, 5, 7]] = 12
         ({"x_test": None, "y_test": None}, "x_test, y_test missing"),
         ({"y_train": np.array(["a"] * 50)}, "y_train has dtype <U1"),
     ],
-    ids=["shape", "float-images", "out-of-range", "length", "float-labels", "label-shape", "empty-split",
-         "size-mismatch", "missing-x_test", "missing-test-split", "string-labels"],
+    ids=["shape", "integer-images", "nan-pixels", "infinite-pixel", "pixels-beyond-255", "scaled-pixels",
+         "out-of-range", "length", "float-labels", "label-shape", "empty-split", "size-mismatch", "missing-x_test",
+         "missing-test-split", "string-labels"],
 )
 def test_bad_npz_contents(tmp_path, overrides, problem):
     path = write_npz(tmp_path / "bad.npz", **overrides)
@@ -449,6 +473,52 @@ def test_validate_squeezes_column_labels_to_int64():
 def test_validate_rejects_malformed_structures(data, problem):
     with pytest.raises(DataError, match="^mine: .*" + re.escape(problem)):
         validate_dataset(data, "mine")
+
+
+# --- float images: accepted in 0..255, and every trainer sees them as it sees uint8 ones ----------
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64])
+def test_float_images_in_0_to_255_come_back_as_float32_and_prepare_as_uint8_ones(dtype):
+    floats = tuple((x.astype(dtype), y) for x, y in DATA)
+    checked = validate_dataset(floats, "mine")
+    for (x, _), (x_uint8, _) in zip(checked, DATA):
+        assert x.dtype == np.float32
+        np.testing.assert_array_equal(x, x_uint8)
+    assert (checked[0][0] is floats[0][0]) == (dtype == np.float32)  # float32 images are not copied
+    for recipe in (Recipe(), Recipe(selection="holdout", holdout=10)):
+        got, want = prepare_splits(checked, recipe, 10), prepare_splits(DATA, recipe, 10)
+        for field in dataclasses.fields(got):
+            np.testing.assert_array_equal(getattr(got, field.name), getattr(want, field.name), err_msg=field.name)
+
+
+def test_uint8_and_float_splits_both_come_back_as_float32():
+    """One input dtype for every split: a packed model's input layer would truncate float pixels cast to uint8."""
+    (x_train, y_train), (x_test, y_test) = DATA
+    for data in [((x_train, y_train), (x_test / 1.0, y_test)), ((x_train / 1.0, y_train), (x_test, y_test))]:
+        checked = validate_dataset(data, "mine")
+        for (x, _), (x_uint8, _) in zip(checked, DATA):
+            assert x.dtype == np.float32
+            np.testing.assert_array_equal(x, x_uint8)
+
+
+def test_npz_of_float_pixels(tmp_path):
+    path = write_npz(tmp_path / "float.npz", x_train=X_TRAIN.astype(np.float32), x_test=X_TEST / 2.0)
+    (x_train, _), (x_test, _) = load_cifar10(path)
+    assert x_train.dtype == x_test.dtype == np.float32
+    np.testing.assert_array_equal(x_train, X_TRAIN)
+    np.testing.assert_array_equal(x_test, X_TEST / 2.0)
+
+
+def test_packed_training_gets_float_pixels_with_their_fractions():
+    """Keras casts inputs to the input layer's dtype: a uint8 one would make 100.5 into 100 without a word."""
+    fractional = tuple((np.minimum(x, 254).astype(np.float32) + 0.5, y) for x, y in DATA)
+    config = VGGConfig(nfilters=(2, 2, 2), ndense=4)
+    trainer = PackTrainer([Member("a", config, 0)], validate_dataset(fractional, "mine"), Recipe())
+    packed = trainer.model.predict(trainer.x_val, verbose=0)[:, 0]
+    alone = load_member(build_model(config), trainer.member_weights(0))
+    (_, _), (x_test, _) = fractional
+    np.testing.assert_allclose(packed, alone.predict(x_test / 256, verbose=0), rtol=1e-5, atol=1e-6)
 
 
 # --- fingerprints and the synthetic set ----------------------------------------------------------

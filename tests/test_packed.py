@@ -98,6 +98,18 @@ def test_group_dropout_drops_each_group_at_its_rate():
     assert np.array_equal(keras.ops.convert_to_numpy(layer(np.ones((2, 1500), "float32"))), np.ones((2, 1500)))
 
 
+def test_group_dropout_in_bfloat16_drops_what_float32_drops():
+    """The mask and the scale come from float32 noise and rates whatever the compute dtype: bfloat16 noise
+    (128 values) would drop 20.3% for a rate of 0.2."""
+    rates = [0.1] * 300 + [0.2] * 300 + [0.5] * 300
+    x = np.random.default_rng(0).integers(32, 128, (200, 900)).astype("float32") / 64  # exact in bfloat16
+    f32 = keras.ops.convert_to_numpy(GroupDropout(rates, seed=3)(x, training=True))
+    layer = GroupDropout(rates, seed=3, dtype="mixed_bfloat16")
+    bf16 = keras.ops.convert_to_numpy(keras.ops.cast(layer(x, training=True), "float32"))
+    np.testing.assert_array_equal(bf16 == 0, f32 == 0)
+    np.testing.assert_allclose(bf16, f32, rtol=2**-8)  # one bfloat16 rounding of the float32 result
+
+
 def test_plan_packs_separates_shapes_and_balances_sizes():
     wide = VGGConfig(ndense=1024)
     members = [Member(f"n{i}", VGGConfig(), i) for i in range(5)] + [Member("w", wide, 0)]
@@ -131,3 +143,63 @@ def test_train_pack_holdout_mode_scores_the_test_set():
     )
     assert records[0]["test_accuracy"] is not None
     assert len(records[0]["history"]["test_accuracy"]) == 1
+
+
+def _weights(trainer):
+    return [np.array(v) for v in trainer.model.get_weights()]
+
+
+def test_steps_per_execution_trains_to_the_same_weights():
+    """Several steps per call are a loop around the same step (JAX: the same jitted step in a Python loop;
+    TensorFlow: a tf.while_loop around it), so the weights are bit for bit those of one step per call --
+    here with dropout, BatchNorm, two seeds, a last execution of 2 steps and a last batch of 8 images."""
+    members = [Member("drop", TINY.replace(dropout_conv=(0.2, 0.2, 0.2), dropout_dense=0.5), 1), Member("bn", TINY, 2)]
+    data = _data(n_train=168, n_test=40)
+    one, four = (PackTrainer(members, data, Recipe(batch_size=32), steps_per_execution=n) for n in (1, 4))
+    logs_one, logs_four = one.train_epoch(), four.train_epoch()
+    assert four.model.steps_per_execution == 4
+    for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+        np.testing.assert_array_equal(logs_four[key], logs_one[key], err_msg=key)
+    for got, want in zip(_weights(four), _weights(one)):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_bfloat16_pack_with_several_steps_per_call_reports_each_members_own_metrics():
+    """With a learning rate too small to move a weight and no dropout or BatchNorm, training-mode outputs
+    are inference outputs: each member's training metrics over the epoch (its own seed, its own data
+    order, executions of 4 steps and a partial last batch) must equal its scores on the same images."""
+    config = TINY.replace(batchnorm=False)
+    members = [Member("a", config, 1), Member("b", config, 2), Member("c", config, 1)]
+    (x, y), _ = _data(n_train=200)
+    trainer = PackTrainer(members, ((x, y), (x, y)), Recipe(batch_size=32, learning_rate=1e-30),
+                          dtype_policy="mixed_bfloat16", steps_per_execution=4)
+    assert trainer.model.get_layer("block1_conv1").compute_dtype == "bfloat16"
+    layer = trainer.model.get_layer("predictions")
+    kernel, bias = layer.get_weights()
+    # Pull members apart (even "a" and "c", the same run): member k leans towards class k by 2k.
+    layer.set_weights([kernel, bias + np.diag([0.0, 2.0, 4.0, 0, 0, 0, 0, 0, 0, 0])[:3]])
+    before = _weights(trainer)
+    logs = trainer.train_epoch()
+    for got, want in zip(_weights(trainer), before):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-20)  # zero biases move by ~1e-30
+    probabilities = trainer.model.predict(trainer.x_val, verbose=0)
+    assert probabilities.dtype == np.float32 and probabilities.shape == (200, 3, 10)
+    np.testing.assert_allclose(probabilities.sum(-1), 1.0, atol=1e-5)
+    assert np.min(np.diff(logs["loss"])) > 0.2
+    # bfloat16 convolutions at batch 32 (training) and 1024 (scoring) may round differently.
+    np.testing.assert_allclose(logs["loss"], logs["val_loss"], rtol=1e-3)
+    np.testing.assert_allclose(logs["accuracy"], logs["val_accuracy"], atol=2 / 200)
+
+
+def test_bfloat16_pack_learns_with_float32_outputs():
+    from kt_dropout.data import synthetic_cifar10
+
+    members = [Member("bn", TINY, 0), Member("conv", TINY.replace(dropout_conv=(0.2, 0.2, 0.2)), 1)]
+    trainer = PackTrainer(members, synthetic_cifar10(256, 64), Recipe(batch_size=32), dtype_policy="mixed_bfloat16")
+    losses = [trainer.train_epoch()["loss"] for _ in range(3)]
+    assert np.all(np.isfinite(losses)) and np.all(losses[-1] < losses[0] - 0.1), losses
+    probabilities = trainer.model.predict(trainer.x_val, verbose=0)
+    assert probabilities.dtype == np.float32 and np.all(np.isfinite(probabilities))
+    for k in range(2):
+        weights = trainer.member_weights(k)
+        assert all(w.dtype == np.float32 and np.all(np.isfinite(w)) for ws in weights.values() for w in ws)

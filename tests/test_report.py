@@ -1,3 +1,6 @@
+import os
+import re
+
 import matplotlib.image
 import numpy as np
 import pytest
@@ -117,3 +120,25 @@ def test_holdout_records_are_reported_as_such(tmp_path):
     best = [max(curve("bn", seed)) - 0.01 for seed in range(2)]
     assert f"{np.mean(best):.4f} ± " in table_row(section(markdown, "Batch normalization"), "bn")
     assert "`conv-dropout`" not in markdown  # bn alone does not pull in the experiments comparing against it
+
+
+@pytest.mark.parametrize("out", ["file.txt", "file.txt/report"], ids=["a-file", "under-a-file"])
+def test_a_report_folder_that_cannot_be_one_is_refused_before_any_figure(records, tmp_path, out):
+    (tmp_path / "file.txt").write_text("mine")  # fails even for root, unlike chmod
+    problem = f"cannot write to {tmp_path / out}: {tmp_path / 'file.txt'} is not a folder"
+    with pytest.raises(NotADirectoryError, match=re.escape(problem)):
+        write_report(records, tmp_path / out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+    assert (tmp_path / "file.txt").read_text() == "mine"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_a_read_only_report_folder_is_refused_before_any_figure(records, tmp_path):
+    out = tmp_path / "report"
+    out.mkdir(mode=0o500)
+    try:
+        with pytest.raises(PermissionError, match=re.escape(f"cannot write to {out}: Permission denied")):
+            write_report(records, out)
+        assert list(out.iterdir()) == []
+    finally:
+        out.chmod(0o700)

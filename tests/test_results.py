@@ -1,10 +1,12 @@
 import json
 import os
+import re
 
 import pytest
 
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.results import MANIFEST, ResultStore, record_key, run_key
+from kt_dropout.runner import open_study
 from kt_dropout.training import make_record
 
 HISTORY = {"loss": [1.0, 0.8], "accuracy": [0.4, 0.6], "val_loss": [1.1, 0.9], "val_accuracy": [0.45, 0.55]}
@@ -126,3 +128,28 @@ def test_merge_from_a_missing_store_is_an_error_and_creates_nothing(tmp_path):
     with pytest.raises(FileNotFoundError, match="nowhere"):
         store.merge(tmp_path / "nowhere")
     assert not (tmp_path / "nowhere").exists()
+
+
+@pytest.fixture
+def read_only_store(tmp_path):
+    """A store holding one run, in a folder its user may read but not write (root may: the tests skip)."""
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    root = tmp_path / "store"
+    ResultStore(root).put(record())
+    root.chmod(0o500)
+    yield root
+    root.chmod(0o700)
+
+
+def test_a_read_only_store_is_refused_when_opened_for_writing_and_read_otherwise(read_only_store):
+    before = sorted(p.name for p in read_only_store.iterdir())
+    with pytest.raises(PermissionError, match=re.escape(f"cannot write to {read_only_store}: Permission denied")):
+        ResultStore(read_only_store)
+    assert [r["seed"] for r in ResultStore(read_only_store, create=False).records()] == [0]
+    assert sorted(p.name for p in read_only_store.iterdir()) == before
+
+
+def test_a_study_on_a_read_only_store_is_refused_before_it_trains(read_only_store):
+    with pytest.raises(PermissionError, match=re.escape(str(read_only_store))):
+        open_study("smoke", read_only_store)
