@@ -46,6 +46,17 @@ class Search:
 
 
 @pytest.fixture
+def clean_environment():
+    """No Keras Tuner variables during the test, and none it sets (`configure` writes os.environ) after it."""
+    names = (cluster.ENV_TUNER_ID, cluster.ENV_IP, cluster.ENV_PORT)
+    saved = {name: os.environ.pop(name) for name in names if name in os.environ}
+    yield
+    for name in names:
+        os.environ.pop(name, None)
+    os.environ.update(saved)
+
+
+@pytest.fixture
 def cluster_flags(tmp_path):
     address = f"127.0.0.1:{free_port()}"
 
@@ -98,9 +109,7 @@ def test_a_worker_killed_mid_trial_loses_its_trial_to_another_and_the_search_fin
     assert "worker w1 silent for" in chief.log.read()
 
 
-def test_configure_sets_keras_tuners_environment(monkeypatch):
-    for name in (cluster.ENV_TUNER_ID, cluster.ENV_IP, cluster.ENV_PORT):
-        monkeypatch.delenv(name, raising=False)
+def test_configure_sets_keras_tuners_environment(clean_environment):
     assert cluster.configure(chief="10.0.0.1:8000") == "chief"
     assert (os.environ[cluster.ENV_TUNER_ID], os.environ[cluster.ENV_IP], os.environ[cluster.ENV_PORT]) == (
         "chief", "10.0.0.1", "8000")
@@ -118,17 +127,14 @@ def test_configure_sets_keras_tuners_environment(monkeypatch):
     ({"chief": "a:1", "tuner_id": "x"}, "always 'chief'"),
     ({"worker": "a:1", "tuner_id": "chief2"}, "must not contain 'chief'"),
 ])
-def test_configure_refuses_bad_addresses_and_ids(monkeypatch, kwargs, message):
-    for name in (cluster.ENV_TUNER_ID, cluster.ENV_IP, cluster.ENV_PORT):
-        monkeypatch.delenv(name, raising=False)
+def test_configure_refuses_bad_addresses_and_ids(clean_environment, kwargs, message):
     with pytest.raises(ValueError, match=message):
         cluster.configure(**kwargs)
     assert cluster.role() is None  # nothing half-set
 
 
-def test_search_refuses_a_distributed_setting_it_was_not_asked_for_and_the_reverse(monkeypatch, tmp_path):
-    for name in (cluster.ENV_TUNER_ID, cluster.ENV_IP, cluster.ENV_PORT):
-        monkeypatch.delenv(name, raising=False)
+def test_search_refuses_a_distributed_setting_it_was_not_asked_for_and_the_reverse(clean_environment, monkeypatch,
+                                                                                    tmp_path):
     with pytest.raises(ValueError, match="distributed=True but KERASTUNER_TUNER_ID"):
         search(distributed=True, directory=tmp_path)
     monkeypatch.setenv(cluster.ENV_IP, "127.0.0.1")
