@@ -22,7 +22,7 @@ import warnings
 
 import keras_tuner
 
-ENV_TUNER_ID, ENV_IP, ENV_PORT = "KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT"
+ENV_TUNER_ID, ENV_IP, ENV_PORT = ENV_NAMES = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
 HEARTBEAT_SECONDS = 2.0  # how often a training worker tells the chief it is alive
 IDLE_SECONDS = 0.5  # how long the chief holds a worker that must wait before it asks again
 _TrialStatus = keras_tuner.engine.trial.TrialStatus
@@ -30,10 +30,10 @@ _TrialStatus = keras_tuner.engine.trial.TrialStatus
 
 def role() -> str | None:
     """"chief", "worker", or None outside a distributed search; checks the environment is complete."""
-    present = [name for name in (ENV_TUNER_ID, ENV_IP, ENV_PORT) if os.environ.get(name)]
+    present = [name for name in ENV_NAMES if os.environ.get(name)]
     if not present:
         return None
-    missing = [name for name in (ENV_TUNER_ID, ENV_IP, ENV_PORT) if name not in present]
+    missing = [name for name in ENV_NAMES if name not in present]
     if missing:
         raise ValueError(f"distributed search: {', '.join(present)} set but {', '.join(missing)} not")
     return "chief" if "chief" in os.environ[ENV_TUNER_ID] else "worker"

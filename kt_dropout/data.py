@@ -126,9 +126,9 @@ def validate_dataset(data, source: str, num_classes: int = 10) -> Dataset:
     Images are uint8, or float with every pixel a finite value in 0..255, not
     all within 0..1 (the network scales pixels by 1/256, as it does uint8
     ones: images scaled already would be scaled twice); float images come
-    back as float32, and so do uint8 ones beside float ones. Every loader and every user-supplied data set goes
-    through here, so each problem is reported once, the same way, naming
-    `source`.
+    back as float32, and so do uint8 ones beside float ones. Every loader
+    and every user-supplied data set goes through here, so each problem is
+    reported once, the same way, naming `source`.
     """
     try:
         (x_train, y_train), (x_test, y_test) = data

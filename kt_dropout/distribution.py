@@ -146,12 +146,8 @@ def for_keras_tuner(devices: list | None = None) -> Iterator[object]:
     if backend == "tensorflow":
         yield _mirrored(devices)
         return
-    previous = keras.distribution.distribution()
-    try:
-        with data_parallel(devices) as distribution:
-            yield _KeptScope(distribution)
-    finally:
-        keras.distribution.set_distribution(previous)
+    with data_parallel(devices) as distribution:  # its scope puts the previous distribution back on exit
+        yield _KeptScope(distribution)
 
 
 def describe(distribution) -> str:

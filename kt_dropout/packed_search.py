@@ -11,12 +11,14 @@ its status (a member whose loss turned NaN fails alone).
 
 from __future__ import annotations
 
+import math
 import traceback
 
 import keras
 import keras_tuner
 import numpy as np
 
+from kt_dropout.config import Recipe
 from kt_dropout.model import build_model
 from kt_dropout.packed import load_member
 from kt_dropout.packed_training import Member, PackTrainer, plan_packs
@@ -43,8 +45,8 @@ class PackedTrials:
         self.oracle.verbose = verbose
         self.on_search_begin()
         while trials := self._create_trials():
-            for pack in self._packs(trials, selection):
-                self._run_pack(pack, data, epochs)
+            for recipe, pack_trials, members in self._packs(trials, selection):
+                self._run_pack(recipe, pack_trials, members, data, epochs)
         self.on_search_end()
 
     def _create_trials(self) -> list:
@@ -59,7 +61,7 @@ class PackedTrials:
                 trials.append(trial)
         return trials
 
-    def _packs(self, trials, selection: str) -> list[list[tuple]]:
+    def _packs(self, trials, selection: str) -> list[tuple[Recipe, list, list[Member]]]:
         """The trials grouped into packs: same recipe (one optimizer per pack), then same weight shapes."""
         by_recipe: dict = {}
         for trial in trials:
@@ -68,7 +70,7 @@ class PackedTrials:
             member = Member(f"trial_{trial.trial_id}", self.hypermodel.config_from_hp(hp), self._seed())
             by_recipe.setdefault(recipe, {})[member] = trial
         return [
-            [(members[member], member, recipe) for member in pack]
+            (recipe, [members[member] for member in pack], pack)
             for recipe, members in by_recipe.items()
             for pack in plan_packs(members, self.trials_per_step)
         ]
@@ -77,42 +79,35 @@ class PackedTrials:
         """The search's seed for every trial, as in a sequential search; else a fresh one per trial."""
         return self.trial_seed if self.trial_seed is not None else int(np.random.default_rng().integers(2**31))
 
-    def _run_pack(self, pack: list[tuple], data, epochs: int) -> None:
-        trials, members, recipe = [p[0] for p in pack], [p[1] for p in pack], pack[0][2]
+    def _run_pack(self, recipe: Recipe, trials: list, members: list[Member], data, epochs: int) -> None:
         for trial in trials:
             self.on_trial_begin(trial)
             trial.metrics.update("pack_size", len(trials))
-        histories = [{key: [] for key in _HISTORY_KEYS} for _ in trials]
         try:
-            self._train(members, data, recipe, epochs, trials, histories)
+            histories = self._train(members, data, recipe, epochs, trials)
         except Exception:  # the pack as a whole failed (e.g. out of memory): every trial in it did
             message = traceback.format_exc()
             for trial in trials:
                 trial.status, trial.message = _Status.FAILED, message
-        for trial, history in zip(trials, histories):
+        for k, trial in enumerate(trials):
             if trial.status == _Status.RUNNING:
-                self._end_member(trial, history)
+                self._end_member(trial, histories[k])
             self.on_trial_end(trial)
 
-    def _train(self, members, data, recipe, epochs, trials, histories) -> None:
+    def _train(self, members, data, recipe, epochs, trials) -> list[dict]:
+        """Trains the pack; after every epoch, writes the checkpoint of each member whose val_accuracy rose."""
         trainer = PackTrainer(members, data, recipe)
         singles = [build_model(member.config) for member in members]  # to write each member's checkpoint
-        best = [-np.inf] * len(members)
-        alive = [True] * len(members)
-        for _ in range(epochs):
-            logs = trainer.train_epoch()
-            for k, history in enumerate(histories):
-                if not alive[k]:
-                    continue
-                for key in _HISTORY_KEYS:
-                    history[key].append(float(logs[key][k]))
-                alive[k] = bool(np.isfinite(history["loss"][-1]))
-                if alive[k] and history["val_accuracy"][-1] > best[k]:
-                    best[k] = history["val_accuracy"][-1]
+
+        def checkpoint_improved(epoch: int, logs: dict) -> None:
+            for k, history in enumerate(trainer.histories):
+                trained, val = len(history["loss"]) == epoch, history["val_accuracy"]
+                if trained and math.isfinite(history["loss"][-1]) and val[-1] > max(val[:-1], default=-math.inf):
                     load_member(singles[k], trainer.member_weights(k))
                     singles[k].save_weights(self._get_checkpoint_fname(trials[k].trial_id))
-            if not any(alive):
-                break
+
+        trainer.train(epochs, checkpoint_improved)
+        return trainer.histories
 
     def _end_member(self, trial, history: dict) -> None:
         """Reports a member like a trial of its own: the best epoch's metrics, or why it failed."""
@@ -121,7 +116,7 @@ class PackedTrials:
         except Exception as error:
             trial.status, trial.message = _Status.FAILED, f"{type(error).__name__}: {error}"
             return
-        self.report(trial, _as_history(history))
+        self.report(trial, _as_history({key: history[key] for key in _HISTORY_KEYS}))
         trial.status = _Status.COMPLETED
 
 

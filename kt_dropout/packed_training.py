@@ -106,6 +106,7 @@ class PackTrainer:
         self.model = self._build(dtype_policy, steps_per_execution)
         self._rngs = [np.random.default_rng(seed) for seed in self.seeds]
         self.last_epoch_seconds: dict[str, float] = {}
+        self.histories: list[dict[str, list[float]]] = []
 
     def _build(self, dtype_policy, steps_per_execution) -> keras.Model:
         initial = []
@@ -171,6 +172,31 @@ class PackTrainer:
         }
         return result
 
+    def train(self, epochs: int, on_epoch: Callable[[int, dict], None] | None = None) -> list[float]:
+        """Up to `epochs` epochs; returns each epoch's seconds and fills `histories`, one per member.
+
+        A member's history stops at the epoch its loss became NaN or infinite
+        (the others train on: members never share weights); training stops when
+        no member is left. `on_epoch(epoch, logs)` runs after every epoch (1-based).
+        """
+        self.histories = [{key: [] for key in ("loss", "accuracy", "val_loss", "val_accuracy")} for _ in self.members]
+        alive = [True] * len(self.members)
+        seconds = []
+        for epoch in range(epochs):
+            start = time.perf_counter()
+            logs = self.train_epoch()
+            seconds.append(time.perf_counter() - start)
+            for k, history in enumerate(self.histories):
+                if alive[k]:
+                    for key, values in logs.items():
+                        history.setdefault(key, []).append(float(values[k]))
+                    alive[k] = math.isfinite(history["loss"][-1])
+            if on_epoch is not None:
+                on_epoch(epoch + 1, logs)
+            if not any(alive):
+                break
+        return seconds
+
     def member_weights(self, k: int):
         return member_weights(self.model, k, len(self.members))
 
@@ -188,27 +214,12 @@ def train_pack(
     recipe = recipe or Recipe()
     epochs = epochs or recipe.epochs
     trainer = PackTrainer(members, data, recipe, dtype_policy=dtype_policy, steps_per_execution=steps_per_execution)
-    histories = [{key: [] for key in ("loss", "accuracy", "val_loss", "val_accuracy")} for _ in members]
-    alive = [True] * len(members)
-    seconds = []
-    for epoch in range(epochs):
-        start = time.perf_counter()
-        logs = trainer.train_epoch()
-        seconds.append(time.perf_counter() - start)
-        for k, history in enumerate(histories):
-            if alive[k]:
-                for key, values in logs.items():
-                    history.setdefault(key, []).append(float(values[k]))
-                alive[k] = math.isfinite(history["loss"][-1])
-        if on_epoch is not None:
-            on_epoch(epoch + 1, logs)
-        if not any(alive):
-            break
+    seconds = trainer.train(epochs, on_epoch)
     per_member = [s / len(members) for s in seconds]  # the pack's time, shared by its members
     return [
         make_record(
             name=m.name, config=m.config, recipe=recipe, seed=m.seed, epochs=epochs, data_fingerprint=data_fingerprint,
             history=history, epoch_seconds=per_member, pack_size=len(members),
         )
-        for m, history in zip(members, histories)
+        for m, history in zip(members, trainer.histories)
     ]

@@ -280,20 +280,19 @@ class _TrialHooks:
     def run_trial(self, trial, *args, **kwargs):
         results = super().run_trial(trial, *args, **kwargs)  # Keras Tuner reports them to the oracle
         if self._is_worker():
-            self._keep(trial, results)
+            self._keep(trial, *_reported(results))
         return results
 
     def report(self, trial, results) -> None:
         """Reports a trial's histories to the oracle the way Keras Tuner does (best epoch's metrics)."""
-        metrics = tuner_utils.convert_to_metrics_dict(results, OBJECTIVE)
-        self.oracle.update_trial(trial.trial_id, metrics, step=tuner_utils.get_best_step(results, OBJECTIVE))
+        metrics, step = _reported(results)
+        self.oracle.update_trial(trial.trial_id, metrics, step=step)
         if self._is_worker():
-            self._keep(trial, results)
+            self._keep(trial, metrics, step)
 
-    def _keep(self, trial, results) -> None:
+    def _keep(self, trial, metrics: dict, step: int) -> None:
         """A worker's copy of a trial gets what the chief's gets, so the worker can tell what it reported."""
-        step = tuner_utils.get_best_step(results, OBJECTIVE)
-        for name, value in tuner_utils.convert_to_metrics_dict(results, OBJECTIVE).items():
+        for name, value in metrics.items():
             trial.metrics.update(name, value, step=step)
         trial.score, trial.best_step = trial.metrics.get_best_value(OBJECTIVE.name), step
 
@@ -309,6 +308,11 @@ class _TrialHooks:
             heartbeat.stop()
         trial.metrics.update("seconds", time.perf_counter() - start)
         super().on_trial_end(trial)  # ends the trial in the oracle (the chief's, on a worker) and saves it
+
+
+def _reported(results) -> tuple[dict, int]:
+    """What Keras Tuner reports of a trial's histories: the best epoch's metrics, and that epoch."""
+    return tuner_utils.convert_to_metrics_dict(results, OBJECTIVE), tuner_utils.get_best_step(results, OBJECTIVE)
 
 
 def _hypermodel(hypermodel, space, base, recipe) -> DropoutVGGHyperModel:

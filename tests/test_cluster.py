@@ -15,7 +15,7 @@ from kt_dropout import cluster
 from kt_dropout.search import search
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-for _name in (cluster.ENV_TUNER_ID, cluster.ENV_IP, cluster.ENV_PORT):
+for _name in cluster.ENV_NAMES:
     ENV.pop(_name, None)
 TINY = ["--synthetic", "128", "64", "--nfilters", "4", "8", "8", "--ndense", "16", "--batch-size", "32", "--seed", "0"]
 
@@ -48,10 +48,9 @@ class Search:
 @pytest.fixture
 def clean_environment():
     """No Keras Tuner variables during the test, and none it sets (`configure` writes os.environ) after it."""
-    names = (cluster.ENV_TUNER_ID, cluster.ENV_IP, cluster.ENV_PORT)
-    saved = {name: os.environ.pop(name) for name in names if name in os.environ}
+    saved = {name: os.environ.pop(name) for name in cluster.ENV_NAMES if name in os.environ}
     yield
-    for name in names:
+    for name in cluster.ENV_NAMES:
         os.environ.pop(name, None)
     os.environ.update(saved)
 
