@@ -12,10 +12,15 @@ Settings (environment variables):
 
 - `KT_SPEED_PACKS` (default `1,4,12,20`): sizes of the float32 packs.
 - `KT_SPEED_VARIANTS` (default none): comma-separated variants trained as packs
-  of `KT_SPEED_VARIANT_PACK` (default 16) members, each next to a float32 pack
-  of that size (added if `KT_SPEED_PACKS` lacks it). A variant joins parts with
-  `+`: `bf16` (`dtype_policy="mixed_bfloat16"`) and `spe<N>`
-  (`steps_per_execution=N`), e.g. `bf16,spe16,bf16+spe16`.
+  of each size in `KT_SPEED_VARIANT_PACK` (default 16; several sizes with
+  commas), each next to a float32 pack of that size (added if `KT_SPEED_PACKS`
+  lacks it). A variant joins parts with `+`: `bf16`
+  (`dtype_policy="mixed_bfloat16"`), `spe<N>` (`steps_per_execution=N`) and
+  `host` (`device_data=False`: `fit` fed from host memory, the only way off
+  JAX), e.g. `host,bf16,bf16+spe16`.
+- `KT_SPEED_FIT_VARIANTS` (default none): more single-model `keras.fit` rows
+  after the baseline, with parts `bf16` and `bs<N>` (batch size N: a
+  different recipe), e.g. `bf16+bs512`.
 - `KT_SPEED_IMAGES` (default 50000): training images; validation gets a fifth
   as many. A multiple of 5120 (e.g. 20480) leaves no partial batch, neither in
   training (batch 64, up to 16 steps per execution) nor in validation (batch
@@ -28,7 +33,8 @@ Settings (environment variables):
   trace is summarized by kernel into `trace-<pack>-<variant>.txt`.
 
 Columns besides the times: the device memory in use after the row (JAX), the
-row's seconds split into host data preparation / training steps / validation,
+row's seconds split into training (with the host's data preparation where
+the images are not on the device) and validation,
 the arithmetic rate these imply (multiply-adds of the network counted
 analytically, training = 3x forward), and each member's training loss and
 accuracy per epoch with, for variants, the largest difference from the float32
@@ -38,6 +44,7 @@ still learns; a few epochs on synthetic data decide nothing about accuracy.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import json
 import os
@@ -76,8 +83,23 @@ def parse_variant(label: str) -> dict:
             kwargs["dtype_policy"] = "mixed_bfloat16"
         elif re.fullmatch(r"spe[1-9][0-9]*", part):
             kwargs["steps_per_execution"] = int(part[3:])
+        elif part == "host":
+            kwargs["device_data"] = False
         elif part != "f32":
-            raise ValueError(f"KT_SPEED_VARIANTS: unknown part {part!r} in {label!r}; use bf16, spe<N> or f32")
+            raise ValueError(f"KT_SPEED_VARIANTS: unknown part {part!r} in {label!r}; use bf16, spe<N>, host or f32")
+    return kwargs
+
+
+def parse_fit_variant(label: str) -> dict:
+    """`bf16+bs512` -> {"dtype_policy": "mixed_bfloat16", "batch_size": 512} for a single-model row."""
+    kwargs = {}
+    for part in label.split("+"):
+        if part == "bf16":
+            kwargs["dtype_policy"] = "mixed_bfloat16"
+        elif re.fullmatch(r"bs[1-9][0-9]*", part):
+            kwargs["batch_size"] = int(part[2:])
+        else:
+            raise ValueError(f"KT_SPEED_FIT_VARIANTS: unknown part {part!r} in {label!r}; use bf16 or bs<N>")
     return kwargs
 
 
@@ -86,16 +108,19 @@ def _labels(name: str, default: str = "") -> list[str]:
 
 
 def _settings() -> dict:
-    variants = _labels("KT_SPEED_VARIANTS")
+    variants, fit_variants = _labels("KT_SPEED_VARIANTS"), _labels("KT_SPEED_FIT_VARIANTS")
     for label in variants:
         parse_variant(label)
+    for label in fit_variants:
+        parse_fit_variant(label)
     epochs = int(os.environ.get("KT_SPEED_EPOCHS", "2"))
     if epochs < 2:
         raise ValueError("KT_SPEED_EPOCHS: need at least 2 (the first one compiles)")
     return {
         "packs": [int(k) for k in _labels("KT_SPEED_PACKS", "1,4,12,20")],
         "variants": variants,
-        "variant_pack": int(os.environ.get("KT_SPEED_VARIANT_PACK", "16")),
+        "fit_variants": fit_variants,
+        "variant_packs": [int(k) for k in _labels("KT_SPEED_VARIANT_PACK", "16")],
         "images": int(os.environ.get("KT_SPEED_IMAGES", "50000")),
         "epochs": epochs,
         "trace": _labels("KT_SPEED_TRACE"),
@@ -106,8 +131,7 @@ def _settings() -> dict:
 def _plan(settings) -> list[tuple[int, str]]:
     """(pack size, variant) per pack row, in order: the float32 packs, then the variants."""
     rows = [(size, "f32") for size in settings["packs"]]
-    if settings["variants"]:
-        size = settings["variant_pack"]
+    for size in settings["variant_packs"] if settings["variants"] else []:
         if (size, "f32") not in rows:
             rows.append((size, "f32"))
         rows += [(size, v) for v in settings["variants"] if v != "f32"]
@@ -148,13 +172,21 @@ def _tflops(flops, seconds):
     return flops / seconds / 1e12 if seconds else None
 
 
-def _fit_row(data, recipe, profile, epochs) -> dict:
+def _fit_row(data, recipe, profile, epochs, variant: str = "") -> dict:
     config = profile.scale(CONFIGS["conv0.2+dense0.5"])
-    record = train(config, data, recipe=recipe, epochs=epochs, verbose=0)
+    kwargs = parse_fit_variant(variant) if variant else {}
+    recipe = dataclasses.replace(recipe, batch_size=kwargs.get("batch_size", recipe.batch_size))
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(kwargs.get("dtype_policy", previous))
+    try:
+        record = train(config, data, recipe=recipe, epochs=epochs, verbose=0)
+    finally:
+        keras.config.set_dtype_policy(previous)
     steady = record["seconds_per_epoch"]
     history = record["history"]
     return {
-        "way": "keras.fit, one model", "models": 1, "variant": "keras.fit",
+        "way": "keras.fit, one model" + (f", {variant}" if variant else ""), "models": 1,
+        "variant": f"keras.fit+{variant}" if variant else "keras.fit",
         "first_epoch_s": record["first_epoch_seconds"], "epoch_s": steady, "s_per_model_epoch": steady,
         "device_bytes_in_use": _device_bytes_in_use(),
         "member_loss": [[v] for v in history["loss"]], "member_accuracy": [[v] for v in history["accuracy"]],
@@ -174,7 +206,7 @@ def _pack_row(size, variant, data, recipe, profile, settings, out) -> Iterator[d
         parts.append(dict(trainer.last_epoch_seconds))
     memory = _device_bytes_in_use()
     steady = float(np.median(seconds[1:]))
-    split = {key: float(np.median([p[key] for p in parts[1:]])) for key in ("data", "fit", "evaluate")}
+    split = {key: float(np.median([p[key] for p in parts[1:]])) for key in ("fit", "evaluate")}
     flops = forward_flops(members[0].config) * size
     n_train, n_val = len(trainer.x_train), len(trainer.y_val)
     kwargs = parse_variant(variant)
@@ -182,16 +214,17 @@ def _pack_row(size, variant, data, recipe, profile, settings, out) -> Iterator[d
         "way": f"pack of {size}" + ("" if variant == "f32" else f", {variant}"), "models": size, "variant": variant,
         "dtype_policy": kwargs.get("dtype_policy", "float32"),
         "steps_per_execution": kwargs.get("steps_per_execution", 1),
+        "device_data": trainer._device is not None,
         "first_epoch_s": seconds[0], "epoch_s": steady, "s_per_model_epoch": steady / size,
         "device_bytes_in_use": memory,
-        "data_s": split["data"], "fit_s": split["fit"], "eval_s": split["evaluate"],
+        "fit_s": split["fit"], "eval_s": split["evaluate"],
         "train_tflops": _tflops(3 * flops * n_train, split["fit"]),
         "eval_tflops": _tflops(flops * n_val, split["evaluate"]),
         "member_loss": [log["loss"].tolist() for log in logs],
         "member_accuracy": [log["accuracy"].tolist() for log in logs],
         "member_val_accuracy": [log["val_accuracy"].tolist() for log in logs],
     }
-    if variant in settings["trace"] and size == settings["variant_pack"]:
+    if variant in settings["trace"] and size == settings["variant_packs"][0]:
         # Written before tracing, so that a profiler failure cannot cost the row.
         row["trace"] = {"pending": True}
         yield row
@@ -214,6 +247,9 @@ def _measure(profile, out: Path) -> dict:
     }
     result["rows"].append(_fit_row(data, recipe, profile, settings["epochs"]))
     _write(out, result)
+    for variant in settings["fit_variants"]:
+        result["rows"].append(_fit_row(data, recipe, profile, settings["epochs"], variant))
+        _write(out, result)
     for size, variant in _plan(settings):
         for row in _pack_row(size, variant, data, recipe, profile, settings, out):
             if result["rows"][-1] is not row:
@@ -320,23 +356,22 @@ def summarize_trace(path, wall_s: float, steps: int, top: int = 25) -> tuple[dic
 
 
 def _trace(trainer: PackTrainer, steps: int, path: Path) -> dict:
-    """Traces `steps` training steps (nothing compiles: same batch shape) and writes the kernel table."""
+    """Traces `steps` training steps (compiled beforehand) and writes the kernel table."""
     if keras.backend.backend() != "jax":
         return {"error": "profiling needs the JAX backend"}
     try:
         import jax
 
         batch = trainer.recipe.batch_size
-        x, y = trainer._epoch_arrays()
-        steps = min(steps, len(x) // batch)  # whole batches only: the compiled step's shape
-        x, y = x[: steps * batch], y[: steps * batch]
-        trainer.model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)  # warm: iterators, caches
+        steps = min(steps, len(trainer.x_train) // batch)  # whole batches only: the compiled step's shape
+        orders = [order[: steps * batch] for order in trainer.epoch_orders()]
+        trainer.train_on_orders(orders)  # warm: compiles for this number of steps, fills caches
         options = jax.profiler.ProfileOptions()
         options.python_tracer_level = 0  # Keras' Python would swamp the trace and slow the steps
         with tempfile.TemporaryDirectory() as folder:
             with jax.profiler.trace(folder, profiler_options=options):
                 start = time.perf_counter()
-                trainer.model.fit(x, y, batch_size=batch, epochs=1, shuffle=False, verbose=0)
+                trainer.train_on_orders(orders)
                 wall = time.perf_counter() - start
             files = sorted(Path(folder).rglob("*.xplane.pb"))
             if not files:
@@ -359,7 +394,7 @@ def _finish_rows(rows: list[dict]) -> None:
     for row in rows:
         row["speedup"] = baseline / row["s_per_model_epoch"]
         reference = f32.get(row["models"])
-        if row.get("variant") in (None, "f32", "keras.fit") or reference is None:
+        if row["variant"] == "f32" or row["variant"].startswith("keras.fit") or reference is None:
             continue
         for key in ("loss", "accuracy", "val_accuracy"):
             mine, theirs = np.array(row[f"member_{key}"][-1]), np.array(reference[f"member_{key}"][-1])
@@ -384,10 +419,10 @@ def _write(out: Path, result: dict) -> None:
 
     speed = tabulate(
         [[r["way"], r["models"], r["first_epoch_s"], r["epoch_s"], r["s_per_model_epoch"], r["speedup"], gib(r),
-          r.get("data_s"), r.get("fit_s"), r.get("eval_s"), r.get("train_tflops"), r.get("eval_tflops")]
+          r.get("fit_s"), r.get("eval_s"), r.get("train_tflops"), r.get("eval_tflops")]
          for r in rows],
         headers=["way of training", "models", "first epoch s", "epoch s", "s per model-epoch", "x keras.fit",
-                 "device GiB in use", "data s", "fit s", "eval s", "train TFLOP/s", "eval TFLOP/s"],
+                 "device GiB in use", "train s", "eval s", "train TFLOP/s", "eval TFLOP/s"],
         tablefmt="github", floatfmt=".3f",
     )
     learning = tabulate(
@@ -421,8 +456,10 @@ def _write(out: Path, result: dict) -> None:
         f"epoch, batch {result['batch_size']}, {result['epochs']} epochs per row (\"first epoch\" compiles, "
         f"\"epoch s\" is the median of the others), synthetic data, profile `{result['profile']}` widths; "
         f"backend {env['backend']} {env['versions']}, devices {env['devices']}. Rows are float32 unless named "
-        "(`bf16`: mixed_bfloat16, `spe<N>`: steps_per_execution=N). \"data/fit/eval s\" split a pack's epoch "
-        "into host data preparation, training steps and validation; TFLOP/s count the network's "
+        "(`bf16`: mixed_bfloat16, `spe<N>`: steps_per_execution=N, `bs<N>`: batch size N, a different recipe); "
+        "packs keep the training images on the device and run an epoch in one compiled call where the backend "
+        "allows (JAX), unless named `host` (`fit` fed from host memory). \"train/eval s\" split a pack's epoch "
+        "into training (with the host's data preparation for `host` packs) and validation; TFLOP/s count the network's "
         f"multiply-adds analytically ({result['forward_flops_per_image'] / 1e6:.0f} MFLOP per image forward, "
         f"training 3x that).\n{status}\n{speed}\n\n## Does it still learn\n\nPer-member training loss and "
         "accuracy (training mode, averaged over the epoch) and validation accuracy; the same members, initial "

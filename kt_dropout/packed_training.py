@@ -18,6 +18,7 @@ import keras
 import numpy as np
 
 from kt_dropout.config import Recipe, VGGConfig
+from kt_dropout.device_epochs import DeviceEpochs
 from kt_dropout.model import build_model
 from kt_dropout.packed import build_packed_model, member_weights, pack_weights
 from kt_dropout.training import make_record, releasing_traced_gradients, selection_split
@@ -92,10 +93,13 @@ class PackTrainer:
         steps_per_execution: passed to `compile`; the weights are exactly those of one step per call
             (tested). On TensorFlow the steps run in one `tf.while_loop`; on JAX Keras 3.15 calls the
             same jitted step in a Python loop, which saves only per-step callback dispatch.
+        device_data: keep the training images on the device and run each epoch as one compiled call
+            (`device_epochs.DeviceEpochs`), instead of `fit` fed from host memory. The same steps on the
+            same batches (tested). None (the default) does so on the JAX backend, the only one it supports.
     """
 
     def __init__(self, members: list[Member], data, recipe: Recipe, *, dtype_policy: str | None = None,
-                 steps_per_execution: int = 1):
+                 steps_per_execution: int = 1, device_data: bool | None = None):
         self.members, self.recipe = list(members), recipe
         self.seeds = sorted({m.seed for m in members})
         self.groups = [self.seeds.index(m.seed) for m in members]
@@ -104,6 +108,12 @@ class PackTrainer:
         self.x_val = self._tile(x_val)
         self.x_test, self.y_test = (self._tile(test[0]), test[1]) if test is not None else (None, None)
         self.model = self._build(dtype_policy, steps_per_execution)
+        if device_data is None:
+            device_data = keras.backend.backend() == "jax"
+        self._device = (
+            DeviceEpochs(self.model, self.x_train, self.y_train, self.groups, recipe.batch_size)
+            if device_data else None
+        )
         self._rngs = [np.random.default_rng(seed) for seed in self.seeds]
         self.last_epoch_seconds: dict[str, float] = {}
         self.histories: list[dict[str, list[float]]] = []
@@ -133,12 +143,19 @@ class PackTrainer:
         )
         return model
 
-    def _epoch_arrays(self) -> tuple[np.ndarray, np.ndarray]:
-        """This epoch's training data: one shuffled copy per seed, side by side in the channel axis."""
-        orders = [rng.permutation(len(self.x_train)) for rng in self._rngs]
+    def epoch_orders(self) -> list[np.ndarray]:
+        """The next epoch's order of the training images, one shuffling per seed."""
+        return [rng.permutation(len(self.x_train)) for rng in self._rngs]
+
+    def train_on_orders(self, orders: list[np.ndarray]) -> dict[str, float]:
+        """Trains one pass over `orders` (see `epoch_orders`); returns the metrics `fit` would log."""
+        if self._device is not None:
+            return self._device.train(orders)
         x = np.concatenate([self.x_train[order] for order in orders], axis=-1)
         y = np.stack([self.y_train[orders[g]] for g in self.groups], axis=1)
-        return x, y
+        with releasing_traced_gradients():  # a pack traces its step once; TensorFlow would keep it for good
+            history = self.model.fit(x, y, batch_size=self.recipe.batch_size, epochs=1, shuffle=False, verbose=0)
+        return {name: values[-1] for name, values in history.history.items()}
 
     def _tile(self, x: np.ndarray) -> np.ndarray:
         return np.concatenate([x] * len(self.seeds), axis=-1)
@@ -149,27 +166,22 @@ class PackTrainer:
     def train_epoch(self) -> dict[str, np.ndarray]:
         """One epoch for every member; returns per-member metrics as arrays of length K.
 
-        `last_epoch_seconds` then holds where the epoch's wall-clock time went: "data" (shuffling
-        and stacking the epoch's images on the host), "fit" (the training steps) and "evaluate"
-        (scoring the validation and, in holdout mode, test images).
+        `last_epoch_seconds` then holds where the epoch's wall-clock time went: "fit" (the training
+        steps, with the host's shuffling and stacking of the images unless they are on the device)
+        and "evaluate" (scoring the validation and, in holdout mode, test images).
         """
         start = time.perf_counter()
-        x, y = self._epoch_arrays()
-        data_done = time.perf_counter()
-        with releasing_traced_gradients():  # a pack traces its step once; TensorFlow would keep it for good
-            logs = self.model.fit(x, y, batch_size=self.recipe.batch_size, epochs=1, shuffle=False, verbose=0).history
+        logs = self.train_on_orders(self.epoch_orders())
         count = len(self.members)
         result = {
-            "loss": np.array([logs[f"loss_{k}"][-1] for k in range(count)]),
-            "accuracy": np.array([logs[f"accuracy_{k}"][-1] for k in range(count)]),
+            "loss": np.array([logs[f"loss_{k}"] for k in range(count)]),
+            "accuracy": np.array([logs[f"accuracy_{k}"] for k in range(count)]),
         }
         fit_done = time.perf_counter()
         result["val_accuracy"], result["val_loss"] = _score(self._predict(self.x_val), self.y_val)
         if self.x_test is not None:
             result["test_accuracy"], _ = _score(self._predict(self.x_test), self.y_test)
-        self.last_epoch_seconds = {
-            "data": data_done - start, "fit": fit_done - data_done, "evaluate": time.perf_counter() - fit_done,
-        }
+        self.last_epoch_seconds = {"fit": fit_done - start, "evaluate": time.perf_counter() - fit_done}
         return result
 
     def train(self, epochs: int, on_epoch: Callable[[int, dict], None] | None = None) -> list[float]:
@@ -204,7 +216,7 @@ class PackTrainer:
 def train_pack(
     members: list[Member], data, *, recipe: Recipe | None = None, epochs: int | None = None,
     data_fingerprint: str = "unknown", on_epoch: Callable[[int, dict], None] | None = None,
-    dtype_policy: str | None = None, steps_per_execution: int = 1,
+    dtype_policy: str | None = None, steps_per_execution: int = 1, device_data: bool | None = None,
 ) -> list[dict]:
     """Trains a pack and returns one run record per member, in order.
 
@@ -213,7 +225,10 @@ def train_pack(
     """
     recipe = recipe or Recipe()
     epochs = epochs or recipe.epochs
-    trainer = PackTrainer(members, data, recipe, dtype_policy=dtype_policy, steps_per_execution=steps_per_execution)
+    trainer = PackTrainer(
+        members, data, recipe, dtype_policy=dtype_policy, steps_per_execution=steps_per_execution,
+        device_data=device_data,
+    )
     seconds = trainer.train(epochs, on_epoch)
     per_member = [s / len(members) for s in seconds]  # the pack's time, shared by its members
     return [

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -75,9 +76,20 @@ def test_smoke_profile_runs_end_to_end_and_resumes(tmp_path):
 @pytest.mark.slow
 def test_speed_benchmark_writes_its_table(tmp_path):
     result = _pytest("benchmarks/bench_speed.py", "-m", "gpu", "--kt-profile", "smoke", "--kt-results", str(tmp_path),
-                     env={"KT_SPEED_PACKS": "1,2", "KT_SPEED_IMAGES": "128"})
+                     env={"KT_SPEED_PACKS": "1,2", "KT_SPEED_IMAGES": "128", "KT_SPEED_FIT_VARIANTS": "bs32",
+                          "KT_SPEED_VARIANTS": "host", "KT_SPEED_VARIANT_PACK": "2,3", "KT_SPEED_TRACE": "f32",
+                          "KT_SPEED_TRACE_STEPS": "1"})
     assert result.returncode == 0, result.stdout + result.stderr
     speed = json.loads((tmp_path / "speed.json").read_text())
-    assert [r["models"] for r in speed["rows"]] == [1, 1, 2]
-    assert speed["rows"][0]["speedup"] == 1.0
-    assert "| pack of 2" in (tmp_path / "speed.md").read_text()
+    rows = speed["rows"]
+    assert [(r["models"], r["variant"]) for r in rows] == [
+        (1, "keras.fit"), (1, "keras.fit+bs32"), (1, "f32"), (2, "f32"), (2, "host"), (3, "f32"), (3, "host"),
+    ]
+    assert rows[0]["speedup"] == 1.0
+    assert [r["device_data"] for r in rows[2:]] == [True, True, False, True, False]  # JAX: on the device by default
+    # The same members, weights and batches whether the images are on the device or not.
+    for device, host in ((rows[3], rows[4]), (rows[5], rows[6])):
+        np.testing.assert_allclose(host["member_loss"], device["member_loss"], rtol=1e-4)
+    assert rows[3]["trace"]["steps"] == 1 and (tmp_path / "trace-2-f32.txt").exists()
+    text = (tmp_path / "speed.md").read_text()
+    assert "| pack of 2, host" in text and "| keras.fit, one model, bs32" in text

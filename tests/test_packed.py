@@ -155,13 +155,45 @@ def test_steps_per_execution_trains_to_the_same_weights():
     here with dropout, BatchNorm, two seeds, a last execution of 2 steps and a last batch of 8 images."""
     members = [Member("drop", TINY.replace(dropout_conv=(0.2, 0.2, 0.2), dropout_dense=0.5), 1), Member("bn", TINY, 2)]
     data = _data(n_train=168, n_test=40)
-    one, four = (PackTrainer(members, data, Recipe(batch_size=32), steps_per_execution=n) for n in (1, 4))
+    one, four = (
+        PackTrainer(members, data, Recipe(batch_size=32), steps_per_execution=n, device_data=False) for n in (1, 4)
+    )
     logs_one, logs_four = one.train_epoch(), four.train_epoch()
     assert four.model.steps_per_execution == 4
     for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
         np.testing.assert_array_equal(logs_four[key], logs_one[key], err_msg=key)
     for got, want in zip(_weights(four), _weights(one)):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.skipif(keras.backend.backend() != "jax", reason="epochs on the device need the JAX backend")
+def test_epochs_on_the_device_train_as_fit_does():
+    """Images kept on the device and an epoch as one `lax.scan` over the model's `train_step` must be
+    `fit`'s epoch: the same weights, Adam moments, dropout masks and metrics -- here with dropout, two
+    seeds and a last batch of 8 images, over two epochs. Float32 round-off differs (XLA fuses the step
+    differently inside the scan), so equal means within round-off. No BatchNorm: it leaves the conv
+    biases a zero gradient whose round-off Adam turns into lr-sized steps."""
+    config = TINY.replace(batchnorm=False)
+    members = [Member("drop", config.replace(dropout_conv=(0.2, 0.2, 0.2), dropout_dense=0.5), 1),
+               Member("plain", config, 2)]
+    data = _data(n_train=168, n_test=40)
+    host, device = (PackTrainer(members, data, Recipe(batch_size=32), device_data=d) for d in (False, True))
+    assert device._device is not None and host._device is None
+    for _ in range(2):
+        logs_host, logs_device = host.train_epoch(), device.train_epoch()
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            np.testing.assert_allclose(logs_device[key], logs_host[key], rtol=1e-4, err_msg=key)
+    assert device.model.optimizer.iterations.numpy() == host.model.optimizer.iterations.numpy() == 12
+    for variable, reference in zip(device.model.optimizer.variables, host.model.optimizer.variables):
+        np.testing.assert_allclose(np.array(variable.value), np.array(reference.value), rtol=1e-3, atol=1e-8)
+    for got, want in zip(_weights(device), _weights(host)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(keras.backend.backend() == "jax", reason="the JAX backend keeps images on the device")
+def test_epochs_on_the_device_are_refused_off_jax():
+    with pytest.raises(ValueError, match="device_data: needs the JAX backend"):
+        PackTrainer([Member("bn", TINY, 0)], _data(n_train=64, n_test=32), Recipe(), device_data=True)
 
 
 def test_bfloat16_pack_with_several_steps_per_call_reports_each_members_own_metrics():
