@@ -14,8 +14,8 @@ Settings (environment variables):
 - `KT_SPEED_VARIANTS` (default none): comma-separated variants trained as packs
   of each size in `KT_SPEED_VARIANT_PACK` (default 16; several sizes with
   commas), each next to a float32 pack of that size (added if `KT_SPEED_PACKS`
-  lacks it). A variant joins parts with `+`: `bf16`
-  (`dtype_policy="mixed_bfloat16"`), `spe<N>` (`steps_per_execution=N`) and
+  lacks it). A variant joins parts with `+`: `bf16` (the recipe's
+  `precision="mixed_bfloat16"`), `spe<N>` (`steps_per_execution=N`) and
   `host` (`device_data=False`: `fit` fed from host memory, the only way off
   JAX), e.g. `host,bf16,bf16+spe16`.
 - `KT_SPEED_FIT_VARIANTS` (default none): more single-model `keras.fit` rows
@@ -44,7 +44,6 @@ still learns; a few epochs on synthetic data decide nothing about accuracy.
 
 from __future__ import annotations
 
-import dataclasses
 import gc
 import json
 import os
@@ -75,32 +74,32 @@ MIX = ("bn", "conv0.2", "conv0.5", "conv0.2+dense0.5")  # a study's pack: config
 # --- settings --------------------------------------------------------------------------------------
 
 
-def parse_variant(label: str) -> dict:
-    """`bf16+spe16` -> PackTrainer keyword arguments; `f32` is the plain float32 pack."""
-    kwargs = {}
+def parse_variant(label: str) -> tuple[dict, dict]:
+    """`bf16+spe16` -> (Recipe changes, PackTrainer keyword arguments); `f32` is the plain float32 pack."""
+    changes, kwargs = {}, {}
     for part in label.split("+"):
         if part == "bf16":
-            kwargs["dtype_policy"] = "mixed_bfloat16"
+            changes["precision"] = "mixed_bfloat16"
         elif re.fullmatch(r"spe[1-9][0-9]*", part):
             kwargs["steps_per_execution"] = int(part[3:])
         elif part == "host":
             kwargs["device_data"] = False
         elif part != "f32":
             raise ValueError(f"KT_SPEED_VARIANTS: unknown part {part!r} in {label!r}; use bf16, spe<N>, host or f32")
-    return kwargs
+    return changes, kwargs
 
 
 def parse_fit_variant(label: str) -> dict:
-    """`bf16+bs512` -> {"dtype_policy": "mixed_bfloat16", "batch_size": 512} for a single-model row."""
-    kwargs = {}
+    """`bf16+bs512` -> Recipe changes {"precision": "mixed_bfloat16", "batch_size": 512} for a one-model row."""
+    changes = {}
     for part in label.split("+"):
         if part == "bf16":
-            kwargs["dtype_policy"] = "mixed_bfloat16"
+            changes["precision"] = "mixed_bfloat16"
         elif re.fullmatch(r"bs[1-9][0-9]*", part):
-            kwargs["batch_size"] = int(part[2:])
+            changes["batch_size"] = int(part[2:])
         else:
             raise ValueError(f"KT_SPEED_FIT_VARIANTS: unknown part {part!r} in {label!r}; use bf16 or bs<N>")
-    return kwargs
+    return changes
 
 
 def _labels(name: str, default: str = "") -> list[str]:
@@ -174,14 +173,8 @@ def _tflops(flops, seconds):
 
 def _fit_row(data, recipe, profile, epochs, variant: str = "") -> dict:
     config = profile.scale(CONFIGS["conv0.2+dense0.5"])
-    kwargs = parse_fit_variant(variant) if variant else {}
-    recipe = dataclasses.replace(recipe, batch_size=kwargs.get("batch_size", recipe.batch_size))
-    previous = keras.config.dtype_policy()
-    keras.config.set_dtype_policy(kwargs.get("dtype_policy", previous))
-    try:
-        record = train(config, data, recipe=recipe, epochs=epochs, verbose=0)
-    finally:
-        keras.config.set_dtype_policy(previous)
+    recipe = recipe.replace(**(parse_fit_variant(variant) if variant else {}))
+    record = train(config, data, recipe=recipe, epochs=epochs, verbose=0)
     steady = record["seconds_per_epoch"]
     history = record["history"]
     return {
@@ -197,7 +190,9 @@ def _fit_row(data, recipe, profile, epochs, variant: str = "") -> dict:
 def _pack_row(size, variant, data, recipe, profile, settings, out) -> Iterator[dict]:
     """Yields the row when measured, and again (the same dict) with its trace if one was asked for."""
     members = _members(size, profile)
-    trainer = PackTrainer(members, data, recipe, **parse_variant(variant))
+    changes, kwargs = parse_variant(variant)
+    recipe = recipe.replace(**changes)
+    trainer = PackTrainer(members, data, recipe, **kwargs)
     seconds, parts, logs = [], [], []
     for _ in range(settings["epochs"]):
         start = time.perf_counter()
@@ -209,10 +204,9 @@ def _pack_row(size, variant, data, recipe, profile, settings, out) -> Iterator[d
     split = {key: float(np.median([p[key] for p in parts[1:]])) for key in ("fit", "evaluate")}
     flops = forward_flops(members[0].config) * size
     n_train, n_val = len(trainer.x_train), len(trainer.y_val)
-    kwargs = parse_variant(variant)
     row = {
         "way": f"pack of {size}" + ("" if variant == "f32" else f", {variant}"), "models": size, "variant": variant,
-        "dtype_policy": kwargs.get("dtype_policy", "float32"),
+        "precision": recipe.precision,
         "steps_per_execution": kwargs.get("steps_per_execution", 1),
         "device_data": trainer._device is not None,
         "first_epoch_s": seconds[0], "epoch_s": steady, "s_per_model_epoch": steady / size,

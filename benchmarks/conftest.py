@@ -31,6 +31,7 @@ def study(pytestconfig, request):
             epochs=_int_option(pytestconfig, "--kt-epochs"),
             seeds=_int_option(pytestconfig, "--kt-seeds"),
             selection=pytestconfig.getoption("--kt-selection"),
+            precision=pytestconfig.getoption("--kt-precision"),
             pack_size=_int_option(pytestconfig, "--kt-pack-size") or 1,
             experiments=_planned(get_profile(pytestconfig.getoption("--kt-profile")), request.session.items),
         )

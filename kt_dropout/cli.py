@@ -72,6 +72,12 @@ def _add_network_flags(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--input-shape", type=int, nargs=3, metavar=("H", "W", "C"), help="input image shape")
 
 
+PRECISION_HELP = (
+    "float32 (as the post) or mixed_bfloat16 (bfloat16 arithmetic, float32 weights; faster on GPUs, stored as "
+    "a recipe of its own) [float32]"
+)
+
+
 def _add_recipe_flags(parser: argparse.ArgumentParser, epochs_help: str) -> None:
     """The Recipe fields; unset ones keep the post's recipe."""
     default = Recipe()
@@ -86,6 +92,7 @@ def _add_recipe_flags(parser: argparse.ArgumentParser, epochs_help: str) -> None
                             "the training set, reporting test accuracy there (holdout) [test]")
     group.add_argument("--holdout", type=int, metavar="N",
                        help=f"size of the holdout split, with --selection holdout [{default.holdout}]")
+    group.add_argument("--precision", choices=Recipe.PRECISIONS, help=PRECISION_HELP)
 
 
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
@@ -284,7 +291,7 @@ def cmd_reproduce(args) -> int:
     check_writable_folder(report_dir)  # before the store is made and hours of training, not after
     study = open_study(
         profile.name, results / STORE_FOLDER, data_path=args.data, epochs=args.epochs, seeds=args.seeds,
-        selection=args.selection, pack_size=1 if args.no_pack else (args.pack_size or 20),
+        selection=args.selection, precision=args.precision, pack_size=1 if args.no_pack else (args.pack_size or 20),
     )
     configs = list(dict.fromkeys(n for name in experiments for n in EXPERIMENTS[name].configs))
     _stderr(f"{', '.join(experiments)}: {len(configs)} configurations x {len(study.seeds)} seeds")
@@ -448,6 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--data", metavar="PATH", help="CIFAR-10 location (not used by smoke) [standard lookup]")
     reproduce.add_argument("--selection", choices=Recipe.SELECTIONS, default="test",
                            help="pick the best epoch on the test set (as the post) or a holdout split [test]")
+    reproduce.add_argument("--precision", choices=Recipe.PRECISIONS, default="float32", help=PRECISION_HELP)
     reproduce.add_argument("--pack-size", type=int, metavar="N",
                            help="most runs of one shape trained together as one packed model [20]")
     reproduce.add_argument("--no-pack", action="store_true", help="train each run alone with keras fit (pack size 1)")

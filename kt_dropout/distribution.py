@@ -6,7 +6,7 @@ own distribution machinery, so the model, `compile_model` and `fit` stay as
 they are:
 
     with data_parallel():
-        model = compile_model(build_model(config), recipe)   # BUILT inside
+        model = build_compiled(config, recipe)   # BUILT inside
         model.fit(x, y, batch_size=recipe.batch_size, ...)
 
 - JAX: `keras.distribution.DataParallel` over `keras.distribution.list_devices()`,

@@ -16,7 +16,7 @@ import keras_tuner
 import numpy as np
 
 from kt_dropout.config import NUM_BLOCKS, Recipe, VGGConfig, check_positive_int, check_rate
-from kt_dropout.model import build_model, compile_model
+from kt_dropout.model import build_compiled
 from kt_dropout.training import check_finite, recipe_callbacks, releasing_traced_gradients
 
 DROPOUT_NAMES = (*(f"dropout_conv_{block}" for block in range(1, NUM_BLOCKS + 1)), "dropout_dense")
@@ -121,8 +121,8 @@ class DropoutVGGHyperModel(keras_tuner.HyperModel):
         return self.recipe.replace(learning_rate=self._values(hp).get("learning_rate", self.recipe.learning_rate))
 
     def build(self, hp: keras_tuner.HyperParameters):
-        """A compiled model for `hp`, as `compile_model(build_model(config), recipe)`."""
-        return compile_model(build_model(self.config_from_hp(hp)), self.recipe_from_hp(hp))
+        """A compiled model for `hp`: `build_compiled(config, recipe)` with both from `hp`."""
+        return build_compiled(self.config_from_hp(hp), self.recipe_from_hp(hp))
 
     def fit(self, hp, model, x, y, validation_data=None, callbacks=(), epochs=None, **kwargs):
         """Trains with the recipe: its batch size and epochs unless given, its best-epoch and NaN callbacks.

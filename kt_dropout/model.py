@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import keras
 
 from kt_dropout.config import NUM_BLOCKS, Recipe, VGGConfig
@@ -39,8 +41,27 @@ def build_model(config: VGGConfig | None = None, name: str = "dropout_vgg") -> k
     for dense in (1, 2):
         x = keras.layers.Dense(config.ndense, name=f"dense{dense}")(x)
         x = _activation_stack(x, config, config.dropout_dense, f"dense{dense}")
-    outputs = keras.layers.Dense(config.num_classes, activation="softmax", name="predictions")(x)
+    # float32 whatever the precision: a bfloat16 softmax would round the probabilities the loss reads.
+    outputs = keras.layers.Dense(config.num_classes, activation="softmax", dtype="float32", name="predictions")(x)
     return keras.Model(inputs, outputs, name=name)
+
+
+def build_compiled(config: VGGConfig, recipe: Recipe) -> keras.Model:
+    """`build_model(config)` under the recipe's precision, compiled with the recipe."""
+    with precision_scope(recipe.precision):
+        model = build_model(config)
+    return compile_model(model, recipe)
+
+
+@contextlib.contextmanager
+def precision_scope(precision: str):
+    """Layers built inside compute under dtype policy `precision` (see `Recipe.precision`)."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
 
 
 def compile_model(model: keras.Model, recipe: Recipe | None = None) -> keras.Model:

@@ -19,7 +19,7 @@ import numpy as np
 
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.device_epochs import DeviceEpochs
-from kt_dropout.model import build_model
+from kt_dropout.model import build_model, precision_scope
 from kt_dropout.packed import build_packed_model, member_weights, pack_weights
 from kt_dropout.training import make_record, releasing_traced_gradients, selection_split
 
@@ -88,8 +88,8 @@ class PackTrainer:
 
     Args:
         data: `((x_train, y_train), (x_test, y_test))`, uint8 (or float32) images and int labels.
-        dtype_policy: e.g. "mixed_bfloat16"; None keeps float32 (the post's). Weights, BatchNorm
-            statistics, dropout masks and the final softmax stay float32 (probabilities out are float32).
+        recipe: the post's recipe; under `recipe.precision="mixed_bfloat16"` the pack computes in
+            bfloat16 while weights, BatchNorm statistics, dropout masks and the softmax stay float32.
         steps_per_execution: passed to `compile`; the weights are exactly those of one step per call
             (tested). On TensorFlow the steps run in one `tf.while_loop`; on JAX Keras 3.15 calls the
             same jitted step in a Python loop, which saves only per-step callback dispatch.
@@ -98,8 +98,8 @@ class PackTrainer:
             same batches (tested). None (the default) does so on the JAX backend, the only one it supports.
     """
 
-    def __init__(self, members: list[Member], data, recipe: Recipe, *, dtype_policy: str | None = None,
-                 steps_per_execution: int = 1, device_data: bool | None = None):
+    def __init__(self, members: list[Member], data, recipe: Recipe, *, steps_per_execution: int = 1,
+                 device_data: bool | None = None):
         self.members, self.recipe = list(members), recipe
         self.seeds = sorted({m.seed for m in members})
         self.groups = [self.seeds.index(m.seed) for m in members]
@@ -107,7 +107,7 @@ class PackTrainer:
         # Every input group sees the same evaluation images: tile them once, not every epoch.
         self.x_val = self._tile(x_val)
         self.x_test, self.y_test = (self._tile(test[0]), test[1]) if test is not None else (None, None)
-        self.model = self._build(dtype_policy, steps_per_execution)
+        self.model = self._build(steps_per_execution)
         if device_data is None:
             device_data = keras.backend.backend() == "jax"
         self._device = (
@@ -118,22 +118,17 @@ class PackTrainer:
         self.last_epoch_seconds: dict[str, float] = {}
         self.histories: list[dict[str, list[float]]] = []
 
-    def _build(self, dtype_policy, steps_per_execution) -> keras.Model:
+    def _build(self, steps_per_execution) -> keras.Model:
         initial = []
         for member in self.members:
             keras.utils.set_random_seed(member.seed)
-            initial.append(build_model(member.config))
+            initial.append(build_model(member.config))  # float32 weights, whatever the precision
         keras.utils.set_random_seed(self.seeds[0])
-        previous = keras.config.dtype_policy()
-        if dtype_policy:
-            keras.config.set_dtype_policy(dtype_policy)
-        try:
+        with precision_scope(self.recipe.precision):
             model = build_packed_model(
                 [m.config for m in self.members], self.groups, self.recipe.pixel_scale,
                 input_dtype=self.x_train.dtype.name,
             )
-        finally:
-            keras.config.set_dtype_policy(previous)
         pack_weights(model, initial)
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate=self.recipe.learning_rate),
@@ -216,7 +211,7 @@ class PackTrainer:
 def train_pack(
     members: list[Member], data, *, recipe: Recipe | None = None, epochs: int | None = None,
     data_fingerprint: str = "unknown", on_epoch: Callable[[int, dict], None] | None = None,
-    dtype_policy: str | None = None, steps_per_execution: int = 1, device_data: bool | None = None,
+    steps_per_execution: int = 1, device_data: bool | None = None,
 ) -> list[dict]:
     """Trains a pack and returns one run record per member, in order.
 
@@ -225,10 +220,7 @@ def train_pack(
     """
     recipe = recipe or Recipe()
     epochs = epochs or recipe.epochs
-    trainer = PackTrainer(
-        members, data, recipe, dtype_policy=dtype_policy, steps_per_execution=steps_per_execution,
-        device_data=device_data,
-    )
+    trainer = PackTrainer(members, data, recipe, steps_per_execution=steps_per_execution, device_data=device_data)
     seconds = trainer.train(epochs, on_epoch)
     per_member = [s / len(members) for s in seconds]  # the pack's time, shared by its members
     return [

@@ -94,6 +94,7 @@ def _header(records: list[dict]) -> str:
         ("devices", _distinct(", ".join(r.get("devices", [])) for r in records)),
         ("data fingerprint", _distinct(r.get("data") for r in records)),
         ("selection", _distinct(SELECTION_MODES[is_holdout(r)] for r in records)),
+        ("precision", _distinct(r["recipe"].get("precision", "float32") for r in records)),
         ("epochs", _distinct(r.get("epochs") for r in records)),
         ("seeds", _seeds(records)),
     ]

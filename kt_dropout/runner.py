@@ -130,7 +130,7 @@ class Study:
 
 def open_study(
     profile: str, results, *, data_path=None, epochs: int | None = None, seeds: int | None = None,
-    selection: str = "test", pack_size: int = 20, experiments: Iterable[str] | None = None,
+    selection: str = "test", precision: str = "float32", pack_size: int = 20, experiments: Iterable[str] | None = None,
     progress: Callable[[str], None] | None = _print,
 ) -> Study:
     """A `Study` from plain settings, as the CLI and the pytest options give them.
@@ -145,7 +145,7 @@ def open_study(
     if pack_size < 1:
         raise ValueError(f"pack_size: must be at least 1, got {pack_size}")
     store = ResultStore(results)  # refuses a folder it does not own before any data is read
-    recipe = Recipe(selection=selection, holdout=64 if chosen.synthetic else Recipe().holdout)
+    recipe = Recipe(selection=selection, holdout=64 if chosen.synthetic else Recipe().holdout, precision=precision)
     data = synthetic_cifar10(n_train=512, n_test=128) if chosen.synthetic else load_cifar10(data_path)
     return Study(
         chosen, data, data_fingerprint(data), store, recipe=recipe, epochs=epochs, seeds=seeds,

@@ -20,7 +20,7 @@ import numpy as np
 
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.distribution import data_parallel, describe
-from kt_dropout.model import build_model, compile_model
+from kt_dropout.model import build_compiled
 
 RECORD_SCHEMA = 1
 
@@ -248,7 +248,7 @@ def train(
     splits = prepare_splits(data, recipe, config.num_classes)
     with (data_parallel() if distributed else contextlib.nullcontext()) as distribution:
         keras.utils.set_random_seed(seed)
-        model = compile_model(build_model(config), recipe)
+        model = build_compiled(config, recipe)
         timer = EpochTimer()
         extra = [TestScorer(splits.x_test, splits.y_test, recipe.batch_size)] if splits.x_test is not None else []
         with releasing_traced_gradients():

@@ -3,6 +3,8 @@
 import csv
 import json
 import os
+import re
+import shutil
 import subprocess
 import sys
 
@@ -39,11 +41,11 @@ def assert_usage_error(result, command, *fragments):
     ([], ["experiments", "train", "search", "reproduce", "report", "merge"]),
     (["experiments"], []),
     (["train"], ["--config", "--nfilters", "--no-batchnorm", "--dropout-conv", "--input-shape", "--learning-rate",
-                 "--selection", "--holdout", "--seed", "--data", "--synthetic", "--output", "--force", "--verbose"]),
+                 "--selection", "--holdout", "--precision", "--seed", "--data", "--synthetic", "--output", "--force", "--verbose"]),
     (["search"], ["--tuner", "--max-trials", "--epochs", "--directory", "--project-name", "--overwrite", "--space",
                   "--dropout-dense", "--csv", "--trials-per-step", "--chief", "--worker", "--tuner-id",
                   "--lost-worker-seconds"]),
-    (["reproduce"], ["--profile", "--seeds", "--epochs", "--results", "--data", "--selection", "--pack-size",
+    (["reproduce"], ["--profile", "--seeds", "--epochs", "--results", "--data", "--selection", "--precision", "--pack-size",
                      "--no-pack"]),
     (["report"], ["RESULTS", "--out", "--epochs"]),
     (["merge"], ["RESULTS", "SOURCE"]),
@@ -66,7 +68,7 @@ def test_experiments_lists_everything(tmp_path):
 @pytest.mark.slow
 def test_train_writes_a_record_and_refuses_to_overwrite_it(tmp_path):
     (tmp_path / "tmp").mkdir()
-    args = ["train", *TINY, "--epochs", "2", "--output", "tmp/run.json"]
+    args = ["train", *TINY, "--epochs", "2", "--precision", "mixed_bfloat16", "--output", "tmp/run.json"]
     result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "epoch 2/2" in result.stderr and "val_accuracy" in result.stderr
@@ -75,7 +77,7 @@ def test_train_writes_a_record_and_refuses_to_overwrite_it(tmp_path):
     record = json.loads(output.read_text())
     assert record["status"] == "ok"
     assert len(record["history"]["loss"]) == len(record["history"]["val_accuracy"]) == 2
-    assert record["config"]["nfilters"] == [4, 8, 8]
+    assert record["config"]["nfilters"] == [4, 8, 8] and record["recipe"]["precision"] == "mixed_bfloat16"
     assert os.listdir(tmp_path / "tmp") == ["run.json"]  # no temp file left behind
 
     before = output.read_bytes()
@@ -88,6 +90,7 @@ def test_train_writes_a_record_and_refuses_to_overwrite_it(tmp_path):
     (["--dropout-conv", "0.5", "1.2", "0"], ["dropout_conv[1]"]),
     (["--data", "/nonexistent"], ["/nonexistent"]),
     (["--synthetic", "8", "8", "--output", "/nonexistent-folder/run.json"], ["/nonexistent-folder"]),
+    (["--synthetic", "8", "8", "--precision", "float16"], ["--precision", "float16"]),
 ])
 def test_train_rejects_bad_input(tmp_path, args, fragments):
     assert_usage_error(run_cli("train", *args, cwd=tmp_path), "train", *fragments)
@@ -162,6 +165,21 @@ def test_reproduce_again_trains_nothing(reproduced):
     assert "training" not in result.stderr
     assert {p.name: p.stat().st_mtime_ns for p in (cwd / "tmp" / "store").iterdir()} == mtimes
     assert len(list((cwd / "tmp" / "store").iterdir())) == 5
+
+
+@pytest.mark.slow
+def test_reproduce_in_bfloat16_is_a_study_of_its_own(reproduced, tmp_path):
+    cwd, first = reproduced
+    assert first.returncode == 0, first.stderr
+    shutil.copytree(cwd / "tmp", tmp_path / "tmp")
+    result = run_cli("reproduce", "batchnorm", *SMOKE, "--precision", "mixed_bfloat16", "--results", "tmp",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "training 1 epochs" in result.stderr  # the float32 runs are not reused
+    records = [json.loads(p.read_text()) for p in (tmp_path / "tmp" / "store").glob("*.json") if p.name != "store.json"]
+    assert sorted(r["recipe"].get("precision", "float32") for r in records) == ["float32"] * 4 + ["mixed_bfloat16"] * 4
+    report = (tmp_path / "tmp" / "report-smoke" / "report.md").read_text()
+    assert re.search(r"\| precision +\| mixed_bfloat16 +\|", report)
 
 
 @pytest.mark.slow

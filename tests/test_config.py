@@ -47,6 +47,7 @@ def test_invalid_config_names_the_field(kwargs, field):
         ({"pixel_scale": 0}, "pixel_scale"),
         ({"selection": "val"}, "selection"),
         ({"holdout": 0}, "holdout"),
+        ({"precision": "float16"}, "precision"),
     ],
 )
 def test_invalid_recipe_names_the_field(kwargs, field):
@@ -73,3 +74,11 @@ def test_round_trip_through_dict_and_unknown_fields():
     with pytest.raises(ValueError, match="unknown field.*colour"):
         VGGConfig.from_dict({**config.to_dict(), "colour": 1})
     assert Recipe.from_dict(Recipe(epochs=3).to_dict()) == Recipe(epochs=3)
+    mixed = Recipe(precision="mixed_bfloat16")
+    assert Recipe.from_dict(mixed.to_dict()) == mixed
+
+
+def test_float32_recipes_serialize_as_before_precision_existed():
+    """Stored runs are keyed by the recipe's dict: float32 (the default) leaves it out, so their keys hold."""
+    assert "precision" not in Recipe().to_dict() and Recipe.from_dict(Recipe().to_dict()).precision == "float32"
+    assert Recipe(precision="mixed_bfloat16").to_dict()["precision"] == "mixed_bfloat16"

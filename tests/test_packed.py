@@ -203,8 +203,8 @@ def test_bfloat16_pack_with_several_steps_per_call_reports_each_members_own_metr
     config = TINY.replace(batchnorm=False)
     members = [Member("a", config, 1), Member("b", config, 2), Member("c", config, 1)]
     (x, y), _ = _data(n_train=200)
-    trainer = PackTrainer(members, ((x, y), (x, y)), Recipe(batch_size=32, learning_rate=1e-30),
-                          dtype_policy="mixed_bfloat16", steps_per_execution=4)
+    recipe = Recipe(batch_size=32, learning_rate=1e-30, precision="mixed_bfloat16")
+    trainer = PackTrainer(members, ((x, y), (x, y)), recipe, steps_per_execution=4)
     assert trainer.model.get_layer("block1_conv1").compute_dtype == "bfloat16"
     layer = trainer.model.get_layer("predictions")
     kernel, bias = layer.get_weights()
@@ -227,7 +227,7 @@ def test_bfloat16_pack_learns_with_float32_outputs():
     from kt_dropout.data import synthetic_cifar10
 
     members = [Member("bn", TINY, 0), Member("conv", TINY.replace(dropout_conv=(0.2, 0.2, 0.2)), 1)]
-    trainer = PackTrainer(members, synthetic_cifar10(256, 64), Recipe(batch_size=32), dtype_policy="mixed_bfloat16")
+    trainer = PackTrainer(members, synthetic_cifar10(256, 64), Recipe(batch_size=32, precision="mixed_bfloat16"))
     losses = [trainer.train_epoch()["loss"] for _ in range(3)]
     assert np.all(np.isfinite(losses)) and np.all(losses[-1] < losses[0] - 0.1), losses
     probabilities = trainer.model.predict(trainer.x_val, verbose=0)

@@ -37,6 +37,7 @@ def test_key_ignores_the_name_and_depends_on_what_defines_the_run():
     assert record_key(record()) != record_key(record(config=VGGConfig(dropout_dense=0.5)))
     key = run_key(VGGConfig(), Recipe(epochs=2), 0, 2, "jax", "data-1")
     assert len(key) == 20 and key == record_key({**record(), "backend": "jax"})
+    assert run_key(VGGConfig(), Recipe(epochs=2, precision="mixed_bfloat16"), 0, 2, "jax", "data-1") != key
 
 
 def test_failed_runs_are_stored_but_ok_only_skips_them(tmp_path):

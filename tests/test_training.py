@@ -2,6 +2,7 @@
 
 import re
 
+import keras
 import numpy as np
 
 from kt_dropout import Recipe, VGGConfig, train
@@ -20,6 +21,19 @@ def test_train_records_history_best_epoch_and_timing():
     assert record["best_epoch"] == val.index(max(val)) + 1
     assert record["seconds_per_epoch"] > 0 and record["first_epoch_seconds"] > 0
     assert record["config"] == TINY.to_dict() and record["recipe"]["batch_size"] == 32
+
+
+def test_a_bfloat16_recipe_builds_the_network_in_mixed_precision_with_a_float32_softmax():
+    models = []
+    record = train(TINY, synthetic_cifar10(n_train=128, n_test=32), recipe=Recipe(precision="mixed_bfloat16"),
+                   epochs=2, verbose=0, on_model=models.append)
+    model = models[0]
+    assert model.get_layer("block1_conv1").compute_dtype == "bfloat16"
+    assert model.get_layer("block1_conv1").variable_dtype == "float32"
+    assert model.get_layer("predictions").compute_dtype == "float32"
+    assert record["status"] == "ok" and record["recipe"]["precision"] == "mixed_bfloat16"
+    assert all(np.isfinite(record["history"]["loss"]))
+    assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
 
 
 def test_holdout_mode_selects_on_training_data_and_scores_the_test_set():
