@@ -17,7 +17,8 @@ Settings (environment variables):
   lacks it). A variant joins parts with `+`: `bf16` (the recipe's
   `precision="mixed_bfloat16"`), `spe<N>` (`steps_per_execution=N`) and
   `host` (`device_data=False`: `fit` fed from host memory, the only way off
-  JAX), e.g. `host,bf16,bf16+spe16`.
+  JAX), and `im2col` or `shifts` (`conv_implementation`, see
+  `packed.PackedConv2D`), e.g. `host,bf16,bf16+im2col`.
 - `KT_SPEED_FIT_VARIANTS` (default none): more single-model `keras.fit` rows
   after the baseline, with parts `bf16` and `bs<N>` (batch size N: a
   different recipe), e.g. `bf16+bs512`.
@@ -62,6 +63,7 @@ from tabulate import tabulate
 from kt_dropout.config import NUM_BLOCKS, Recipe, VGGConfig
 from kt_dropout.data import synthetic_cifar10
 from kt_dropout.experiments import CONFIGS
+from kt_dropout.packed import CONV_IMPLEMENTATIONS
 from kt_dropout.packed_training import Member, PackTrainer
 from kt_dropout.profiles import get_profile
 from kt_dropout.training import environment, train
@@ -84,8 +86,11 @@ def parse_variant(label: str) -> tuple[dict, dict]:
             kwargs["steps_per_execution"] = int(part[3:])
         elif part == "host":
             kwargs["device_data"] = False
+        elif part in CONV_IMPLEMENTATIONS:
+            kwargs["conv_implementation"] = part
         elif part != "f32":
-            raise ValueError(f"KT_SPEED_VARIANTS: unknown part {part!r} in {label!r}; use bf16, spe<N>, host or f32")
+            known = ", ".join(["bf16", "spe<N>", "host", *CONV_IMPLEMENTATIONS, "f32"])
+            raise ValueError(f"KT_SPEED_VARIANTS: unknown part {part!r} in {label!r}; use one of {known}")
     return changes, kwargs
 
 
@@ -209,6 +214,7 @@ def _pack_row(size, variant, data, recipe, profile, settings, out) -> Iterator[d
         "precision": recipe.precision,
         "steps_per_execution": kwargs.get("steps_per_execution", 1),
         "device_data": trainer._device is not None,
+        "conv_implementation": kwargs.get("conv_implementation", "grouped"),
         "first_epoch_s": seconds[0], "epoch_s": steady, "s_per_model_epoch": steady / size,
         "device_bytes_in_use": memory,
         "fit_s": split["fit"], "eval_s": split["evaluate"],

@@ -6,7 +6,9 @@ dropout rates, different seeds) into one model multiplies the arithmetic per
 step by K and leaves the overhead as it is. Each member keeps its own weights,
 BatchNorm statistics, dropout masks and Adam state:
 
-- convolutions are grouped (`groups=K`): member k owns channel group k;
+- convolutions are grouped (`groups=K`): member k owns channel group k; or,
+  with `conv_implementation`, the same grouped convolution as batched matmuls
+  (`PackedConv2D`), which some devices run faster than a grouped convolution;
 - BatchNormalization is per channel, so per member already;
 - dense layers are `EinsumDense` with a leading member axis;
 - `GroupDropout` drops each channel group at its own member's rate;
@@ -54,6 +56,71 @@ class GroupDropout(keras.layers.Layer):
         return {**super().get_config(), "rates": self.rates, "seed": self.seed}
 
 
+CONV_IMPLEMENTATIONS = ("grouped", "im2col", "shifts")
+
+
+class PackedConv2D(keras.layers.Layer):
+    """`Conv2D(members * filters, 3, padding, groups=members)` computed as batched matmuls.
+
+    Same weights (kernel (3, 3, C, K*filters), bias (K*filters,)), same output.
+    "im2col" gathers the nine 3x3 shifts of the input into one patch tensor
+    (9x the activations) and contracts it with each member's kernel in one
+    batched matmul; "shifts" sums nine batched matmuls, one per shift, and
+    stores no patch tensor. cuDNN runs a grouped convolution as K small ones;
+    these give the device K-way batched matmuls instead.
+    """
+
+    def __init__(self, members: int, filters: int, padding: str = "same", implementation: str = "im2col", **kwargs):
+        super().__init__(**kwargs)
+        if implementation not in CONV_IMPLEMENTATIONS[1:]:
+            raise ValueError(f"implementation: must be one of {CONV_IMPLEMENTATIONS[1:]}, got {implementation!r}")
+        if padding not in ("same", "valid"):
+            raise ValueError(f"padding: must be 'same' or 'valid', got {padding!r}")
+        self.members, self.filters, self.padding, self.implementation = members, filters, padding, implementation
+
+    def build(self, input_shape):
+        channels = input_shape[-1] // self.members
+        self.kernel = self.add_weight(name="kernel", shape=(3, 3, channels, self.members * self.filters),
+                                      initializer="glorot_uniform")
+        self.bias = self.add_weight(name="bias", shape=(self.members * self.filters,), initializer="zeros")
+
+    def call(self, x):
+        return packed_conv_matmuls(x, self.kernel, self.members, self.padding, self.implementation) + self.bias
+
+    def compute_output_shape(self, input_shape):
+        batch, height, width, _ = input_shape
+        if self.padding == "valid":
+            height, width = height - 2, width - 2
+        return (batch, height, width, self.members * self.filters)
+
+    def get_config(self):
+        return {**super().get_config(), "members": self.members, "filters": self.filters, "padding": self.padding,
+                "implementation": self.implementation}
+
+
+def packed_conv_matmuls(x, kernel, members: int, padding: str, implementation: str):
+    """`PackedConv2D`'s convolution without bias: x (B, H, W, K*C), kernel (3, 3, C, K*O) -> (B, H', W', K*O)."""
+    if padding == "same":
+        x = keras.ops.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    height, width, channels = x.shape[1] - 2, x.shape[2] - 2, x.shape[3] // members
+    shifts = [  # the nine 3x3 shifts, each (B, H', W', K, C)
+        keras.ops.reshape(x[:, i : i + height, j : j + width, :], (-1, height, width, members, channels))
+        for i in range(3) for j in range(3)
+    ]
+    kernel = keras.ops.reshape(kernel, (9, channels, members, kernel.shape[-1] // members))
+    if implementation == "im2col":
+        y = keras.ops.einsum("tbhwkc,tcko->bhwko", keras.ops.stack(shifts), kernel)
+    else:
+        y = sum(keras.ops.einsum("bhwkc,cko->bhwko", shifted, kernel[t]) for t, shifted in enumerate(shifts))
+    return keras.ops.reshape(y, (-1, height, width, kernel.shape[2] * kernel.shape[3]))
+
+
+def _packed_conv(members: int, filters: int, padding: str, implementation: str, name: str) -> keras.layers.Layer:
+    if implementation == "grouped":
+        return keras.layers.Conv2D(members * filters, (3, 3), padding=padding, groups=members, name=name)
+    return PackedConv2D(members, filters, padding, implementation, name=name)
+
+
 def check_packable(configs: list[VGGConfig]) -> None:
     if not configs:
         raise ValueError("a pack needs at least one configuration")
@@ -81,15 +148,20 @@ def _activation_stack(x, shape: VGGConfig, rates: list[float], width: int, prefi
 
 def build_packed_model(
     configs: list[VGGConfig], input_groups: list[int] | None = None, pixel_scale: float = 1.0 / 256.0,
-    name: str = "packed_dropout_vgg", input_dtype: str = "uint8",
+    name: str = "packed_dropout_vgg", input_dtype: str = "uint8", conv_implementation: str = "grouped",
 ) -> keras.Model:
     """One model holding `len(configs)` members: images (B, H, W, 3*S) in, (B, K, classes) out.
+
+    `conv_implementation` is one of `CONV_IMPLEMENTATIONS`: the grouped convolution
+    itself, or `PackedConv2D`'s batched matmuls; the same weights and outputs.
 
     Layer names match `build_model`'s, so `pack_weights`/`member_weights` map weights by name.
     `input_dtype` must be the images' own: Keras casts inputs to it, and a cast of float pixels to
     uint8 would drop their fractions.
     """
     check_packable(configs)
+    if conv_implementation not in CONV_IMPLEMENTATIONS:
+        raise ValueError(f"conv_implementation: must be one of {CONV_IMPLEMENTATIONS}, got {conv_implementation!r}")
     k = len(configs)
     groups = list(input_groups) if input_groups is not None else [0] * k
     if len(groups) != k:
@@ -107,7 +179,7 @@ def build_packed_model(
         rates = [c.dropout_conv[block] for c in configs]
         for conv, padding in ((1, "same"), (2, "valid")):
             prefix = f"block{block + 1}_conv{conv}"
-            x = keras.layers.Conv2D(k * filters, (3, 3), padding=padding, groups=k, name=prefix)(x)
+            x = _packed_conv(k, filters, padding, conv_implementation, prefix)(x)
             x = _activation_stack(x, shape, rates, filters, prefix)
         x = keras.layers.MaxPooling2D(pool_size=(2, 2), name=f"block{block + 1}_pool")(x)
     # Flatten each member's (h, w, filters) in the same order as keras.layers.Flatten does.
@@ -136,7 +208,7 @@ def _member_slices(packed_layer, member: int, members: int):
     for weight in packed_layer.weights:
         if isinstance(packed_layer, keras.layers.EinsumDense):
             yield weight, (member,)
-        else:  # Conv2D and BatchNormalization: the last axis holds `members` equal groups
+        else:  # Conv2D, PackedConv2D and BatchNormalization: the last axis holds `members` equal groups
             size = weight.shape[-1] // members
             yield weight, (Ellipsis, slice(member * size, (member + 1) * size))
 

@@ -93,13 +93,15 @@ class PackTrainer:
         steps_per_execution: passed to `compile`; the weights are exactly those of one step per call
             (tested). On TensorFlow the steps run in one `tf.while_loop`; on JAX Keras 3.15 calls the
             same jitted step in a Python loop, which saves only per-step callback dispatch.
+        conv_implementation: how the pack computes its grouped convolutions (`packed.CONV_IMPLEMENTATIONS`):
+            the same weights and outputs, at different speeds on different devices.
         device_data: keep the training images on the device and run each epoch as one compiled call
             (`device_epochs.DeviceEpochs`), instead of `fit` fed from host memory. The same steps on the
             same batches (tested). None (the default) does so on the JAX backend, the only one it supports.
     """
 
     def __init__(self, members: list[Member], data, recipe: Recipe, *, steps_per_execution: int = 1,
-                 device_data: bool | None = None):
+                 device_data: bool | None = None, conv_implementation: str = "grouped"):
         self.members, self.recipe = list(members), recipe
         self.seeds = sorted({m.seed for m in members})
         self.groups = [self.seeds.index(m.seed) for m in members]
@@ -107,7 +109,7 @@ class PackTrainer:
         # Every input group sees the same evaluation images: tile them once, not every epoch.
         self.x_val = self._tile(x_val)
         self.x_test, self.y_test = (self._tile(test[0]), test[1]) if test is not None else (None, None)
-        self.model = self._build(steps_per_execution)
+        self.model = self._build(steps_per_execution, conv_implementation)
         if device_data is None:
             device_data = keras.backend.backend() == "jax"
         self._device = (
@@ -118,7 +120,7 @@ class PackTrainer:
         self.last_epoch_seconds: dict[str, float] = {}
         self.histories: list[dict[str, list[float]]] = []
 
-    def _build(self, steps_per_execution) -> keras.Model:
+    def _build(self, steps_per_execution, conv_implementation) -> keras.Model:
         initial = []
         for member in self.members:
             keras.utils.set_random_seed(member.seed)
@@ -127,7 +129,7 @@ class PackTrainer:
         with precision_scope(self.recipe.precision):
             model = build_packed_model(
                 [m.config for m in self.members], self.groups, self.recipe.pixel_scale,
-                input_dtype=self.x_train.dtype.name,
+                input_dtype=self.x_train.dtype.name, conv_implementation=conv_implementation,
             )
         pack_weights(model, initial)
         model.compile(
@@ -211,7 +213,7 @@ class PackTrainer:
 def train_pack(
     members: list[Member], data, *, recipe: Recipe | None = None, epochs: int | None = None,
     data_fingerprint: str = "unknown", on_epoch: Callable[[int, dict], None] | None = None,
-    steps_per_execution: int = 1, device_data: bool | None = None,
+    steps_per_execution: int = 1, device_data: bool | None = None, conv_implementation: str = "grouped",
 ) -> list[dict]:
     """Trains a pack and returns one run record per member, in order.
 
@@ -220,7 +222,10 @@ def train_pack(
     """
     recipe = recipe or Recipe()
     epochs = epochs or recipe.epochs
-    trainer = PackTrainer(members, data, recipe, steps_per_execution=steps_per_execution, device_data=device_data)
+    trainer = PackTrainer(
+        members, data, recipe, steps_per_execution=steps_per_execution, device_data=device_data,
+        conv_implementation=conv_implementation,
+    )
     seconds = trainer.train(epochs, on_epoch)
     per_member = [s / len(members) for s in seconds]  # the pack's time, shared by its members
     return [

@@ -6,7 +6,9 @@ import pytest
 
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.model import build_model, compile_model
-from kt_dropout.packed import GroupDropout, build_packed_model, load_member, member_weights, pack_weights
+from kt_dropout.packed import (
+    CONV_IMPLEMENTATIONS, GroupDropout, PackedConv2D, build_packed_model, load_member, member_weights, pack_weights,
+)
 from kt_dropout.packed_training import Member, PackTrainer, plan_packs, train_pack
 
 TINY = VGGConfig(nfilters=(4, 8, 8), ndense=16)
@@ -36,10 +38,11 @@ def _train_separately(member: Member, data, recipe: Recipe, epochs: int) -> kera
     return model
 
 
-def test_packed_forward_pass_equals_separate_models():
+@pytest.mark.parametrize("implementation", CONV_IMPLEMENTATIONS)
+def test_packed_forward_pass_equals_separate_models(implementation):
     configs = [TINY, TINY.replace(dropout_conv=(0.2, 0.0, 0.5)), TINY.replace(dropout_dense=0.5)]
     members = [build_model(c) for c in configs]
-    packed = build_packed_model(configs, [0, 1, 0])
+    packed = build_packed_model(configs, [0, 1, 0], conv_implementation=implementation)
     pack_weights(packed, members)
     (x, _), _ = _data(n_train=8)
     x2 = np.concatenate([x, x[::-1]], axis=-1)
@@ -61,16 +64,18 @@ def test_member_weights_round_trip():
         np.testing.assert_array_equal(a, b)
 
 
-def _train_both(config, recipe, data, epochs=2):
+def _train_both(config, recipe, data, epochs=2, **options):
     members = [Member("a", config, 1), Member("b", config, 2), Member("c", config, 1)]
-    trainer = PackTrainer(members, data, recipe)
+    trainer = PackTrainer(members, data, recipe, **options)
     for _ in range(epochs):
         trainer.train_epoch()
     return [(trainer.member_weights(k), _train_separately(m, data, recipe, epochs)) for k, m in enumerate(members)]
 
 
-def test_packed_training_without_dropout_gives_the_weights_of_separate_training():
-    for packed, separate in _train_both(TINY.replace(batchnorm=False), Recipe(batch_size=32), _data()):
+@pytest.mark.parametrize("implementation", CONV_IMPLEMENTATIONS)
+def test_packed_training_without_dropout_gives_the_weights_of_separate_training(implementation):
+    runs = _train_both(TINY.replace(batchnorm=False), Recipe(batch_size=32), _data(), conv_implementation=implementation)
+    for packed, separate in runs:
         for layer in separate.layers:
             for got, want in zip(packed.get(layer.name, []), layer.get_weights()):
                 np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5, err_msg=layer.name)
@@ -119,6 +124,22 @@ def test_plan_packs_separates_shapes_and_balances_sizes():
         assert len({m.config.shape_key for m in pack}) == 1
     with pytest.raises(ValueError, match="max_pack_size"):
         plan_packs(members, 0)
+
+
+def test_packed_conv_refuses_unknown_settings_by_name():
+    with pytest.raises(ValueError, match="conv_implementation: must be one of"):
+        build_packed_model([TINY], conv_implementation="winograd")
+    with pytest.raises(ValueError, match="implementation: must be one of"):
+        PackedConv2D(2, 4, implementation="grouped")
+    with pytest.raises(ValueError, match="padding: must be"):
+        PackedConv2D(2, 4, padding="causal")
+
+
+def test_packed_conv_in_bfloat16_keeps_float32_weights():
+    layer = PackedConv2D(2, 4, "valid", "shifts", dtype="mixed_bfloat16")
+    out = layer(np.ones((1, 5, 5, 6), "float32"))
+    assert keras.backend.standardize_dtype(out.dtype) == "bfloat16" and tuple(out.shape) == (1, 3, 3, 8)
+    assert layer.kernel.dtype == "float32" and tuple(layer.kernel.shape) == (3, 3, 3, 8)
 
 
 def test_mixed_shapes_in_one_pack_are_refused():
