@@ -213,7 +213,7 @@ def _pack_row(size, variant, data, recipe, profile, settings, out) -> Iterator[d
         "way": f"pack of {size}" + ("" if variant == "f32" else f", {variant}"), "models": size, "variant": variant,
         "precision": recipe.precision,
         "steps_per_execution": kwargs.get("steps_per_execution", 1),
-        "device_data": trainer._device is not None,
+        "device_data": trainer.device_data,
         "conv_implementation": kwargs.get("conv_implementation", "grouped"),
         "first_epoch_s": seconds[0], "epoch_s": steady, "s_per_model_epoch": steady / size,
         "device_bytes_in_use": memory,

@@ -140,6 +140,11 @@ class PackTrainer:
         )
         return model
 
+    @property
+    def device_data(self) -> bool:
+        """Whether the training images live on the device and epochs run as one compiled call."""
+        return self._device is not None
+
     def epoch_orders(self) -> list[np.ndarray]:
         """The next epoch's order of the training images, one shuffling per seed."""
         return [rng.permutation(len(self.x_train)) for rng in self._rngs]

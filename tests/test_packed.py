@@ -199,7 +199,7 @@ def test_epochs_on_the_device_train_as_fit_does():
                Member("plain", config, 2)]
     data = _data(n_train=168, n_test=40)
     host, device = (PackTrainer(members, data, Recipe(batch_size=32), device_data=d) for d in (False, True))
-    assert device._device is not None and host._device is None
+    assert device.device_data and not host.device_data
     for _ in range(2):
         logs_host, logs_device = host.train_epoch(), device.train_epoch()
         for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
