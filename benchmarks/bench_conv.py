@@ -39,8 +39,8 @@ import pytest
 from tabulate import tabulate
 
 from kt_dropout.config import NUM_BLOCKS
-from kt_dropout.packed import packed_conv_matmuls
-from kt_dropout.training import environment
+from kt_dropout.packing.model import packed_conv_matmuls
+from kt_dropout.record import environment
 
 pytestmark = pytest.mark.gpu
 

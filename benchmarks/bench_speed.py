@@ -62,11 +62,12 @@ from tabulate import tabulate
 
 from kt_dropout.config import NUM_BLOCKS, Recipe, VGGConfig
 from kt_dropout.data import synthetic_cifar10
-from kt_dropout.experiments import CONFIGS
-from kt_dropout.packed import CONV_IMPLEMENTATIONS
-from kt_dropout.packed_training import Member, PackTrainer
-from kt_dropout.profiles import get_profile
-from kt_dropout.training import environment, train
+from kt_dropout.study.experiments import CONFIGS
+from kt_dropout.packing.model import CONV_IMPLEMENTATIONS
+from kt_dropout.packing.trainer import Member, PackTrainer
+from kt_dropout.study.profiles import get_profile
+from kt_dropout.record import environment
+from kt_dropout.training import train
 
 pytestmark = pytest.mark.gpu
 

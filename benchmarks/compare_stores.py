@@ -19,9 +19,9 @@ import numpy as np
 from scipy import stats
 from tabulate import tabulate
 
-from kt_dropout.experiments import CLAIMS
-from kt_dropout.results import ResultStore
-from kt_dropout.verdicts import decide_all, metric_value
+from kt_dropout.study.experiments import CLAIMS
+from kt_dropout.study.results import ResultStore
+from kt_dropout.study.verdicts import decide_all, metric_value
 
 METRIC = "best_val_accuracy"
 

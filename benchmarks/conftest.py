@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from kt_dropout.profiles import get_profile
-from kt_dropout.runner import open_study
+from kt_dropout.study.profiles import get_profile
+from kt_dropout.study.runner import open_study
 
 
 def _int_option(config, name):
@@ -52,7 +52,7 @@ def pytest_sessionfinish(session):
     chosen = session.config.stash.get(STUDY, None)
     if chosen is None:
         return
-    from kt_dropout.report import write_report
+    from kt_dropout.study.report import write_report
 
     out = Path(session.config.getoption("--kt-results")) / f"report-{chosen.profile.name}"
     path = write_report(chosen.records(), out)

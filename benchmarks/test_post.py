@@ -11,8 +11,8 @@ from the stored runs with a 95% confidence interval:
 
 import pytest
 
-from kt_dropout.experiments import CLAIMS, EXPERIMENTS
-from kt_dropout.verdicts import CONTRADICTED, SUPPORTED, decide, summarize_config
+from kt_dropout.study.experiments import CLAIMS, EXPERIMENTS
+from kt_dropout.study.verdicts import CONTRADICTED, SUPPORTED, decide, summarize_config
 
 pytestmark = pytest.mark.gpu
 

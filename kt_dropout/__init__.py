@@ -3,14 +3,14 @@
 - `DropoutVGGHyperModel` and `search()`: the post's network as a Keras Tuner search space.
 - `VGGConfig`, `build_model`, `Recipe`, `compile_model`, `train`: the network and the post's recipe.
 - `load_cifar10`: CIFAR-10 from a path, `$KT_DROPOUT_DATA`, Keras's cache or Keras's download.
-- `kt_dropout.experiments`, `kt_dropout.runner`, `kt_dropout.report`: the post as a reproducibility suite.
+- `kt_dropout.study.experiments`, `kt_dropout.study.runner`, `kt_dropout.study.report`: the post as a reproducibility suite.
 """
 
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.data import DataError, load_cifar10
-from kt_dropout.hypermodel import DropoutVGGHyperModel
+from kt_dropout.tuning.hypermodel import DropoutVGGHyperModel
 from kt_dropout.model import build_model, compile_model
-from kt_dropout.search import SearchFailedError, SearchResult, search
+from kt_dropout.tuning.search import SearchFailedError, SearchResult, search
 from kt_dropout.training import train
 
 __version__ = "0.1.0"

@@ -24,19 +24,19 @@ from pathlib import Path
 import keras
 from tabulate import tabulate
 
-from kt_dropout import cluster
+from kt_dropout.tuning import cluster
 from kt_dropout.atomic import check_writable_folder
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.data import data_fingerprint, load_cifar10, synthetic_cifar10
-from kt_dropout.experiments import CLAIMS, CONFIGS, EXPERIMENTS, claims_for, resolve_experiments
-from kt_dropout.hypermodel import PARAMS
-from kt_dropout.profiles import PROFILES, get_profile
-from kt_dropout.report import write_report
-from kt_dropout.results import MANIFEST_NAME, ResultStore
-from kt_dropout.runner import open_study
-from kt_dropout.search import TUNERS, SearchFailedError, search
+from kt_dropout.study.experiments import CLAIMS, CONFIGS, EXPERIMENTS, claims_for, resolve_experiments
+from kt_dropout.tuning.hypermodel import PARAMS
+from kt_dropout.study.profiles import PROFILES, get_profile
+from kt_dropout.study.report import write_report
+from kt_dropout.study.results import MANIFEST_NAME, ResultStore
+from kt_dropout.study.runner import open_study
+from kt_dropout.tuning.search import TUNERS, SearchFailedError, search
 from kt_dropout.training import train
-from kt_dropout.verdicts import decide_all
+from kt_dropout.study.verdicts import decide_all
 
 PROG = "kt-dropout"
 DEFAULT_OUTPUT = "kt-dropout-run.json"

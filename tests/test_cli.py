@@ -12,10 +12,10 @@ import pytest
 
 from kt_dropout.cli import space_item
 from kt_dropout.config import Recipe, VGGConfig
-from kt_dropout.experiments import CLAIMS, CONFIGS, EXPERIMENTS
-from kt_dropout.profiles import PROFILES
-from kt_dropout.results import ResultStore
-from kt_dropout.training import make_record
+from kt_dropout.study.experiments import CLAIMS, CONFIGS, EXPERIMENTS
+from kt_dropout.study.profiles import PROFILES
+from kt_dropout.study.results import ResultStore
+from kt_dropout.record import make_record
 
 ENV = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
 TINY = ["--synthetic", "128", "64", "--nfilters", "4", "8", "8", "--ndense", "16", "--batch-size", "32"]

@@ -28,9 +28,9 @@ from kt_dropout.data import (
     validate_dataset,
 )
 from kt_dropout.model import build_model
-from kt_dropout.packed import load_member
-from kt_dropout.packed_training import Member, PackTrainer
-from kt_dropout.training import prepare_splits
+from kt_dropout.packing.model import load_member
+from kt_dropout.packing.trainer import Member, PackTrainer
+from kt_dropout.splits import prepare_splits
 
 BATCH_NAMES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 DATA = synthetic_cifar10(n_train=50, n_test=10, seed=1)

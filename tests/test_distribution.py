@@ -32,7 +32,7 @@ import kt_dropout
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.data import synthetic_cifar10
 from kt_dropout.distribution import data_parallel, local_device_count
-from kt_dropout.training import prepare_splits
+from kt_dropout.splits import prepare_splits
 
 SPLITS = prepare_splits(synthetic_cifar10(128, 32), Recipe(), 10)
 CONFIG = VGGConfig(nfilters=(4, 8, 8), ndense=16)
@@ -182,8 +182,8 @@ SEARCH_SCRIPT = """
 import json, tempfile
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.data import synthetic_cifar10
-from kt_dropout.hypermodel import DropoutVGGHyperModel
-from kt_dropout.search import search
+from kt_dropout.tuning.hypermodel import DropoutVGGHyperModel
+from kt_dropout.tuning.search import search
 
 class Recording(DropoutVGGHyperModel):
     devices = []

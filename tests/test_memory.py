@@ -26,7 +26,7 @@ import gc, json, os, sys
 import keras_tuner
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.data import synthetic_cifar10
-from kt_dropout.search import search
+from kt_dropout.tuning.search import search
 
 def resident_mb():
     with open("/proc/self/statm") as statm:

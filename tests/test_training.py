@@ -7,7 +7,8 @@ import numpy as np
 
 from kt_dropout import Recipe, VGGConfig, train
 from kt_dropout.data import synthetic_cifar10
-from kt_dropout.training import prepare_splits, summarize_history
+from kt_dropout.record import summarize_history
+from kt_dropout.splits import prepare_splits
 
 TINY = VGGConfig(nfilters=(4, 8, 8), ndense=16)
 

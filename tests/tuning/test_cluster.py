@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from kt_dropout import cluster
-from kt_dropout.search import search
+from kt_dropout.tuning import cluster
+from kt_dropout.tuning.search import search
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 for _name in cluster.ENV_NAMES:

@@ -17,7 +17,8 @@ import numpy as np
 
 from kt_dropout.config import NUM_BLOCKS, Recipe, VGGConfig, check_positive_int, check_rate
 from kt_dropout.model import build_compiled
-from kt_dropout.training import check_finite, recipe_callbacks, releasing_traced_gradients
+from kt_dropout.callbacks import check_finite, recipe_callbacks
+from kt_dropout.memory import releasing_traced_gradients
 
 DROPOUT_NAMES = (*(f"dropout_conv_{block}" for block in range(1, NUM_BLOCKS + 1)), "dropout_dense")
 # 0.0 (the default: the post's baseline), 0.1, ..., 0.5; covers the post's 0.0, 0.2 and 0.5.
@@ -128,7 +129,7 @@ class DropoutVGGHyperModel(keras_tuner.HyperModel):
         """Trains with the recipe: its batch size and epochs unless given, its best-epoch and NaN callbacks.
 
         `x` and `y` must already be scaled float images and one-hot labels
-        (`kt_dropout.training.prepare_splits`); `kt_dropout.search` prepares them
+        (`kt_dropout.splits.prepare_splits`); `kt_dropout.search()` prepares them
         once rather than in every trial. Hyperband's `epochs` and `initial_epoch`
         pass through. Returns the `History`, which Keras Tuner scores on
         `val_accuracy`.
@@ -231,5 +232,5 @@ def _check_prepared(x, y) -> None:
     if isinstance(x, np.ndarray) and (x.dtype.kind in "biu" or np.ndim(y) != 2):
         raise ValueError(
             f"fit() takes scaled float images and one-hot labels, got {x.dtype} images and labels of shape "
-            f"{np.shape(y)}; prepare them with kt_dropout.training.prepare_splits (kt_dropout.search does)"
+            f"{np.shape(y)}; prepare them with kt_dropout.splits.prepare_splits (kt_dropout.search() does)"
         )

@@ -16,10 +16,10 @@ from typing import Callable, Iterable
 import keras
 
 from kt_dropout.config import Recipe
-from kt_dropout.experiments import CONFIGS, EXPERIMENTS, resolve_experiments
-from kt_dropout.packed_training import Member, plan_packs, train_pack
-from kt_dropout.profiles import Profile
-from kt_dropout.results import ResultStore, run_key
+from kt_dropout.study.experiments import CONFIGS, EXPERIMENTS, resolve_experiments
+from kt_dropout.packing.trainer import Member, plan_packs, train_pack
+from kt_dropout.study.profiles import Profile
+from kt_dropout.study.results import ResultStore, run_key
 from kt_dropout.training import train
 
 
@@ -139,7 +139,7 @@ def open_study(
     standard way (`load_cifar10`). `pack_size=1` trains each run with `keras.fit`.
     """
     from kt_dropout.data import data_fingerprint, load_cifar10, synthetic_cifar10
-    from kt_dropout.profiles import get_profile
+    from kt_dropout.study.profiles import get_profile
 
     chosen = get_profile(profile)
     if pack_size < 1:

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 
 from kt_dropout.config import Recipe
-from kt_dropout.experiments import CONFIGS
-from kt_dropout.report import write_report
-from kt_dropout.training import make_record
-from kt_dropout.verdicts import decide_all
+from kt_dropout.study.experiments import CONFIGS
+from kt_dropout.study.report import write_report
+from kt_dropout.record import make_record
+from kt_dropout.study.verdicts import decide_all
 
 EPOCHS = 10
 PEAKS = {"vanilla": 0.70, "bn": 0.80, "conv0.2": 0.83, "conv0.5": 0.74}

@@ -3,7 +3,7 @@
 Configurations are named once (`CONFIGS`) and shared between experiments: `bn`
 is the baseline of every comparison and is trained once per seed, however many
 experiments use it. Claims are lists of comparisons between named configurations;
-`kt_dropout.verdicts` decides them from stored runs.
+`kt_dropout.study.verdicts` decides them from stored runs.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import Iterable
 import numpy as np
 from scipy import stats
 
-from kt_dropout.experiments import CLAIMS, METRICS, Claim, Comparison
+from kt_dropout.study.experiments import CLAIMS, METRICS, Claim, Comparison
 
 SUPPORTED, CONTRADICTED, UNRESOLVED, INSUFFICIENT = "supported", "contradicted", "unresolved", "insufficient"
 MIN_RUNS = 2  # a t interval needs a sample variance

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 from kt_dropout.config import VGGConfig
-from kt_dropout.experiments import CLAIMS, EXPERIMENTS
+from kt_dropout.study.experiments import CLAIMS, EXPERIMENTS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -7,8 +7,8 @@ import pytest
 
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.data import synthetic_cifar10
-from kt_dropout.hypermodel import DropoutVGGHyperModel
-from kt_dropout.search import search
+from kt_dropout.tuning.hypermodel import DropoutVGGHyperModel
+from kt_dropout.tuning.search import search
 
 BASE = VGGConfig(nfilters=(4, 4, 4), ndense=8)
 RECIPE = Recipe(batch_size=32, epochs=2)

@@ -5,9 +5,9 @@ import re
 import pytest
 
 from kt_dropout.config import Recipe, VGGConfig
-from kt_dropout.results import MANIFEST, ResultStore, record_key, run_key
-from kt_dropout.runner import open_study
-from kt_dropout.training import make_record
+from kt_dropout.study.results import MANIFEST, ResultStore, record_key, run_key
+from kt_dropout.study.runner import open_study
+from kt_dropout.record import make_record
 
 HISTORY = {"loss": [1.0, 0.8], "accuracy": [0.4, 0.6], "val_loss": [1.1, 0.9], "val_accuracy": [0.45, 0.55]}
 

@@ -21,14 +21,15 @@ import keras_tuner
 from keras_tuner.src.engine import tuner_utils  # how Keras Tuner turns a trial's histories into its report
 from tabulate import tabulate
 
-from kt_dropout import cluster, distribution
+from kt_dropout import distribution
+from kt_dropout.tuning import cluster
 from kt_dropout.atomic import atomic_saves, write_text
-from kt_dropout.cluster import LeasedOracle
+from kt_dropout.tuning.cluster import LeasedOracle
 
 from kt_dropout.config import Recipe, VGGConfig, check_positive_int
-from kt_dropout.hypermodel import DropoutVGGHyperModel, tidy
-from kt_dropout.packed_search import PackedTrials
-from kt_dropout.training import prepare_splits
+from kt_dropout.tuning.hypermodel import DropoutVGGHyperModel, tidy
+from kt_dropout.tuning.packed_trials import PackedTrials
+from kt_dropout.splits import prepare_splits
 
 OBJECTIVE = keras_tuner.Objective("val_accuracy", direction="max")
 TUNERS = {
@@ -156,7 +157,7 @@ def search(
     With `distributed=True` the search runs on Keras Tuner's chief/worker
     engine, configured by its environment variables (`KERASTUNER_TUNER_ID`,
     `KERASTUNER_ORACLE_IP`, `KERASTUNER_ORACLE_PORT`; see
-    `kt_dropout.cluster.configure`). Every process calls `search` with the same
+    `kt_dropout.tuning.cluster.configure`). Every process calls `search` with the same
     arguments: the chief serves the oracle until every trial has ended and
     needs no data; each worker trains the trials it is given.
 
@@ -177,7 +178,7 @@ def search(
             than silently turning the search distributed.
         trials_per_step: how many trials to train at once: the oracle is asked
             for that many, and those sharing a network shape and learning rate
-            train as one packed model (`kt_dropout.packed_search`). Every trial
+            train as one packed model (`kt_dropout.tuning.packed_trials`). Every trial
             still has its own weights, BatchNorm statistics, dropout masks, Adam
             state, best epoch, checkpoint and result. Not with Hyperband.
         data_parallel: train each trial's model over every local accelerator
@@ -243,7 +244,7 @@ def _role(distributed: bool, overwrite: bool) -> str | None:
     if role is None and distributed:
         raise ValueError(
             f"distributed=True but {cluster.ENV_TUNER_ID}, {cluster.ENV_IP} and {cluster.ENV_PORT} are not set: "
-            "see kt_dropout.cluster.configure"
+            "see kt_dropout.tuning.cluster.configure"
         )
     if role is not None and not distributed:
         raise ValueError(

@@ -20,9 +20,9 @@ import numpy as np
 
 from kt_dropout.config import Recipe
 from kt_dropout.model import build_model
-from kt_dropout.packed import load_member
-from kt_dropout.packed_training import Member, PackTrainer, plan_packs
-from kt_dropout.training import check_finite
+from kt_dropout.packing.model import load_member
+from kt_dropout.packing.trainer import Member, PackTrainer, plan_packs
+from kt_dropout.callbacks import check_finite
 
 _HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 _Status = keras_tuner.engine.trial.TrialStatus

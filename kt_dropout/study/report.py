@@ -2,7 +2,7 @@
 
 Records are grouped by the configuration name the runner stored them under
 (a smoke run scales the network down, so the stored config need not equal
-`CONFIGS[name]`). Verdicts come from `kt_dropout.verdicts.decide_all`.
+`CONFIGS[name]`). Verdicts come from `kt_dropout.study.verdicts.decide_all`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import numpy as np  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
 from kt_dropout.atomic import check_writable_folder  # noqa: E402
-from kt_dropout.experiments import CONFIGS, EXPERIMENTS, Experiment, claims_for, resolve_experiments  # noqa: E402
-from kt_dropout.verdicts import (  # noqa: E402
+from kt_dropout.study.experiments import CONFIGS, EXPERIMENTS, Experiment, claims_for, resolve_experiments  # noqa: E402
+from kt_dropout.study.verdicts import (  # noqa: E402
     MIN_RUNS, ClaimVerdict, decide_all, group_by_name, is_holdout, metric_values, summarize_config,
 )
 

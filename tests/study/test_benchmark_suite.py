@@ -29,7 +29,7 @@ def _pytest(*args, env=None):
 
 
 def test_every_experiment_and_claim_is_collected():
-    from kt_dropout.experiments import CLAIMS, EXPERIMENTS
+    from kt_dropout.study.experiments import CLAIMS, EXPERIMENTS
 
     result = _pytest("benchmarks", "--collect-only", "-q")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -116,8 +116,8 @@ def test_conv_benchmark_checks_and_times_every_formulation(tmp_path):
 def _store(path, accuracies, precision):
     """A real results store of bn and vanilla runs whose best val_accuracy is given per (name, seed)."""
     from kt_dropout.config import Recipe, VGGConfig
-    from kt_dropout.results import ResultStore
-    from kt_dropout.training import make_record
+    from kt_dropout.study.results import ResultStore
+    from kt_dropout.record import make_record
 
     store = ResultStore(path)
     for (name, seed), accuracy in accuracies.items():

@@ -18,10 +18,12 @@ import keras
 import numpy as np
 
 from kt_dropout.config import Recipe, VGGConfig
-from kt_dropout.device_epochs import DeviceEpochs
+from kt_dropout.packing.device_epochs import DeviceEpochs
 from kt_dropout.model import build_model, precision_scope
-from kt_dropout.packed import build_packed_model, member_weights, pack_weights
-from kt_dropout.training import make_record, releasing_traced_gradients, selection_split
+from kt_dropout.packing.model import build_packed_model, member_weights, pack_weights
+from kt_dropout.memory import releasing_traced_gradients
+from kt_dropout.record import make_record
+from kt_dropout.splits import selection_split
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,9 +6,9 @@ import pytest
 from scipy import stats
 
 from kt_dropout.config import Recipe, VGGConfig
-from kt_dropout.experiments import CLAIMS, Comparison
-from kt_dropout.training import make_record
-from kt_dropout.verdicts import compare, decide, decide_all, metric_value, summarize_config
+from kt_dropout.study.experiments import CLAIMS, Comparison
+from kt_dropout.record import make_record
+from kt_dropout.study.verdicts import compare, decide, decide_all, metric_value, summarize_config
 
 
 def run(name, best, *, seed=0, final=None, best_epoch=2, test=None, status="ok"):

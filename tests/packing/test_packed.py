@@ -6,10 +6,10 @@ import pytest
 
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.model import build_model, compile_model
-from kt_dropout.packed import (
+from kt_dropout.packing.model import (
     CONV_IMPLEMENTATIONS, GroupDropout, PackedConv2D, build_packed_model, load_member, member_weights, pack_weights,
 )
-from kt_dropout.packed_training import Member, PackTrainer, plan_packs, train_pack
+from kt_dropout.packing.trainer import Member, PackTrainer, plan_packs, train_pack
 
 TINY = VGGConfig(nfilters=(4, 8, 8), ndense=16)
 
