@@ -143,6 +143,7 @@ def reproduced(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("reproduced")  # one worker builds the module's smoke study once
 def test_reproduce_trains_decides_and_reports(reproduced):
     cwd, result = reproduced
     assert result.returncode == 0, result.stderr
@@ -156,6 +157,7 @@ def test_reproduce_trains_decides_and_reports(reproduced):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("reproduced")  # one worker builds the module's smoke study once
 def test_reproduce_again_trains_nothing(reproduced):
     cwd, first = reproduced
     assert first.returncode == 0, first.stderr
@@ -168,6 +170,7 @@ def test_reproduce_again_trains_nothing(reproduced):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("reproduced")  # one worker builds the module's smoke study once
 def test_reproduce_in_bfloat16_is_a_study_of_its_own(reproduced, tmp_path):
     cwd, first = reproduced
     assert first.returncode == 0, first.stderr
@@ -183,6 +186,7 @@ def test_reproduce_in_bfloat16_is_a_study_of_its_own(reproduced, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("reproduced")  # one worker builds the module's smoke study once
 def test_report_from_a_results_folder(reproduced):
     cwd, first = reproduced
     assert first.returncode == 0, first.stderr
@@ -194,6 +198,7 @@ def test_report_from_a_results_folder(reproduced):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("reproduced")  # one worker builds the module's smoke study once
 def test_merge_copies_missing_runs_once(reproduced):
     cwd, first = reproduced
     assert first.returncode == 0, first.stderr
