@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the project, where `pytest benchmarks` runs
 
 
 def _pytest(*args, env=None):
