@@ -27,6 +27,7 @@ from tabulate import tabulate
 from kt_dropout.tuning import cluster
 from kt_dropout.atomic import check_writable_folder
 from kt_dropout.config import Recipe, VGGConfig
+from kt_dropout.console import eprint
 from kt_dropout.data import data_fingerprint, load_cifar10, synthetic_cifar10
 from kt_dropout.study.experiments import CLAIMS, CONFIGS, EXPERIMENTS, claims_for, resolve_experiments
 from kt_dropout.tuning.hypermodel import PARAMS
@@ -46,10 +47,6 @@ STORE_FOLDER = "store"
 
 class UsageError(Exception):
     """Bad input found after parsing: reported like an argparse error, exit status 2."""
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # --- shared flag groups ----------------------------------------------------------------------------
@@ -177,7 +174,7 @@ def _epoch_line(epochs: int):
     """A Keras callback printing one line per epoch to stderr."""
     def report(epoch: int, logs: dict) -> None:
         metrics = " ".join(f"{k} {v:.4f}" for k, v in logs.items() if isinstance(v, (int, float)))
-        _stderr(f"epoch {epoch + 1}/{epochs} {metrics}")
+        eprint(f"epoch {epoch + 1}/{epochs} {metrics}")
 
     return keras.callbacks.LambdaCallback(on_epoch_end=report)
 
@@ -264,7 +261,7 @@ def cmd_search(args) -> int:
         )
     except SearchFailedError as error:
         lines = str(error).splitlines()
-        _stderr(f"{PROG} search: {lines[0]} {lines[-1].strip() if len(lines) > 1 else ''}".rstrip())
+        eprint(f"{PROG} search: {lines[0]} {lines[-1].strip() if len(lines) > 1 else ''}".rstrip())
         return 1
     if role == "worker":
         print(f"worker {os.environ[cluster.ENV_TUNER_ID]}: {len(result.trials)} trials run and reported")
@@ -294,7 +291,7 @@ def cmd_reproduce(args) -> int:
         selection=args.selection, precision=args.precision, pack_size=1 if args.no_pack else (args.pack_size or 20),
     )
     configs = list(dict.fromkeys(n for name in experiments for n in EXPERIMENTS[name].configs))
-    _stderr(f"{', '.join(experiments)}: {len(configs)} configurations x {len(study.seeds)} seeds")
+    eprint(f"{', '.join(experiments)}: {len(configs)} configurations x {len(study.seeds)} seeds")
     records = [run for runs in study.runs(configs).values() for run in runs]  # trains only what is missing
     claims = [c for name in experiments for c in claims_for(name)]
     decided = {v.claim.id: v for v in decide_all(records, [c for c in claims if c.id in profile.claims])}
@@ -340,7 +337,7 @@ def _one_study(records: list[dict], epochs: int | None) -> list[dict]:
     if len(studies) <= 1:
         return records
     chosen, count = studies.most_common(1)[0]
-    _stderr(f"the store mixes {len(studies)} studies (epochs, recipe, backend, data); reporting the one with "
+    eprint(f"the store mixes {len(studies)} studies (epochs, recipe, backend, data); reporting the one with "
             f"the most runs: {count} runs of {chosen[0]} epochs on {chosen[2]}, data {chosen[3]}")
     return [r for r in records if _study_key(r) == chosen]
 
@@ -487,7 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except (UsageError, ValueError, OSError, ImportError) as error:  # DataError is a ValueError
-        _stderr(f"{PROG} {args.command}: error: {error}")
+        eprint(f"{PROG} {args.command}: error: {error}")
         return 2
 
 

@@ -9,22 +9,18 @@ an interrupted study resumes where it stopped.
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Callable, Iterable
 
 import keras
 
 from kt_dropout.config import Recipe
+from kt_dropout.console import eprint
 from kt_dropout.study.experiments import CONFIGS, EXPERIMENTS, resolve_experiments
 from kt_dropout.packing.trainer import Member, plan_packs, train_pack
 from kt_dropout.study.profiles import Profile
 from kt_dropout.study.results import ResultStore, run_key
 from kt_dropout.training import train
-
-
-def _print(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 class Study:
@@ -44,7 +40,7 @@ class Study:
     def __init__(
         self, profile: Profile, data, data_fingerprint: str, store: ResultStore, *, recipe: Recipe | None = None,
         epochs: int | None = None, seeds: int | None = None, experiments: Iterable[str] | None = None,
-        pack: bool = True, max_pack_size: int = 20, progress: Callable[[str], None] | None = _print, **pack_options,
+        pack: bool = True, max_pack_size: int = 20, progress: Callable[[str], None] | None = eprint, **pack_options,
     ):
         self.profile, self.data, self.fingerprint, self.store = profile, data, data_fingerprint, store
         self.recipe = recipe or Recipe()
@@ -131,7 +127,7 @@ class Study:
 def open_study(
     profile: str, results, *, data_path=None, epochs: int | None = None, seeds: int | None = None,
     selection: str = "test", precision: str = "float32", pack_size: int = 20, experiments: Iterable[str] | None = None,
-    progress: Callable[[str], None] | None = _print,
+    progress: Callable[[str], None] | None = eprint,
 ) -> Study:
     """A `Study` from plain settings, as the CLI and the pytest options give them.
 
