@@ -29,6 +29,7 @@ from kt_dropout.atomic import check_writable_folder
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.console import eprint
 from kt_dropout.data import data_fingerprint, load_cifar10, synthetic_cifar10
+from kt_dropout.record import RunRecord
 from kt_dropout.study.experiments import CLAIMS, CONFIGS, EXPERIMENTS, claims_for, resolve_experiments
 from kt_dropout.tuning.hypermodel import PARAMS
 from kt_dropout.study.profiles import PROFILES, get_profile
@@ -191,17 +192,16 @@ def cmd_train(args) -> int:
             data_fingerprint=data_fingerprint(data), verbose=1 if args.verbose else 0,
             callbacks=[] if args.verbose else [_epoch_line(recipe.epochs)], distributed=args.data_parallel,
         )
-        tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
+        tmp.write_text(json.dumps(record.to_json(), indent=1, sort_keys=True) + "\n", encoding="utf-8")
         os.replace(tmp, output)
     finally:
         tmp.unlink(missing_ok=True)
-    best = record["best_val_accuracy"]
-    print(f"{record['name']} seed {record['seed']}: {record['status']}"
-          + (f" ({record['error']})" if record["error"] else ""))
-    print(f"best val_accuracy {best:.4f} at epoch {record['best_epoch']}/{record['epochs_run']}, "
-          f"{record['seconds_per_epoch']:.2f} s/epoch" if best is not None else "no finite val_accuracy")
+    best = record.best_val_accuracy
+    print(f"{record.name} seed {record.key.seed}: {record.status}" + (f" ({record.error})" if record.error else ""))
+    print(f"best val_accuracy {best:.4f} at epoch {record.best_epoch}/{record.epochs_run}, "
+          f"{record.seconds_per_epoch:.2f} s/epoch" if best is not None else "no finite val_accuracy")
     print(f"record written to {output}")
-    return 0 if record["status"] == "ok" else 1
+    return 0 if record.status == "ok" else 1
 
 
 # --- search ----------------------------------------------------------------------------------------
@@ -321,16 +321,15 @@ def _open_store(results: Path) -> ResultStore:
     return ResultStore(root, create=False)
 
 
-def _study_key(record: dict) -> tuple:
-    return (record.get("epochs"), json.dumps(record.get("recipe"), sort_keys=True), record.get("backend"),
-            record.get("data"))
+def _study_key(record: RunRecord) -> tuple:
+    return record.key.epochs, record.key.recipe, record.key.backend, record.key.data
 
 
-def _one_study(records: list[dict], epochs: int | None) -> list[dict]:
+def _one_study(records: list[RunRecord], epochs: int | None) -> list[RunRecord]:
     """The records of one study: those with --epochs, and of the study with the most runs if still mixed."""
     if epochs is not None:
-        available = sorted({r.get("epochs") for r in records})
-        records = [r for r in records if r.get("epochs") == epochs]
+        available = sorted({r.key.epochs for r in records})
+        records = [r for r in records if r.key.epochs == epochs]
         if not records:
             raise UsageError(f"no runs of {epochs} epochs; the store has runs of {available} epochs")
     studies = Counter(map(_study_key, records))

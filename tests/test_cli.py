@@ -14,8 +14,8 @@ from kt_dropout.cli import space_item
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.study.experiments import CLAIMS, CONFIGS, EXPERIMENTS
 from kt_dropout.study.profiles import PROFILES
+from kt_dropout.record import RunRecord, make_record
 from kt_dropout.study.results import ResultStore
-from kt_dropout.record import make_record
 
 ENV = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
 TINY = ["--synthetic", "128", "64", "--nfilters", "4", "8", "8", "--ndense", "16", "--batch-size", "32"]
@@ -74,10 +74,10 @@ def test_train_writes_a_record_and_refuses_to_overwrite_it(tmp_path):
     assert "epoch 2/2" in result.stderr and "val_accuracy" in result.stderr
     assert "best val_accuracy" in result.stdout
     output = tmp_path / "tmp" / "run.json"
-    record = json.loads(output.read_text())
-    assert record["status"] == "ok"
-    assert len(record["history"]["loss"]) == len(record["history"]["val_accuracy"]) == 2
-    assert record["config"]["nfilters"] == [4, 8, 8] and record["recipe"]["precision"] == "mixed_bfloat16"
+    record = RunRecord.from_json(json.loads(output.read_text()), source=output)
+    assert record.status == "ok"
+    assert len(record.history["loss"]) == len(record.history["val_accuracy"]) == 2
+    assert record.key.config.nfilters == (4, 8, 8) and record.key.recipe.precision == "mixed_bfloat16"
     assert os.listdir(tmp_path / "tmp") == ["run.json"]  # no temp file left behind
 
     before = output.read_bytes()
@@ -176,8 +176,8 @@ def test_reproduce_in_bfloat16_is_a_study_of_its_own(reproduced, tmp_path):
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "training 1 epochs" in result.stderr  # the float32 runs are not reused
-    records = [json.loads(p.read_text()) for p in (tmp_path / "tmp" / "store").glob("*.json") if p.name != "store.json"]
-    assert sorted(r["recipe"].get("precision", "float32") for r in records) == ["float32"] * 4 + ["mixed_bfloat16"] * 4
+    records = ResultStore(tmp_path / "tmp" / "store", create=False).records()
+    assert sorted(r.key.recipe.precision for r in records) == ["float32"] * 4 + ["mixed_bfloat16"] * 4
     report = (tmp_path / "tmp" / "report-smoke" / "report.md").read_text()
     assert re.search(r"\| precision +\| mixed_bfloat16 +\|", report)
 

@@ -18,8 +18,9 @@ from kt_dropout.config import Recipe
 from kt_dropout.console import eprint
 from kt_dropout.study.experiments import CONFIGS, EXPERIMENTS, resolve_experiments
 from kt_dropout.packing.trainer import Member, plan_packs, train_pack
+from kt_dropout.record import RunKey, RunRecord
 from kt_dropout.study.profiles import Profile
-from kt_dropout.study.results import ResultStore, run_key
+from kt_dropout.study.results import ResultStore
 from kt_dropout.training import train
 
 
@@ -51,7 +52,9 @@ class Study:
         self.progress = progress or (lambda message: None)
 
     def _key(self, member: Member) -> str:
-        return run_key(member.config, self.recipe, member.seed, self.epochs, keras.backend.backend(), self.fingerprint)
+        return RunKey(
+            member.config, self.recipe, member.seed, self.epochs, keras.backend.backend(), self.fingerprint
+        ).digest()
 
     def members(self, names: Iterable[str]) -> list[Member]:
         unknown = [n for n in names if n not in CONFIGS]
@@ -59,7 +62,7 @@ class Study:
             raise ValueError(f"unknown configuration(s): {', '.join(unknown)}; known: {', '.join(CONFIGS)}")
         return [Member(n, self.profile.scale(CONFIGS[n]), seed) for n in names for seed in self.seeds]
 
-    def runs(self, names: Iterable[str], *, along: Iterable[str] = ()) -> dict[str, list[dict]]:
+    def runs(self, names: Iterable[str], *, along: Iterable[str] = ()) -> dict[str, list[RunRecord]]:
         """Every seed's run of each named configuration, training the missing ones first.
 
         Missing runs of the configurations in `along` are trained in the same
@@ -72,21 +75,21 @@ class Study:
             self._train(missing)
         return self.stored_runs(names)
 
-    def stored_runs(self, names: Iterable[str]) -> dict[str, list[dict]]:
+    def stored_runs(self, names: Iterable[str]) -> dict[str, list[RunRecord]]:
         """The stored runs of each named configuration (every seed that has one); trains nothing."""
-        runs: dict[str, list[dict]] = {}
+        runs: dict[str, list[RunRecord]] = {}
         for member in self.members(list(dict.fromkeys(names))):
             record = self.store.get(self._key(member))
             if record is not None:
-                runs.setdefault(member.name, []).append({**record, "name": member.name})
+                runs.setdefault(member.name, []).append(record.replace(name=member.name))
         return runs
 
-    def experiment_runs(self, experiment: str) -> dict[str, list[dict]]:
+    def experiment_runs(self, experiment: str) -> dict[str, list[RunRecord]]:
         """An experiment's runs; the first call trains every missing run of the study's experiments."""
         along = [n for e in self.experiments for n in EXPERIMENTS[e].configs]
         return self.runs(EXPERIMENTS[experiment].configs, along=along)
 
-    def records(self) -> list[dict]:
+    def records(self) -> list[RunRecord]:
         """Every stored run of this study's recipe, epochs, backend and data."""
         return self.store.find(
             recipe=self.recipe, epochs=self.epochs, backend=keras.backend.backend(), data_fingerprint=self.fingerprint

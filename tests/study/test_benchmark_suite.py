@@ -17,6 +17,10 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from kt_dropout.config import Recipe, VGGConfig
+from kt_dropout.record import make_record
+from kt_dropout.study.results import ResultStore
+
 ROOT = Path(__file__).resolve().parents[2]  # the project, where `pytest benchmarks` runs
 
 
@@ -57,9 +61,9 @@ def test_smoke_profile_runs_end_to_end_and_resumes(tmp_path):
     assert first.returncode == 0, first.stdout + first.stderr
     store = tmp_path / "store"
     runs = sorted(store.glob("*.json"))
-    records = [json.loads(p.read_text()) for p in runs if p.name != "store.json"]
-    assert sorted((r["name"], r["seed"]) for r in records) == [("bn", 0), ("bn", 1), ("vanilla", 0), ("vanilla", 1)]
-    assert all(r["status"] == "ok" and r["epochs_run"] == 2 and r["pack_size"] == 2 for r in records)
+    records = ResultStore(store, create=False).records()
+    assert sorted((r.name, r.key.seed) for r in records) == [("bn", 0), ("bn", 1), ("vanilla", 0), ("vanilla", 1)]
+    assert all(r.status == "ok" and r.epochs_run == 2 and r.pack_size == 2 for r in records)
     # C4 is not decided by the smoke profile and its configurations are not trained for it.
     assert "C4" in first.stdout and "not decided in the smoke profile" in first.stdout
     report = (tmp_path / "report-smoke" / "report.md").read_text()
@@ -115,10 +119,6 @@ def test_conv_benchmark_checks_and_times_every_formulation(tmp_path):
 
 def _store(path, accuracies, precision):
     """A real results store of bn and vanilla runs whose best val_accuracy is given per (name, seed)."""
-    from kt_dropout.config import Recipe, VGGConfig
-    from kt_dropout.study.results import ResultStore
-    from kt_dropout.record import make_record
-
     store = ResultStore(path)
     for (name, seed), accuracy in accuracies.items():
         history = {"loss": [1.0], "accuracy": [0.5], "val_loss": [1.0], "val_accuracy": [accuracy]}
