@@ -34,7 +34,7 @@ from kt_dropout.study.experiments import CLAIMS, CONFIGS, EXPERIMENTS, claims_fo
 from kt_dropout.tuning.hypermodel import PARAMS
 from kt_dropout.study.profiles import PROFILES, get_profile
 from kt_dropout.study.report import write_report
-from kt_dropout.study.results import MANIFEST_NAME, ResultStore
+from kt_dropout.study.results import MANIFEST_NAME, ResultStore, StudyKey, by_study
 from kt_dropout.study.runner import open_study
 from kt_dropout.tuning.search import TUNERS, SearchFailedError, search
 from kt_dropout.training import train
@@ -321,24 +321,21 @@ def _open_store(results: Path) -> ResultStore:
     return ResultStore(root, create=False)
 
 
-def _study_key(record: RunRecord) -> tuple:
-    return record.key.epochs, record.key.recipe, record.key.backend, record.key.data
-
-
 def _one_study(records: list[RunRecord], epochs: int | None) -> list[RunRecord]:
-    """The records of one study: those with --epochs, and of the study with the most runs if still mixed."""
+    """The records of one study (`StudyKey`): those of --epochs, and of the study with the most runs if still
+    mixed."""
     if epochs is not None:
         available = sorted({r.key.epochs for r in records})
         records = [r for r in records if r.key.epochs == epochs]
         if not records:
             raise UsageError(f"no runs of {epochs} epochs; the store has runs of {available} epochs")
-    studies = Counter(map(_study_key, records))
+    studies = by_study(records)
     if len(studies) <= 1:
         return records
-    chosen, count = studies.most_common(1)[0]
-    eprint(f"the store mixes {len(studies)} studies (epochs, recipe, backend, data); reporting the one with "
-            f"the most runs: {count} runs of {chosen[0]} epochs on {chosen[2]}, data {chosen[3]}")
-    return [r for r in records if _study_key(r) == chosen]
+    chosen, runs = next(iter(studies.items()))
+    eprint(f"the store mixes {len(studies)} studies ({', '.join(StudyKey._fields)}); reporting the one with "
+           f"the most runs: {len(runs)} runs of {chosen.epochs} epochs on {chosen.backend}, data {chosen.data}")
+    return runs
 
 
 def cmd_report(args) -> int:

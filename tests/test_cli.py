@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from kt_dropout.cli import space_item
+from kt_dropout.cli import UsageError, _one_study, space_item
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.study.experiments import CLAIMS, CONFIGS, EXPERIMENTS
 from kt_dropout.study.profiles import PROFILES
@@ -213,6 +213,24 @@ def test_reproduce_rejects_unknown_experiments_and_conflicting_packing(tmp_path)
         run_cli("reproduce", "batchnorm", "--no-pack", "--pack-size", "4", cwd=tmp_path), "reproduce", "--no-pack"
     )
     assert os.listdir(tmp_path) == []
+
+
+def _run(seed, epochs, precision="float32"):
+    return make_record(
+        name="bn", config=VGGConfig(), recipe=Recipe(precision=precision), seed=seed, epochs=epochs,
+        data_fingerprint="data", history={"loss": [1.0], "val_accuracy": [0.5]}, epoch_seconds=[1.0],
+    )
+
+
+def test_report_takes_one_study_of_a_mixed_store(capsys):
+    short = [_run(0, 1), _run(1, 1), _run(2, 1)]
+    long, bf16 = [_run(0, 2), _run(1, 2)], [_run(0, 1, "mixed_bfloat16")]
+    assert _one_study([long[0], *short, long[1], *bf16], None) == short  # the study with the most runs
+    assert "mixes 3 studies" in capsys.readouterr().err
+    assert _one_study([*short, *long, *bf16], 2) == long
+    assert _one_study(short, None) == short and capsys.readouterr().err == ""
+    with pytest.raises(UsageError, match=r"no runs of 5 epochs; the store has runs of \[1, 2\] epochs"):
+        _one_study([*short, *long], 5)
 
 
 def test_report_needs_a_store(tmp_path):

@@ -3,10 +3,11 @@
 Each file holds one `RunRecord` under its `RunKey` (the network, the recipe,
 the seed, the number of epochs, the backend and the data -- not the
 configuration's name, so the same network under two names is trained once),
-and is read back only if it still hashes to its name. Every file is written
-whole (temp file, fsync, `os.replace`): a run killed mid-write leaves either
-the old file or the new one, never half of one, and the store can be copied,
-merged and resumed from.
+and is read back only if it still hashes to its name. Runs that share all of
+the key but the network and the seed form one study (`StudyKey`). Every file
+is written whole (temp file, fsync, `os.replace`): a run killed mid-write
+leaves either the old file or the new one, never half of one, and the store
+can be copied, merged and resumed from.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import errno
 import json
 import re
 import warnings
+from collections import defaultdict
 from pathlib import Path
+from typing import Iterable, NamedTuple
 
 from kt_dropout.atomic import check_writable_folder, write_text
 from kt_dropout.config import Recipe, VGGConfig
@@ -25,6 +28,31 @@ MANIFEST_NAME = "store.json"
 MANIFEST = {"format": "kt-dropout-results", "version": 1}
 
 _RUN_FILE = re.compile(rf"[0-9a-f]{{{KEY_LENGTH}}}\.json")
+
+
+class StudyKey(NamedTuple):
+    """What the runs of one study share: every field of their `RunKey` but the network and the seed.
+
+    Runs that differ in any of these answer different questions (another recipe, length, backend or
+    data set) and are never compared with each other.
+    """
+
+    recipe: Recipe
+    epochs: int
+    backend: str
+    data: str
+
+    @classmethod
+    def of(cls, record: RunRecord) -> "StudyKey":
+        return cls(*(getattr(record.key, field) for field in cls._fields))
+
+
+def by_study(records: Iterable[RunRecord]) -> dict[StudyKey, list[RunRecord]]:
+    """The records grouped into studies, the study with the most runs first (on a tie, the first seen)."""
+    studies = defaultdict(list)
+    for record in records:
+        studies[StudyKey.of(record)].append(record)
+    return dict(sorted(studies.items(), key=lambda study: -len(study[1])))
 
 
 def _is_store_file(name: str) -> bool:

@@ -16,11 +16,11 @@ import keras
 
 from kt_dropout.config import Recipe
 from kt_dropout.console import eprint
-from kt_dropout.study.experiments import CONFIGS, EXPERIMENTS, resolve_experiments
 from kt_dropout.packing.trainer import Member, plan_packs, train_pack
 from kt_dropout.record import RunKey, RunRecord
+from kt_dropout.study.experiments import CONFIGS, EXPERIMENTS, resolve_experiments
 from kt_dropout.study.profiles import Profile
-from kt_dropout.study.results import ResultStore
+from kt_dropout.study.results import ResultStore, StudyKey, by_study
 from kt_dropout.training import train
 
 
@@ -90,10 +90,9 @@ class Study:
         return self.runs(EXPERIMENTS[experiment].configs, along=along)
 
     def records(self) -> list[RunRecord]:
-        """Every stored run of this study's recipe, epochs, backend and data."""
-        return self.store.find(
-            recipe=self.recipe, epochs=self.epochs, backend=keras.backend.backend(), data_fingerprint=self.fingerprint
-        )
+        """Every stored run of this study (`StudyKey`: its recipe, epochs, backend and data)."""
+        key = StudyKey(recipe=self.recipe, epochs=self.epochs, backend=keras.backend.backend(), data=self.fingerprint)
+        return by_study(self.store.records()).get(key, [])
 
     def _train(self, missing: list[Member]) -> None:
         packs = plan_packs(missing, self.max_pack_size) if self.pack else [[m] for m in missing]

@@ -9,7 +9,7 @@ import pytest
 
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.record import RunKey, make_record
-from kt_dropout.study.results import MANIFEST, ResultStore
+from kt_dropout.study.results import MANIFEST, ResultStore, StudyKey, by_study
 from kt_dropout.study.runner import open_study
 
 HISTORY = {"loss": [1.0, 0.8], "accuracy": [0.4, 0.6], "val_loss": [1.1, 0.9], "val_accuracy": [0.45, 0.55]}
@@ -175,6 +175,14 @@ def test_a_study_on_a_read_only_store_is_refused_before_it_trains(read_only_stor
     with pytest.raises(PermissionError, match=re.escape(str(read_only_store))):
         open_study("smoke", read_only_store)
 
+
+def test_a_study_is_every_run_that_shares_recipe_epochs_backend_and_data():
+    one = [record(seed=0), record(seed=1), record(config=VGGConfig(ndense=1024))]  # networks and seeds differ
+    longer, other_data = record(epochs=3), record(data="data-2")
+    studies = by_study([longer, *one, other_data])
+    assert list(studies.values()) == [one, [longer], [other_data]]  # the largest first, then as first seen
+    assert list(studies)[0] == StudyKey(recipe=Recipe(epochs=2), epochs=2, backend=one[0].key.backend, data="data-1")
+    assert StudyKey.of(record(name="alias", seed=5)) == list(studies)[0]
 
 
 COMMITTED_STORES = sorted((Path(__file__).resolve().parents[2] / "benchmarks" / "results").glob("*/store"))
