@@ -17,7 +17,6 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import keras
 from tabulate import tabulate
 
 from kt_dropout.tuning import cluster
-from kt_dropout.atomic import check_writable_folder
+from kt_dropout.atomic import check_writable_folder, write_text
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.console import eprint
 from kt_dropout.data import data_fingerprint, load_cifar10, synthetic_cifar10
@@ -154,21 +153,25 @@ def cmd_experiments(args) -> int:
 # --- train -----------------------------------------------------------------------------------------
 
 
-def _reserve_output(path: Path, force: bool) -> Path:
-    """Refuses an existing `path` without --force and proves its folder writable: returns a temp file there."""
+def _check_output(path: Path, force: bool) -> None:
+    """Refuses, before any training, an output that is a folder, that exists (without --force), or whose
+    folder is missing or cannot be written."""
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; --output takes the record's file name")
     if path.exists() and not force:
         raise UsageError(f"{path} already exists; pass --force to overwrite it")
     if not path.parent.is_dir():
         raise UsageError(f"{path.parent}: no such folder for the output")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise UsageError(f"cannot write to {path.parent}: {e.strerror or e}") from None
-    os.close(fd)
+    check_writable_folder(path.parent)
+
+
+def _write_record(path: Path, record: RunRecord) -> None:
+    """Writes the record's JSON whole or not at all, readable as an ordinary file (`write_text`'s temp file,
+    which it renames, is private)."""
+    write_text(path, json.dumps(record.to_json(), indent=1, sort_keys=True) + "\n")
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the record is an ordinary file
-    return Path(tmp)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _epoch_line(epochs: int):
@@ -184,18 +187,14 @@ def cmd_train(args) -> int:
     """Trains one configuration and writes its run record as JSON."""
     config, recipe = _config(args), _recipe(args)
     output = Path(args.output)
-    tmp = _reserve_output(output, args.force)
-    try:
-        data = _data(args, config)
-        record = train(
-            config, data, recipe=recipe, seed=args.seed, name=args.config or "custom",
-            data_fingerprint=data_fingerprint(data), verbose=1 if args.verbose else 0,
-            callbacks=[] if args.verbose else [_epoch_line(recipe.epochs)], distributed=args.data_parallel,
-        )
-        tmp.write_text(json.dumps(record.to_json(), indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
+    _check_output(output, args.force)
+    data = _data(args, config)
+    record = train(
+        config, data, recipe=recipe, seed=args.seed, name=args.config or "custom",
+        data_fingerprint=data_fingerprint(data), verbose=1 if args.verbose else 0,
+        callbacks=[] if args.verbose else [_epoch_line(recipe.epochs)], distributed=args.data_parallel,
+    )
+    _write_record(output, record)
     best = record.best_val_accuracy
     print(f"{record.name} seed {record.key.seed}: {record.status}" + (f" ({record.error})" if record.error else ""))
     print(f"best val_accuracy {best:.4f} at epoch {record.best_epoch}/{record.epochs_run}, "

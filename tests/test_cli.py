@@ -22,6 +22,12 @@ TINY = ["--synthetic", "128", "64", "--nfilters", "4", "8", "8", "--ndense", "16
 SMOKE = ["--profile", "smoke", "--seeds", "2", "--epochs", "1"]
 
 
+def umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
 def run_cli(*args, cwd):
     return subprocess.run(
         [sys.executable, "-m", "kt_dropout.cli", *map(str, args)], cwd=cwd, env=ENV, capture_output=True, text=True,
@@ -79,6 +85,7 @@ def test_train_writes_a_record_and_refuses_to_overwrite_it(tmp_path):
     assert len(record.history["loss"]) == len(record.history["val_accuracy"]) == 2
     assert record.key.config.nfilters == (4, 8, 8) and record.key.recipe.precision == "mixed_bfloat16"
     assert os.listdir(tmp_path / "tmp") == ["run.json"]  # no temp file left behind
+    assert output.stat().st_mode & 0o777 == 0o666 & ~umask()  # an ordinary file, not the private temp file
 
     before = output.read_bytes()
     again = run_cli(*args, cwd=tmp_path)
@@ -95,6 +102,34 @@ def test_train_writes_a_record_and_refuses_to_overwrite_it(tmp_path):
 def test_train_rejects_bad_input(tmp_path, args, fragments):
     assert_usage_error(run_cli("train", *args, cwd=tmp_path), "train", *fragments)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("output, fragments", [
+    ("out", ["out is a folder", "--output"]),
+    ("taken.json", ["taken.json already exists", "--force"]),
+    ("file.txt/run.json", ["file.txt: no such folder"]),
+])
+def test_train_refuses_an_output_it_could_not_write_before_training(tmp_path, output, fragments):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "taken.json").write_text("mine")
+    (tmp_path / "file.txt").write_text("mine")
+    force = ["--force"] if output == "out" else []  # a folder is refused even with --force
+    result = run_cli("train", "--synthetic", "8", "8", "--output", output, *force, cwd=tmp_path)
+    assert_usage_error(result, "train", *fragments)
+    assert len(result.stderr.strip().splitlines()) == 1  # no epoch lines: nothing was trained
+    assert sorted(os.listdir(tmp_path)) == ["file.txt", "out", "taken.json"] and not os.listdir(tmp_path / "out")
+    assert (tmp_path / "taken.json").read_text() == "mine"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_train_refuses_an_unwritable_output_folder_before_training(tmp_path):
+    (tmp_path / "locked").mkdir(mode=0o500)
+    try:
+        result = run_cli("train", "--synthetic", "8", "8", "--output", "locked/run.json", cwd=tmp_path)
+        assert_usage_error(result, "train", "cannot write to locked", "Permission denied")
+        assert len(result.stderr.strip().splitlines()) == 1 and os.listdir(tmp_path / "locked") == []
+    finally:
+        (tmp_path / "locked").chmod(0o700)
 
 
 def test_data_and_synthetic_conflict(tmp_path):
