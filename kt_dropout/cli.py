@@ -5,6 +5,7 @@
     kt-dropout search --max-trials 20      Keras Tuner search over the dropout rates
     kt-dropout reproduce batchnorm         train an experiment (resumable), decide its claims, report
     kt-dropout report kt_results           rewrite the report from stored runs
+    kt-dropout compare REF OTHER           pair two studies' runs: do their accuracies and verdicts agree?
 
 Every error is one line on stderr, `kt-dropout <command>: error: ...`, and exit
 status 2 (1 when a search ran but every trial failed).
@@ -29,6 +30,7 @@ from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.console import eprint
 from kt_dropout.data import data_fingerprint, load_cifar10, synthetic_cifar10
 from kt_dropout.record import RunRecord
+from kt_dropout.study.compare import DEFAULT_CLAIMS, comparison
 from kt_dropout.study.experiments import CLAIMS, CONFIGS, EXPERIMENTS, claims_for, resolve_experiments
 from kt_dropout.tuning.hypermodel import PARAMS
 from kt_dropout.study.profiles import PROFILES, get_profile
@@ -359,6 +361,14 @@ def cmd_merge(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    """Pairs the runs of two studies and prints, as Markdown, how their accuracies and verdicts differ."""
+    claims = [c.strip() for c in args.claims.split(",") if c.strip()]
+    reference, other = (_open_store(Path(results)).records() for results in (args.reference, args.other))
+    sys.stdout.write(comparison(reference, other, claims))
+    return 0
+
+
 # --- parser ----------------------------------------------------------------------------------------
 
 
@@ -467,6 +477,16 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("results", metavar="RESULTS", help="the results folder (or store) to merge into; created "
                                                           "if missing")
     merge.add_argument("sources", nargs="+", metavar="SOURCE", help="results folders or stores to copy runs from")
+
+    compare = command("compare", cmd_compare, "pair two studies' runs: do accuracies and verdicts agree?",
+                      "Pairs the successful runs of two studies by configuration name, seed, epochs and data, "
+                      "whatever else differs (e.g. float32 against mixed_bfloat16), and prints as Markdown the "
+                      "paired difference OTHER - REFERENCE of the accuracy per configuration and over all pairs "
+                      "with 95% t intervals, then each claim decided in both on the paired runs only.")
+    compare.add_argument("reference", metavar="REF", help="results folder or store of the reference study")
+    compare.add_argument("other", metavar="OTHER", help="results folder or store of the study to compare with it")
+    compare.add_argument("--claims", default=",".join(DEFAULT_CLAIMS), metavar="C1,C3",
+                         help=f"claims to decide in both, comma-separated [{','.join(DEFAULT_CLAIMS)}]")
     return parser
 
 

@@ -44,7 +44,7 @@ def assert_usage_error(result, command, *fragments):
 
 
 @pytest.mark.parametrize("command, flags", [
-    ([], ["experiments", "train", "search", "reproduce", "report", "merge"]),
+    ([], ["experiments", "train", "search", "reproduce", "report", "merge", "compare"]),
     (["experiments"], []),
     (["train"], ["--config", "--nfilters", "--no-batchnorm", "--dropout-conv", "--input-shape", "--learning-rate",
                  "--selection", "--holdout", "--precision", "--seed", "--data", "--synthetic", "--output", "--force", "--verbose"]),
@@ -55,6 +55,7 @@ def assert_usage_error(result, command, *fragments):
                      "--no-pack"]),
     (["report"], ["RESULTS", "--out", "--epochs"]),
     (["merge"], ["RESULTS", "SOURCE"]),
+    (["compare"], ["REF", "OTHER", "--claims"]),
 ])
 def test_help(tmp_path, command, flags):
     result = run_cli(*command, "--help", cwd=tmp_path)
