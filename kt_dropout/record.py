@@ -273,7 +273,10 @@ def make_record(
             status, error = "failed", str(diverged)
     env = environment()
     return RunRecord(
-        key=RunKey(config, recipe, int(seed), int(epochs), env["backend"], data_fingerprint),
+        key=RunKey(
+            config=config, recipe=recipe, seed=int(seed), epochs=int(epochs), backend=env["backend"],
+            data=data_fingerprint,
+        ),
         name=name,
         status=status,
         error=error,

@@ -53,7 +53,8 @@ class Study:
 
     def _key(self, member: Member) -> str:
         return RunKey(
-            member.config, self.recipe, member.seed, self.epochs, keras.backend.backend(), self.fingerprint
+            config=member.config, recipe=self.recipe, seed=member.seed, epochs=self.epochs,
+            backend=keras.backend.backend(), data=self.fingerprint,
         ).digest()
 
     def members(self, names: Iterable[str]) -> list[Member]:
