@@ -181,12 +181,12 @@ def _fit_row(data, recipe, profile, epochs, variant: str = "") -> dict:
     config = profile.scale(CONFIGS["conv0.2+dense0.5"])
     recipe = recipe.replace(**(parse_fit_variant(variant) if variant else {}))
     record = train(config, data, recipe=recipe, epochs=epochs, verbose=0)
-    steady = record["seconds_per_epoch"]
-    history = record["history"]
+    steady = record.seconds_per_epoch
+    history = record.history
     return {
         "way": "keras.fit, one model" + (f", {variant}" if variant else ""), "models": 1,
         "variant": f"keras.fit+{variant}" if variant else "keras.fit",
-        "first_epoch_s": record["first_epoch_seconds"], "epoch_s": steady, "s_per_model_epoch": steady,
+        "first_epoch_s": record.first_epoch_seconds, "epoch_s": steady, "s_per_model_epoch": steady,
         "device_bytes_in_use": _device_bytes_in_use(),
         "member_loss": [[v] for v in history["loss"]], "member_accuracy": [[v] for v in history["accuracy"]],
         "member_val_accuracy": [[v] for v in history["val_accuracy"]],

@@ -14,7 +14,8 @@
 # - conv (KT_CONV_SECONDS, 120): benchmarks/bench_conv.py, one packed convolution written five ways. ~60 s.
 # - quick (KT_QUICK_SECONDS, 300): the suite's quick profile (KT_PROFILE) with KT_SEEDS (3) seeds in
 #   KT_PRECISION (mixed_bfloat16), from scratch into its own store, to compare its runs and verdicts with the
-#   float32 runs of the same seeds in results/quick-h100/store. ~220 s expected.
+#   float32 runs of the same seeds in results/quick-h100/store (afterwards, on the results that came back:
+#   `kt-dropout compare benchmarks/results/quick-h100/store STORE > comparison.md`). ~220 s expected.
 #
 # KT_SPEED_WIDTHS (full) is the speed benchmark's --kt-profile (smoke shrinks the networks, for a dry run on a
 # CPU); the benchmarks' own KT_SPEED_* / KT_CONV_* settings are defaulted below when unset.

@@ -5,6 +5,7 @@
     kt-dropout search --max-trials 20      Keras Tuner search over the dropout rates
     kt-dropout reproduce batchnorm         train an experiment (resumable), decide its claims, report
     kt-dropout report kt_results           rewrite the report from stored runs
+    kt-dropout compare REF OTHER           pair two studies' runs: do their accuracies and verdicts agree?
 
 Every error is one line on stderr, `kt-dropout <command>: error: ...`, and exit
 status 2 (1 when a search ran but every trial failed).
@@ -17,7 +18,6 @@ import dataclasses
 import json
 import os
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -25,14 +25,17 @@ import keras
 from tabulate import tabulate
 
 from kt_dropout.tuning import cluster
-from kt_dropout.atomic import check_writable_folder
+from kt_dropout.atomic import check_writable_folder, write_text
 from kt_dropout.config import Recipe, VGGConfig
+from kt_dropout.console import eprint
 from kt_dropout.data import data_fingerprint, load_cifar10, synthetic_cifar10
+from kt_dropout.record import RunRecord
+from kt_dropout.study.compare import DEFAULT_CLAIMS, comparison
 from kt_dropout.study.experiments import CLAIMS, CONFIGS, EXPERIMENTS, claims_for, resolve_experiments
 from kt_dropout.tuning.hypermodel import PARAMS
 from kt_dropout.study.profiles import PROFILES, get_profile
 from kt_dropout.study.report import write_report
-from kt_dropout.study.results import MANIFEST_NAME, ResultStore
+from kt_dropout.study.results import MANIFEST_NAME, ResultStore, StudyKey, by_study
 from kt_dropout.study.runner import open_study
 from kt_dropout.tuning.search import TUNERS, SearchFailedError, search
 from kt_dropout.training import train
@@ -46,10 +49,6 @@ STORE_FOLDER = "store"
 
 class UsageError(Exception):
     """Bad input found after parsing: reported like an argparse error, exit status 2."""
-
-
-def _stderr(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # --- shared flag groups ----------------------------------------------------------------------------
@@ -156,28 +155,32 @@ def cmd_experiments(args) -> int:
 # --- train -----------------------------------------------------------------------------------------
 
 
-def _reserve_output(path: Path, force: bool) -> Path:
-    """Refuses an existing `path` without --force and proves its folder writable: returns a temp file there."""
+def _check_output(path: Path, force: bool) -> None:
+    """Refuses, before any training, an output that is a folder, that exists (without --force), or whose
+    folder is missing or cannot be written."""
+    if path.is_dir():
+        raise UsageError(f"{path} is a folder; --output takes the record's file name")
     if path.exists() and not force:
         raise UsageError(f"{path} already exists; pass --force to overwrite it")
     if not path.parent.is_dir():
         raise UsageError(f"{path.parent}: no such folder for the output")
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as e:
-        raise UsageError(f"cannot write to {path.parent}: {e.strerror or e}") from None
-    os.close(fd)
+    check_writable_folder(path.parent)
+
+
+def _write_record(path: Path, record: RunRecord) -> None:
+    """Writes the record's JSON whole or not at all, readable as an ordinary file (`write_text`'s temp file,
+    which it renames, is private)."""
+    write_text(path, json.dumps(record.to_json(), indent=1, sort_keys=True) + "\n")
     umask = os.umask(0)
     os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the record is an ordinary file
-    return Path(tmp)
+    os.chmod(path, 0o666 & ~umask)
 
 
 def _epoch_line(epochs: int):
     """A Keras callback printing one line per epoch to stderr."""
     def report(epoch: int, logs: dict) -> None:
         metrics = " ".join(f"{k} {v:.4f}" for k, v in logs.items() if isinstance(v, (int, float)))
-        _stderr(f"epoch {epoch + 1}/{epochs} {metrics}")
+        eprint(f"epoch {epoch + 1}/{epochs} {metrics}")
 
     return keras.callbacks.LambdaCallback(on_epoch_end=report)
 
@@ -186,25 +189,20 @@ def cmd_train(args) -> int:
     """Trains one configuration and writes its run record as JSON."""
     config, recipe = _config(args), _recipe(args)
     output = Path(args.output)
-    tmp = _reserve_output(output, args.force)
-    try:
-        data = _data(args, config)
-        record = train(
-            config, data, recipe=recipe, seed=args.seed, name=args.config or "custom",
-            data_fingerprint=data_fingerprint(data), verbose=1 if args.verbose else 0,
-            callbacks=[] if args.verbose else [_epoch_line(recipe.epochs)], distributed=args.data_parallel,
-        )
-        tmp.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, output)
-    finally:
-        tmp.unlink(missing_ok=True)
-    best = record["best_val_accuracy"]
-    print(f"{record['name']} seed {record['seed']}: {record['status']}"
-          + (f" ({record['error']})" if record["error"] else ""))
-    print(f"best val_accuracy {best:.4f} at epoch {record['best_epoch']}/{record['epochs_run']}, "
-          f"{record['seconds_per_epoch']:.2f} s/epoch" if best is not None else "no finite val_accuracy")
+    _check_output(output, args.force)
+    data = _data(args, config)
+    record = train(
+        config, data, recipe=recipe, seed=args.seed, name=args.config or "custom",
+        data_fingerprint=data_fingerprint(data), verbose=1 if args.verbose else 0,
+        callbacks=[] if args.verbose else [_epoch_line(recipe.epochs)], distributed=args.data_parallel,
+    )
+    _write_record(output, record)
+    best = record.best_val_accuracy
+    print(f"{record.name} seed {record.key.seed}: {record.status}" + (f" ({record.error})" if record.error else ""))
+    print(f"best val_accuracy {best:.4f} at epoch {record.best_epoch}/{record.epochs_run}, "
+          f"{record.seconds_per_epoch:.2f} s/epoch" if best is not None else "no finite val_accuracy")
     print(f"record written to {output}")
-    return 0 if record["status"] == "ok" else 1
+    return 0 if record.status == "ok" else 1
 
 
 # --- search ----------------------------------------------------------------------------------------
@@ -264,7 +262,7 @@ def cmd_search(args) -> int:
         )
     except SearchFailedError as error:
         lines = str(error).splitlines()
-        _stderr(f"{PROG} search: {lines[0]} {lines[-1].strip() if len(lines) > 1 else ''}".rstrip())
+        eprint(f"{PROG} search: {lines[0]} {lines[-1].strip() if len(lines) > 1 else ''}".rstrip())
         return 1
     if role == "worker":
         print(f"worker {os.environ[cluster.ENV_TUNER_ID]}: {len(result.trials)} trials run and reported")
@@ -294,7 +292,7 @@ def cmd_reproduce(args) -> int:
         selection=args.selection, precision=args.precision, pack_size=1 if args.no_pack else (args.pack_size or 20),
     )
     configs = list(dict.fromkeys(n for name in experiments for n in EXPERIMENTS[name].configs))
-    _stderr(f"{', '.join(experiments)}: {len(configs)} configurations x {len(study.seeds)} seeds")
+    eprint(f"{', '.join(experiments)}: {len(configs)} configurations x {len(study.seeds)} seeds")
     records = [run for runs in study.runs(configs).values() for run in runs]  # trains only what is missing
     claims = [c for name in experiments for c in claims_for(name)]
     decided = {v.claim.id: v for v in decide_all(records, [c for c in claims if c.id in profile.claims])}
@@ -324,25 +322,21 @@ def _open_store(results: Path) -> ResultStore:
     return ResultStore(root, create=False)
 
 
-def _study_key(record: dict) -> tuple:
-    return (record.get("epochs"), json.dumps(record.get("recipe"), sort_keys=True), record.get("backend"),
-            record.get("data"))
-
-
-def _one_study(records: list[dict], epochs: int | None) -> list[dict]:
-    """The records of one study: those with --epochs, and of the study with the most runs if still mixed."""
+def _one_study(records: list[RunRecord], epochs: int | None) -> list[RunRecord]:
+    """The records of one study (`StudyKey`): those of --epochs, and of the study with the most runs if still
+    mixed."""
     if epochs is not None:
-        available = sorted({r.get("epochs") for r in records})
-        records = [r for r in records if r.get("epochs") == epochs]
+        available = sorted({r.key.epochs for r in records})
+        records = [r for r in records if r.key.epochs == epochs]
         if not records:
             raise UsageError(f"no runs of {epochs} epochs; the store has runs of {available} epochs")
-    studies = Counter(map(_study_key, records))
+    studies = by_study(records)
     if len(studies) <= 1:
         return records
-    chosen, count = studies.most_common(1)[0]
-    _stderr(f"the store mixes {len(studies)} studies (epochs, recipe, backend, data); reporting the one with "
-            f"the most runs: {count} runs of {chosen[0]} epochs on {chosen[2]}, data {chosen[3]}")
-    return [r for r in records if _study_key(r) == chosen]
+    chosen, runs = next(iter(studies.items()))
+    eprint(f"the store mixes {len(studies)} studies ({', '.join(StudyKey._fields)}); reporting the one with "
+           f"the most runs: {len(runs)} runs of {chosen.epochs} epochs on {chosen.backend}, data {chosen.data}")
+    return runs
 
 
 def cmd_report(args) -> int:
@@ -364,6 +358,14 @@ def cmd_merge(args) -> int:
     target = ResultStore(_store_root(Path(args.results)))
     copied = sum(target.merge(source) for source in sources)
     print(f"{copied} run(s) merged into {target.root}; it holds {len(target)}")
+    return 0
+
+
+def cmd_compare(args) -> int:
+    """Pairs the runs of two studies and prints, as Markdown, how their accuracies and verdicts differ."""
+    claims = [c.strip() for c in args.claims.split(",") if c.strip()]
+    reference, other = (_open_store(Path(results)).records() for results in (args.reference, args.other))
+    sys.stdout.write(comparison(reference, other, claims))
     return 0
 
 
@@ -475,6 +477,16 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("results", metavar="RESULTS", help="the results folder (or store) to merge into; created "
                                                           "if missing")
     merge.add_argument("sources", nargs="+", metavar="SOURCE", help="results folders or stores to copy runs from")
+
+    compare = command("compare", cmd_compare, "pair two studies' runs: do accuracies and verdicts agree?",
+                      "Pairs the successful runs of two studies by configuration name, seed, epochs and data, "
+                      "whatever else differs (e.g. float32 against mixed_bfloat16), and prints as Markdown the "
+                      "paired difference OTHER - REFERENCE of the accuracy per configuration and over all pairs "
+                      "with 95% t intervals, then each claim decided in both on the paired runs only.")
+    compare.add_argument("reference", metavar="REF", help="results folder or store of the reference study")
+    compare.add_argument("other", metavar="OTHER", help="results folder or store of the study to compare with it")
+    compare.add_argument("--claims", default=",".join(DEFAULT_CLAIMS), metavar="C1,C3",
+                         help=f"claims to decide in both, comma-separated [{','.join(DEFAULT_CLAIMS)}]")
     return parser
 
 
@@ -487,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1
     except (UsageError, ValueError, OSError, ImportError) as error:  # DataError is a ValueError
-        _stderr(f"{PROG} {args.command}: error: {error}")
+        eprint(f"{PROG} {args.command}: error: {error}")
         return 2
 
 

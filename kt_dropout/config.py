@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
+from typing import Any, Callable
 
 NUM_BLOCKS = 3
 
@@ -30,6 +30,7 @@ def spatial_sizes(input_size: int) -> list[int]:
 
 
 def check_rate(field: str, value: Any) -> float:
+    """A dropout rate: a number in [0, 1)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"{field}: a dropout rate must be a number, got {value!r}")
     if math.isnan(value) or not 0.0 <= value < 1.0:
@@ -41,6 +42,33 @@ def check_positive_int(field: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         raise ValueError(f"{field}: must be a positive integer, got {value!r}")
     return value
+
+
+def check_positive_number(field: str, value: Any) -> float:
+    """A positive finite number (a bool is not one, though Python counts it as an int)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{field}: must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def check_bool(field: str, value: Any) -> bool:
+    """True or False only: 0, 1 and "yes" would pass a truthiness test and mean something else."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{field}: must be True or False, got {value!r}")
+    return value
+
+
+def check_choice(field: str, value: Any, choices: tuple) -> Any:
+    if value not in choices:
+        raise ValueError(f"{field}: must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_tuple(field: str, value: Any, length: int, what: str, check: Callable[[str, Any], Any]) -> tuple:
+    """`value` (a list or tuple of `length` items) as a tuple, each item validated as `field[i]` by `check`."""
+    if not isinstance(value, (list, tuple)) or len(value) != length:
+        raise ValueError(f"{field}: need {what}, got {value!r}")
+    return tuple(check(f"{field}[{i}]", item) for i, item in enumerate(value))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,29 +95,18 @@ class VGGConfig:
     input_shape: tuple[int, int, int] = (32, 32, 3)
 
     def __post_init__(self):
-        nfilters = tuple(self.nfilters) if isinstance(self.nfilters, (list, tuple)) else self.nfilters
-        if not isinstance(nfilters, tuple) or len(nfilters) != NUM_BLOCKS:
-            raise ValueError(f"nfilters: need one filter count per conv block ({NUM_BLOCKS}), got {self.nfilters!r}")
-        for i, n in enumerate(nfilters):
-            check_positive_int(f"nfilters[{i}]", n)
-        rates = tuple(self.dropout_conv) if isinstance(self.dropout_conv, (list, tuple)) else self.dropout_conv
-        if not isinstance(rates, tuple) or len(rates) != NUM_BLOCKS:
-            raise ValueError(
-                f"dropout_conv: need one rate per conv block ({NUM_BLOCKS}), got {self.dropout_conv!r}"
-            )
-        rates = tuple(check_rate(f"dropout_conv[{i}]", r) for i, r in enumerate(rates))
+        nfilters = check_tuple(
+            "nfilters", self.nfilters, NUM_BLOCKS, f"one filter count per conv block ({NUM_BLOCKS})", check_positive_int
+        )
+        rates = check_tuple("dropout_conv", self.dropout_conv, NUM_BLOCKS, f"one rate per conv block ({NUM_BLOCKS})",
+                            check_rate)
         check_positive_int("ndense", self.ndense)
-        if not isinstance(self.batchnorm, bool):
-            raise ValueError(f"batchnorm: must be True or False, got {self.batchnorm!r}")
+        check_bool("batchnorm", self.batchnorm)
         dense_rate = check_rate("dropout_dense", self.dropout_dense)
         check_positive_int("num_classes", self.num_classes)
         if self.num_classes < 2:
             raise ValueError(f"num_classes: a classifier needs at least 2 classes, got {self.num_classes}")
-        shape = tuple(self.input_shape) if isinstance(self.input_shape, (list, tuple)) else self.input_shape
-        if not isinstance(shape, tuple) or len(shape) != 3:
-            raise ValueError(f"input_shape: must be (height, width, channels), got {self.input_shape!r}")
-        for i, n in enumerate(shape):
-            check_positive_int(f"input_shape[{i}]", n)
+        shape = check_tuple("input_shape", self.input_shape, 3, "(height, width, channels)", check_positive_int)
         for side in shape[:2]:
             if spatial_sizes(side)[-1] < 1:
                 raise ValueError(
@@ -151,21 +168,15 @@ class Recipe:
     PRECISIONS = ("float32", "mixed_bfloat16")
 
     def __post_init__(self):
-        lr = self.learning_rate
-        if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
-            raise ValueError(f"learning_rate: must be a positive finite number, got {lr!r}")
+        learning_rate = check_positive_number("learning_rate", self.learning_rate)
         check_positive_int("batch_size", self.batch_size)
         check_positive_int("epochs", self.epochs)
-        scale = self.pixel_scale
-        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
-            raise ValueError(f"pixel_scale: must be a positive finite number, got {scale!r}")
-        if self.selection not in self.SELECTIONS:
-            raise ValueError(f"selection: must be one of {self.SELECTIONS}, got {self.selection!r}")
+        pixel_scale = check_positive_number("pixel_scale", self.pixel_scale)
+        check_choice("selection", self.selection, self.SELECTIONS)
         check_positive_int("holdout", self.holdout)
-        if self.precision not in self.PRECISIONS:
-            raise ValueError(f"precision: must be one of {self.PRECISIONS}, got {self.precision!r}")
-        object.__setattr__(self, "learning_rate", float(lr))
-        object.__setattr__(self, "pixel_scale", float(scale))
+        check_choice("precision", self.precision, self.PRECISIONS)
+        object.__setattr__(self, "learning_rate", learning_rate)
+        object.__setattr__(self, "pixel_scale", pixel_scale)
 
     def replace(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **changes)

@@ -12,7 +12,7 @@ from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.distribution import data_parallel, describe
 from kt_dropout.memory import releasing_traced_gradients
 from kt_dropout.model import build_compiled
-from kt_dropout.record import make_record
+from kt_dropout.record import RunRecord, make_record
 from kt_dropout.splits import prepare_splits
 
 
@@ -29,8 +29,13 @@ def train(
     verbose: int | str = "auto",
     on_model: Callable[[keras.Model], None] | None = None,
     distributed: bool = False,
-) -> dict:
-    """Trains one configuration with `keras.Model.fit` and returns its run record.
+) -> RunRecord:
+    """Trains one configuration with `keras.Model.fit` and returns its `RunRecord`.
+
+    The record holds what determines the run (`record.key`), its history and best epoch
+    (`record.best_val_accuracy`, ...), its timings, environment and status: a run whose loss turned
+    NaN or infinite is stopped there and returned with `status="failed"` and the reason in `error`,
+    not raised. `record.to_json()` is its stored form, what `kt-dropout train` writes.
 
     Args:
         data: `((x_train, y_train), (x_test, y_test))` as `load_cifar10` returns.

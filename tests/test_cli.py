@@ -10,16 +10,22 @@ import sys
 
 import pytest
 
-from kt_dropout.cli import space_item
+from kt_dropout.cli import UsageError, _one_study, space_item
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.study.experiments import CLAIMS, CONFIGS, EXPERIMENTS
 from kt_dropout.study.profiles import PROFILES
+from kt_dropout.record import RunRecord, make_record
 from kt_dropout.study.results import ResultStore
-from kt_dropout.record import make_record
 
 ENV = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
 TINY = ["--synthetic", "128", "64", "--nfilters", "4", "8", "8", "--ndense", "16", "--batch-size", "32"]
 SMOKE = ["--profile", "smoke", "--seeds", "2", "--epochs", "1"]
+
+
+def umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def run_cli(*args, cwd):
@@ -38,7 +44,7 @@ def assert_usage_error(result, command, *fragments):
 
 
 @pytest.mark.parametrize("command, flags", [
-    ([], ["experiments", "train", "search", "reproduce", "report", "merge"]),
+    ([], ["experiments", "train", "search", "reproduce", "report", "merge", "compare"]),
     (["experiments"], []),
     (["train"], ["--config", "--nfilters", "--no-batchnorm", "--dropout-conv", "--input-shape", "--learning-rate",
                  "--selection", "--holdout", "--precision", "--seed", "--data", "--synthetic", "--output", "--force", "--verbose"]),
@@ -49,6 +55,7 @@ def assert_usage_error(result, command, *fragments):
                      "--no-pack"]),
     (["report"], ["RESULTS", "--out", "--epochs"]),
     (["merge"], ["RESULTS", "SOURCE"]),
+    (["compare"], ["REF", "OTHER", "--claims"]),
 ])
 def test_help(tmp_path, command, flags):
     result = run_cli(*command, "--help", cwd=tmp_path)
@@ -74,11 +81,12 @@ def test_train_writes_a_record_and_refuses_to_overwrite_it(tmp_path):
     assert "epoch 2/2" in result.stderr and "val_accuracy" in result.stderr
     assert "best val_accuracy" in result.stdout
     output = tmp_path / "tmp" / "run.json"
-    record = json.loads(output.read_text())
-    assert record["status"] == "ok"
-    assert len(record["history"]["loss"]) == len(record["history"]["val_accuracy"]) == 2
-    assert record["config"]["nfilters"] == [4, 8, 8] and record["recipe"]["precision"] == "mixed_bfloat16"
+    record = RunRecord.from_json(json.loads(output.read_text()), source=output)
+    assert record.status == "ok"
+    assert len(record.history["loss"]) == len(record.history["val_accuracy"]) == 2
+    assert record.key.config.nfilters == (4, 8, 8) and record.key.recipe.precision == "mixed_bfloat16"
     assert os.listdir(tmp_path / "tmp") == ["run.json"]  # no temp file left behind
+    assert output.stat().st_mode & 0o777 == 0o666 & ~umask()  # an ordinary file, not the private temp file
 
     before = output.read_bytes()
     again = run_cli(*args, cwd=tmp_path)
@@ -95,6 +103,34 @@ def test_train_writes_a_record_and_refuses_to_overwrite_it(tmp_path):
 def test_train_rejects_bad_input(tmp_path, args, fragments):
     assert_usage_error(run_cli("train", *args, cwd=tmp_path), "train", *fragments)
     assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("output, fragments", [
+    ("out", ["out is a folder", "--output"]),
+    ("taken.json", ["taken.json already exists", "--force"]),
+    ("file.txt/run.json", ["file.txt: no such folder"]),
+])
+def test_train_refuses_an_output_it_could_not_write_before_training(tmp_path, output, fragments):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "taken.json").write_text("mine")
+    (tmp_path / "file.txt").write_text("mine")
+    force = ["--force"] if output == "out" else []  # a folder is refused even with --force
+    result = run_cli("train", "--synthetic", "8", "8", "--output", output, *force, cwd=tmp_path)
+    assert_usage_error(result, "train", *fragments)
+    assert len(result.stderr.strip().splitlines()) == 1  # no epoch lines: nothing was trained
+    assert sorted(os.listdir(tmp_path)) == ["file.txt", "out", "taken.json"] and not os.listdir(tmp_path / "out")
+    assert (tmp_path / "taken.json").read_text() == "mine"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_train_refuses_an_unwritable_output_folder_before_training(tmp_path):
+    (tmp_path / "locked").mkdir(mode=0o500)
+    try:
+        result = run_cli("train", "--synthetic", "8", "8", "--output", "locked/run.json", cwd=tmp_path)
+        assert_usage_error(result, "train", "cannot write to locked", "Permission denied")
+        assert len(result.stderr.strip().splitlines()) == 1 and os.listdir(tmp_path / "locked") == []
+    finally:
+        (tmp_path / "locked").chmod(0o700)
 
 
 def test_data_and_synthetic_conflict(tmp_path):
@@ -179,8 +215,8 @@ def test_reproduce_in_bfloat16_is_a_study_of_its_own(reproduced, tmp_path):
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "training 1 epochs" in result.stderr  # the float32 runs are not reused
-    records = [json.loads(p.read_text()) for p in (tmp_path / "tmp" / "store").glob("*.json") if p.name != "store.json"]
-    assert sorted(r["recipe"].get("precision", "float32") for r in records) == ["float32"] * 4 + ["mixed_bfloat16"] * 4
+    records = ResultStore(tmp_path / "tmp" / "store", create=False).records()
+    assert sorted(r.key.recipe.precision for r in records) == ["float32"] * 4 + ["mixed_bfloat16"] * 4
     report = (tmp_path / "tmp" / "report-smoke" / "report.md").read_text()
     assert re.search(r"\| precision +\| mixed_bfloat16 +\|", report)
 
@@ -218,6 +254,24 @@ def test_reproduce_rejects_unknown_experiments_and_conflicting_packing(tmp_path)
         run_cli("reproduce", "batchnorm", "--no-pack", "--pack-size", "4", cwd=tmp_path), "reproduce", "--no-pack"
     )
     assert os.listdir(tmp_path) == []
+
+
+def _run(seed, epochs, precision="float32"):
+    return make_record(
+        name="bn", config=VGGConfig(), recipe=Recipe(precision=precision), seed=seed, epochs=epochs,
+        data_fingerprint="data", history={"loss": [1.0], "val_accuracy": [0.5]}, epoch_seconds=[1.0],
+    )
+
+
+def test_report_takes_one_study_of_a_mixed_store(capsys):
+    short = [_run(0, 1), _run(1, 1), _run(2, 1)]
+    long, bf16 = [_run(0, 2), _run(1, 2)], [_run(0, 1, "mixed_bfloat16")]
+    assert _one_study([long[0], *short, long[1], *bf16], None) == short  # the study with the most runs
+    assert "mixes 3 studies" in capsys.readouterr().err
+    assert _one_study([*short, *long, *bf16], 2) == long
+    assert _one_study(short, None) == short and capsys.readouterr().err == ""
+    with pytest.raises(UsageError, match=r"no runs of 5 epochs; the store has runs of \[1, 2\] epochs"):
+        _one_study([*short, *long], 5)
 
 
 def test_report_needs_a_store(tmp_path):

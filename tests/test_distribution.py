@@ -19,6 +19,7 @@ import keras
 import pytest
 
 from kt_dropout import distribution
+from kt_dropout.record import RunRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "KT_DISTRIBUTION_RESULT "
@@ -173,9 +174,9 @@ def test_cli_train_data_parallel_records_the_distribution(tmp_path):
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    record = json.loads((tmp_path / "run.json").read_text())
-    assert record["status"] == "ok" and record["distribution"] == "DataParallel over 2 devices"
-    assert record["devices"] == ["cpu:0", "cpu:1"]
+    record = RunRecord.from_json(json.loads((tmp_path / "run.json").read_text()), source="run.json")
+    assert record.status == "ok" and record.distribution == "DataParallel over 2 devices"
+    assert record.devices == ("cpu:0", "cpu:1")
 
 
 SEARCH_SCRIPT = """

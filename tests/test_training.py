@@ -16,12 +16,12 @@ TINY = VGGConfig(nfilters=(4, 8, 8), ndense=16)
 def test_train_records_history_best_epoch_and_timing():
     data = synthetic_cifar10(n_train=192, n_test=64)
     record = train(TINY, data, recipe=Recipe(batch_size=32), epochs=3, seed=1, name="tiny", verbose=0)
-    assert record["status"] == "ok" and record["name"] == "tiny" and record["epochs_run"] == 3
-    val = record["history"]["val_accuracy"]
-    assert len(val) == 3 and record["best_val_accuracy"] == max(val)
-    assert record["best_epoch"] == val.index(max(val)) + 1
-    assert record["seconds_per_epoch"] > 0 and record["first_epoch_seconds"] > 0
-    assert record["config"] == TINY.to_dict() and record["recipe"]["batch_size"] == 32
+    assert record.status == "ok" and record.name == "tiny" and record.epochs_run == 3
+    val = record.history["val_accuracy"]
+    assert len(val) == 3 and record.best_val_accuracy == max(val)
+    assert record.best_epoch == val.index(max(val)) + 1
+    assert record.seconds_per_epoch > 0 and record.first_epoch_seconds > 0
+    assert record.key.config == TINY and record.key.recipe.batch_size == 32
 
 
 def test_a_bfloat16_recipe_builds_the_network_in_mixed_precision_with_a_float32_softmax():
@@ -32,8 +32,8 @@ def test_a_bfloat16_recipe_builds_the_network_in_mixed_precision_with_a_float32_
     assert model.get_layer("block1_conv1").compute_dtype == "bfloat16"
     assert model.get_layer("block1_conv1").variable_dtype == "float32"
     assert model.get_layer("predictions").compute_dtype == "float32"
-    assert record["status"] == "ok" and record["recipe"]["precision"] == "mixed_bfloat16"
-    assert all(np.isfinite(record["history"]["loss"]))
+    assert record.status == "ok" and record.key.recipe.precision == "mixed_bfloat16"
+    assert all(np.isfinite(record.history["loss"]))
     assert keras.config.dtype_policy().name == "float32"  # the global policy is restored
 
 
@@ -43,15 +43,15 @@ def test_holdout_mode_selects_on_training_data_and_scores_the_test_set():
     assert len(splits.x_train) == 160 and len(splits.x_val) == 32 and len(splits.x_test) == 64
     np.testing.assert_array_equal(splits.x_val, data[0][0][160:].astype("float32") / 256)
     record = train(TINY, data, recipe=Recipe(selection="holdout", holdout=32), epochs=2, verbose=0)
-    test = record["history"]["test_accuracy"]
-    assert record["test_accuracy"] == test[record["best_epoch"] - 1]
+    test = record.history["test_accuracy"]
+    assert record.test_accuracy == test[record.best_epoch - 1]
 
 
 def test_a_diverging_run_is_stopped_and_recorded_as_failed():
     data = synthetic_cifar10(n_train=128, n_test=32)
     record = train(TINY, data, recipe=Recipe(learning_rate=1e38, pixel_scale=1e30), epochs=5, verbose=0)
-    assert record["status"] == "failed" and re.search(r"loss became (nan|inf|-inf) in epoch \d", record["error"])
-    assert record["epochs_run"] < 5
+    assert record.status == "failed" and re.search(r"loss became (nan|inf|-inf) in epoch \d", record.error)
+    assert record.epochs_run < 5
 
 
 def test_summarize_history_picks_the_first_best_epoch():

@@ -25,7 +25,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from kt_dropout.config import NUM_BLOCKS, VGGConfig
+from kt_dropout.config import NUM_BLOCKS, VGGConfig, check_choice
 
 
 class GroupDropout(keras.layers.Layer):
@@ -72,10 +72,8 @@ class PackedConv2D(keras.layers.Layer):
 
     def __init__(self, members: int, filters: int, padding: str = "same", implementation: str = "im2col", **kwargs):
         super().__init__(**kwargs)
-        if implementation not in CONV_IMPLEMENTATIONS[1:]:
-            raise ValueError(f"implementation: must be one of {CONV_IMPLEMENTATIONS[1:]}, got {implementation!r}")
-        if padding not in ("same", "valid"):
-            raise ValueError(f"padding: must be 'same' or 'valid', got {padding!r}")
+        check_choice("implementation", implementation, CONV_IMPLEMENTATIONS[1:])
+        check_choice("padding", padding, ("same", "valid"))
         self.members, self.filters, self.padding, self.implementation = members, filters, padding, implementation
 
     def build(self, input_shape):
@@ -160,8 +158,7 @@ def build_packed_model(
     uint8 would drop their fractions.
     """
     check_packable(configs)
-    if conv_implementation not in CONV_IMPLEMENTATIONS:
-        raise ValueError(f"conv_implementation: must be one of {CONV_IMPLEMENTATIONS}, got {conv_implementation!r}")
+    check_choice("conv_implementation", conv_implementation, CONV_IMPLEMENTATIONS)
     k = len(configs)
     groups = list(input_groups) if input_groups is not None else [0] * k
     if len(groups) != k:

@@ -22,7 +22,7 @@ from kt_dropout.packing.device_epochs import DeviceEpochs
 from kt_dropout.model import build_model, precision_scope
 from kt_dropout.packing.model import build_packed_model, member_weights, pack_weights
 from kt_dropout.memory import releasing_traced_gradients
-from kt_dropout.record import make_record
+from kt_dropout.record import RunRecord, make_record
 from kt_dropout.splits import selection_split
 
 
@@ -221,8 +221,8 @@ def train_pack(
     members: list[Member], data, *, recipe: Recipe | None = None, epochs: int | None = None,
     data_fingerprint: str = "unknown", on_epoch: Callable[[int, dict], None] | None = None,
     steps_per_execution: int = 1, device_data: bool | None = None, conv_implementation: str = "grouped",
-) -> list[dict]:
-    """Trains a pack and returns one run record per member, in order.
+) -> list[RunRecord]:
+    """Trains a pack and returns one `RunRecord` per member, in order.
 
     A member whose loss turns NaN or infinite is recorded as failed at that
     epoch; the others train on (members never share weights).

@@ -18,6 +18,7 @@ import numpy as np  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
 from kt_dropout.atomic import check_writable_folder  # noqa: E402
+from kt_dropout.record import RunRecord  # noqa: E402
 from kt_dropout.study.experiments import CONFIGS, EXPERIMENTS, Experiment, claims_for, resolve_experiments  # noqa: E402
 from kt_dropout.study.verdicts import (  # noqa: E402
     MIN_RUNS, ClaimVerdict, decide_all, group_by_name, is_holdout, metric_values, summarize_config,
@@ -31,7 +32,7 @@ BEST_ACCURACY_FIGURE = "best-accuracy.png"
 
 
 def write_report(
-    records: list[dict], out_dir, *, experiments: Iterable[str] | None = None, confidence: float = 0.95,
+    records: list[RunRecord], out_dir, *, experiments: Iterable[str] | None = None, confidence: float = 0.95,
 ) -> Path:
     """Writes `out_dir/report.md` and its figures; returns the Markdown file's path.
 
@@ -85,17 +86,17 @@ def _distinct(values: Iterable) -> str:
     return ", ".join(found) if found else "—"
 
 
-def _header(records: list[dict]) -> str:
+def _header(records: list[RunRecord]) -> str:
     environment = [
-        ("records", f"{len(records)} ({sum(r.get('status') != 'ok' for r in records)} failed)"),
-        ("backend", _distinct(r.get("backend") for r in records)),
+        ("records", f"{len(records)} ({sum(r.status != 'ok' for r in records)} failed)"),
+        ("backend", _distinct(r.key.backend for r in records)),
         ("versions", _distinct(_versions(r) for r in records)),
-        ("machines", _distinct(r.get("machine") for r in records)),
-        ("devices", _distinct(", ".join(r.get("devices", [])) for r in records)),
-        ("data fingerprint", _distinct(r.get("data") for r in records)),
+        ("machines", _distinct(r.machine for r in records)),
+        ("devices", _distinct(", ".join(r.devices) for r in records)),
+        ("data fingerprint", _distinct(r.key.data for r in records)),
         ("selection", _distinct(SELECTION_MODES[is_holdout(r)] for r in records)),
-        ("precision", _distinct(r["recipe"].get("precision", "float32") for r in records)),
-        ("epochs", _distinct(r.get("epochs") for r in records)),
+        ("precision", _distinct(r.key.recipe.precision for r in records)),
+        ("epochs", _distinct(r.key.epochs for r in records)),
         ("seeds", _seeds(records)),
     ]
     return "# Dropout with batch normalization on CIFAR-10: results\n\n" + tabulate(
@@ -103,12 +104,12 @@ def _header(records: list[dict]) -> str:
     )
 
 
-def _versions(record: dict) -> str:
-    return ", ".join(f"{k} {v}" for k, v in sorted(record.get("versions", {}).items()))
+def _versions(record: RunRecord) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(record.versions.items()))
 
 
-def _seeds(records: list[dict]) -> str:
-    seeds = sorted({r["seed"] for r in records})
+def _seeds(records: list[RunRecord]) -> str:
+    seeds = sorted({r.key.seed for r in records})
     return f"{len(seeds)} ({', '.join(map(str, seeds))})" if seeds else "0"
 
 
@@ -129,7 +130,7 @@ def _number(value, fmt: str) -> str:
     return "—" if value is None else format(value, fmt)
 
 
-def _config_table(names: Iterable[str], groups: dict[str, list[dict]], holdout: bool) -> str:
+def _config_table(names: Iterable[str], groups: dict[str, list[RunRecord]], holdout: bool) -> str:
     rows = []
     for name in names:
         s = summarize_config(groups.get(name, []))
@@ -176,11 +177,11 @@ def _cell(text) -> str:
     return text if len(text) <= 300 else text[:297] + "..."
 
 
-def _failed_runs(records: list[dict]) -> str:
-    failed = [r for r in records if r.get("status") != "ok"]
+def _failed_runs(records: list[RunRecord]) -> str:
+    failed = [r for r in records if r.status != "ok"]
     if not failed:
         return "## Failed runs\n\nNone."
-    rows = [(r["name"], r["seed"], _cell(r.get("error") or "no error recorded")) for r in failed]
+    rows = [(r.name, r.key.seed, _cell(r.error or "no error recorded")) for r in failed]
     return "## Failed runs\n\n" + tabulate(
         rows, headers=["configuration", "seed", "error"], tablefmt="github", disable_numparse=True
     )
@@ -189,9 +190,9 @@ def _failed_runs(records: list[dict]) -> str:
 # --- Figures --------------------------------------------------------------------------------------------
 
 
-def _curves(runs: list[dict]) -> np.ndarray:
+def _curves(runs: list[RunRecord]) -> np.ndarray:
     """Successful runs' validation accuracy per epoch, one row per seed, NaN-padded to the longest run."""
-    curves = [r["history"].get("val_accuracy", []) for r in runs if r.get("status") == "ok"]
+    curves = [r.history.get("val_accuracy", ()) for r in runs if r.status == "ok"]
     table = np.full((len(curves), max(map(len, curves), default=0)), np.nan)
     for row, curve in zip(table, curves):
         row[: len(curve)] = curve
@@ -220,7 +221,7 @@ def _plot_curves(experiment: Experiment, groups: dict, out_dir: Path, holdout: b
     return name
 
 
-def _plot_best_accuracy(groups: dict[str, list[dict]], path: Path, holdout: bool) -> None:
+def _plot_best_accuracy(groups: dict[str, list[RunRecord]], path: Path, holdout: bool) -> None:
     """Every seed's accuracy as a point and the mean ± sd as a bar, one row per configuration."""
     names = [n for n in CONFIGS if n in groups] + sorted(n for n in groups if n not in CONFIGS)
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(names) + 1.5))

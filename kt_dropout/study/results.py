@@ -1,56 +1,58 @@
 """The results store: one JSON file per run, keyed by what determines the run.
 
-A run is identified by the network, the recipe, the seed, the number of
-epochs, the backend and the data -- not by the configuration's name, so the
-same network under two names is trained once. Every file is written whole
-(temp file, fsync, `os.replace`): a run killed mid-write leaves either the old
-file or the new one, never half of one, and the store can be copied, merged
-and resumed from.
+Each file holds one `RunRecord` under its `RunKey` (the network, the recipe,
+the seed, the number of epochs, the backend and the data -- not the
+configuration's name, so the same network under two names is trained once),
+and is read back only if it still hashes to its name. Runs that share all of
+the key but the network and the seed form one study (`StudyKey`). Every file
+is written whole (temp file, fsync, `os.replace`): a run killed mid-write
+leaves either the old file or the new one, never half of one, and the store
+can be copied, merged and resumed from.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import re
 import warnings
+from collections import defaultdict
 from pathlib import Path
+from typing import Iterable, NamedTuple
 
 from kt_dropout.atomic import check_writable_folder, write_text
 from kt_dropout.config import Recipe, VGGConfig
+from kt_dropout.record import KEY_LENGTH, RunRecord, canonical_json
 
 MANIFEST_NAME = "store.json"
 MANIFEST = {"format": "kt-dropout-results", "version": 1}
-KEY_LENGTH = 20
 
 _RUN_FILE = re.compile(rf"[0-9a-f]{{{KEY_LENGTH}}}\.json")
-_KEY_FIELDS = ("config", "recipe", "seed", "epochs", "backend", "data")
 
 
-def run_key(config: VGGConfig, recipe: Recipe, seed: int, epochs: int, backend: str, data_fingerprint: str) -> str:
-    """The first 20 hex digits of the sha256 of a canonical JSON of the run's defining fields."""
-    fields = {
-        "config": config.to_dict(),
-        "recipe": recipe.to_dict(),
-        "seed": int(seed),
-        "epochs": int(epochs),
-        "backend": backend,
-        "data": data_fingerprint,
-    }
-    return hashlib.sha256(_canonical(fields).encode()).hexdigest()[:KEY_LENGTH]
+class StudyKey(NamedTuple):
+    """What the runs of one study share: every field of their `RunKey` but the network and the seed.
+
+    Runs that differ in any of these answer different questions (another recipe, length, backend or
+    data set) and are never compared with each other.
+    """
+
+    recipe: Recipe
+    epochs: int
+    backend: str
+    data: str
+
+    @classmethod
+    def of(cls, record: RunRecord) -> "StudyKey":
+        return cls(*(getattr(record.key, field) for field in cls._fields))
 
 
-def record_key(record: dict) -> str:
-    """`run_key` of a stored record; config and recipe go through their classes so equal values hash equally."""
-    return run_key(
-        VGGConfig.from_dict(record["config"]), Recipe.from_dict(record["recipe"]),
-        record["seed"], record["epochs"], record["backend"], record["data"],
-    )
-
-
-def _canonical(value) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+def by_study(records: Iterable[RunRecord]) -> dict[StudyKey, list[RunRecord]]:
+    """The records grouped into studies, the study with the most runs first (on a tie, the first seen)."""
+    studies = defaultdict(list)
+    for record in records:
+        studies[StudyKey.of(record)].append(record)
+    return dict(sorted(studies.items(), key=lambda study: -len(study[1])))
 
 
 def _is_store_file(name: str) -> bool:
@@ -58,11 +60,13 @@ def _is_store_file(name: str) -> bool:
     return name == MANIFEST_NAME or bool(_RUN_FILE.fullmatch(name)) or (name.startswith(".") and name.endswith(".tmp"))
 
 
-def _read_record(path: Path) -> dict:
-    record = json.loads(path.read_text(encoding="utf-8"))
-    if not isinstance(record, dict) or any(field not in record for field in _KEY_FIELDS):
-        raise ValueError("not a run record (a JSON object with " + ", ".join(_KEY_FIELDS) + ")")
-    return record
+def _read_record(path: Path) -> RunRecord:
+    """The record in a run file, which must be stored under its own key."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise ValueError(f"{path}: not JSON ({e})") from None
+    return RunRecord.from_json(data, source=path, key=path.stem)
 
 
 def _folder_error(error: OSError, what: str, folder: Path) -> OSError:
@@ -132,46 +136,46 @@ class ResultStore:
     def _run_files(self) -> list[Path]:
         return sorted(p for p in self.root.iterdir() if _RUN_FILE.fullmatch(p.name))
 
-    def _load(self, path: Path) -> dict | None:
+    def _load(self, path: Path) -> RunRecord | None:
         """The record in `path`, or None with a warning naming the file when it cannot be read."""
         try:
             return _read_record(path)
-        except (OSError, ValueError) as e:
-            warnings.warn(f"results store: skipping unreadable run file {path}: {e}", stacklevel=3)
+        except (OSError, ValueError) as e:  # either names the file
+            warnings.warn(f"results store: skipping an unreadable run file: {e}", stacklevel=3)
             return None
 
     def __len__(self) -> int:
         """The number of run files (a corrupt one counts until it is rewritten)."""
         return len(self._run_files())
 
-    def put(self, record: dict) -> str:
+    def put(self, record: RunRecord) -> str:
         """Stores `record` under its key, replacing an earlier record of the same run; returns the key."""
-        key = record_key(record)
-        self._write_json(self.root / f"{key}.json", record)
+        key = record.key.digest()
+        self._write_json(self.root / f"{key}.json", record.to_json())
         return key
 
-    def get(self, key: str, *, ok_only: bool = False) -> dict | None:
+    def get(self, key: str, *, ok_only: bool = False) -> RunRecord | None:
         """The record stored under `key`; None when there is none, or with `ok_only` when that run failed."""
         path = self.root / f"{key}.json"
         record = self._load(path) if path.is_file() else None
-        if record is None or (ok_only and record.get("status") != "ok"):
+        if record is None or (ok_only and record.status != "ok"):
             return None
         return record
 
-    def records(self) -> list[dict]:
+    def records(self) -> list[RunRecord]:
         """Every readable record, failed runs included, in key order."""
         return [r for r in map(self._load, self._run_files()) if r is not None]
 
     def find(
         self, *, config: VGGConfig | None = None, recipe: Recipe | None = None, epochs: int | None = None,
         backend: str | None = None, data_fingerprint: str | None = None,
-    ) -> list[dict]:
+    ) -> list[RunRecord]:
         """The records matching every given criterion (None matches anything)."""
         wanted = {
             "config": config, "recipe": recipe, "epochs": epochs, "backend": backend, "data": data_fingerprint,
         }
         wanted = {field: value for field, value in wanted.items() if value is not None}
-        return [r for r in self.records() if all(_field(r, f) == v for f, v in wanted.items())]
+        return [r for r in self.records() if all(getattr(r.key, f) == v for f, v in wanted.items())]
 
     def merge(self, other_root) -> int:
         """Copies in the runs of the store at `other_root` that this one lacks; returns how many.
@@ -182,12 +186,13 @@ class ResultStore:
         """
         copied, conflicts = 0, []
         for record in ResultStore(other_root, create=False).records():
-            mine = self.get(record_key(record))
-            if mine is None or (mine.get("status") != "ok" and record.get("status") == "ok"):
+            key = record.key.digest()
+            mine = self.get(key)
+            if mine is None or (mine.status != "ok" and record.status == "ok"):
                 self.put(record)
                 copied += 1
-            elif _canonical(mine) != _canonical(record):
-                conflicts.append(record_key(record))
+            elif canonical_json(mine.to_json()) != canonical_json(record.to_json()):
+                conflicts.append(key)
         if conflicts:
             warnings.warn(
                 f"results store {self.root}: kept this store's record for {len(conflicts)} run(s) that "
@@ -195,9 +200,3 @@ class ResultStore:
                 stacklevel=2,
             )
         return copied
-
-
-def _field(record: dict, field: str):
-    """A record field as the value `find` compares with: config and recipe as their classes."""
-    parse = {"config": VGGConfig.from_dict, "recipe": Recipe.from_dict}.get(field)
-    return parse(record[field]) if parse else record.get(field)

@@ -9,22 +9,19 @@ an interrupted study resumes where it stopped.
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Callable, Iterable
 
 import keras
 
 from kt_dropout.config import Recipe
-from kt_dropout.study.experiments import CONFIGS, EXPERIMENTS, resolve_experiments
+from kt_dropout.console import eprint
 from kt_dropout.packing.trainer import Member, plan_packs, train_pack
+from kt_dropout.record import RunKey, RunRecord
+from kt_dropout.study.experiments import CONFIGS, EXPERIMENTS, resolve_experiments
 from kt_dropout.study.profiles import Profile
-from kt_dropout.study.results import ResultStore, run_key
+from kt_dropout.study.results import ResultStore, StudyKey, by_study
 from kt_dropout.training import train
-
-
-def _print(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 class Study:
@@ -44,7 +41,7 @@ class Study:
     def __init__(
         self, profile: Profile, data, data_fingerprint: str, store: ResultStore, *, recipe: Recipe | None = None,
         epochs: int | None = None, seeds: int | None = None, experiments: Iterable[str] | None = None,
-        pack: bool = True, max_pack_size: int = 20, progress: Callable[[str], None] | None = _print, **pack_options,
+        pack: bool = True, max_pack_size: int = 20, progress: Callable[[str], None] | None = eprint, **pack_options,
     ):
         self.profile, self.data, self.fingerprint, self.store = profile, data, data_fingerprint, store
         self.recipe = recipe or Recipe()
@@ -55,7 +52,10 @@ class Study:
         self.progress = progress or (lambda message: None)
 
     def _key(self, member: Member) -> str:
-        return run_key(member.config, self.recipe, member.seed, self.epochs, keras.backend.backend(), self.fingerprint)
+        return RunKey(
+            config=member.config, recipe=self.recipe, seed=member.seed, epochs=self.epochs,
+            backend=keras.backend.backend(), data=self.fingerprint,
+        ).digest()
 
     def members(self, names: Iterable[str]) -> list[Member]:
         unknown = [n for n in names if n not in CONFIGS]
@@ -63,7 +63,7 @@ class Study:
             raise ValueError(f"unknown configuration(s): {', '.join(unknown)}; known: {', '.join(CONFIGS)}")
         return [Member(n, self.profile.scale(CONFIGS[n]), seed) for n in names for seed in self.seeds]
 
-    def runs(self, names: Iterable[str], *, along: Iterable[str] = ()) -> dict[str, list[dict]]:
+    def runs(self, names: Iterable[str], *, along: Iterable[str] = ()) -> dict[str, list[RunRecord]]:
         """Every seed's run of each named configuration, training the missing ones first.
 
         Missing runs of the configurations in `along` are trained in the same
@@ -76,25 +76,24 @@ class Study:
             self._train(missing)
         return self.stored_runs(names)
 
-    def stored_runs(self, names: Iterable[str]) -> dict[str, list[dict]]:
+    def stored_runs(self, names: Iterable[str]) -> dict[str, list[RunRecord]]:
         """The stored runs of each named configuration (every seed that has one); trains nothing."""
-        runs: dict[str, list[dict]] = {}
+        runs: dict[str, list[RunRecord]] = {}
         for member in self.members(list(dict.fromkeys(names))):
             record = self.store.get(self._key(member))
             if record is not None:
-                runs.setdefault(member.name, []).append({**record, "name": member.name})
+                runs.setdefault(member.name, []).append(record.replace(name=member.name))
         return runs
 
-    def experiment_runs(self, experiment: str) -> dict[str, list[dict]]:
+    def experiment_runs(self, experiment: str) -> dict[str, list[RunRecord]]:
         """An experiment's runs; the first call trains every missing run of the study's experiments."""
         along = [n for e in self.experiments for n in EXPERIMENTS[e].configs]
         return self.runs(EXPERIMENTS[experiment].configs, along=along)
 
-    def records(self) -> list[dict]:
-        """Every stored run of this study's recipe, epochs, backend and data."""
-        return self.store.find(
-            recipe=self.recipe, epochs=self.epochs, backend=keras.backend.backend(), data_fingerprint=self.fingerprint
-        )
+    def records(self) -> list[RunRecord]:
+        """Every stored run of this study (`StudyKey`: its recipe, epochs, backend and data)."""
+        key = StudyKey(recipe=self.recipe, epochs=self.epochs, backend=keras.backend.backend(), data=self.fingerprint)
+        return by_study(self.store.records()).get(key, [])
 
     def _train(self, missing: list[Member]) -> None:
         packs = plan_packs(missing, self.max_pack_size) if self.pack else [[m] for m in missing]
@@ -131,7 +130,7 @@ class Study:
 def open_study(
     profile: str, results, *, data_path=None, epochs: int | None = None, seeds: int | None = None,
     selection: str = "test", precision: str = "float32", pack_size: int = 20, experiments: Iterable[str] | None = None,
-    progress: Callable[[str], None] | None = _print,
+    progress: Callable[[str], None] | None = eprint,
 ) -> Study:
     """A `Study` from plain settings, as the CLI and the pytest options give them.
 

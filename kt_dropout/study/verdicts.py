@@ -19,18 +19,19 @@ from typing import Iterable
 import numpy as np
 from scipy import stats
 
+from kt_dropout.record import RunRecord
 from kt_dropout.study.experiments import CLAIMS, METRICS, Claim, Comparison
 
 SUPPORTED, CONTRADICTED, UNRESOLVED, INSUFFICIENT = "supported", "contradicted", "unresolved", "insufficient"
 MIN_RUNS = 2  # a t interval needs a sample variance
 
 
-def is_holdout(record: dict) -> bool:
+def is_holdout(record: RunRecord) -> bool:
     """Whether the record's best epoch was selected on a holdout split rather than on the test set."""
-    return record["recipe"].get("selection") == "holdout"
+    return record.key.recipe.selection == "holdout"
 
 
-def metric_value(record: dict, metric: str) -> float | None:
+def metric_value(record: RunRecord, metric: str) -> float | None:
     """One run's value of a metric of `METRICS`.
 
     The accuracy metric is the accuracy at the selected epoch on data the
@@ -39,18 +40,18 @@ def metric_value(record: dict, metric: str) -> float | None:
     Degradation is always measured on the curve the epoch was selected on.
     """
     if metric == "best_val_accuracy":
-        return record["test_accuracy"] if is_holdout(record) else record["best_val_accuracy"]
+        return record.test_accuracy if is_holdout(record) else record.best_val_accuracy
     if metric == "best_epoch":
-        return record["best_epoch"]
+        return record.best_epoch
     if metric == "degradation":
-        best, final = record["best_val_accuracy"], record["final_val_accuracy"]
+        best, final = record.best_val_accuracy, record.final_val_accuracy
         return None if best is None or final is None else best - final
     raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
 
 
-def metric_values(runs: Iterable[dict], metric: str) -> list[float]:
+def metric_values(runs: Iterable[RunRecord], metric: str) -> list[float]:
     """The metric over the successful runs (failed runs, and runs without a finite value, do not count)."""
-    values = (metric_value(r, metric) for r in runs if r.get("status") == "ok")
+    values = (metric_value(r, metric) for r in runs if r.status == "ok")
     return [float(v) for v in values if v is not None and math.isfinite(v)]
 
 
@@ -58,19 +59,19 @@ def _mean(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def summarize_config(runs: Iterable[dict]) -> dict:
+def summarize_config(runs: Iterable[RunRecord]) -> dict:
     """n, mean and sd (ddof=1) of the accuracy metric, and means of best epoch, final accuracy and s/epoch."""
     runs = list(runs)
     accuracy = metric_values(runs, "best_val_accuracy")
-    ok = [r for r in runs if r.get("status") == "ok"]
-    seconds = [r["seconds_per_epoch"] for r in ok if r.get("seconds_per_epoch") is not None]
+    ok = [r for r in runs if r.status == "ok"]
+    seconds = [r.seconds_per_epoch for r in ok if r.seconds_per_epoch is not None]
     return {
         "n": len(accuracy),
-        "failed": sum(r.get("status") != "ok" for r in runs),
+        "failed": sum(r.status != "ok" for r in runs),
         "accuracy_mean": _mean(accuracy),
         "accuracy_sd": float(np.std(accuracy, ddof=1)) if len(accuracy) >= MIN_RUNS else None,
         "best_epoch_mean": _mean(metric_values(runs, "best_epoch")),
-        "final_val_accuracy_mean": _mean([r["final_val_accuracy"] for r in ok if r["final_val_accuracy"] is not None]),
+        "final_val_accuracy_mean": _mean([r.final_val_accuracy for r in ok if r.final_val_accuracy is not None]),
         "seconds_per_epoch_mean": _mean(seconds),
     }
 
@@ -133,7 +134,7 @@ def _interval(a: list[float], b: list[float] | None, confidence: float) -> tuple
 
 
 def compare(
-    comparison: Comparison, runs_by_config: dict[str, list[dict]], confidence: float = 0.95
+    comparison: Comparison, runs_by_config: dict[str, list[RunRecord]], confidence: float = 0.95
 ) -> ComparisonVerdict:
     """Decides one comparison from the runs of its configurations (missing configurations have no runs)."""
     a = metric_values(runs_by_config.get(comparison.a, []), comparison.metric)
@@ -168,22 +169,22 @@ def _claim_status(statuses: list[str]) -> str:
     return UNRESOLVED
 
 
-def decide(claim: Claim, runs_by_config: dict[str, list[dict]], confidence: float = 0.95) -> ClaimVerdict:
+def decide(claim: Claim, runs_by_config: dict[str, list[RunRecord]], confidence: float = 0.95) -> ClaimVerdict:
     """Supported when every comparison is; contradicted when any is; insufficient when data is missing."""
     verdicts = tuple(compare(c, runs_by_config, confidence) for c in claim.comparisons)
     return ClaimVerdict(claim, _claim_status([v.status for v in verdicts]), verdicts)
 
 
-def group_by_name(records: Iterable[dict]) -> dict[str, list[dict]]:
+def group_by_name(records: Iterable[RunRecord]) -> dict[str, list[RunRecord]]:
     """Records by configuration name (the name the runner stored them under)."""
     groups = defaultdict(list)
     for record in records:
-        groups[record["name"]].append(record)
+        groups[record.name].append(record)
     return dict(groups)
 
 
 def decide_all(
-    records: Iterable[dict], claims: Iterable[Claim] | None = None, confidence: float = 0.95
+    records: Iterable[RunRecord], claims: Iterable[Claim] | None = None, confidence: float = 0.95
 ) -> list[ClaimVerdict]:
     """Every claim (all of `CLAIMS` by default) decided from a flat list of records."""
     runs_by_config = group_by_name(records)

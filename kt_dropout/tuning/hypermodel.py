@@ -8,14 +8,15 @@ instead of as a failed trial hours later.
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 from typing import Any, Callable
 
 import keras_tuner
 import numpy as np
 
-from kt_dropout.config import NUM_BLOCKS, Recipe, VGGConfig, check_positive_int, check_rate
+from kt_dropout.config import (
+    NUM_BLOCKS, Recipe, VGGConfig, check_bool, check_choice, check_positive_int, check_positive_number, check_rate,
+)
 from kt_dropout.model import build_compiled
 from kt_dropout.callbacks import check_finite, recipe_callbacks
 from kt_dropout.memory import releasing_traced_gradients
@@ -25,18 +26,6 @@ DROPOUT_NAMES = (*(f"dropout_conv_{block}" for block in range(1, NUM_BLOCKS + 1)
 DEFAULT_SPACE = types.MappingProxyType({name: (0.0, 0.5, 0.1) for name in DROPOUT_NAMES})
 _RANGE_KEYS = ("min", "max", "step", "sampling")
 _SAMPLINGS = ("linear", "log", "reverse_log")
-
-
-def _check_positive(field: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{field}: must be a positive finite number, got {value!r}")
-    return float(value)
-
-
-def _check_bool(field: str, value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{field}: must be True or False, got {value!r}")
-    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,9 +40,9 @@ class _Param:
 PARAMS = {
     **{name: _Param(check_rate, "Float") for name in DROPOUT_NAMES},
     "ndense": _Param(check_positive_int, "Int"),
-    "width": _Param(_check_positive, "Float"),
-    "batchnorm": _Param(_check_bool, None),
-    "learning_rate": _Param(_check_positive, "Float", sampling="log"),
+    "width": _Param(check_positive_number, "Float"),
+    "batchnorm": _Param(check_bool, None),
+    "learning_rate": _Param(check_positive_number, "Float", sampling="log"),
 }
 
 
@@ -209,10 +198,10 @@ def _range(param: _Param, low, high, step=None, sampling=None) -> tuple[str, dic
     low, high = param.check("min", low), param.check("max", high)
     if low > high:
         raise ValueError(f"min {low!r} is greater than max {high!r}")
-    if sampling not in (None, *_SAMPLINGS):
-        raise ValueError(f"sampling must be one of {', '.join(_SAMPLINGS)}, got {sampling!r}")
+    if sampling is not None:
+        check_choice("sampling", sampling, _SAMPLINGS)
     if step is not None:
-        step = (check_positive_int if param.range_type == "Int" else _check_positive)("step", step)
+        step = (check_positive_int if param.range_type == "Int" else check_positive_number)("step", step)
     return param.range_type, {"min_value": low, "max_value": high, "step": step, "sampling": sampling or param.sampling}
 
 

@@ -151,19 +151,19 @@ def test_train_pack_records_each_member():
     data = _data()
     members = [Member("bn", TINY, 0), Member("conv", TINY.replace(dropout_conv=(0.5, 0.5, 0.5)), 0)]
     records = train_pack(members, data, recipe=Recipe(batch_size=64), epochs=2, data_fingerprint="fp")
-    assert [r["name"] for r in records] == ["bn", "conv"]
+    assert [r.name for r in records] == ["bn", "conv"]
     for r in records:
-        assert r["status"] == "ok" and r["pack_size"] == 2 and r["epochs_run"] == 2
-        assert len(r["history"]["val_accuracy"]) == 2 and 1 <= r["best_epoch"] <= 2
-        assert r["best_val_accuracy"] == max(r["history"]["val_accuracy"])
+        assert r.status == "ok" and r.pack_size == 2 and r.epochs_run == 2
+        assert len(r.history["val_accuracy"]) == 2 and 1 <= r.best_epoch <= 2
+        assert r.best_val_accuracy == max(r.history["val_accuracy"])
 
 
 def test_train_pack_holdout_mode_scores_the_test_set():
     records = train_pack(
         [Member("bn", TINY, 0)], _data(), recipe=Recipe(selection="holdout", holdout=64), epochs=1
     )
-    assert records[0]["test_accuracy"] is not None
-    assert len(records[0]["history"]["test_accuracy"]) == 1
+    assert records[0].test_accuracy is not None
+    assert len(records[0].history["test_accuracy"]) == 1
 
 
 def _weights(trainer):

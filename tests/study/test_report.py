@@ -65,7 +65,7 @@ def test_header_describes_the_environment(records, report):
     path, markdown = report
     assert path.name == "report.md"
     header = markdown[: markdown.index("## Claims")]
-    for expected in ["cifar10-abc", records[0]["backend"], "test set as validation set, as in the post"]:
+    for expected in ["cifar10-abc", records[0].key.backend, "test set as validation set, as in the post"]:
         assert expected in header
     assert "| 13 (1 failed) " in header and "| 4 (0, 1, 2, 3) " in header
 

@@ -1,20 +1,23 @@
+import dataclasses
 import json
 import os
 import re
+import warnings
+from pathlib import Path
 
 import pytest
 
 from kt_dropout.config import Recipe, VGGConfig
-from kt_dropout.study.results import MANIFEST, ResultStore, record_key, run_key
+from kt_dropout.record import RunKey, make_record
+from kt_dropout.study.results import MANIFEST, ResultStore, StudyKey, by_study
 from kt_dropout.study.runner import open_study
-from kt_dropout.record import make_record
 
 HISTORY = {"loss": [1.0, 0.8], "accuracy": [0.4, 0.6], "val_loss": [1.1, 0.9], "val_accuracy": [0.45, 0.55]}
 
 
-def record(name="bn", seed=0, config=VGGConfig(), status="ok", **history):
+def record(name="bn", seed=0, config=VGGConfig(), status="ok", epochs=2, data="data-1", **history):
     return make_record(
-        name=name, config=config, recipe=Recipe(epochs=2), seed=seed, epochs=2, data_fingerprint="data-1",
+        name=name, config=config, recipe=Recipe(epochs=2), seed=seed, epochs=epochs, data_fingerprint=data,
         history={**HISTORY, **history}, epoch_seconds=[2.0, 1.0], status=status,
         error=None if status == "ok" else "out of memory",
     )
@@ -31,19 +34,23 @@ def test_put_get_round_trip(tmp_path):
     assert len(store) == 1 and store.records() == [run]
 
 
+def digest(run):
+    return run.key.digest()
+
+
 def test_key_ignores_the_name_and_depends_on_what_defines_the_run():
-    assert record_key(record(name="bn")) == record_key(record(name="alias"))
-    assert record_key(record(seed=0)) != record_key(record(seed=1))
-    assert record_key(record()) != record_key(record(config=VGGConfig(dropout_dense=0.5)))
-    key = run_key(VGGConfig(), Recipe(epochs=2), 0, 2, "jax", "data-1")
-    assert len(key) == 20 and key == record_key({**record(), "backend": "jax"})
-    assert run_key(VGGConfig(), Recipe(epochs=2, precision="mixed_bfloat16"), 0, 2, "jax", "data-1") != key
+    assert digest(record(name="bn")) == digest(record(name="alias"))
+    assert digest(record(seed=0)) != digest(record(seed=1))
+    assert digest(record()) != digest(record(config=VGGConfig(dropout_dense=0.5)))
+    key = RunKey(VGGConfig(), Recipe(epochs=2), 0, 2, "jax", "data-1").digest()
+    assert len(key) == 20 and key == dataclasses.replace(record().key, backend="jax").digest()
+    assert RunKey(VGGConfig(), Recipe(epochs=2, precision="mixed_bfloat16"), 0, 2, "jax", "data-1").digest() != key
 
 
 def test_failed_runs_are_stored_but_ok_only_skips_them(tmp_path):
     store = ResultStore(tmp_path)
     key = store.put(record(status="failed"))
-    assert store.get(key)["error"] == "out of memory"
+    assert store.get(key).error == "out of memory"
     assert store.get(key, ok_only=True) is None
 
 
@@ -54,21 +61,34 @@ def test_find_filters_on_config_recipe_epochs_backend_and_data(tmp_path):
     store.put(record(seed=1))
     store.put(record(config=wide))
     assert len(store.find(config=VGGConfig())) == 2
-    assert [r["config"]["ndense"] for r in store.find(config=wide, recipe=Recipe(epochs=2), epochs=2)] == [1024]
-    assert len(store.find(data_fingerprint="data-1", backend=record()["backend"])) == 3
+    assert [r.key.config.ndense for r in store.find(config=wide, recipe=Recipe(epochs=2), epochs=2)] == [1024]
+    assert len(store.find(data_fingerprint="data-1", backend=record().key.backend)) == 3
     assert store.find(data_fingerprint="other") == []
 
 
 def test_a_killed_writer_leaves_files_that_readers_skip(tmp_path):
     store = ResultStore(tmp_path)
     good = store.put(record(seed=0))
-    truncated = record_key(record(seed=1))
+    truncated = digest(record(seed=1))
     (tmp_path / f".{truncated}.json.abc123.tmp").write_text('{"schema": 1, "na')  # killed before os.replace
     (tmp_path / f"{truncated}.json").write_text('{"schema": 1, "na')  # a file cut short some other way
     with pytest.warns(UserWarning, match=f"{truncated}.json"):
-        assert [record_key(r) for r in ResultStore(tmp_path).records()] == [good]
+        assert [digest(r) for r in ResultStore(tmp_path).records()] == [good]
     assert store.put(record(seed=1)) == truncated
-    assert store.get(truncated)["seed"] == 1
+    assert store.get(truncated).key.seed == 1
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda stored: {**stored, "seed": 7}, "hash to"),  # edited by hand: no longer the run its name says
+    (lambda stored: {**stored, "epochs_run": "2"}, "epochs_run: expected an integer"),
+])
+def test_a_run_file_that_is_not_its_run_is_skipped_with_a_warning_naming_it(tmp_path, change, problem):
+    store = ResultStore(tmp_path)
+    good, bad = store.put(record(seed=0)), store.put(record(seed=1))
+    path = tmp_path / f"{bad}.json"
+    path.write_text(json.dumps(change(json.loads(path.read_text()))))
+    with pytest.warns(UserWarning, match=f"{re.escape(str(path))}: .*{problem}"):
+        assert [digest(r) for r in store.records()] == [good]
 
 
 def test_write_failure_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch):
@@ -81,7 +101,7 @@ def test_write_failure_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatc
     monkeypatch.setattr(os, "replace", killed)
     with pytest.raises(KeyboardInterrupt):
         store.put(record(val_accuracy=[0.5, 0.9]))
-    assert store.get(key)["best_val_accuracy"] == 0.55
+    assert store.get(key).best_val_accuracy == 0.55
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["store.json", f"{key}.json"])
 
 
@@ -111,14 +131,14 @@ def test_unwritable_folder_gives_a_clear_error(tmp_path):
 def test_merge_copies_missing_runs_and_keeps_conflicting_ones(tmp_path):
     mine, theirs = ResultStore(tmp_path / "mine"), ResultStore(tmp_path / "theirs")
     shared = mine.put(record(seed=0))
-    theirs.put({**record(seed=0), "seconds": 99.0})  # same run, different content
+    theirs.put(record(seed=0).replace(seconds=99.0))  # same run, different content
     failed_here = mine.put(record(seed=2, status="failed"))
     theirs.put(record(seed=2))  # the other machine's run succeeded
     theirs.put(record(seed=1))
     with pytest.warns(UserWarning, match=shared):
         assert mine.merge(tmp_path / "theirs") == 2
     assert len(mine) == 3
-    assert mine.get(shared)["seconds"] != 99.0
+    assert mine.get(shared).seconds != 99.0
     assert mine.get(failed_here, ok_only=True) is not None
     with pytest.warns(UserWarning, match=shared):
         assert mine.merge(tmp_path / "theirs") == 0
@@ -147,10 +167,38 @@ def test_a_read_only_store_is_refused_when_opened_for_writing_and_read_otherwise
     before = sorted(p.name for p in read_only_store.iterdir())
     with pytest.raises(PermissionError, match=re.escape(f"cannot write to {read_only_store}: Permission denied")):
         ResultStore(read_only_store)
-    assert [r["seed"] for r in ResultStore(read_only_store, create=False).records()] == [0]
+    assert [r.key.seed for r in ResultStore(read_only_store, create=False).records()] == [0]
     assert sorted(p.name for p in read_only_store.iterdir()) == before
 
 
 def test_a_study_on_a_read_only_store_is_refused_before_it_trains(read_only_store):
     with pytest.raises(PermissionError, match=re.escape(str(read_only_store))):
         open_study("smoke", read_only_store)
+
+
+def test_a_study_is_every_run_that_shares_recipe_epochs_backend_and_data():
+    one = [record(seed=0), record(seed=1), record(config=VGGConfig(ndense=1024))]  # networks and seeds differ
+    longer, other_data = record(epochs=3), record(data="data-2")
+    studies = by_study([longer, *one, other_data])
+    assert list(studies.values()) == [one, [longer], [other_data]]  # the largest first, then as first seen
+    assert list(studies)[0] == StudyKey(recipe=Recipe(epochs=2), epochs=2, backend=one[0].key.backend, data="data-1")
+    assert StudyKey.of(record(name="alias", seed=5)) == list(studies)[0]
+
+
+COMMITTED_STORES = sorted((Path(__file__).resolve().parents[2] / "benchmarks" / "results").glob("*/store"))
+
+
+def test_there_are_committed_stores_to_check():
+    assert len(COMMITTED_STORES) >= 3, COMMITTED_STORES
+
+
+@pytest.mark.parametrize("root", COMMITTED_STORES, ids=lambda root: root.parent.name)
+def test_every_committed_store_loads_and_each_run_is_stored_under_its_key(root):
+    files = sorted(p for p in root.glob("*.json") if p.name != "store.json")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a run skipped as unreadable would be a warning
+        records = ResultStore(root, create=False).records()
+    assert [f"{r.key.digest()}.json" for r in records] == [p.name for p in files]
+    for path, run in zip(files, records):
+        stored = json.loads(path.read_text())
+        assert run.to_json() == {"distribution": None, **stored}  # the same JSON back; older runs lack distribution

@@ -10,6 +10,8 @@ import time
 
 import pytest
 
+from kt_dropout.study.results import ResultStore
+
 ENV = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 COMMAND = [sys.executable, "-m", "kt_dropout.cli", "reproduce", "batchnorm", "--profile", "smoke", "--seeds", "2",
            "--epochs", "2", "--pack-size", "2", "--results", "results"]
@@ -30,8 +32,9 @@ def _kill_when(cwd, marker: str) -> str:
 
 
 def _runs(cwd):
+    """The stored runs by file name."""
     store = cwd / "results" / "store"
-    return {p.name: json.loads(p.read_text()) for p in store.glob("*.json") if p.name != "store.json"}
+    return {f"{r.key.digest()}.json": r for r in ResultStore(store, create=False).records()}
 
 
 @pytest.mark.slow
@@ -49,10 +52,10 @@ def test_killed_reproduce_resumes_without_retraining(tmp_path, marker, finished)
     again = subprocess.run(COMMAND, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
     after = _runs(tmp_path)
-    assert sorted((r["name"], r["seed"]) for r in after.values()) == [
+    assert sorted((r.name, r.key.seed) for r in after.values()) == [
         ("bn", 0), ("bn", 1), ("vanilla", 0), ("vanilla", 1)
     ]
-    assert all(r["status"] == "ok" and r["epochs_run"] == 2 for r in after.values())
+    assert all(r.status == "ok" and r.epochs_run == 2 for r in after.values())
     for name, mtime in mtimes.items():  # finished runs were neither retrained nor rewritten
         assert (tmp_path / "results" / "store" / name).stat().st_mtime_ns == mtime
     retrained = {line.split("]")[1].split(":")[0].strip() for line in again.stderr.splitlines() if "training" in line}

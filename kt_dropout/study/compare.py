@@ -1,45 +1,43 @@
-"""Do two studies of the same runs agree? Run by run, and claim by claim.
-
-    python benchmarks/compare_stores.py REFERENCE_STORE OTHER_STORE [--claims C1,C3] > comparison.md
+"""Do two studies of the same runs agree? Run by run, and claim by claim (`kt-dropout compare`).
 
 Made to check a change of recipe that should not change the science (e.g.
 `precision="mixed_bfloat16"` against the post's float32): runs are paired by
 configuration name, seed, epochs and data, whatever else differs; for each
 configuration the paired difference OTHER - REFERENCE of the accuracy metric
 gets a 95% t interval (`scipy.stats.ttest_rel`), then over all pairs; and the
-claims are decided in each store on the paired runs only, side by side.
+claims are decided in each study on the paired runs only, side by side.
 """
 
 from __future__ import annotations
-
-import argparse
-import sys
 
 import numpy as np
 from scipy import stats
 from tabulate import tabulate
 
+from kt_dropout.record import RunRecord
 from kt_dropout.study.experiments import CLAIMS
-from kt_dropout.study.results import ResultStore
 from kt_dropout.study.verdicts import decide_all, metric_value
 
 METRIC = "best_val_accuracy"
+DEFAULT_CLAIMS = ("C1", "C2", "C3", "C4", "C10")  # those the quick profile's configurations can decide
+
+Pair = tuple[RunRecord, RunRecord]
 
 
-def _pair_key(record: dict) -> tuple:
-    return record["name"], record["seed"], record["epochs"], record["data"]
+def _pair_key(record: RunRecord) -> tuple:
+    return record.name, record.key.seed, record.key.epochs, record.key.data
 
 
-def paired_runs(reference: list[dict], other: list[dict]) -> list[tuple[dict, dict]]:
+def paired_runs(reference: list[RunRecord], other: list[RunRecord]) -> list[Pair]:
     """(reference, other) runs of the same configuration, seed, epochs and data, both successful."""
-    mine = {_pair_key(r): r for r in reference if r.get("status") == "ok"}
+    mine = {_pair_key(r): r for r in reference if r.status == "ok"}
     return sorted(
-        ((mine[_pair_key(r)], r) for r in other if r.get("status") == "ok" and _pair_key(r) in mine),
+        ((mine[_pair_key(r)], r) for r in other if r.status == "ok" and _pair_key(r) in mine),
         key=lambda pair: _pair_key(pair[0]),
     )
 
 
-def _difference_row(label: str, pairs: list[tuple[dict, dict]]) -> list:
+def _difference_row(label: str, pairs: list[Pair]) -> list:
     a = np.array([metric_value(r, METRIC) for r, _ in pairs])
     b = np.array([metric_value(o, METRIC) for _, o in pairs])
     low = high = None
@@ -49,12 +47,21 @@ def _difference_row(label: str, pairs: list[tuple[dict, dict]]) -> list:
     return [label, len(pairs), a.mean(), b.mean(), (b - a).mean(), low, high]
 
 
-def comparison(reference: list[dict], other: list[dict], claims: list[str]) -> str:
+def comparison(reference: list[RunRecord], other: list[RunRecord], claims=DEFAULT_CLAIMS) -> str:
+    """The comparison as Markdown: the paired differences per configuration and overall, then each claim's
+    verdict in both studies.
+
+    Raises:
+        ValueError: an unknown claim id, or no run of one study has a partner in the other.
+    """
+    unknown = [c for c in claims if c not in CLAIMS]
+    if unknown:
+        raise ValueError(f"unknown claim(s) {', '.join(unknown)}; known: {', '.join(CLAIMS)}")
     pairs = paired_runs(reference, other)
     if not pairs:
         raise ValueError("no run of one store has a partner in the other (same name, seed, epochs and data)")
-    names = sorted({r["name"] for r, _ in pairs})
-    rows = [_difference_row(n, [p for p in pairs if p[0]["name"] == n]) for n in names]
+    names = sorted({r.name for r, _ in pairs})
+    rows = [_difference_row(n, [p for p in pairs if p[0].name == n]) for n in names]
     rows.append(_difference_row("all pairs", pairs))
     differences = tabulate(
         rows, headers=["configuration", "pairs", "reference", "other", "other - reference", "95% CI low",
@@ -66,30 +73,8 @@ def comparison(reference: list[dict], other: list[dict], claims: list[str]) -> s
         [[mine.claim.id, mine.status, theirs.status, mine.summary(), theirs.summary()] for mine, theirs in verdicts],
         headers=["claim", "reference", "other", "reference's comparisons", "other's comparisons"], tablefmt="github",
     )
-    seeds = sorted({r["seed"] for r, _ in pairs})
+    seeds = sorted({r.key.seed for r, _ in pairs})
     return (
         f"## Paired runs ({len(pairs)}: seeds {seeds}), {METRIC}\n\n{differences}\n\n"
         f"## Claims decided on the paired runs only\n\n{decided}\n"
     )
-
-
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("reference", help="results store of the reference study")
-    parser.add_argument("other", help="results store of the study to compare with it")
-    parser.add_argument("--claims", default="C1,C2,C3,C4,C10", help="claims to decide in both [C1,C2,C3,C4,C10]")
-    args = parser.parse_args(argv)
-    claims = [c.strip() for c in args.claims.split(",") if c.strip()]
-    unknown = [c for c in claims if c not in CLAIMS]
-    if unknown:
-        parser.error(f"--claims: unknown claim(s) {', '.join(unknown)}; known: {', '.join(CLAIMS)}")
-    try:
-        stores = [ResultStore(path, create=False).records() for path in (args.reference, args.other)]
-        sys.stdout.write(comparison(*stores, claims))
-    except (ValueError, OSError) as error:
-        parser.error(str(error))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
