@@ -3,7 +3,7 @@
 The run store writes its records this way; Keras Tuner writes its project
 files (`oracle.json`, `trial_*/trial.json`, `tuner_*.json`) by truncating and
 rewriting them in place, so a search killed in the middle of such a write
-could not be resumed. `AtomicSaves` gives the oracle of a search the same
+could not be resumed. `atomic_saves` gives the oracle of a search the same
 guarantee.
 """
 
@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import tempfile
 from pathlib import Path
+
+from kt_dropout import _compat
 
 
 def write_text(path, text: str) -> None:
@@ -63,17 +64,7 @@ def _sync_folder(folder: Path) -> None:
             os.close(fd)
 
 
-class AtomicSaves:
-    """Mixed into a Keras Tuner oracle: its state and its trials are saved with `write_text`."""
-
-    def save(self):
-        write_text(self._get_oracle_fname(), json.dumps(self.get_state()))
-
-    def _save_trial(self, trial):
-        write_text(os.path.join(self._get_trial_dir(trial.trial_id), "trial.json"), json.dumps(trial.get_state()))
-
-
 def atomic_saves(oracle):
-    """The same oracle, from now on saving atomically (its class gains `AtomicSaves`)."""
-    oracle.__class__ = type(type(oracle).__name__, (AtomicSaves, type(oracle)), {})
+    """The same Keras Tuner oracle, from now on writing `oracle.json` and every `trial.json` with `write_text`."""
+    _compat.oracle_writes_with(oracle, write_text)
     return oracle

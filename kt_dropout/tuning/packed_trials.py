@@ -18,6 +18,7 @@ import keras
 import keras_tuner
 import numpy as np
 
+from kt_dropout._compat import checkpoint_path
 from kt_dropout.config import Recipe
 from kt_dropout.model import build_model
 from kt_dropout.packing.model import load_member
@@ -104,7 +105,7 @@ class PackedTrials:
                 trained, val = len(history["loss"]) == epoch, history["val_accuracy"]
                 if trained and math.isfinite(history["loss"][-1]) and val[-1] > max(val[:-1], default=-math.inf):
                     load_member(singles[k], trainer.member_weights(k))
-                    singles[k].save_weights(self._get_checkpoint_fname(trials[k].trial_id))
+                    singles[k].save_weights(checkpoint_path(self, trials[k].trial_id))
 
         trainer.train(epochs, checkpoint_improved)
         return trainer.histories

@@ -18,10 +18,9 @@ import warnings
 
 import keras
 import keras_tuner
-from keras_tuner.src.engine import tuner_utils  # how Keras Tuner turns a trial's histories into its report
 from tabulate import tabulate
 
-from kt_dropout import distribution
+from kt_dropout import _compat, distribution
 from kt_dropout.tuning import cluster
 from kt_dropout.atomic import atomic_saves, write_text
 from kt_dropout.tuning.cluster import LeasedOracle
@@ -232,7 +231,7 @@ def search(
             atomic_saves(built.oracle)
         if role == "chief":
             built.oracle = LeasedOracle(built.oracle, lost_worker_seconds)
-        stopped = _run(built, *fit_args, **fit_kwargs, verbose=verbose)
+        stopped = _run(built, role, *fit_args, **fit_kwargs, verbose=verbose)
     trials = built.ran_trials.values() if role == "worker" else built.oracle.trials.values()
     _check_trials(list(trials), role, stopped, None if stopped is None else built.oracle.max_consecutive_failed_trials)
     return SearchResult.from_trials(built, trials)
@@ -268,19 +267,20 @@ class _TrialHooks:
         self.trial_seed = trial_seed
         self.ran_trials: dict[str, keras_tuner.engine.trial.Trial] = {}
         self._running: dict[str, tuple[float, cluster.Heartbeat | None]] = {}
+        self._worker = cluster.role() == "worker"
         super().__init__(*args, **kwargs)
 
     def on_trial_begin(self, trial):
         if self.trial_seed is not None:
             keras.utils.set_random_seed(self.trial_seed)
         self.ran_trials[trial.trial_id] = trial
-        heartbeat = cluster.Heartbeat(self.oracle, trial.trial_id) if self._is_worker() else None
+        heartbeat = cluster.Heartbeat(self.oracle, trial.trial_id) if self._worker else None
         self._running[trial.trial_id] = (time.perf_counter(), heartbeat)
         super().on_trial_begin(trial)
 
     def run_trial(self, trial, *args, **kwargs):
         results = super().run_trial(trial, *args, **kwargs)  # Keras Tuner reports them to the oracle
-        if self._is_worker():
+        if self._worker:
             self._keep(trial, *_reported(results))
         return results
 
@@ -288,7 +288,7 @@ class _TrialHooks:
         """Reports a trial's histories to the oracle the way Keras Tuner does (best epoch's metrics)."""
         metrics, step = _reported(results)
         self.oracle.update_trial(trial.trial_id, metrics, step=step)
-        if self._is_worker():
+        if self._worker:
             self._keep(trial, metrics, step)
 
     def _keep(self, trial, metrics: dict, step: int) -> None:
@@ -299,9 +299,9 @@ class _TrialHooks:
 
     def save(self):
         """Keras Tuner's `save`, with this tuner's own file written atomically too."""
-        if not self._is_worker():
+        if not self._worker:
             self.oracle.save()
-        write_text(self._get_tuner_fname(), json.dumps(self.get_state()))
+        write_text(_compat.tuner_state_path(self), json.dumps(self.get_state()))
 
     def on_trial_end(self, trial):
         start, heartbeat = self._running.pop(trial.trial_id)
@@ -313,7 +313,7 @@ class _TrialHooks:
 
 def _reported(results) -> tuple[dict, int]:
     """What Keras Tuner reports of a trial's histories: the best epoch's metrics, and that epoch."""
-    return tuner_utils.convert_to_metrics_dict(results, OBJECTIVE), tuner_utils.get_best_step(results, OBJECTIVE)
+    return _compat.trial_report(results, OBJECTIVE)
 
 
 def _hypermodel(hypermodel, space, base, recipe) -> DropoutVGGHyperModel:
@@ -384,12 +384,12 @@ def _dataset(x, y, validation_data, data, hypermodel: DropoutVGGHyperModel) -> t
     return data, selection
 
 
-def _run(tuner: keras_tuner.Tuner, *args, **kwargs) -> RuntimeError | None:
+def _run(tuner: keras_tuner.Tuner, role: str | None, *args, **kwargs) -> RuntimeError | None:
     """Runs the search; returns Keras Tuner's error if it stopped for too many failed trials in a row."""
     try:
         tuner.search(*args, **kwargs)
     except RuntimeError as error:
-        if tuner._is_worker() or not _too_many_failures(tuner.oracle):  # a worker's oracle is the chief's
+        if role == "worker" or not _too_many_failures(tuner.oracle):  # a worker's oracle is the chief's
             raise
         return error
     return None

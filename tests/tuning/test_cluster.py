@@ -7,8 +7,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
+import keras_tuner
 import pytest
 
 from kt_dropout.tuning import cluster
@@ -106,6 +108,33 @@ def test_a_worker_killed_mid_trial_loses_its_trial_to_another_and_the_search_fin
     assert sorted((row["trial_id"], row["status"]) for row in kept) == [("0", "COMPLETED"), ("1", "COMPLETED")]
     chief.log.seek(0)
     assert "worker w1 silent for" in chief.log.read()
+
+
+def test_the_chief_cannot_see_the_leased_oracle_half_way_through_a_change():
+    """Keras Tuner's chief decides it may stop (`exit_chief`) holding the lock of the oracle it serves."""
+    from keras_tuner.src.distribute.oracle_chief import exit_chief
+
+    class SlowOracle:
+        ongoing_trials, tuner_ids = {}, set()
+        entered, release = threading.Event(), threading.Event()
+
+        def create_trial(self, tuner_id):
+            self.entered.set()
+            self.release.wait(30)
+            return keras_tuner.engine.trial.Trial(keras_tuner.HyperParameters(), status="STOPPED")
+
+    oracle = cluster.LeasedOracle(SlowOracle(), lost_worker_seconds=10)
+    creating = threading.Thread(target=oracle.create_trial, args=("w1",))
+    creating.start()
+    assert SlowOracle.entered.wait(30)
+    deciding = threading.Thread(target=exit_chief, args=(oracle,))
+    deciding.start()
+    deciding.join(0.5)
+    assert deciding.is_alive()  # waits for create_trial to finish
+    SlowOracle.release.set()
+    creating.join(30)
+    deciding.join(30)
+    assert not deciding.is_alive()
 
 
 def test_configure_sets_keras_tuners_environment(clean_environment):
