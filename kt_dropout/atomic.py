@@ -12,14 +12,26 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import tempfile
 from pathlib import Path
 
 from kt_dropout import _compat
 
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # gs://bucket/..., ram://..., hdfs://...
+
 
 def write_text(path, text: str) -> None:
-    """Writes `text` to `path` through a temp file in the same folder, fsync and `os.replace`."""
+    """Writes `text` to `path` through a temp file in the same folder, fsync and `os.replace`.
+
+    A URL (`gs://...`) is written as Keras Tuner writes its project files there,
+    in one `tf.io.gfile` write on TensorFlow: such filesystems have no
+    `os.replace`, and an object store replaces an object whole anyway.
+    """
+    if _URL.match(str(path)):
+        with _compat.keras_tuner_file(str(path), "w") as file:
+            file.write(text)
+        return
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

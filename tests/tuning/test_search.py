@@ -266,6 +266,22 @@ def test_a_diverging_trial_is_stopped_failed_and_the_search_carries_on(tmp_path)
     assert re.search(r"TrainingDiverged: loss became (nan|inf|-inf) in epoch 1", failed["error"])
 
 
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow", reason="Keras Tuner reaches URLs through tf.io.gfile")
+def test_a_search_can_write_its_project_to_a_url(tmp_path):
+    """`ram://`, TensorFlow's in-memory filesystem, stands for `gs://`: both are written through `tf.io.gfile`.
+
+    Not resumed here: `ram://` appends to a file opened for writing instead of
+    truncating it (TensorFlow 2.21), so a project file written twice is not
+    valid JSON there, with Keras Tuner's own writes as with ours.
+    """
+    import tensorflow as tf
+
+    directory = f"ram://{tmp_path.name}"
+    check_result(run(directory), trials=2)  # the best model's weights are read back from there too
+    assert tf.io.gfile.exists(f"{directory}/dropout_vgg/oracle.json")
+    assert tf.io.gfile.exists(f"{directory}/dropout_vgg/trial_1/trial.json")
+
+
 def test_keras_tuners_project_files_are_replaced_whole_not_rewritten_in_place(tmp_path):
     """A kill -9 during a save must leave the old file intact: hard links to the old files keep their content."""
     run(tmp_path, max_trials=1)
