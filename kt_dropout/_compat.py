@@ -55,6 +55,19 @@ def trial_report(results, objective) -> tuple[dict, int]:
     return tuner_utils.convert_to_metrics_dict(results, objective), tuner_utils.get_best_step(results, objective)
 
 
+def run_trial_and_judge(tuner, trial, *args, **kwargs) -> None:
+    """Runs `tuner.run_trial(trial, *args, **kwargs)` and reports its results as `BaseTuner.search` does
+    for each trial it creates: `trial.status` becomes COMPLETED; FAILED for a
+    `keras_tuner.errors.FailedTrialError`; INVALID (retried up to the oracle's
+    `max_retries_per_trial`) for any other exception, whose traceback becomes
+    `trial.message`; a `keras_tuner.errors.FatalError` propagates.
+
+    A tuner that creates its own trials has no public way to run one like
+    this. `BaseTuner._try_run_and_update_trial`, checked on Keras Tuner 1.4.8.
+    """
+    tuner._try_run_and_update_trial(trial, *args, **kwargs)
+
+
 def checkpoint_path(tuner, trial_id: str) -> str:
     """Where `Tuner.load_model` reads a trial's weights from.
 

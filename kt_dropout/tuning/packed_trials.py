@@ -6,19 +6,20 @@ for up to `trials_per_step` trials at once (each from its own slot, as parallel
 workers would), trains those that share a network shape and a recipe together
 with `PackTrainer`, and then hands each back to the oracle as its own trial:
 its best epoch's metrics, the checkpoint of that epoch for `load_model`, and
-its status (a member whose loss turned NaN fails alone).
+its status, judged by Keras Tuner's own rules for a sequential trial (a member
+whose loss turned NaN fails alone; a pack that crashed is retried up to
+`max_retries_per_trial`).
 """
 
 from __future__ import annotations
 
 import math
-import traceback
 
 import keras
 import keras_tuner
 import numpy as np
 
-from kt_dropout._compat import checkpoint_path
+from kt_dropout._compat import checkpoint_path, run_trial_and_judge
 from kt_dropout.config import Recipe
 from kt_dropout.model import build_model
 from kt_dropout.packing.model import load_member
@@ -85,15 +86,23 @@ class PackedTrials:
             self.on_trial_begin(trial)
             trial.metrics.update("pack_size", len(trials))
         try:
-            histories = self._train(members, data, recipe, epochs, trials)
-        except Exception:  # the pack as a whole failed (e.g. out of memory): every trial in it did
-            message = traceback.format_exc()
-            for trial in trials:
-                trial.status, trial.message = _Status.FAILED, message
-        for k, trial in enumerate(trials):
-            if trial.status == _Status.RUNNING:
-                self._end_member(trial, histories[k])
+            outcomes = self._train(members, data, recipe, epochs, trials)
+        except Exception as error:  # the pack as a whole failed (e.g. out of memory): so did each of its trials
+            outcomes = [(error, error.__traceback__)] * len(trials)
+        for trial, outcome in zip(trials, outcomes):
+            run_trial_and_judge(self, trial, outcome)
             self.on_trial_end(trial)
+
+    def run_trial(self, trial, outcome):
+        """A member's share of its pack's training, returned or raised as `Tuner.run_trial` would for a trial
+        of its own, so that Keras Tuner judges it by the same rules: its `History`; `TrainingDiverged` (a
+        `FailedTrialError`: FAILED, not retried) if it alone diverged; the pack's error and traceback if the
+        pack failed (INVALID and retried, FAILED, or a `FatalError` that stops the search)."""
+        if isinstance(outcome, tuple):
+            error, traceback = outcome
+            raise error.with_traceback(traceback)
+        check_finite(outcome)
+        return _as_history({key: outcome[key] for key in _HISTORY_KEYS})
 
     def _train(self, members, data, recipe, epochs, trials) -> list[dict]:
         """Trains the pack; after every epoch, writes the checkpoint of each member whose val_accuracy rose."""
@@ -109,16 +118,6 @@ class PackedTrials:
 
         trainer.train(epochs, checkpoint_improved)
         return trainer.histories
-
-    def _end_member(self, trial, history: dict) -> None:
-        """Reports a member like a trial of its own: the best epoch's metrics, or why it failed."""
-        try:
-            check_finite(history)
-        except Exception as error:
-            trial.status, trial.message = _Status.FAILED, f"{type(error).__name__}: {error}"
-            return
-        self.report(trial, _as_history({key: history[key] for key in _HISTORY_KEYS}))
-        trial.status = _Status.COMPLETED
 
 
 def _as_history(values: dict) -> keras.callbacks.History:

@@ -279,23 +279,15 @@ class _TrialHooks:
         super().on_trial_begin(trial)
 
     def run_trial(self, trial, *args, **kwargs):
-        results = super().run_trial(trial, *args, **kwargs)  # Keras Tuner reports them to the oracle
+        """Keras Tuner's (or `PackedTrials`'); a worker keeps what Keras Tuner reports of the results to the
+        chief, so the worker can tell what it reported."""
+        results = super().run_trial(trial, *args, **kwargs)
         if self._worker:
-            self._keep(trial, *_reported(results))
+            metrics, step = _compat.trial_report(results, OBJECTIVE)
+            for name, value in metrics.items():
+                trial.metrics.update(name, value, step=step)
+            trial.score, trial.best_step = trial.metrics.get_best_value(OBJECTIVE.name), step
         return results
-
-    def report(self, trial, results) -> None:
-        """Reports a trial's histories to the oracle the way Keras Tuner does (best epoch's metrics)."""
-        metrics, step = _reported(results)
-        self.oracle.update_trial(trial.trial_id, metrics, step=step)
-        if self._worker:
-            self._keep(trial, metrics, step)
-
-    def _keep(self, trial, metrics: dict, step: int) -> None:
-        """A worker's copy of a trial gets what the chief's gets, so the worker can tell what it reported."""
-        for name, value in metrics.items():
-            trial.metrics.update(name, value, step=step)
-        trial.score, trial.best_step = trial.metrics.get_best_value(OBJECTIVE.name), step
 
     def save(self):
         """Keras Tuner's `save`, with this tuner's own file written atomically too."""
@@ -309,11 +301,6 @@ class _TrialHooks:
             heartbeat.stop()
         trial.metrics.update("seconds", time.perf_counter() - start)
         super().on_trial_end(trial)  # ends the trial in the oracle (the chief's, on a worker) and saves it
-
-
-def _reported(results) -> tuple[dict, int]:
-    """What Keras Tuner reports of a trial's histories: the best epoch's metrics, and that epoch."""
-    return _compat.trial_report(results, OBJECTIVE)
 
 
 def _hypermodel(hypermodel, space, base, recipe) -> DropoutVGGHyperModel:
