@@ -8,7 +8,8 @@ with `PackTrainer`, and then hands each back to the oracle as its own trial:
 its best epoch's metrics, the checkpoint of that epoch for `load_model`, and
 its status, judged by Keras Tuner's own rules for a sequential trial (a member
 whose loss turned NaN fails alone; a pack that crashed is retried up to
-`max_retries_per_trial`).
+`max_retries_per_trial`). In a distributed search each worker packs the trials
+it asks the chief for.
 """
 
 from __future__ import annotations
@@ -46,22 +47,26 @@ class PackedTrials:
         """
         self.oracle.verbose = verbose
         self.on_search_begin()
-        while trials := self._create_trials():
+        while (trials := self._create_trials()) is not None:
             for recipe, pack_trials, members in self._packs(trials, selection):
                 self._run_pack(recipe, pack_trials, members, data, epochs)
         self.on_search_end()
 
-    def _create_trials(self) -> list:
-        """Up to `trials_per_step` new trials; none once the oracle has stopped."""
-        trials = []
-        while len(trials) < self.trials_per_step:
+    def _create_trials(self) -> list | None:
+        """The new trials of one step, up to `trials_per_step`; None once the oracle has stopped.
+
+        Each of the step's slots asks the oracle with a tuner id of its own, as
+        that many parallel workers would (a worker's oracle is the chief's).
+        Every slot asks in every step, so at the end each has been told STOPPED,
+        which is what a chief waits for before it exits.
+        """
+        answers = []
+        for slot in range(self.trials_per_step):
             self.pre_create_trial()
-            trial = self.oracle.create_trial(f"{self.tuner_id}/{len(trials)}")
-            if trial.status == _Status.STOPPED or (trial.status == _Status.IDLE and trials):
-                break
-            if trial.status == _Status.RUNNING:
-                trials.append(trial)
-        return trials
+            answers.append(self.oracle.create_trial(f"{self.tuner_id}/{slot}"))
+        if all(trial.status == _Status.STOPPED for trial in answers):
+            return None
+        return [trial for trial in answers if trial.status == _Status.RUNNING]  # none: the oracle said wait (IDLE)
 
     def _packs(self, trials, selection: str) -> list[tuple[Recipe, list, list[Member]]]:
         """The trials grouped into packs: same recipe (one optimizer per pack), then same weight shapes."""

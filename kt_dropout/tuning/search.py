@@ -179,7 +179,8 @@ def search(
             for that many, and those sharing a network shape and learning rate
             train as one packed model (`kt_dropout.tuning.packed_trials`). Every trial
             still has its own weights, BatchNorm statistics, dropout masks, Adam
-            state, best epoch, checkpoint and result. Not with Hyperband.
+            state, best epoch, checkpoint and result. Not with Hyperband. In a
+            distributed search each worker asks the chief for that many.
         data_parallel: train each trial's model over every local accelerator
             (`kt_dropout.distribution.data_parallel`: Keras's DataParallel on
             JAX, MirroredStrategy on TensorFlow); the batch size stays global.
@@ -198,16 +199,20 @@ def search(
     """
     hypermodel = _hypermodel(hypermodel, space, base, recipe)
     check_positive_int("trials_per_step", trials_per_step)
-    tuner_class = _tuner_class(tuner, packed=trials_per_step > 1)
-    packing = {"trials_per_step": trials_per_step} if trials_per_step > 1 else {}
-    if packing and tuner_kwargs.get("executions_per_trial", 1) != 1:
+    role = _role(distributed, overwrite)
+    # A chief serves trials as any chief does, to workers that each ask for up to trials_per_step and pack them.
+    packing = {"trials_per_step": trials_per_step} if trials_per_step > 1 and role != "chief" else {}
+    tuner_class = _tuner_class(tuner, packed=bool(packing))
+    if trials_per_step > 1 and issubclass(tuner_class, keras_tuner.Hyperband):
+        raise ValueError("trials_per_step: Hyperband continues trials from their checkpoints one at a time; "
+                         "use trials_per_step=1 with it")
+    if trials_per_step > 1 and tuner_kwargs.get("executions_per_trial", 1) != 1:
         raise ValueError("executions_per_trial: a packed search runs each trial once; use trials_per_step=1")
-    if packing and data_parallel:
+    if trials_per_step > 1 and data_parallel:
         raise ValueError("data_parallel: splits one model's batches over devices; a packed search (trials_per_step > 1) "
                          "trains many models on one device instead: choose one")
     check_positive_int("max_trials", max_trials)
     epochs = check_positive_int("epochs", hypermodel.recipe.epochs if epochs is None else epochs)
-    role = _role(distributed, overwrite)
     budget = {"max_epochs": epochs} if issubclass(tuner_class, keras_tuner.Hyperband) else {"max_trials": max_trials}
     fit_args, fit_kwargs = (), {}
     if role != "chief":
@@ -326,9 +331,6 @@ def _tuner_class(tuner, packed: bool) -> type:
         )
     if issubclass(cls, keras_tuner.BayesianOptimization):
         _require_sklearn()
-    if packed and issubclass(cls, keras_tuner.Hyperband):
-        raise ValueError("trials_per_step: Hyperband continues trials from their checkpoints one at a time; "
-                         "use trials_per_step=1 with it")
     return type(cls.__name__, (_TrialHooks, PackedTrials, cls) if packed else (_TrialHooks, cls), {})
 
 
