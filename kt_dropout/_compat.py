@@ -3,9 +3,16 @@
 Each entry says which public API is missing and the versions it was checked
 on; `pyproject.toml` caps those libraries at the versions checked, and
 `.ci/newest` runs the tests against the newest releases so a break is seen.
+None of JAX's internals is used today.
 """
 
 from __future__ import annotations
+
+import json
+import os
+
+
+# TensorFlow
 
 
 def tf_gradient_registry() -> dict:
@@ -17,3 +24,142 @@ def tf_gradient_registry() -> dict:
     from tensorflow.python.framework import ops
 
     return ops._gradient_registry._registry
+
+
+# Keras
+
+
+def build_for_training(model, data_batch) -> None:
+    """Builds a compiled model's layers, loss, metrics and optimizer from one (symbolic) batch, as `fit` does
+    before its first step, so that `train_step` can run outside `fit`.
+
+    `Model.build` makes only the layers; nothing public builds the rest without
+    training or evaluating. `Model._symbolic_build`, checked on Keras 3.15.1.
+    """
+    model._symbolic_build(data_batch=data_batch)
+
+
+# Keras Tuner: tuners
+
+
+def trial_report(results, objective) -> tuple[dict, int]:
+    """What Keras Tuner reports to the oracle of `run_trial`'s results: the metrics of the best epoch
+    (averaged over executions) and that epoch.
+
+    `BaseTuner` computes them inline before `oracle.update_trial`; no public
+    function returns them. `keras_tuner.src.engine.tuner_utils`, checked on
+    Keras Tuner 1.4.8.
+    """
+    from keras_tuner.src.engine import tuner_utils
+
+    return tuner_utils.convert_to_metrics_dict(results, objective), tuner_utils.get_best_step(results, objective)
+
+
+def run_trial_and_judge(tuner, trial, *args, **kwargs) -> None:
+    """Runs `tuner.run_trial(trial, *args, **kwargs)` and reports its results as `BaseTuner.search` does
+    for each trial it creates: `trial.status` becomes COMPLETED; FAILED for a
+    `keras_tuner.errors.FailedTrialError`; INVALID (retried up to the oracle's
+    `max_retries_per_trial`) for any other exception, whose traceback becomes
+    `trial.message`; a `keras_tuner.errors.FatalError` propagates.
+
+    A tuner that creates its own trials has no public way to run one like
+    this. `BaseTuner._try_run_and_update_trial`, checked on Keras Tuner 1.4.8.
+    """
+    tuner._try_run_and_update_trial(trial, *args, **kwargs)
+
+
+def checkpoint_path(tuner, trial_id: str) -> str:
+    """Where `Tuner.load_model` reads a trial's weights from.
+
+    No public accessor. `Tuner._get_checkpoint_fname`, checked on Keras Tuner 1.4.8.
+    """
+    return tuner._get_checkpoint_fname(trial_id)
+
+
+def tuner_state_path(tuner) -> str:
+    """The tuner's own state file (`<project>/<tuner_id>.json`), which `BaseTuner.save` writes and
+    `BaseTuner.reload` reads.
+
+    No public accessor. `BaseTuner._get_tuner_fname`, checked on Keras Tuner 1.4.8.
+    """
+    return tuner._get_tuner_fname()
+
+
+class TunerStrategy:
+    """Base of a `distribution_strategy` for a Keras Tuner `Tuner` that is not a `tf.distribute.Strategy`.
+
+    Keras Tuner documents the argument as a TensorFlow strategy but uses only
+    `scope()` (the subclass's), entered to build and to load each trial's
+    model, and `extended`, which it probes for TensorFlow's private
+    multi-worker mode (`hasattr(strategy.extended, "_in_multi_worker_mode")`):
+    None is "not multi-worker". Checked on Keras Tuner 1.4.8.
+    """
+
+    extended = None
+
+
+# Keras Tuner: oracles and their files
+
+
+def oracle_writes_with(oracle, write_text) -> None:
+    """Makes `oracle` write its state (`oracle.json`) and every trial's `trial.json` with
+    `write_text(path, text)`.
+
+    Keras Tuner writes these from inside the oracle (its `create_trial`,
+    `update_trial` and `end_trial` call `self.save()` and the private
+    `self._save_trial(trial)`), and each built-in tuner makes its own oracle:
+    neither a wrapper (those calls do not pass through it) nor a subclass given
+    to the tuner can change how. So the oracle's class is swapped for a
+    subclass overriding both, which keeps `isinstance` and everything else.
+    Uses `_save_trial`, `_get_oracle_fname` and `_get_trial_dir`; checked on
+    Keras Tuner 1.4.8.
+    """
+
+    class WritingOracle(type(oracle)):
+        def save(self):
+            write_text(self._get_oracle_fname(), json.dumps(self.get_state()))
+
+        def _save_trial(self, trial):
+            write_text(os.path.join(self._get_trial_dir(trial.trial_id), "trial.json"), json.dumps(trial.get_state()))
+
+    WritingOracle.__name__ = WritingOracle.__qualname__ = type(oracle).__name__
+    oracle.__class__ = WritingOracle
+
+
+def keras_tuner_file(path: str, mode: str):
+    """`path` opened the way Keras Tuner opens its project files: through `tf.io.gfile` on the TensorFlow
+    backend (so `gs://` and TensorFlow's other filesystems work), with `open` on the others.
+
+    Keras Tuner has no public file API. `keras_tuner.src.backend.io.File`,
+    checked on Keras Tuner 1.4.8.
+    """
+    from keras_tuner.src.backend import io
+
+    return io.File(path, mode)
+
+
+def requeue_trial(oracle, tuner_id: str) -> None:
+    """Takes the trial that `tuner_id` is running back from it and makes it the next one the oracle gives
+    out, as if never started; Keras Tuner's chief stops waiting for `tuner_id`.
+
+    `Oracle.end_trial` with status INVALID would requeue it too, but counts a
+    run against `max_retries_per_trial` (a lost worker is not the trial's
+    failure) and leaves `tuner_id` among those the chief waits for. Changes
+    `Oracle.ongoing_trials`, `Oracle.tuner_ids` and the private
+    `Oracle._retry_queue` (which `create_trial` serves first, as
+    `Oracle.reload` uses it); the caller holds the oracle's lock. Checked on
+    Keras Tuner 1.4.8.
+    """
+    trial = oracle.ongoing_trials.pop(tuner_id)
+    oracle.tuner_ids.discard(tuner_id)
+    oracle._retry_queue.append(trial.trial_id)
+
+
+def keep_serving(oracle, tuner_id: str) -> None:
+    """Keeps Keras Tuner's chief serving `tuner_id` after `create_trial` told it STOPPED.
+
+    The chief exits once no trial runs and every tuner id that asked for a
+    trial has been told STOPPED (`Oracle.tuner_ids`, undocumented); the caller
+    holds the oracle's lock. Checked on Keras Tuner 1.4.8.
+    """
+    oracle.tuner_ids.add(tuner_id)

@@ -3,7 +3,7 @@
 The run store writes its records this way; Keras Tuner writes its project
 files (`oracle.json`, `trial_*/trial.json`, `tuner_*.json`) by truncating and
 rewriting them in place, so a search killed in the middle of such a write
-could not be resumed. `AtomicSaves` gives the oracle of a search the same
+could not be resumed. `atomic_saves` gives the oracle of a search the same
 guarantee.
 """
 
@@ -11,14 +11,27 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
+from kt_dropout import _compat
+
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # gs://bucket/..., ram://..., hdfs://...
+
 
 def write_text(path, text: str) -> None:
-    """Writes `text` to `path` through a temp file in the same folder, fsync and `os.replace`."""
+    """Writes `text` to `path` through a temp file in the same folder, fsync and `os.replace`.
+
+    A URL (`gs://...`) is written as Keras Tuner writes its project files there,
+    in one `tf.io.gfile` write on TensorFlow: such filesystems have no
+    `os.replace`, and an object store replaces an object whole anyway.
+    """
+    if _URL.match(str(path)):
+        with _compat.keras_tuner_file(str(path), "w") as file:
+            file.write(text)
+        return
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
@@ -63,17 +76,7 @@ def _sync_folder(folder: Path) -> None:
             os.close(fd)
 
 
-class AtomicSaves:
-    """Mixed into a Keras Tuner oracle: its state and its trials are saved with `write_text`."""
-
-    def save(self):
-        write_text(self._get_oracle_fname(), json.dumps(self.get_state()))
-
-    def _save_trial(self, trial):
-        write_text(os.path.join(self._get_trial_dir(trial.trial_id), "trial.json"), json.dumps(trial.get_state()))
-
-
 def atomic_saves(oracle):
-    """The same oracle, from now on saving atomically (its class gains `AtomicSaves`)."""
-    oracle.__class__ = type(type(oracle).__name__, (AtomicSaves, type(oracle)), {})
+    """The same Keras Tuner oracle, from now on writing `oracle.json` and every `trial.json` with `write_text`."""
+    _compat.oracle_writes_with(oracle, write_text)
     return oracle

@@ -9,6 +9,7 @@ import math
 import time
 
 import keras
+import keras_tuner
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -47,8 +48,13 @@ def recipe_callbacks(epochs: int) -> list[keras.callbacks.Callback]:
     ]
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; `TerminateOnNaN` stopped the run there."""
+class TrainingDiverged(RuntimeError, keras_tuner.errors.FailedTrialError):
+    """The loss became NaN or infinite; `TerminateOnNaN` stopped the run there.
+
+    A `FailedTrialError`, so Keras Tuner marks a diverged trial FAILED rather
+    than INVALID: the same configuration trained again would diverge again, so
+    it is never retried.
+    """
 
 
 def check_finite(history: dict[str, list[float]]) -> None:

@@ -42,6 +42,8 @@ from typing import Iterator
 
 import keras
 
+from kt_dropout._compat import TunerStrategy
+
 SUPPORTED_BACKENDS = ("jax", "tensorflow")
 
 
@@ -111,16 +113,14 @@ def data_parallel(devices: list | None = None) -> Iterator[object]:
         raise _unsupported(backend)
 
 
-class _KeptScope:
-    """A JAX `DataParallel` in the shape Keras Tuner's `distribution_strategy` argument takes (a `scope()`).
+class _KeptScope(TunerStrategy):
+    """A JAX `DataParallel` in the shape Keras Tuner's `distribution_strategy` argument takes.
 
     Keras Tuner clears Keras's global state (the distribution with it) before
     building each trial's model, then builds it inside `scope()`; on JAX the
     distribution must stay in force for `fit` too, so this scope leaves it set
     (the next trial's clearing, or `for_keras_tuner`'s exit, removes it).
     """
-
-    extended = None  # Keras Tuner looks here for a TensorFlow multi-worker strategy; this is none
 
     def __init__(self, distribution):
         self.distribution = distribution

@@ -14,6 +14,8 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from kt_dropout._compat import build_for_training
+
 
 def _state_variables(model: keras.Model) -> tuple[list, ...]:
     """The variables of `train_step`'s state, in its order."""
@@ -43,7 +45,7 @@ class DeviceEpochs:
         self.images, self.labels = jax.device_put(images), jax.device_put(labels)
         seeds = max(self.groups) + 1
         # fit builds the optimizer and the compiled metrics and loss from the first batch; so do we.
-        model._symbolic_build(data_batch=(
+        build_for_training(model, (
             np.zeros((1, *images.shape[1:-1], images.shape[-1] * seeds), images.dtype),
             np.zeros((1, len(self.groups)), labels.dtype),
         ))

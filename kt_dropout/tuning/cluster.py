@@ -22,6 +22,8 @@ import warnings
 
 import keras_tuner
 
+from kt_dropout._compat import keep_serving, requeue_trial
+
 ENV_TUNER_ID, ENV_IP, ENV_PORT = ENV_NAMES = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
 HEARTBEAT_SECONDS = 2.0  # how often a training worker tells the chief it is alive
 IDLE_SECONDS = 0.5  # how long the chief holds a worker that must wait before it asks again
@@ -73,7 +75,10 @@ class LeasedOracle:
     """The chief's oracle, with every running trial leased to its worker as long as the worker is heard from.
 
     Wraps the tuner's own oracle (as Keras Tuner's `OracleClient` wraps a
-    worker's); Keras Tuner's gRPC servicer calls it from a single thread.
+    worker's), which is reached only through it. Its methods hold its lock
+    (`keras_tuner.synchronized` locks the oracle a method is called on): the
+    lock Keras Tuner's chief takes to decide, from `ongoing_trials` and
+    `tuner_ids`, that the search is over, so it never sees them half-changed.
     """
 
     def __init__(self, oracle: keras_tuner.Oracle, lost_worker_seconds: float):
@@ -88,22 +93,25 @@ class LeasedOracle:
     def __getattr__(self, name):
         return getattr(self._oracle, name)
 
+    @keras_tuner.synchronized
     def create_trial(self, tuner_id: str):
         self._requeue_silent()
         trial = self._oracle.create_trial(tuner_id)
         if trial.status == _TrialStatus.STOPPED and self._oracle.ongoing_trials:
             # Nothing new to start, but a running trial may yet be lost: keep this worker.
-            self._oracle.tuner_ids.add(tuner_id)
+            keep_serving(self._oracle, tuner_id)
             time.sleep(IDLE_SECONDS)
             return keras_tuner.engine.trial.Trial(self._oracle.get_space(), status=_TrialStatus.IDLE)
         if trial.status == _TrialStatus.RUNNING:
             self._heard[trial.trial_id] = time.monotonic()
         return trial
 
+    @keras_tuner.synchronized
     def get_trial(self, trial_id: str):
         self._heard[trial_id] = time.monotonic()  # a worker's heartbeat
         return self._oracle.get_trial(trial_id)
 
+    @keras_tuner.synchronized
     def update_trial(self, trial_id: str, metrics: dict, step: int = 0):
         if not self._leased(trial_id):
             warnings.warn(f"ignored the results of trial {trial_id} from a worker that had lost it", RuntimeWarning)
@@ -111,6 +119,7 @@ class LeasedOracle:
         self._heard[trial_id] = time.monotonic()
         return self._oracle.update_trial(trial_id, metrics, step=step)
 
+    @keras_tuner.synchronized
     def end_trial(self, trial) -> None:
         if not self._leased(trial.trial_id):
             warnings.warn(f"ignored the end of trial {trial.trial_id} from a worker that had lost it", RuntimeWarning)
@@ -133,9 +142,7 @@ class LeasedOracle:
                     f"worker {tuner_id} silent for {silent:.0f} s: trial {trial.trial_id} goes back to the queue",
                     RuntimeWarning,
                 )
-                del self._oracle.ongoing_trials[tuner_id]
-                self._oracle.tuner_ids.discard(tuner_id)
-                self._oracle._retry_queue.append(trial.trial_id)  # Keras Tuner's own queue for trials to rerun
+                requeue_trial(self._oracle, tuner_id)
                 self._heard.pop(trial.trial_id)
 
 

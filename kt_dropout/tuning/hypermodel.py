@@ -121,7 +121,8 @@ class DropoutVGGHyperModel(keras_tuner.HyperModel):
         (`kt_dropout.splits.prepare_splits`); `kt_dropout.search()` prepares them
         once rather than in every trial. Hyperband's `epochs` and `initial_epoch`
         pass through. Returns the `History`, which Keras Tuner scores on
-        `val_accuracy`.
+        `val_accuracy`; a run whose loss diverged raises `TrainingDiverged`, a
+        `keras_tuner.errors.FailedTrialError`, so its trial fails without retries.
         """
         _check_prepared(x, y)
         epochs = self.recipe.epochs if epochs is None else epochs

@@ -6,18 +6,21 @@ for up to `trials_per_step` trials at once (each from its own slot, as parallel
 workers would), trains those that share a network shape and a recipe together
 with `PackTrainer`, and then hands each back to the oracle as its own trial:
 its best epoch's metrics, the checkpoint of that epoch for `load_model`, and
-its status (a member whose loss turned NaN fails alone).
+its status, judged by Keras Tuner's own rules for a sequential trial (a member
+whose loss turned NaN fails alone; a pack that crashed is retried up to
+`max_retries_per_trial`). In a distributed search each worker packs the trials
+it asks the chief for.
 """
 
 from __future__ import annotations
 
 import math
-import traceback
 
 import keras
 import keras_tuner
 import numpy as np
 
+from kt_dropout._compat import checkpoint_path, run_trial_and_judge
 from kt_dropout.config import Recipe
 from kt_dropout.model import build_model
 from kt_dropout.packing.model import load_member
@@ -44,22 +47,26 @@ class PackedTrials:
         """
         self.oracle.verbose = verbose
         self.on_search_begin()
-        while trials := self._create_trials():
+        while (trials := self._create_trials()) is not None:
             for recipe, pack_trials, members in self._packs(trials, selection):
                 self._run_pack(recipe, pack_trials, members, data, epochs)
         self.on_search_end()
 
-    def _create_trials(self) -> list:
-        """Up to `trials_per_step` new trials; none once the oracle has stopped."""
-        trials = []
-        while len(trials) < self.trials_per_step:
+    def _create_trials(self) -> list | None:
+        """The new trials of one step, up to `trials_per_step`; None once the oracle has stopped.
+
+        Each of the step's slots asks the oracle with a tuner id of its own, as
+        that many parallel workers would (a worker's oracle is the chief's).
+        Every slot asks in every step, so at the end each has been told STOPPED,
+        which is what a chief waits for before it exits.
+        """
+        answers = []
+        for slot in range(self.trials_per_step):
             self.pre_create_trial()
-            trial = self.oracle.create_trial(f"{self.tuner_id}/{len(trials)}")
-            if trial.status == _Status.STOPPED or (trial.status == _Status.IDLE and trials):
-                break
-            if trial.status == _Status.RUNNING:
-                trials.append(trial)
-        return trials
+            answers.append(self.oracle.create_trial(f"{self.tuner_id}/{slot}"))
+        if all(trial.status == _Status.STOPPED for trial in answers):
+            return None
+        return [trial for trial in answers if trial.status == _Status.RUNNING]  # none: the oracle said wait (IDLE)
 
     def _packs(self, trials, selection: str) -> list[tuple[Recipe, list, list[Member]]]:
         """The trials grouped into packs: same recipe (one optimizer per pack), then same weight shapes."""
@@ -84,15 +91,23 @@ class PackedTrials:
             self.on_trial_begin(trial)
             trial.metrics.update("pack_size", len(trials))
         try:
-            histories = self._train(members, data, recipe, epochs, trials)
-        except Exception:  # the pack as a whole failed (e.g. out of memory): every trial in it did
-            message = traceback.format_exc()
-            for trial in trials:
-                trial.status, trial.message = _Status.FAILED, message
-        for k, trial in enumerate(trials):
-            if trial.status == _Status.RUNNING:
-                self._end_member(trial, histories[k])
+            outcomes = self._train(members, data, recipe, epochs, trials)
+        except Exception as error:  # the pack as a whole failed (e.g. out of memory): so did each of its trials
+            outcomes = [(error, error.__traceback__)] * len(trials)
+        for trial, outcome in zip(trials, outcomes):
+            run_trial_and_judge(self, trial, outcome)
             self.on_trial_end(trial)
+
+    def run_trial(self, trial, outcome):
+        """A member's share of its pack's training, returned or raised as `Tuner.run_trial` would for a trial
+        of its own, so that Keras Tuner judges it by the same rules: its `History`; `TrainingDiverged` (a
+        `FailedTrialError`: FAILED, not retried) if it alone diverged; the pack's error and traceback if the
+        pack failed (INVALID and retried, FAILED, or a `FatalError` that stops the search)."""
+        if isinstance(outcome, tuple):
+            error, traceback = outcome
+            raise error.with_traceback(traceback)
+        check_finite(outcome)
+        return _as_history({key: outcome[key] for key in _HISTORY_KEYS})
 
     def _train(self, members, data, recipe, epochs, trials) -> list[dict]:
         """Trains the pack; after every epoch, writes the checkpoint of each member whose val_accuracy rose."""
@@ -104,20 +119,10 @@ class PackedTrials:
                 trained, val = len(history["loss"]) == epoch, history["val_accuracy"]
                 if trained and math.isfinite(history["loss"][-1]) and val[-1] > max(val[:-1], default=-math.inf):
                     load_member(singles[k], trainer.member_weights(k))
-                    singles[k].save_weights(self._get_checkpoint_fname(trials[k].trial_id))
+                    singles[k].save_weights(checkpoint_path(self, trials[k].trial_id))
 
         trainer.train(epochs, checkpoint_improved)
         return trainer.histories
-
-    def _end_member(self, trial, history: dict) -> None:
-        """Reports a member like a trial of its own: the best epoch's metrics, or why it failed."""
-        try:
-            check_finite(history)
-        except Exception as error:
-            trial.status, trial.message = _Status.FAILED, f"{type(error).__name__}: {error}"
-            return
-        self.report(trial, _as_history({key: history[key] for key in _HISTORY_KEYS}))
-        trial.status = _Status.COMPLETED
 
 
 def _as_history(values: dict) -> keras.callbacks.History:

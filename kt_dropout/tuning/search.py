@@ -18,10 +18,9 @@ import warnings
 
 import keras
 import keras_tuner
-from keras_tuner.src.engine import tuner_utils  # how Keras Tuner turns a trial's histories into its report
 from tabulate import tabulate
 
-from kt_dropout import distribution
+from kt_dropout import _compat, distribution
 from kt_dropout.tuning import cluster
 from kt_dropout.atomic import atomic_saves, write_text
 from kt_dropout.tuning.cluster import LeasedOracle
@@ -180,7 +179,8 @@ def search(
             for that many, and those sharing a network shape and learning rate
             train as one packed model (`kt_dropout.tuning.packed_trials`). Every trial
             still has its own weights, BatchNorm statistics, dropout masks, Adam
-            state, best epoch, checkpoint and result. Not with Hyperband.
+            state, best epoch, checkpoint and result. Not with Hyperband. In a
+            distributed search each worker asks the chief for that many.
         data_parallel: train each trial's model over every local accelerator
             (`kt_dropout.distribution.data_parallel`: Keras's DataParallel on
             JAX, MirroredStrategy on TensorFlow); the batch size stays global.
@@ -199,16 +199,20 @@ def search(
     """
     hypermodel = _hypermodel(hypermodel, space, base, recipe)
     check_positive_int("trials_per_step", trials_per_step)
-    tuner_class = _tuner_class(tuner, packed=trials_per_step > 1)
-    packing = {"trials_per_step": trials_per_step} if trials_per_step > 1 else {}
-    if packing and tuner_kwargs.get("executions_per_trial", 1) != 1:
+    role = _role(distributed, overwrite)
+    # A chief serves trials as any chief does, to workers that each ask for up to trials_per_step and pack them.
+    packing = {"trials_per_step": trials_per_step} if trials_per_step > 1 and role != "chief" else {}
+    tuner_class = _tuner_class(tuner, packed=bool(packing))
+    if trials_per_step > 1 and issubclass(tuner_class, keras_tuner.Hyperband):
+        raise ValueError("trials_per_step: Hyperband continues trials from their checkpoints one at a time; "
+                         "use trials_per_step=1 with it")
+    if trials_per_step > 1 and tuner_kwargs.get("executions_per_trial", 1) != 1:
         raise ValueError("executions_per_trial: a packed search runs each trial once; use trials_per_step=1")
-    if packing and data_parallel:
+    if trials_per_step > 1 and data_parallel:
         raise ValueError("data_parallel: splits one model's batches over devices; a packed search (trials_per_step > 1) "
                          "trains many models on one device instead: choose one")
     check_positive_int("max_trials", max_trials)
     epochs = check_positive_int("epochs", hypermodel.recipe.epochs if epochs is None else epochs)
-    role = _role(distributed, overwrite)
     budget = {"max_epochs": epochs} if issubclass(tuner_class, keras_tuner.Hyperband) else {"max_trials": max_trials}
     fit_args, fit_kwargs = (), {}
     if role != "chief":
@@ -232,7 +236,7 @@ def search(
             atomic_saves(built.oracle)
         if role == "chief":
             built.oracle = LeasedOracle(built.oracle, lost_worker_seconds)
-        stopped = _run(built, *fit_args, **fit_kwargs, verbose=verbose)
+        stopped = _run(built, role, *fit_args, **fit_kwargs, verbose=verbose)
     trials = built.ran_trials.values() if role == "worker" else built.oracle.trials.values()
     _check_trials(list(trials), role, stopped, None if stopped is None else built.oracle.max_consecutive_failed_trials)
     return SearchResult.from_trials(built, trials)
@@ -268,40 +272,33 @@ class _TrialHooks:
         self.trial_seed = trial_seed
         self.ran_trials: dict[str, keras_tuner.engine.trial.Trial] = {}
         self._running: dict[str, tuple[float, cluster.Heartbeat | None]] = {}
+        self._worker = cluster.role() == "worker"
         super().__init__(*args, **kwargs)
 
     def on_trial_begin(self, trial):
         if self.trial_seed is not None:
             keras.utils.set_random_seed(self.trial_seed)
         self.ran_trials[trial.trial_id] = trial
-        heartbeat = cluster.Heartbeat(self.oracle, trial.trial_id) if self._is_worker() else None
+        heartbeat = cluster.Heartbeat(self.oracle, trial.trial_id) if self._worker else None
         self._running[trial.trial_id] = (time.perf_counter(), heartbeat)
         super().on_trial_begin(trial)
 
     def run_trial(self, trial, *args, **kwargs):
-        results = super().run_trial(trial, *args, **kwargs)  # Keras Tuner reports them to the oracle
-        if self._is_worker():
-            self._keep(trial, *_reported(results))
+        """Keras Tuner's (or `PackedTrials`'); a worker keeps what Keras Tuner reports of the results to the
+        chief, so the worker can tell what it reported."""
+        results = super().run_trial(trial, *args, **kwargs)
+        if self._worker:
+            metrics, step = _compat.trial_report(results, OBJECTIVE)
+            for name, value in metrics.items():
+                trial.metrics.update(name, value, step=step)
+            trial.score, trial.best_step = trial.metrics.get_best_value(OBJECTIVE.name), step
         return results
-
-    def report(self, trial, results) -> None:
-        """Reports a trial's histories to the oracle the way Keras Tuner does (best epoch's metrics)."""
-        metrics, step = _reported(results)
-        self.oracle.update_trial(trial.trial_id, metrics, step=step)
-        if self._is_worker():
-            self._keep(trial, metrics, step)
-
-    def _keep(self, trial, metrics: dict, step: int) -> None:
-        """A worker's copy of a trial gets what the chief's gets, so the worker can tell what it reported."""
-        for name, value in metrics.items():
-            trial.metrics.update(name, value, step=step)
-        trial.score, trial.best_step = trial.metrics.get_best_value(OBJECTIVE.name), step
 
     def save(self):
         """Keras Tuner's `save`, with this tuner's own file written atomically too."""
-        if not self._is_worker():
+        if not self._worker:
             self.oracle.save()
-        write_text(self._get_tuner_fname(), json.dumps(self.get_state()))
+        write_text(_compat.tuner_state_path(self), json.dumps(self.get_state()))
 
     def on_trial_end(self, trial):
         start, heartbeat = self._running.pop(trial.trial_id)
@@ -309,11 +306,6 @@ class _TrialHooks:
             heartbeat.stop()
         trial.metrics.update("seconds", time.perf_counter() - start)
         super().on_trial_end(trial)  # ends the trial in the oracle (the chief's, on a worker) and saves it
-
-
-def _reported(results) -> tuple[dict, int]:
-    """What Keras Tuner reports of a trial's histories: the best epoch's metrics, and that epoch."""
-    return tuner_utils.convert_to_metrics_dict(results, OBJECTIVE), tuner_utils.get_best_step(results, OBJECTIVE)
 
 
 def _hypermodel(hypermodel, space, base, recipe) -> DropoutVGGHyperModel:
@@ -339,9 +331,6 @@ def _tuner_class(tuner, packed: bool) -> type:
         )
     if issubclass(cls, keras_tuner.BayesianOptimization):
         _require_sklearn()
-    if packed and issubclass(cls, keras_tuner.Hyperband):
-        raise ValueError("trials_per_step: Hyperband continues trials from their checkpoints one at a time; "
-                         "use trials_per_step=1 with it")
     return type(cls.__name__, (_TrialHooks, PackedTrials, cls) if packed else (_TrialHooks, cls), {})
 
 
@@ -384,12 +373,12 @@ def _dataset(x, y, validation_data, data, hypermodel: DropoutVGGHyperModel) -> t
     return data, selection
 
 
-def _run(tuner: keras_tuner.Tuner, *args, **kwargs) -> RuntimeError | None:
+def _run(tuner: keras_tuner.Tuner, role: str | None, *args, **kwargs) -> RuntimeError | None:
     """Runs the search; returns Keras Tuner's error if it stopped for too many failed trials in a row."""
     try:
         tuner.search(*args, **kwargs)
     except RuntimeError as error:
-        if tuner._is_worker() or not _too_many_failures(tuner.oracle):  # a worker's oracle is the chief's
+        if role == "worker" or not _too_many_failures(tuner.oracle):  # a worker's oracle is the chief's
             raise
         return error
     return None

@@ -7,8 +7,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
+import keras_tuner
 import pytest
 
 from kt_dropout.tuning import cluster
@@ -58,14 +60,20 @@ def clean_environment():
 @pytest.fixture
 def cluster_flags(tmp_path):
     address = f"127.0.0.1:{free_port()}"
+    started = []
 
     def start(name, *role_flags, epochs, max_trials, lost_after=120):
         search_flags = [*TINY, "--epochs", epochs, "--max-trials", max_trials, "--directory", tmp_path / "search",
                         "--lost-worker-seconds", lost_after]
         flags = ["--chief", address] if name == "chief" else ["--worker", address, "--tuner-id", name]
-        return Search(tmp_path, name, flags, [*map(str, search_flags), *role_flags])
+        started.append(Search(tmp_path, name, flags, [*map(str, search_flags), *role_flags]))
+        return started[-1]
 
     yield start
+    for process in (each.process for each in started):  # a failed test may leave one running, e.g. a chief
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def test_chief_and_two_workers_run_every_trial_once_and_the_chief_keeps_what_they_reported(cluster_flags):
@@ -106,6 +114,44 @@ def test_a_worker_killed_mid_trial_loses_its_trial_to_another_and_the_search_fin
     assert sorted((row["trial_id"], row["status"]) for row in kept) == [("0", "COMPLETED"), ("1", "COMPLETED")]
     chief.log.seek(0)
     assert "worker w1 silent for" in chief.log.read()
+
+
+def test_a_chief_serves_workers_that_pack_the_trials_they_ask_for(cluster_flags):
+    chief = cluster_flags("chief", "--trials-per-step", "2", epochs=1, max_trials=3)
+    worker = cluster_flags("w1", "--trials-per-step", "2", epochs=1, max_trials=3)
+    ran = worker.finish()
+    kept = chief.finish()  # once each of the worker's two slots has been told to stop
+
+    assert sorted((row["trial_id"], row["pack_size"]) for row in ran) == [("0", "2"), ("1", "2"), ("2", "1")]
+    assert sorted((row["trial_id"], row["status"], row["pack_size"]) for row in kept) == [
+        ("0", "COMPLETED", "2"), ("1", "COMPLETED", "2"), ("2", "COMPLETED", "1")]
+
+
+def test_the_chief_cannot_see_the_leased_oracle_half_way_through_a_change():
+    """Keras Tuner's chief decides it may stop (`exit_chief`) holding the lock of the oracle it serves."""
+    from keras_tuner.src.distribute.oracle_chief import exit_chief
+
+    class SlowOracle:
+        ongoing_trials, tuner_ids = {}, set()
+        entered, release = threading.Event(), threading.Event()
+
+        def create_trial(self, tuner_id):
+            self.entered.set()
+            self.release.wait(30)
+            return keras_tuner.engine.trial.Trial(keras_tuner.HyperParameters(), status="STOPPED")
+
+    oracle = cluster.LeasedOracle(SlowOracle(), lost_worker_seconds=10)
+    creating = threading.Thread(target=oracle.create_trial, args=("w1",))
+    creating.start()
+    assert SlowOracle.entered.wait(30)
+    deciding = threading.Thread(target=exit_chief, args=(oracle,))
+    deciding.start()
+    deciding.join(0.5)
+    assert deciding.is_alive()  # waits for create_trial to finish
+    SlowOracle.release.set()
+    creating.join(30)
+    deciding.join(30)
+    assert not deciding.is_alive()
 
 
 def test_configure_sets_keras_tuners_environment(clean_environment):

@@ -2,17 +2,42 @@
 
 import re
 
+import keras_tuner
 import numpy as np
 import pytest
 
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.data import synthetic_cifar10
+from kt_dropout.packing.trainer import PackTrainer
+from kt_dropout.tuning import packed_trials
 from kt_dropout.tuning.hypermodel import DropoutVGGHyperModel
-from kt_dropout.tuning.search import search
+from kt_dropout.tuning.search import SearchFailedError, search
 
 BASE = VGGConfig(nfilters=(4, 4, 4), ndense=8)
 RECIPE = Recipe(batch_size=32, epochs=2)
 DATA = synthetic_cifar10(64, 32)  # grouped convolutions are slow on CPU: keep packs tiny
+
+
+DENSE_ONLY = {"dropout_conv_1": None, "dropout_conv_2": None, "dropout_conv_3": None}
+GRID = {**DENSE_ONLY, "dropout_dense": (0.0, 0.5, 0.1)}  # six trials, all of one shape
+
+
+@pytest.fixture
+def trainer(monkeypatch):
+    """The pack trainer of the search, recording each pack it trains (its members' names) in `packs`; while
+    `errors` has any left, a pack raises the next one instead of training."""
+
+    class Recording(PackTrainer):
+        packs, errors = [], []
+
+        def train(self, *args, **kwargs):
+            self.packs.append(sorted(member.name for member in self.members))
+            if self.errors:
+                raise self.errors.pop(0)
+            return super().train(*args, **kwargs)
+
+    monkeypatch.setattr(packed_trials, "PackTrainer", Recording)
+    return Recording
 
 
 def packed_search(tmp_path, space, **kwargs):
@@ -47,15 +72,44 @@ def test_trials_of_different_shapes_train_in_separate_packs(tmp_path):
     assert all(row["pack_size"] == widths.count(row["ndense"]) for row in result.trials)
 
 
-def test_a_diverging_pack_fails_its_trials_and_the_search_carries_on(tmp_path):
-    space = {"dropout_conv_1": None, "dropout_conv_2": None, "dropout_conv_3": None, "dropout_dense": None,
+def test_a_diverging_pack_fails_its_trials_without_retries_and_the_search_carries_on(tmp_path, trainer):
+    space = {**DENSE_ONLY, "dropout_dense": None,
              "learning_rate": [1e-3, 1e38]}  # one learning rate per pack: each trial is a pack of one
     with pytest.warns(RuntimeWarning, match="1 of 2 trials failed"):
-        result = packed_search(tmp_path, space)
+        result = packed_search(tmp_path, space, max_retries_per_trial=2)
     completed, failed = result.trials
     assert completed["status"] == "COMPLETED" and completed["learning_rate"] == 1e-3
     assert failed["status"] == "FAILED" and failed["learning_rate"] == 1e38
     assert re.search(r"TrainingDiverged: loss became (nan|inf|-inf) in epoch 1", failed["error"])
+    assert trainer.packs == [["trial_0"], ["trial_1"]]  # a diverged trial is not trained again
+
+
+def test_a_crashed_pack_is_retried_as_keras_tuner_retries_a_trial(tmp_path, trainer):
+    trainer.errors = [ValueError("deliberate pack failure")]
+    result = packed_search(tmp_path, GRID, max_trials=2, max_retries_per_trial=1)
+    assert [row["status"] for row in result.trials] == ["COMPLETED", "COMPLETED"]
+    assert trainer.packs == [["trial_0", "trial_1"]] * 2  # crashed (INVALID), then run again
+
+
+def test_a_pack_that_crashes_on_every_retry_fails_its_trials(tmp_path, trainer):
+    trainer.errors = [ValueError("deliberate pack failure")] * 2
+    with pytest.raises(SearchFailedError, match="(?s)all 2 trials failed.*ValueError: deliberate pack failure"):
+        packed_search(tmp_path, GRID, max_trials=2, max_retries_per_trial=1)
+    assert trainer.packs == [["trial_0", "trial_1"]] * 2
+
+
+def test_a_fatal_error_in_a_pack_stops_the_search(tmp_path, trainer):
+    trainer.errors = [keras_tuner.errors.FatalError("deliberate fatal error")]
+    with pytest.raises(keras_tuner.errors.FatalError, match="deliberate fatal error"):
+        packed_search(tmp_path, GRID, max_retries_per_trial=1)
+    assert len(trainer.packs) == 1  # neither retried nor followed by the next pack
+
+
+def test_failed_trials_in_a_row_stop_the_search(tmp_path, trainer):
+    trainer.errors = [ValueError("deliberate pack failure")] * 3
+    with pytest.raises(SearchFailedError, match="Keras Tuner stops after 3 failures in a row"):
+        packed_search(tmp_path, GRID, max_trials=6)
+    assert len(trainer.packs) == 2  # the third failed trial was in the second pack
 
 
 @pytest.mark.parametrize("kwargs, message", [
