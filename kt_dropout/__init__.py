@@ -5,17 +5,40 @@
 - `RunRecord`: what `train` returns, and what the results store keeps, for one run.
 - `load_cifar10`: CIFAR-10 from a path, `$KT_DROPOUT_DATA`, Keras's cache or Keras's download.
 - `kt_dropout.study.experiments`, `kt_dropout.study.runner`, `kt_dropout.study.report`: the post as a reproducibility suite.
+
+The names that need Keras (and so a backend) are imported on first use (PEP 562), so that `kt-dropout --help`
+and other light imports of the package do not start TensorFlow or JAX.
 """
 
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from kt_dropout.config import Recipe, VGGConfig
-from kt_dropout.data import DataError, load_cifar10
-from kt_dropout.tuning.hypermodel import DropoutVGGHyperModel
-from kt_dropout.model import build_model, compile_model
-from kt_dropout.record import RunRecord
-from kt_dropout.tuning.search import SearchFailedError, SearchResult, search
-from kt_dropout.training import train
+
+if TYPE_CHECKING:
+    from kt_dropout.data import DataError, load_cifar10
+    from kt_dropout.model import build_model, compile_model
+    from kt_dropout.record import RunRecord
+    from kt_dropout.training import train
+    from kt_dropout.tuning.hypermodel import DropoutVGGHyperModel
+    from kt_dropout.tuning.search import SearchFailedError, SearchResult, search
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "DataError": "kt_dropout.data",
+    "DropoutVGGHyperModel": "kt_dropout.tuning.hypermodel",
+    "RunRecord": "kt_dropout.record",
+    "SearchFailedError": "kt_dropout.tuning.search",
+    "SearchResult": "kt_dropout.tuning.search",
+    "build_model": "kt_dropout.model",
+    "compile_model": "kt_dropout.model",
+    "load_cifar10": "kt_dropout.data",
+    "search": "kt_dropout.tuning.search",
+    "train": "kt_dropout.training",
+}
 
 __all__ = [
     "DataError",
@@ -31,3 +54,15 @@ __all__ = [
     "search",
     "train",
 ]
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module 'kt_dropout' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_LAZY[name]), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})

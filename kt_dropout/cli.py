@@ -21,25 +21,16 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import keras
 from tabulate import tabulate
 
-from kt_dropout.tuning import cluster
-from kt_dropout.atomic import check_writable_folder, write_text
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.console import eprint
-from kt_dropout.data import data_fingerprint, load_cifar10, synthetic_cifar10
-from kt_dropout.record import RunRecord
-from kt_dropout.study.compare import DEFAULT_CLAIMS, comparison
 from kt_dropout.study.experiments import CLAIMS, CONFIGS, EXPERIMENTS, claims_for, resolve_experiments
-from kt_dropout.tuning.hypermodel import PARAMS
 from kt_dropout.study.profiles import PROFILES, get_profile
-from kt_dropout.study.report import write_report
-from kt_dropout.study.results import MANIFEST_NAME, ResultStore, StudyKey, by_study
-from kt_dropout.study.runner import open_study
-from kt_dropout.tuning.search import TUNERS, SearchFailedError, search
-from kt_dropout.training import train
-from kt_dropout.study.verdicts import decide_all
+from kt_dropout.tuning.space import PARAMS, TUNER_NAMES
+
+# What needs Keras (and so a backend) is imported inside the command that uses it: `--help`, the parser's
+# errors and `experiments` answer at once, without starting TensorFlow or JAX.
 
 PROG = "kt-dropout"
 DEFAULT_OUTPUT = "kt-dropout-run.json"
@@ -119,6 +110,8 @@ def _recipe(args) -> Recipe:
 
 def _data(args, config: VGGConfig):
     """`((x_train, y_train), (x_test, y_test))` from --synthetic, --data or the standard lookup."""
+    from kt_dropout.data import load_cifar10, synthetic_cifar10
+
     if args.synthetic:
         n_train, n_test = args.synthetic
         return synthetic_cifar10(n_train, n_test, image_size=config.input_shape[0], num_classes=config.num_classes)
@@ -158,6 +151,8 @@ def cmd_experiments(args) -> int:
 def _check_output(path: Path, force: bool) -> None:
     """Refuses, before any training, an output that is a folder, that exists (without --force), or whose
     folder is missing or cannot be written."""
+    from kt_dropout.atomic import check_writable_folder
+
     if path.is_dir():
         raise UsageError(f"{path} is a folder; --output takes the record's file name")
     if path.exists() and not force:
@@ -167,9 +162,11 @@ def _check_output(path: Path, force: bool) -> None:
     check_writable_folder(path.parent)
 
 
-def _write_record(path: Path, record: RunRecord) -> None:
+def _write_record(path: Path, record) -> None:
     """Writes the record's JSON whole or not at all, readable as an ordinary file (`write_text`'s temp file,
     which it renames, is private)."""
+    from kt_dropout.atomic import write_text
+
     write_text(path, json.dumps(record.to_json(), indent=1, sort_keys=True) + "\n")
     umask = os.umask(0)
     os.umask(umask)
@@ -178,6 +175,8 @@ def _write_record(path: Path, record: RunRecord) -> None:
 
 def _epoch_line(epochs: int):
     """A Keras callback printing one line per epoch to stderr."""
+    import keras
+
     def report(epoch: int, logs: dict) -> None:
         metrics = " ".join(f"{k} {v:.4f}" for k, v in logs.items() if isinstance(v, (int, float)))
         eprint(f"epoch {epoch + 1}/{epochs} {metrics}")
@@ -187,6 +186,9 @@ def _epoch_line(epochs: int):
 
 def cmd_train(args) -> int:
     """Trains one configuration and writes its run record as JSON."""
+    from kt_dropout.data import data_fingerprint
+    from kt_dropout.training import train
+
     config, recipe = _config(args), _recipe(args)
     output = Path(args.output)
     _check_output(output, args.force)
@@ -248,6 +250,9 @@ def _space(items: list[tuple[str, object]]) -> dict:
 
 def cmd_search(args) -> int:
     """Runs a Keras Tuner search and prints its trials, best first."""
+    from kt_dropout.tuning import cluster
+    from kt_dropout.tuning.search import SearchFailedError, search
+
     space, base, recipe = _space(args.space), _config(args), _recipe(args)
     if args.tuner_id is not None and args.worker is None:
         raise UsageError("--tuner-id names a worker: it needs --worker")
@@ -280,6 +285,11 @@ def cmd_search(args) -> int:
 
 def cmd_reproduce(args) -> int:
     """Trains what the experiments need (reusing stored runs), decides their claims, writes the report."""
+    from kt_dropout.atomic import check_writable_folder
+    from kt_dropout.study.report import write_report
+    from kt_dropout.study.runner import open_study
+    from kt_dropout.study.verdicts import decide_all
+
     if args.no_pack and (args.pack_size or 1) > 1:
         raise UsageError(f"--no-pack conflicts with --pack-size {args.pack_size}")
     profile = get_profile(args.profile)
@@ -310,11 +320,15 @@ def cmd_reproduce(args) -> int:
 
 def _store_root(results: Path) -> Path:
     """RESULTS itself when it is a store (holds the manifest), else RESULTS/store."""
+    from kt_dropout.study.results import MANIFEST_NAME
+
     return results if (results / MANIFEST_NAME).is_file() else results / STORE_FOLDER
 
 
-def _open_store(results: Path) -> ResultStore:
-    """The store in a results folder (RESULTS/store) or the store folder itself."""
+def _open_store(results: Path):
+    """The `ResultStore` in a results folder (RESULTS/store) or the store folder itself."""
+    from kt_dropout.study.results import MANIFEST_NAME, ResultStore
+
     root = _store_root(results)
     if not (root / MANIFEST_NAME).is_file():
         raise UsageError(f"{results}: neither a results folder (with {STORE_FOLDER}/) nor a results store "
@@ -322,9 +336,11 @@ def _open_store(results: Path) -> ResultStore:
     return ResultStore(root, create=False)
 
 
-def _one_study(records: list[RunRecord], epochs: int | None) -> list[RunRecord]:
+def _one_study(records: list, epochs: int | None) -> list:
     """The records of one study (`StudyKey`): those of --epochs, and of the study with the most runs if still
     mixed."""
+    from kt_dropout.study.results import StudyKey, by_study
+
     if epochs is not None:
         available = sorted({r.key.epochs for r in records})
         records = [r for r in records if r.key.epochs == epochs]
@@ -341,6 +357,8 @@ def _one_study(records: list[RunRecord], epochs: int | None) -> list[RunRecord]:
 
 def cmd_report(args) -> int:
     """Writes report.md and its figures from the runs in a results store."""
+    from kt_dropout.study.report import write_report
+
     results = Path(args.results)
     store = _open_store(results)
     records = store.records()
@@ -354,6 +372,8 @@ def cmd_report(args) -> int:
 
 def cmd_merge(args) -> int:
     """Copies into RESULTS the runs that another results folder or store holds (e.g. one from a GPU machine)."""
+    from kt_dropout.study.results import ResultStore
+
     sources = [_open_store(Path(source)).root for source in args.sources]  # all checked before RESULTS is made
     target = ResultStore(_store_root(Path(args.results)))
     copied = sum(target.merge(source) for source in sources)
@@ -363,7 +383,9 @@ def cmd_merge(args) -> int:
 
 def cmd_compare(args) -> int:
     """Pairs the runs of two studies and prints, as Markdown, how their accuracies and verdicts differ."""
-    claims = [c.strip() for c in args.claims.split(",") if c.strip()]
+    from kt_dropout.study.compare import DEFAULT_CLAIMS, comparison
+
+    claims = [c.strip() for c in args.claims.split(",") if c.strip()] if args.claims else list(DEFAULT_CLAIMS)
     reference, other = (_open_store(Path(results)).records() for results in (args.reference, args.other))
     sys.stdout.write(comparison(reference, other, claims))
     return 0
@@ -407,7 +429,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "Searches the dropout rates (or what --space tunes) of the network the network flags "
                          "describe, maximizing val_accuracy. A project already in --directory/--project-name is "
                          "resumed unless --overwrite. Prints the trials, best first.")
-    search_cmd.add_argument("--tuner", choices=list(TUNERS), default="random", help="the Keras Tuner tuner [random]")
+    search_cmd.add_argument("--tuner", choices=list(TUNER_NAMES), default="random", help="the Keras Tuner tuner [random]")
     search_cmd.add_argument("--max-trials", type=int, default=10, metavar="N",
                             help="trials to run; hyperband runs its brackets up to --epochs instead [10]")
     search_cmd.add_argument("--space", type=space_item, action="append", default=[], metavar="NAME=SPEC",
@@ -485,8 +507,9 @@ def build_parser() -> argparse.ArgumentParser:
                       "with 95% t intervals, then each claim decided in both on the paired runs only.")
     compare.add_argument("reference", metavar="REF", help="results folder or store of the reference study")
     compare.add_argument("other", metavar="OTHER", help="results folder or store of the study to compare with it")
-    compare.add_argument("--claims", default=",".join(DEFAULT_CLAIMS), metavar="C1,C3",
-                         help=f"claims to decide in both, comma-separated [{','.join(DEFAULT_CLAIMS)}]")
+    compare.add_argument("--claims", metavar="C1,C3",
+                         help="claims to decide in both, comma-separated [those the quick profile's "
+                              "configurations can decide]")
     return parser
 
 

@@ -35,6 +35,29 @@ def run_cli(*args, cwd):
     )
 
 
+BACKEND_MODULES = ("keras", "keras_tuner", "tensorflow", "jax", "torch")
+
+
+def test_help_and_experiments_start_no_backend(tmp_path):
+    """`--help`, a parser error and `experiments` answer without importing Keras, Keras Tuner or a backend."""
+    code = (
+        "import contextlib, io, sys\n"
+        "from kt_dropout import cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
+        "    for argv in (['--help'], ['search', '--tuner', 'nope']):\n"
+        "        try:\n"
+        "            cli.main(argv)\n"
+        "        except SystemExit:\n"
+        "            pass\n"
+        "    assert cli.main(['experiments']) == 0\n"
+        f"print(sorted(m for m in {BACKEND_MODULES!r} if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
 def assert_usage_error(result, command, *fragments):
     assert result.returncode == 2, result.stderr
     assert f"kt-dropout {command}: error:" in result.stderr

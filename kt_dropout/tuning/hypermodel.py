@@ -7,44 +7,14 @@ instead of as a failed trial hours later.
 
 from __future__ import annotations
 
-import dataclasses
-import types
-from typing import Any, Callable
-
 import keras_tuner
 import numpy as np
 
-from kt_dropout.config import (
-    NUM_BLOCKS, Recipe, VGGConfig, check_bool, check_choice, check_positive_int, check_positive_number, check_rate,
-)
-from kt_dropout.model import build_compiled
 from kt_dropout.callbacks import check_finite, recipe_callbacks
+from kt_dropout.config import Recipe, VGGConfig, check_choice, check_positive_int, check_positive_number
 from kt_dropout.memory import releasing_traced_gradients
-
-DROPOUT_NAMES = (*(f"dropout_conv_{block}" for block in range(1, NUM_BLOCKS + 1)), "dropout_dense")
-# 0.0 (the default: the post's baseline), 0.1, ..., 0.5; covers the post's 0.0, 0.2 and 0.5.
-DEFAULT_SPACE = types.MappingProxyType({name: (0.0, 0.5, 0.1) for name in DROPOUT_NAMES})
-_RANGE_KEYS = ("min", "max", "step", "sampling")
-_SAMPLINGS = ("linear", "log", "reverse_log")
-
-
-@dataclasses.dataclass(frozen=True)
-class _Param:
-    """What one tunable name accepts."""
-
-    check: Callable[[str, Any], Any]  # validates and normalizes one value
-    range_type: str | None  # the `HyperParameters` method a range declares; None: no ranges
-    sampling: str = "linear"
-
-
-PARAMS = {
-    **{name: _Param(check_rate, "Float") for name in DROPOUT_NAMES},
-    "ndense": _Param(check_positive_int, "Int"),
-    "width": _Param(check_positive_number, "Float"),
-    "batchnorm": _Param(check_bool, None),
-    "learning_rate": _Param(check_positive_number, "Float", sampling="log"),
-}
-
+from kt_dropout.model import build_compiled
+from kt_dropout.tuning.space import DEFAULT_SPACE, PARAMS, RANGE_KEYS, SAMPLINGS, Param
 
 class DropoutVGGHyperModel(keras_tuner.HyperModel):
     """The post's VGG-like CNN with tunable dropout rates (and, on request, width, dense units, BN, LR).
@@ -178,9 +148,9 @@ def _parse(name: str, spec) -> tuple[str, dict]:
     return method, kwargs
 
 
-def _declaration(param: _Param, spec) -> tuple[str, dict]:
+def _declaration(param: Param, spec) -> tuple[str, dict]:
     if isinstance(spec, dict):
-        unknown = sorted(set(spec) - set(_RANGE_KEYS))
+        unknown = sorted(set(spec) - set(RANGE_KEYS))
         if unknown or not {"min", "max"} <= spec.keys():
             raise ValueError(f"a range dict needs min and max and may have step, sampling; got keys {sorted(spec)}")
         return _range(param, spec["min"], spec["max"], spec.get("step"), spec.get("sampling"))
@@ -193,20 +163,20 @@ def _declaration(param: _Param, spec) -> tuple[str, dict]:
     return "Fixed", {"value": param.check("value", spec)}
 
 
-def _range(param: _Param, low, high, step=None, sampling=None) -> tuple[str, dict]:
+def _range(param: Param, low, high, step=None, sampling=None) -> tuple[str, dict]:
     if param.range_type is None:
         raise ValueError("takes a value or a list of choices, not a range")
     low, high = param.check("min", low), param.check("max", high)
     if low > high:
         raise ValueError(f"min {low!r} is greater than max {high!r}")
     if sampling is not None:
-        check_choice("sampling", sampling, _SAMPLINGS)
+        check_choice("sampling", sampling, SAMPLINGS)
     if step is not None:
         step = (check_positive_int if param.range_type == "Int" else check_positive_number)("step", step)
     return param.range_type, {"min_value": low, "max_value": high, "step": step, "sampling": sampling or param.sampling}
 
 
-def _choices(param: _Param, spec: list) -> tuple[str, dict]:
+def _choices(param: Param, spec: list) -> tuple[str, dict]:
     values = [param.check(f"choices[{i}]", value) for i, value in enumerate(spec)]
     if not values:
         raise ValueError("the list of choices is empty")

@@ -28,15 +28,13 @@ from kt_dropout.tuning.cluster import LeasedOracle
 from kt_dropout.config import Recipe, VGGConfig, check_positive_int
 from kt_dropout.tuning.hypermodel import DropoutVGGHyperModel, tidy
 from kt_dropout.tuning.packed_trials import PackedTrials
+from kt_dropout.tuning.space import TUNER_NAMES
 from kt_dropout.splits import prepare_splits
 
 OBJECTIVE = keras_tuner.Objective("val_accuracy", direction="max")
-TUNERS = {
-    "random": keras_tuner.RandomSearch,
-    "grid": keras_tuner.GridSearch,
-    "bayesian": keras_tuner.BayesianOptimization,
-    "hyperband": keras_tuner.Hyperband,
-}
+TUNERS = dict(zip(TUNER_NAMES, (
+    keras_tuner.RandomSearch, keras_tuner.GridSearch, keras_tuner.BayesianOptimization, keras_tuner.Hyperband,
+)))
 _COMPLETED, _FAILED = keras_tuner.engine.trial.TrialStatus.COMPLETED, keras_tuner.engine.trial.TrialStatus.FAILED
 
 

@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kt_dropout.config import Recipe, VGGConfig
-from kt_dropout.tuning.hypermodel import DEFAULT_SPACE, DROPOUT_NAMES, DropoutVGGHyperModel
+from kt_dropout.tuning.hypermodel import DropoutVGGHyperModel
+from kt_dropout.tuning.space import DEFAULT_SPACE, DROPOUT_NAMES
 from kt_dropout.splits import prepare_splits
 
 BASE = VGGConfig(nfilters=(4, 8, 8), ndense=16)

@@ -13,7 +13,8 @@ import pytest
 import kt_dropout.data
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.data import DataError, synthetic_cifar10
-from kt_dropout.tuning.hypermodel import DROPOUT_NAMES, DropoutVGGHyperModel
+from kt_dropout.tuning.hypermodel import DropoutVGGHyperModel
+from kt_dropout.tuning.space import DROPOUT_NAMES
 from kt_dropout.tuning.search import SearchFailedError, SearchResult, search
 
 BASE = VGGConfig(nfilters=(4, 8, 8), ndense=16)
