@@ -30,6 +30,14 @@ def pytest_addoption(parser):
         group.addoption(option, default=os.environ.get(env, default), help=f"{help_text} [env {env}]")
 
 
+def pytest_configure(config):
+    """With `-n` (pytest-xdist), tests marked `xdist_group` (they share an expensive module fixture) run on one
+    worker. Set here, not as `--dist loadgroup` in addopts: pytest-benchmark turns itself off whenever `--dist`
+    is set, which would leave the GPU suite's own benchmark records empty."""
+    if getattr(config.option, "numprocesses", None) and config.option.dist == "load":
+        config.option.dist = "loadgroup"
+
+
 def pytest_collection_modifyitems(config, items):
     if "gpu" in (config.option.markexpr or ""):
         return

@@ -21,10 +21,13 @@ ROOT = Path(__file__).resolve().parents[2]  # the project, where `pytest benchma
 
 
 def _pytest(*args, env=None):
+    """A pytest session of its own, as a user starts it: not an xdist worker even when this test runs in one
+    (pytest-benchmark records nothing in a process that `PYTEST_XDIST_WORKER` says is a worker)."""
+    own = {name: value for name, value in os.environ.items() if not name.startswith("PYTEST_XDIST_")}
     return subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "jax", **(env or {})},
-        timeout=900,
+        cwd=ROOT, capture_output=True, text=True,
+        env={**own, "TF_CPP_MIN_LOG_LEVEL": "3", "KERAS_BACKEND": "jax", **(env or {})}, timeout=900,
     )
 
 
