@@ -304,27 +304,26 @@ def _plot_best_accuracy(groups: dict[str, list[RunRecord]], path: Path, holdout:
 
 
 def _plot_forest(verdicts: list[ClaimVerdict], path: Path) -> bool:
-    """One row per comparison with an interval (accuracy-scale metrics): the interval coloured by the
-    claim-level comparison verdict, the difference as a dot, the threshold as a black tick. False: nothing
-    to plot."""
-    rows = [(v.claim.id, c) for v in verdicts for c in v.comparisons
-            if c.ci_low is not None and c.metric != "best_epoch"]
+    """One row per comparison with an interval (accuracy-scale metrics): the interval coloured by its verdict
+    (grey when the claim is not decidable at these epochs), the difference as a dot, the threshold as a black
+    tick. False: nothing to plot."""
+    rows = [(v, c) for v in verdicts for c in v.comparisons if c.ci_low is not None and c.metric != "best_epoch"]
     if not rows:
         return False
-    fig, ax = plt.subplots(figsize=(9, 0.4 * len(rows) + 1.8))
-    for y, (claim_id, c) in enumerate(rows):
-        colour = STATUS_COLOURS[c.status]
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.8))
+    for y, (claim, c) in enumerate(rows):
+        colour = STATUS_COLOURS[NOT_DECIDABLE if claim.status == NOT_DECIDABLE else c.status]
         ax.plot([c.ci_low, c.ci_high], [y, y], color=colour, linewidth=3)
         ax.plot(c.difference, y, "o", color=colour)
         ax.plot([c.comparison.threshold] * 2, [y - 0.35, y + 0.35], color="black", linewidth=1.5)
-    labels = [f"{claim_id} {c.comparison}" + ("" if c.metric == "accuracy" else f" [{c.metric}]")
-              for claim_id, c in rows]
+    labels = [f"{claim.claim.id} {c.comparison}" + (" (not decidable)" if claim.status == NOT_DECIDABLE else "")
+              for claim, c in rows]
     ax.set_yticks(range(len(rows)), labels)
     ax.invert_yaxis()
     ax.axvline(0, color="gray", linewidth=0.8, linestyle=":")
-    ax.set_xlabel(f"difference a − b, test accuracy over the last {FINAL_WINDOW} epochs (black tick: threshold)")
-    ax.set_title("Every comparison: interval coloured by verdict (green supported, red contradicted, "
-                 "orange unresolved)", fontsize=9)
+    ax.set_xlabel(f"difference a − b in test accuracy, mean of the last {FINAL_WINDOW} epochs; black tick: threshold")
+    ax.set_title("Every comparison's interval: green supported, red contradicted, orange unresolved,\n"
+                 "grey not decidable at these epochs or insufficient", fontsize=10)
     ax.grid(axis="x", alpha=0.3)
     _save(fig, path)
     return True
