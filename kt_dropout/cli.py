@@ -145,7 +145,8 @@ def cmd_experiments(args) -> int:
             for name in e.configs]
     print(tabulate(rows, headers=["experiment", "title", "configuration: non-default fields"]))
     print("\nClaims\n")
-    print(tabulate([[c.id, c.experiment, c.text] for c in CLAIMS.values()], headers=["claim", "experiment", "text"]))
+    print(tabulate([[c.id, c.experiment, c.min_epochs, "; ".join(map(str, c.comparisons)), c.text]
+                    for c in CLAIMS.values()], headers=["claim", "experiment", "needs epochs", "comparisons", "text"]))
     print("\nProfiles (kt-dropout reproduce --profile NAME)\n")
     rows = [[p.name, p.epochs, p.seeds, ", ".join(p.experiments), ", ".join(p.claims) or "none", p.description]
             for p in PROFILES.values()]

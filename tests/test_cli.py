@@ -53,7 +53,7 @@ def assert_usage_error(result, command, *fragments):
                   "--lost-worker-seconds"]),
     (["reproduce"], ["--profile", "--seeds", "--epochs", "--results", "--data", "--selection", "--precision", "--pack-size",
                      "--no-pack"]),
-    (["report"], ["RESULTS", "--out", "--epochs"]),
+    (["report"], ["RESULTS", "--out", "--epochs", "--profile", "--data-source"]),
     (["merge"], ["RESULTS", "SOURCE"]),
     (["compare"], ["REF", "OTHER", "--claims"]),
 ])
@@ -70,6 +70,7 @@ def test_experiments_lists_everything(tmp_path):
     for name in [*EXPERIMENTS, *CONFIGS, *CLAIMS, *PROFILES]:
         assert name in result.stdout
     assert "conv0.2: dropout_conv=(0.2, 0.2, 0.2)" in result.stdout
+    assert "dense0.5 ≥ dense0.2 − 0.005" in result.stdout  # C5's non-inferiority, with its margin
 
 
 @pytest.mark.slow
