@@ -87,7 +87,7 @@ def _mean(values) -> float | None:
 
 
 def summarize_config(runs: Iterable[RunRecord]) -> dict:
-    """n, mean and sd (ddof=1) of the verdict metric, the post's best accuracy, best epoch, final accuracy, s/epoch."""
+    """n, mean and sd (ddof=1) of the verdict metric, and means of the post's best accuracy, best epoch, s/epoch."""
     runs = list(runs)
     accuracy = metric_values(runs, "accuracy")
     ok = [r for r in runs if r.status == "ok"]
@@ -99,7 +99,6 @@ def summarize_config(runs: Iterable[RunRecord]) -> dict:
         "accuracy_sd": float(np.std(accuracy, ddof=1)) if len(accuracy) >= MIN_RUNS else None,
         "best_accuracy_mean": _mean(metric_values(runs, "best_accuracy")),
         "best_epoch_mean": _mean(metric_values(runs, "best_epoch")),
-        "final_val_accuracy_mean": _mean([r.final_val_accuracy for r in ok if r.final_val_accuracy is not None]),
         "seconds_per_epoch_mean": _mean(seconds),
     }
 
@@ -119,7 +118,7 @@ class ComparisonVerdict:
     ci_low: float | None = None
     ci_high: float | None = None
     test: str | None = None  # PAIRED or WELCH
-    p_against: float = 1.0  # one-sided p of "difference >= threshold" (before Holm)
+    p_against: float = 1.0  # one-sided p-value against "difference >= threshold" (before Holm)
     mdd: float | None = None  # minimum detectable difference beyond the threshold at POWER
     seeds_needed: int | None = None  # per configuration, to detect the observed difference; None: > MAX_SEEDS
     reason: str = ""
