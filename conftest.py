@@ -45,3 +45,32 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+class Learnable:
+    """A task the trainers must learn in a few CPU seconds: `floor` is 3x chance (0.1), which a model at chance
+    reaches on these 100 validation images with probability below 1e-8.
+
+    No BatchNorm: its moving averages need hundreds of steps before validation sees what training learned.
+    """
+
+    def __init__(self):
+        from kt_dropout.config import Recipe, VGGConfig
+        from kt_dropout.data import synthetic_cifar10
+
+        self.config = VGGConfig(nfilters=(8, 8, 8), ndense=32, batchnorm=False)
+        self.recipe = Recipe(batch_size=16, learning_rate=3e-3)
+        self.data = synthetic_cifar10(n_train=512, n_test=100)
+        self.epochs, self.floor = 4, 0.3
+
+    def accuracy(self, model) -> float:
+        """`model`'s accuracy on the validation (= test) images, scaled as the recipe scales them."""
+        import numpy as np
+
+        x, y = self.data[1]
+        return float(np.mean(model.predict(x * self.recipe.pixel_scale, verbose=0).argmax(-1) == y))
+
+
+@pytest.fixture(scope="session")
+def learnable():
+    return Learnable()

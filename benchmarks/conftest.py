@@ -55,5 +55,5 @@ def pytest_sessionfinish(session):
     from kt_dropout.study.report import write_report
 
     out = Path(session.config.getoption("--kt-results")) / f"report-{chosen.profile.name}"
-    path = write_report(chosen.records(), out)
+    path = write_report(chosen.records(), out, profile=chosen.profile.name, data=chosen.data_source)
     session.config.get_terminal_writer().line(f"kt-dropout report: {path}")

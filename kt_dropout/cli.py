@@ -8,7 +8,8 @@
     kt-dropout compare REF OTHER           pair two studies' runs: do their accuracies and verdicts agree?
 
 Every error is one line on stderr, `kt-dropout <command>: error: ...`, and exit
-status 2 (1 when a search ran but every trial failed).
+status 2 (1 when a search ran but every trial failed). `reproduce` exits with
+`REPRODUCE_EXIT_CODES`.
 """
 
 from __future__ import annotations
@@ -137,7 +138,8 @@ def cmd_experiments(args) -> int:
             for name in e.configs]
     print(tabulate(rows, headers=["experiment", "title", "configuration: non-default fields"]))
     print("\nClaims\n")
-    print(tabulate([[c.id, c.experiment, c.text] for c in CLAIMS.values()], headers=["claim", "experiment", "text"]))
+    print(tabulate([[c.id, c.experiment, c.min_epochs, "; ".join(map(str, c.comparisons)), c.text]
+                    for c in CLAIMS.values()], headers=["claim", "experiment", "needs epochs", "comparisons", "text"]))
     print("\nProfiles (kt-dropout reproduce --profile NAME)\n")
     rows = [[p.name, p.epochs, p.seeds, ", ".join(p.experiments), ", ".join(p.claims) or "none", p.description]
             for p in PROFILES.values()]
@@ -283,6 +285,15 @@ def cmd_search(args) -> int:
 # --- reproduce -------------------------------------------------------------------------------------
 
 
+EXIT_INCOMPLETE, EXIT_CONTRADICTED = 1, 3
+REPRODUCE_EXIT_CODES = (
+    "exit status: 0 every run succeeded and no claim the profile decides is contradicted or insufficient "
+    "(supported, unresolved, or not decidable at these epochs); "
+    f"{EXIT_INCOMPLETE} a run failed, or a claim the profile decides is insufficient; "
+    f"{EXIT_CONTRADICTED} a claim the profile decides is contradicted (before {EXIT_INCOMPLETE}); 2 a usage error"
+)
+
+
 def cmd_reproduce(args) -> int:
     """Trains what the experiments need (reusing stored runs), decides their claims, writes the report."""
     from kt_dropout.atomic import check_writable_folder
@@ -310,9 +321,23 @@ def cmd_reproduce(args) -> int:
     for claim in claims:
         print(f"  {decided[claim.id].summary()}" if claim.id in decided
               else f"  {claim.id} not decided in this profile: {claim.text}")
-    path = write_report(records, report_dir, experiments=experiments)
+    path = write_report(records, report_dir, experiments=experiments, profile=profile.name, data=study.data_source)
     print(f"report written to {path}")
-    return 0
+    failed = [f"{r.name}/seed{r.key.seed}" for r in records if r.status != "ok"]
+    if failed:
+        eprint(f"{len(failed)} run(s) failed: {', '.join(failed)}")
+    return reproduce_exit_status(records, decided.values())
+
+
+def reproduce_exit_status(records: list, verdicts) -> int:
+    """`REPRODUCE_EXIT_CODES` for the study's records (`RunRecord`s) and the verdicts of the claims its profile
+    decides."""
+    from kt_dropout.study.verdicts import CONTRADICTED, INSUFFICIENT
+
+    statuses = {v.status for v in verdicts}
+    if CONTRADICTED in statuses:
+        return EXIT_CONTRADICTED
+    return EXIT_INCOMPLETE if INSUFFICIENT in statuses or any(r.status != "ok" for r in records) else 0
 
 
 # --- report ----------------------------------------------------------------------------------------
@@ -365,7 +390,7 @@ def cmd_report(args) -> int:
     if not records:
         raise UsageError(f"{store.root} holds no runs")
     out = Path(args.out) if args.out else store.root.parent / "report"
-    path = write_report(_one_study(records, args.epochs), out)
+    path = write_report(_one_study(records, args.epochs), out, profile=args.profile, data=args.data_source)
     print(f"report written to {path}")
     return 0
 
@@ -466,7 +491,8 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce = command("reproduce", cmd_reproduce, "train the post's experiments, decide its claims, report",
                         "Trains the runs the experiments need (default: the profile's), reusing every run already "
                         "in RESULTS/store, so an interrupted or repeated call resumes. Then prints each claim's "
-                        "verdict and writes RESULTS/report-PROFILE/report.md with figures.")
+                        "verdict and writes RESULTS/report-PROFILE/report.md with figures. " + REPRODUCE_EXIT_CODES
+                        + ".")
     reproduce.add_argument("experiments", nargs="*", metavar="EXPERIMENT",
                            help=f"experiments to train: {', '.join(EXPERIMENTS)} [the profile's]")
     reproduce.add_argument("--profile", choices=list(PROFILES), default="quick",
@@ -492,6 +518,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a results folder (holding store/) or a results store (holding store.json)")
     report.add_argument("--out", metavar="DIR", help="where the report goes [RESULTS/report, beside the store]")
     report.add_argument("--epochs", type=int, metavar="N", help="report only the runs of N epochs")
+    report.add_argument("--profile", metavar="NAME", help="the profile that trained the runs, for the header")
+    report.add_argument("--data-source", metavar="TEXT",
+                        help="where the data came from, for the header (runs record only its fingerprint)")
 
     merge = command("merge", cmd_merge, "merge stored runs from other results folders",
                     "Copies into RESULTS every run that the SOURCE stores hold and RESULTS lacks (a successful run "

@@ -76,7 +76,7 @@ def assert_usage_error(result, command, *fragments):
                   "--lost-worker-seconds"]),
     (["reproduce"], ["--profile", "--seeds", "--epochs", "--results", "--data", "--selection", "--precision", "--pack-size",
                      "--no-pack"]),
-    (["report"], ["RESULTS", "--out", "--epochs"]),
+    (["report"], ["RESULTS", "--out", "--epochs", "--profile", "--data-source"]),
     (["merge"], ["RESULTS", "SOURCE"]),
     (["compare"], ["REF", "OTHER", "--claims"]),
 ])
@@ -93,6 +93,7 @@ def test_experiments_lists_everything(tmp_path):
     for name in [*EXPERIMENTS, *CONFIGS, *CLAIMS, *PROFILES]:
         assert name in result.stdout
     assert "conv0.2: dropout_conv=(0.2, 0.2, 0.2)" in result.stdout
+    assert "dense0.5 ≥ dense0.2 − 0.005" in result.stdout  # C5's non-inferiority, with its margin
 
 
 @pytest.mark.slow
@@ -331,3 +332,25 @@ def test_output_under_a_file_is_a_one_line_error_and_writes_nothing(tmp_path, co
 def test_merge_with_a_bad_source_creates_no_target(tmp_path):
     assert_usage_error(run_cli("merge", "merged", "nowhere", cwd=tmp_path), "merge", "nowhere")
     assert os.listdir(tmp_path) == []
+
+
+def test_reproduce_exit_status_says_what_went_wrong(tmp_path):
+    from kt_dropout.cli import EXIT_CONTRADICTED, EXIT_INCOMPLETE, reproduce_exit_status
+    from kt_dropout.study.verdicts import decide_all
+
+    def runs(name, finals, status="ok"):
+        return [make_record(name=name, config=VGGConfig(), recipe=Recipe(), seed=seed, epochs=15,
+                            data_fingerprint="d", history={"loss": [1.0] * 15, "val_accuracy": [v] * 15},
+                            epoch_seconds=[1.0] * 15, status=status) for seed, v in enumerate(finals)]
+
+    good, bad = [0.80, 0.815, 0.83], [0.70, 0.71, 0.725]
+    c1 = [CLAIMS["C1"]]
+    for records, expected in [
+        (runs("bn", good) + runs("vanilla", bad), 0),
+        (runs("bn", bad) + runs("vanilla", good), EXIT_CONTRADICTED),
+        (runs("bn", good) + runs("vanilla", bad[:1]), EXIT_INCOMPLETE),  # insufficient
+        (runs("bn", good) + runs("vanilla", bad) + runs("conv0.5", [0.1], status="failed"), EXIT_INCOMPLETE),
+    ]:
+        assert reproduce_exit_status(records, decide_all(records, c1)) == expected
+    help_text = " ".join(run_cli("reproduce", "--help", cwd=tmp_path).stdout.split())
+    assert "exit status: 0 every run succeeded" in help_text and f"{EXIT_CONTRADICTED} a claim" in help_text

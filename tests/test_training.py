@@ -4,6 +4,7 @@ import re
 
 import keras
 import numpy as np
+import pytest
 
 from kt_dropout import Recipe, VGGConfig, train
 from kt_dropout.data import synthetic_cifar10
@@ -57,3 +58,23 @@ def test_a_diverging_run_is_stopped_and_recorded_as_failed():
 def test_summarize_history_picks_the_first_best_epoch():
     summary = summarize_history({"val_accuracy": [0.1, 0.5, 0.5, 0.2]}, "test")
     assert summary == {"best_epoch": 2, "best_val_accuracy": 0.5, "final_val_accuracy": 0.2, "test_accuracy": None}
+
+
+class _ScrambleAtTheEnd(keras.callbacks.Callback):
+    """After the last epoch's validation, overwrites every weight: only restoring the best epoch's undoes it."""
+
+    def __init__(self, epochs):
+        super().__init__()
+        self.epochs = epochs
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch + 1 == self.epochs:
+            self.model.set_weights([np.full_like(w, 0.01) for w in self.model.get_weights()])
+
+
+def test_train_learns_and_hands_over_the_best_epochs_weights(learnable):
+    models = []
+    record = train(learnable.config, learnable.data, recipe=learnable.recipe, epochs=learnable.epochs, verbose=0,
+                   callbacks=[_ScrambleAtTheEnd(learnable.epochs)], on_model=models.append)
+    assert record.best_val_accuracy >= learnable.floor, record.history["val_accuracy"]
+    assert learnable.accuracy(models[0]) == pytest.approx(record.best_val_accuracy, abs=1e-6)

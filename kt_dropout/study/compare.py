@@ -18,7 +18,7 @@ from kt_dropout.record import RunRecord
 from kt_dropout.study.experiments import CLAIMS
 from kt_dropout.study.verdicts import decide_all, metric_value
 
-METRIC = "best_val_accuracy"
+METRIC = "accuracy"  # selection-free: see verdicts
 DEFAULT_CLAIMS = ("C1", "C2", "C3", "C4", "C10")  # those the quick profile's configurations can decide
 
 Pair = tuple[RunRecord, RunRecord]
@@ -38,13 +38,13 @@ def paired_runs(reference: list[RunRecord], other: list[RunRecord]) -> list[Pair
 
 
 def _difference_row(label: str, pairs: list[Pair]) -> list:
-    a = np.array([metric_value(r, METRIC) for r, _ in pairs])
-    b = np.array([metric_value(o, METRIC) for _, o in pairs])
+    values = [(metric_value(r, METRIC), metric_value(o, METRIC)) for r, o in pairs]
+    a, b = np.array([v for v in values if None not in v], dtype=float).reshape(-1, 2).T  # runs too short: left out
     low = high = None
-    if len(pairs) >= 2 and np.ptp(b - a) > 0:
+    if len(a) >= 2 and np.ptp(b - a) > 0:
         interval = stats.ttest_rel(b, a).confidence_interval(0.95)
         low, high = interval.low, interval.high
-    return [label, len(pairs), a.mean(), b.mean(), (b - a).mean(), low, high]
+    return [label, len(a), *(float(np.mean(v)) if len(v) else None for v in (a, b, b - a)), low, high]
 
 
 def comparison(reference: list[RunRecord], other: list[RunRecord], claims=DEFAULT_CLAIMS) -> str:

@@ -19,9 +19,12 @@ from tabulate import tabulate  # noqa: E402
 
 from kt_dropout.atomic import check_writable_folder  # noqa: E402
 from kt_dropout.record import RunRecord  # noqa: E402
-from kt_dropout.study.experiments import CONFIGS, EXPERIMENTS, Experiment, claims_for, resolve_experiments  # noqa: E402
+from kt_dropout.study.experiments import (  # noqa: E402
+    CONFIGS, EXPERIMENTS, FINAL_WINDOW, METRICS, Experiment, claims_for, resolve_experiments,
+)
 from kt_dropout.study.verdicts import (  # noqa: E402
-    MIN_RUNS, ClaimVerdict, decide_all, group_by_name, is_holdout, metric_values, summarize_config,
+    CONTRADICTED, INSUFFICIENT, MAX_SEEDS, MIN_RUNS, NOT_DECIDABLE, POWER, SUPPORTED, UNRESOLVED, ClaimVerdict,
+    ComparisonVerdict, decide_all, group_by_name, is_holdout, metric_values, summarize_config,
 )
 
 SELECTION_MODES = {
@@ -29,10 +32,16 @@ SELECTION_MODES = {
     True: "holdout split; test accuracy at the selected epoch",
 }
 BEST_ACCURACY_FIGURE = "best-accuracy.png"
+FOREST_FIGURE = "forest.png"
+#: One colour per configuration, the same in every figure.
+COLOURS = {name: plt.get_cmap("tab20")(i % 20) for i, name in enumerate(CONFIGS)}
+STATUS_COLOURS = {SUPPORTED: "tab:green", CONTRADICTED: "tab:red", UNRESOLVED: "tab:orange",
+                  INSUFFICIENT: "tab:gray", NOT_DECIDABLE: "tab:gray"}
 
 
 def write_report(
     records: list[RunRecord], out_dir, *, experiments: Iterable[str] | None = None, confidence: float = 0.95,
+    profile: str | None = None, data: str | None = None,
 ) -> Path:
     """Writes `out_dir/report.md` and its figures; returns the Markdown file's path.
 
@@ -43,6 +52,8 @@ def write_report(
             an experiment appears when any configuration it introduces has
             runs: `bn` runs alone do not pull in every experiment that
             compares against `bn`.
+        profile, data: for the header: the profile that ran, and where the data came from (records hold only
+            the data's fingerprint).
     """
     out_dir = Path(out_dir)
     check_writable_folder(out_dir)  # a clear error naming the folder, and no figure written before it
@@ -54,14 +65,15 @@ def write_report(
     holdout = any(is_holdout(r) for r in records)
     level = f"{confidence:.0%}"
 
-    sections = [_header(records), _claims_overview(verdicts.values(), level)]
+    ordered = sorted(verdicts.values(), key=lambda v: int(v.claim.id[1:]))
+    sections = [_header(records, profile, data), _claims_overview(ordered, level, out_dir)]
     for experiment in shown:
         figure = _plot_curves(experiment, groups, out_dir, holdout)
         claims = [verdicts[c.id] for c in claims_for(experiment.name)]
         sections.append(_experiment_section(experiment, groups, figure, claims, level, holdout))
     if groups:
         _plot_best_accuracy(groups, out_dir / BEST_ACCURACY_FIGURE, holdout)
-        sections.append(f"## Best accuracy of every configuration\n\n![best accuracy]({BEST_ACCURACY_FIGURE})")
+        sections.append(f"## Accuracy of every configuration\n\n![accuracy per configuration]({BEST_ACCURACY_FIGURE})")
     sections.append(_failed_runs(records))
 
     path = out_dir / "report.md"
@@ -86,18 +98,20 @@ def _distinct(values: Iterable) -> str:
     return ", ".join(found) if found else "—"
 
 
-def _header(records: list[RunRecord]) -> str:
+def _header(records: list[RunRecord], profile: str | None, data: str | None) -> str:
+    fingerprints = _distinct(r.key.data for r in records)
     environment = [
-        ("records", f"{len(records)} ({sum(r.status != 'ok' for r in records)} failed)"),
-        ("backend", _distinct(r.key.backend for r in records)),
-        ("versions", _distinct(_versions(r) for r in records)),
-        ("machines", _distinct(r.machine for r in records)),
-        ("devices", _distinct(", ".join(r.devices) for r in records)),
-        ("data fingerprint", _distinct(r.key.data for r in records)),
-        ("selection", _distinct(SELECTION_MODES[is_holdout(r)] for r in records)),
-        ("precision", _distinct(r.key.recipe.precision for r in records)),
+        ("profile", profile or "not recorded"),
         ("epochs", _distinct(r.key.epochs for r in records)),
         ("seeds", _seeds(records)),
+        ("precision", _distinct(r.key.recipe.precision for r in records)),
+        ("data", f"{data} (fingerprint {fingerprints})" if data else f"fingerprint {fingerprints}"),
+        ("backend", _distinct(r.key.backend for r in records)),
+        ("devices", _distinct(", ".join(r.devices) for r in records)),
+        ("records", f"{len(records)} ({sum(r.status != 'ok' for r in records)} failed)"),
+        ("selection", _distinct(SELECTION_MODES[is_holdout(r)] for r in records)),
+        ("versions", _distinct(_versions(r) for r in records)),
+        ("machines", _distinct(r.machine for r in records)),
     ]
     return "# Dropout with batch normalization on CIFAR-10: results\n\n" + tabulate(
         environment, headers=["environment", ""], tablefmt="github"
@@ -113,17 +127,39 @@ def _seeds(records: list[RunRecord]) -> str:
     return f"{len(seeds)} ({', '.join(map(str, seeds))})" if seeds else "0"
 
 
-def _claims_overview(verdicts: Iterable[ClaimVerdict], level: str) -> str:
-    rows = [(f"**{v.claim.id}**", v.claim.experiment, v.status, v.claim.text) for v in verdicts]
-    if not rows:
+def _claims_overview(verdicts: list[ClaimVerdict], level: str, out_dir: Path) -> str:
+    if not verdicts:
         return "## Claims\n\nNo experiment has any runs."
     rule = (
-        f"Each comparison is decided by the {level} t interval over seeds (Welch) of the difference of means, "
-        "or of one mean: above the margin -> supported, below -> contradicted, across -> unresolved, "
-        f"under {MIN_RUNS} successful runs a side -> insufficient. A claim is supported when all its comparisons are."
+        f"Verdict metric: {METRICS['accuracy']} -- selection-free. The post's number, the best test accuracy over "
+        "epochs, selects its epoch on the test set and is optimistic; it is shown beside every verdict, and where "
+        "it would give another verdict the claim says so. "
+        f"Each comparison is a {level} t interval of the difference of means over seeds: **paired** by seed when "
+        "both configurations have the same seeds (same data order), **Welch** otherwise. Superiority "
+        "(a > b + margin) or non-inferiority (a ≥ b − margin) is supported when the interval lies above the "
+        "threshold. A claim is supported when every comparison is (intersection-union); contradicted when "
+        "a comparison is rejected the other way under **Holm**'s correction over the claim's comparisons "
+        f"(family-wise one-sided error {(1 - float(level[:-1]) / 100) / 2:.1%}); insufficient under {MIN_RUNS} "
+        "successful runs a side or with no spread; not decidable when the runs are shorter than the epochs at "
+        f"which the post's statement can be observed. MDD: the smallest true difference beyond the threshold "
+        f"that this test detects with {POWER:.0%} power at the observed spread and seeds."
     )
-    table = tabulate(rows, headers=["claim", "experiment", "verdict", "claim text"], tablefmt="github")
-    return f"## Claims\n\n{rule}\n\n{table}"
+    rows = [
+        (f"**{v.claim.id}**", v.claim.experiment, _status(v), v.test_selected.status if v.test_selected else "—",
+         f"{v.claim.min_epochs}", v.claim.text)
+        for v in verdicts
+    ]
+    headers = ["claim", "experiment", "verdict", "post's metric (test-selected) would say", "needs epochs",
+               "claim text"]
+    table = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
+    forest = _plot_forest(verdicts, out_dir / FOREST_FIGURE)
+    figure = f"\n\n![forest plot of every comparison]({FOREST_FIGURE})" if forest else ""
+    return f"## Claims\n\n{rule}{figure}\n\n{table}"
+
+
+def _status(verdict: ClaimVerdict) -> str:
+    text = f"{verdict.status} {verdict.reason}".strip()
+    return text + (" -- **the post's test-selected metric disagrees**" if verdict.disagrees else "")
 
 
 def _number(value, fmt: str) -> str:
@@ -137,26 +173,41 @@ def _config_table(names: Iterable[str], groups: dict[str, list[RunRecord]], hold
         sd = "" if s["accuracy_sd"] is None else f" ± {s['accuracy_sd']:.4f}"
         accuracy = _number(s["accuracy_mean"], ".4f") + sd
         rows.append((
-            name, s["n"], s["failed"], accuracy, _number(s["best_epoch_mean"], ".1f"),
-            _number(s["final_val_accuracy_mean"], ".4f"), _number(s["seconds_per_epoch_mean"], ".2f"),
+            name, s["n"], s["failed"], accuracy, _number(s["best_accuracy_mean"], ".4f"),
+            _number(s["best_epoch_mean"], ".1f"), _number(s["seconds_per_epoch_mean"], ".2f"),
         ))
-    accuracy_header = "test acc. at best epoch (mean ± sd)" if holdout else "best val. acc. (mean ± sd)"
-    headers = ["configuration", "seeds", "failed", accuracy_header, "best epoch", "final val. acc.", "s/epoch"]
+    accuracy_header = (
+        "test acc. at the holdout-chosen epoch (mean ± sd)" if holdout
+        else f"test acc., last {FINAL_WINDOW} epochs (mean ± sd)"
+    )
+    best_header = "best holdout acc." if holdout else "best test acc. (test-selected, the post's)"
+    headers = ["configuration", "seeds", "failed", accuracy_header, best_header, "best epoch", "s/epoch"]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
 
+def _interval(v: ComparisonVerdict, fmt: str = "+.4f") -> str:
+    if v.ci_low is None:
+        return f"{v.status} ({v.reason})"
+    return f"{v.difference:{fmt}} [{v.ci_low:{fmt}}, {v.ci_high:{fmt}}] {v.status}"
+
+
 def _claim_block(verdict: ClaimVerdict, level: str) -> str:
-    rows = [
-        (
-            str(v.comparison), _number(v.difference, "+.4f"),
-            "—" if v.ci_low is None else f"[{v.ci_low:+.4f}, {v.ci_high:+.4f}]",
-            v.n_a if v.n_b is None else f"{v.n_a}/{v.n_b}", v.status + (f" ({v.reason})" if v.reason else ""),
-        )
-        for v in verdict.comparisons
-    ]
-    headers = ["comparison", "difference", f"{level} CI", "n", "verdict"]
+    shadows = verdict.test_selected.comparisons if verdict.test_selected else [None] * len(verdict.comparisons)
+    rows = []
+    for v, shadow in zip(verdict.comparisons, shadows):
+        fmt = "+.1f" if v.metric == "best_epoch" else "+.4f"
+        rows.append((
+            f"{v.comparison} ({v.comparison.kind})", v.metric, v.test or "—",
+            f"{v.n_a}/{v.n_b}", _interval(v, fmt), f"{v.comparison.threshold:{fmt}}", _number(v.mdd, fmt[1:]),
+            "—" if v.ci_low is None else (v.seeds_needed or f"> {MAX_SEEDS}"),
+            "—" if shadow is None else _interval(shadow, fmt),
+        ))
+    headers = ["comparison", "metric", "test", "n", f"difference [{level} CI] verdict", "threshold", "MDD",
+               "seeds needed", "post's best epoch (test-selected, optimistic)"]
     table = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
-    return f"### {verdict.claim.id}: {verdict.status}\n\n{verdict.claim.text}\n\n{table}"
+    c = verdict.claim
+    why = f"Margins: {c.margins}. Observable from {c.min_epochs} epochs: {c.horizon}."
+    return f"### {c.id}: {_status(verdict)}\n\n{c.text}\n\n{why}\n\n{table}"
 
 
 def _experiment_section(
@@ -207,12 +258,13 @@ def _plot_curves(experiment: Experiment, groups: dict, out_dir: Path, holdout: b
         if curves.size == 0:
             continue
         epochs = np.arange(1, curves.shape[1] + 1)
-        (line,) = ax.plot(epochs, np.nanmean(curves, axis=0), label=f"{name} (n={len(curves)})")
+        colour = COLOURS.get(name)
+        ax.plot(epochs, np.nanmean(curves, axis=0), color=colour, label=f"{name} (n={len(curves)})")
         low, high = np.nanmin(curves, axis=0), np.nanmax(curves, axis=0)
-        ax.fill_between(epochs, low, high, color=line.get_color(), alpha=0.2)
+        ax.fill_between(epochs, low, high, color=colour, alpha=0.2)
     ax.set_title(f"{experiment.title}\nmean over seeds, band: min–max")
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation accuracy (holdout split)" if holdout else "validation accuracy")
+    ax.set_ylabel(_validation_label(holdout))
     ax.grid(alpha=0.3)
     if ax.lines:
         ax.legend(loc="lower right")
@@ -221,24 +273,60 @@ def _plot_curves(experiment: Experiment, groups: dict, out_dir: Path, holdout: b
     return name
 
 
+def _validation_label(holdout: bool) -> str:
+    return ("holdout accuracy (epochs are selected on it)" if holdout
+            else "test accuracy (the post selects epochs on it)")
+
+
 def _plot_best_accuracy(groups: dict[str, list[RunRecord]], path: Path, holdout: bool) -> None:
-    """Every seed's accuracy as a point and the mean ± sd as a bar, one row per configuration."""
+    """Per configuration: each seed's verdict metric (dots), its mean ± sd (diamond), and the post's
+    test-selected best accuracy (open circle), to show how much the selection adds."""
     names = [n for n in CONFIGS if n in groups] + sorted(n for n in groups if n not in CONFIGS)
-    fig, ax = plt.subplots(figsize=(8, 0.35 * len(names) + 1.5))
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(names) + 1.8))
     for row, name in enumerate(names):
-        values = metric_values(groups[name], "best_val_accuracy")
+        values = metric_values(groups[name], "accuracy")
         if not values:
             continue
         summary = summarize_config(groups[name])
-        ax.plot(values, [row + 0.2] * len(values), "o", color="tab:blue", alpha=0.6, markersize=4)
-        sd = summary["accuracy_sd"] or 0.0
-        ax.errorbar(summary["accuracy_mean"], row, xerr=sd, fmt="D", color="black", capsize=3, markersize=5)
+        colour = COLOURS.get(name, "black")
+        ax.plot(values, [row + 0.2] * len(values), "o", color=colour, alpha=0.6, markersize=4)
+        ax.errorbar(summary["accuracy_mean"], row, xerr=summary["accuracy_sd"] or 0.0, fmt="D", color=colour,
+                    capsize=3, markersize=5)
+        ax.plot(summary["best_accuracy_mean"], row, "o", mfc="none", color=colour, markersize=7)
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
-    ax.set_xlabel("test accuracy at the selected epoch" if holdout else "best validation accuracy")
-    ax.set_title("Best accuracy per configuration: seeds (dots below), mean ± sd (diamond)")
+    ax.set_xlabel("test accuracy at the holdout-chosen epoch" if holdout
+                  else f"test accuracy, mean of the last {FINAL_WINDOW} epochs (open circle: best epoch, selected "
+                  "on the test set as in the post)")
+    ax.set_title("Accuracy per configuration: seeds (dots), mean ± sd (diamond)")
     ax.grid(axis="x", alpha=0.3)
     _save(fig, path)
+
+
+def _plot_forest(verdicts: list[ClaimVerdict], path: Path) -> bool:
+    """One row per comparison with an interval (accuracy-scale metrics): the interval coloured by its verdict
+    (grey when the claim is not decidable at these epochs), the difference as a dot, the threshold as a black
+    tick. False: nothing to plot."""
+    rows = [(v, c) for v in verdicts for c in v.comparisons if c.ci_low is not None and c.metric != "best_epoch"]
+    if not rows:
+        return False
+    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.8))
+    for y, (claim, c) in enumerate(rows):
+        colour = STATUS_COLOURS[NOT_DECIDABLE if claim.status == NOT_DECIDABLE else c.status]
+        ax.plot([c.ci_low, c.ci_high], [y, y], color=colour, linewidth=3)
+        ax.plot(c.difference, y, "o", color=colour)
+        ax.plot([c.comparison.threshold] * 2, [y - 0.35, y + 0.35], color="black", linewidth=1.5)
+    labels = [f"{claim.claim.id} {c.comparison}" + (" (not decidable)" if claim.status == NOT_DECIDABLE else "")
+              for claim, c in rows]
+    ax.set_yticks(range(len(rows)), labels)
+    ax.invert_yaxis()
+    ax.axvline(0, color="gray", linewidth=0.8, linestyle=":")
+    ax.set_xlabel(f"difference a − b in test accuracy, mean of the last {FINAL_WINDOW} epochs; black tick: threshold")
+    ax.set_title("Every comparison's interval: green supported, red contradicted, orange unresolved,\n"
+                 "grey not decidable at these epochs or insufficient", fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    _save(fig, path)
+    return True
 
 
 def _save(fig, path: Path) -> None:

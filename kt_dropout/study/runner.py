@@ -30,6 +30,7 @@ class Study:
     Args:
         data: `((x_train, y_train), (x_test, y_test))`.
         data_fingerprint: identifies `data` in stored runs (see `data.data_fingerprint`).
+        data_source: where `data` came from, in words, for the report's header.
         epochs, seeds: override the profile's.
         experiments: the experiments this study will train (default: the profile's); the first
             experiment asked for trains the missing runs of all of them, packed together.
@@ -41,9 +42,12 @@ class Study:
     def __init__(
         self, profile: Profile, data, data_fingerprint: str, store: ResultStore, *, recipe: Recipe | None = None,
         epochs: int | None = None, seeds: int | None = None, experiments: Iterable[str] | None = None,
-        pack: bool = True, max_pack_size: int = 20, progress: Callable[[str], None] | None = eprint, **pack_options,
+        pack: bool = True, max_pack_size: int = 20, progress: Callable[[str], None] | None = eprint,
+        data_source: str = "", **pack_options,
     ):
         self.profile, self.data, self.fingerprint, self.store = profile, data, data_fingerprint, store
+        self.data_source = data_source
+        self._attempted: set[str] = set()  # keys trained in this session: a failed run is not retried in it
         self.recipe = recipe or Recipe()
         self.epochs = epochs or profile.epochs
         self.seeds = list(range(seeds or profile.seeds))
@@ -67,12 +71,16 @@ class Study:
         """Every seed's run of each named configuration, training the missing ones first.
 
         Missing runs of the configurations in `along` are trained in the same
-        packs, since packing more runs of one shape together is cheaper.
+        packs, since packing more runs of one shape together is cheaper. A run
+        that failed is retrained by a later session, not again by this one: its
+        failed record is returned, for the caller to report.
         """
         names = list(dict.fromkeys(names))
         wanted = self.members(list(dict.fromkeys([*names, *along])))
-        missing = [m for m in wanted if self.store.get(self._key(m), ok_only=True) is None]
+        missing = [m for m in wanted
+                   if self._key(m) not in self._attempted and self.store.get(self._key(m), ok_only=True) is None]
         if missing:
+            self._attempted.update(self._key(m) for m in missing)
             self._train(missing)
         return self.stored_runs(names)
 
@@ -146,7 +154,8 @@ def open_study(
     store = ResultStore(results)  # refuses a folder it does not own before any data is read
     recipe = Recipe(selection=selection, holdout=64 if chosen.synthetic else Recipe().holdout, precision=precision)
     data = synthetic_cifar10(n_train=512, n_test=128) if chosen.synthetic else load_cifar10(data_path)
+    source = "synthetic (synthetic_cifar10)" if chosen.synthetic else f"CIFAR-10 from {data_path or 'the standard lookup'}"
     return Study(
         chosen, data, data_fingerprint(data), store, recipe=recipe, epochs=epochs, seeds=seeds,
-        experiments=experiments, pack=pack_size > 1, max_pack_size=pack_size, progress=progress,
+        experiments=experiments, pack=pack_size > 1, max_pack_size=pack_size, progress=progress, data_source=source,
     )

@@ -1,29 +1,54 @@
 """Deciding the post's claims from stored runs, with confidence intervals over seeds.
 
-A comparison "a beats b by more than margin" is decided from the Welch t
-interval of mean(a) - mean(b) (or the one-sample t interval of mean(a) when
-there is no b): the interval lies above the margin -> supported, below it ->
-contradicted, across it -> unresolved. A claim is a conjunction of comparisons
-and is supported only when every one of them is: that is an intersection-union
-test, whose level is that of each comparison, so no multiplicity correction is
-needed.
+Metric: by default selection-free (`experiments.METRICS["accuracy"]`): the mean
+test accuracy over the last `FINAL_WINDOW` epochs, or in holdout mode the test
+accuracy at the epoch the holdout chose. The post's number, the best test
+accuracy over epochs, picks its epoch on the test set and is optimistic -- by
+different amounts for different configurations -- so it is reported beside the
+verdict (`ClaimVerdict.test_selected`), never used for it.
+
+Test: runs of two configurations with the same seeds share the data order, so
+they are compared **paired** by seed (`ttest_rel`); otherwise with **Welch's**
+interval (`ttest_ind(equal_var=False)`). A comparison is supported when the
+two-sided `confidence` interval of the difference lies above its threshold
+(`Comparison.threshold`: +margin for superiority, -margin for non-inferiority).
+
+Claim: supported when every comparison is (intersection-union: each test at the
+full level). Contradicted when some comparison is rejected in the other
+direction by Holm's step-down procedure over the claim's comparisons, which
+keeps the chance of wrongly calling any of them contradicted at (1 - confidence)/2
+(the same one-sided level as supported; with one comparison it is "the interval
+lies below the threshold"). Fewer than `MIN_RUNS` runs a side, or no spread at
+all, is insufficient. A study shorter than the claim's `min_epochs` leaves it
+not decidable, whatever the numbers.
+
+Each comparison also carries its minimum detectable difference: how far beyond
+the threshold a true difference must be for this test, at this spread and
+number of seeds, to support it with `POWER` probability (noncentral t), and the
+seeds per configuration that would detect the observed difference.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections import defaultdict
 from typing import Iterable
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 
 from kt_dropout.record import RunRecord
-from kt_dropout.study.experiments import CLAIMS, METRICS, Claim, Comparison
+from kt_dropout.study.experiments import CLAIMS, FINAL_WINDOW, METRICS, Claim, Comparison
 
 SUPPORTED, CONTRADICTED, UNRESOLVED, INSUFFICIENT = "supported", "contradicted", "unresolved", "insufficient"
+NOT_DECIDABLE = "not decidable"
 MIN_RUNS = 2  # a t interval needs a sample variance
+NO_SPREAD = 1e-9  # sds below this are float rounding: accuracies on 10,000 images move in steps of 1e-4
+POWER = 0.8
+MAX_SEEDS = 100  # seeds_needed looks no further
+PAIRED, WELCH = "paired", "Welch"
 
 
 def is_holdout(record: RunRecord) -> bool:
@@ -32,37 +57,39 @@ def is_holdout(record: RunRecord) -> bool:
 
 
 def metric_value(record: RunRecord, metric: str) -> float | None:
-    """One run's value of a metric of `METRICS`.
-
-    The accuracy metric is the accuracy at the selected epoch on data the
-    selection never saw when there is such data: in holdout mode that is the
-    test accuracy, in the post's mode the best validation (= test) accuracy.
-    Degradation is always measured on the curve the epoch was selected on.
-    """
-    if metric == "best_val_accuracy":
-        return record.test_accuracy if is_holdout(record) else record.best_val_accuracy
+    """One run's value of a metric of `METRICS`; None when the run is too short for it."""
+    curve = record.history.get("val_accuracy", ())
+    if metric == "accuracy":
+        if is_holdout(record):
+            return record.test_accuracy
+        return float(np.mean(curve[-FINAL_WINDOW:])) if len(curve) >= FINAL_WINDOW else None
+    if metric == "best_accuracy":
+        return record.best_val_accuracy
     if metric == "best_epoch":
         return record.best_epoch
-    if metric == "degradation":
-        best, final = record.best_val_accuracy, record.final_val_accuracy
-        return None if best is None or final is None else best - final
+    if metric == "late_degradation":
+        return float(max(curve) - np.mean(curve[-FINAL_WINDOW:])) if len(curve) >= FINAL_WINDOW else None
     raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
 
 
+def values_by_seed(runs: Iterable[RunRecord], metric: str) -> dict[int, float]:
+    """The metric of each successful run by seed (failed runs, and runs without a finite value, do not count)."""
+    values = {r.key.seed: metric_value(r, metric) for r in runs if r.status == "ok"}
+    return {seed: float(v) for seed, v in values.items() if v is not None and math.isfinite(v)}
+
+
 def metric_values(runs: Iterable[RunRecord], metric: str) -> list[float]:
-    """The metric over the successful runs (failed runs, and runs without a finite value, do not count)."""
-    values = (metric_value(r, metric) for r in runs if r.status == "ok")
-    return [float(v) for v in values if v is not None and math.isfinite(v)]
+    return list(values_by_seed(runs, metric).values())
 
 
-def _mean(values: list[float]) -> float | None:
-    return float(np.mean(values)) if values else None
+def _mean(values) -> float | None:
+    return float(np.mean(values)) if len(values) else None
 
 
 def summarize_config(runs: Iterable[RunRecord]) -> dict:
-    """n, mean and sd (ddof=1) of the accuracy metric, and means of best epoch, final accuracy and s/epoch."""
+    """n, mean and sd (ddof=1) of the verdict metric, and means of the post's best accuracy, best epoch, s/epoch."""
     runs = list(runs)
-    accuracy = metric_values(runs, "best_val_accuracy")
+    accuracy = metric_values(runs, "accuracy")
     ok = [r for r in runs if r.status == "ok"]
     seconds = [r.seconds_per_epoch for r in ok if r.seconds_per_epoch is not None]
     return {
@@ -70,93 +97,146 @@ def summarize_config(runs: Iterable[RunRecord]) -> dict:
         "failed": sum(r.status != "ok" for r in runs),
         "accuracy_mean": _mean(accuracy),
         "accuracy_sd": float(np.std(accuracy, ddof=1)) if len(accuracy) >= MIN_RUNS else None,
+        "best_accuracy_mean": _mean(metric_values(runs, "best_accuracy")),
         "best_epoch_mean": _mean(metric_values(runs, "best_epoch")),
-        "final_val_accuracy_mean": _mean([r.final_val_accuracy for r in ok if r.final_val_accuracy is not None]),
         "seconds_per_epoch_mean": _mean(seconds),
     }
 
 
 @dataclasses.dataclass(frozen=True)
 class ComparisonVerdict:
-    """One comparison decided: `difference` = mean_a - mean_b (mean_a alone without b) and its interval."""
+    """One comparison decided: `difference` = mean(a) - mean(b), its interval, and the test behind it."""
 
     comparison: Comparison
+    metric: str
     status: str
     n_a: int
-    n_b: int | None  # None for a one-sample comparison
-    mean_a: float | None
-    mean_b: float | None
-    difference: float | None
-    ci_low: float | None
-    ci_high: float | None
+    n_b: int
+    mean_a: float | None = None
+    mean_b: float | None = None
+    difference: float | None = None
+    ci_low: float | None = None
+    ci_high: float | None = None
+    test: str | None = None  # PAIRED or WELCH
+    p_against: float = 1.0  # one-sided p-value against "difference >= threshold" (before Holm)
+    mdd: float | None = None  # minimum detectable difference beyond the threshold at POWER
+    seeds_needed: int | None = None  # per configuration, to detect the observed difference; None: > MAX_SEEDS
     reason: str = ""
 
     def __str__(self) -> str:
         c = self.comparison
-        what = f"{c.a} − {c.b}" if c.b is not None else c.a
-        if c.metric != "best_val_accuracy":
-            what = f"{c.metric}: {what}"
-        n = f"n={self.n_a}" if self.n_b is None else f"n={self.n_a}/{self.n_b}"
-        if self.difference is None:
+        what = f"{c.a} − {c.b}" if self.metric == "accuracy" else f"{self.metric}: {c.a} − {c.b}"
+        n = f"n={self.n_a}/{self.n_b}"
+        if self.difference is None or self.ci_low is None:
             return f"{what}: {self.status} ({n}; {self.reason})"
-        fmt = "+.1f" if c.metric == "best_epoch" else "+.3f"
-        margin = f", margin {c.margin:g}" if c.margin else ""
-        return f"{what} = {self.difference:{fmt}} [{self.ci_low:{fmt}}, {self.ci_high:{fmt}}] ({n}{margin})"
+        fmt = "+.1f" if self.metric == "best_epoch" else "+.3f"
+        return (f"{what} = {self.difference:{fmt}} [{self.ci_low:{fmt}}, {self.ci_high:{fmt}}] vs "
+                f"{c.threshold:{fmt}} ({c.kind}, {self.test}, {n}, MDD {self.mdd:{fmt[1:]}})")
 
 
 @dataclasses.dataclass(frozen=True)
 class ClaimVerdict:
-    """A claim decided: its status and the verdict of each of its comparisons, in the claim's order."""
+    """A claim decided: its status, each comparison's verdict (in the claim's order), and why when undecided.
+
+    `test_selected` is the same claim decided on the post's test-selected best accuracy (None when the claim
+    has no accuracy comparison); `disagrees` says whether that verdict differs.
+    """
 
     claim: Claim
     status: str
     comparisons: tuple[ComparisonVerdict, ...]
+    epochs: int | None
+    reason: str = ""
+    test_selected: ClaimVerdict | None = None
+
+    @property
+    def disagrees(self) -> bool:
+        return self.test_selected is not None and self.test_selected.status != self.status
 
     def summary(self) -> str:
-        """One line, e.g. for a pytest fail/xfail message."""
-        return f"{self.claim.id} {self.status}: " + "; ".join(str(v) for v in self.comparisons)
+        """One line, e.g. for a pytest fail/xfail/skip message."""
+        reason = f" {self.reason}" if self.reason else ""
+        return f"{self.claim.id} {self.status}{reason}: " + "; ".join(str(v) for v in self.comparisons)
 
 
-def _interval(a: list[float], b: list[float] | None, confidence: float) -> tuple[float, float]:
-    """The t interval of mean(a) - mean(b), or of mean(a) without b.
+def minimum_detectable(se: float, df: float, alpha: float, power: float = POWER) -> float:
+    """The true difference beyond the threshold that a one-sided level-`alpha` t test with this standard error
+    and degrees of freedom detects with probability `power` (noncentral t)."""
+    critical = stats.t.ppf(1 - alpha, df)
+    return float(optimize.brentq(lambda d: stats.nct.sf(critical, df, d / se) - power, 0.0, 100 * se))
 
-    When no sample has any spread the t statistic is 0/0 and scipy answers
-    NaN; the interval is then the observed difference itself (the limit of the
-    interval as the spread goes to 0), so identical runs still decide.
-    """
-    samples = [a] if b is None else [a, b]
-    if all(np.ptp(s) == 0 for s in samples):
-        point = float(np.mean(a) - (np.mean(b) if b is not None else 0.0))
-        return point, point
-    test = stats.ttest_1samp(a, 0.0) if b is None else stats.ttest_ind(a, b, equal_var=False)
-    ci = test.confidence_interval(confidence)
-    return float(ci.low), float(ci.high)
+
+def _se_df(test: str, sds: tuple[float, ...], n: int) -> tuple[float, float]:
+    """Standard error and degrees of freedom with `n` seeds per configuration: paired (sd of the differences)
+    or Welch (each side's sd, Welch-Satterthwaite df)."""
+    if test == PAIRED:
+        return sds[0] / math.sqrt(n), n - 1
+    va, vb = (s**2 / n for s in sds)
+    return math.sqrt(va + vb), (va + vb) ** 2 / ((va**2 + vb**2) / (n - 1))
+
+
+def seeds_needed(test: str, sds: tuple[float, ...], gap: float, alpha: float) -> int | None:
+    """The fewest seeds per configuration whose minimum detectable difference is at most `gap`."""
+    for n in range(MIN_RUNS, MAX_SEEDS + 1):
+        if gap > 0 and minimum_detectable(*_se_df(test, sds, n), alpha) <= gap:
+            return n
+    return None
 
 
 def compare(
-    comparison: Comparison, runs_by_config: dict[str, list[RunRecord]], confidence: float = 0.95
+    comparison: Comparison, runs_by_config: dict[str, list[RunRecord]], confidence: float = 0.95,
+    metric: str | None = None,
 ) -> ComparisonVerdict:
-    """Decides one comparison from the runs of its configurations (missing configurations have no runs)."""
-    a = metric_values(runs_by_config.get(comparison.a, []), comparison.metric)
-    b = None if comparison.b is None else metric_values(runs_by_config.get(comparison.b, []), comparison.metric)
-    counts = dict(n_a=len(a), n_b=None, mean_a=_mean(a), mean_b=None)
-    if b is not None:
-        counts.update(n_b=len(b), mean_b=_mean(b))
-    short = [name for name, s in ((comparison.a, a), (comparison.b, b)) if s is not None and len(s) < MIN_RUNS]
+    """One comparison's interval, test and power (status supported, unresolved or insufficient; `decide`
+    turns unresolved into contradicted under Holm). `metric` overrides the comparison's."""
+    metric = metric or comparison.metric
+    a, b = (values_by_seed(runs_by_config.get(name, []), metric) for name in (comparison.a, comparison.b))
+    base = dict(comparison=comparison, metric=metric, n_a=len(a), n_b=len(b), mean_a=_mean(list(a.values())),
+                mean_b=_mean(list(b.values())))
+    short = [name for name, s in ((comparison.a, a), (comparison.b, b)) if len(s) < MIN_RUNS]
     if short:
-        reason = f"need at least {MIN_RUNS} successful runs of {' and '.join(short)}"
-        return ComparisonVerdict(
-            comparison, INSUFFICIENT, **counts, difference=None, ci_low=None, ci_high=None, reason=reason
-        )
-    low, high = _interval(a, b, confidence)
-    if low > comparison.margin:
-        status = SUPPORTED
-    elif high < comparison.margin:
-        status = CONTRADICTED
-    else:
-        status = UNRESOLVED
-    difference = counts["mean_a"] - (counts["mean_b"] if b is not None else 0.0)
-    return ComparisonVerdict(comparison, status, **counts, difference=difference, ci_low=low, ci_high=high)
+        return ComparisonVerdict(**base, status=INSUFFICIENT,
+                                 reason=f"need at least {MIN_RUNS} successful runs of {' and '.join(short)}")
+    paired = a.keys() == b.keys()
+    x, y = np.array([a[s] for s in sorted(a)]), np.array([b[s] for s in (sorted(a) if paired else sorted(b))])
+    base.update(difference=float(x.mean() - y.mean()), test=PAIRED if paired else WELCH)
+    sds = (float(np.std(x - y, ddof=1)),) if paired else (float(np.std(x, ddof=1)), float(np.std(y, ddof=1)))
+    if not all(np.isfinite(sds)) or max(sds) < NO_SPREAD:
+        return ComparisonVerdict(**base, status=INSUFFICIENT, reason="no spread between seeds: no interval")
+    threshold = comparison.threshold
+    t_test = stats.ttest_rel if paired else functools.partial(stats.ttest_ind, equal_var=False)
+    result = t_test(x, y)
+    ci = result.confidence_interval(confidence)
+    se = (ci.high - ci.low) / (2 * stats.t.ppf(0.5 + confidence / 2, result.df))
+    alpha = (1 - confidence) / 2
+    return ComparisonVerdict(
+        **base, status=SUPPORTED if ci.low > threshold else UNRESOLVED, ci_low=float(ci.low),
+        ci_high=float(ci.high), p_against=float(t_test(x - threshold, y, alternative="less").pvalue),
+        mdd=minimum_detectable(se, result.df, alpha),
+        seeds_needed=seeds_needed(base["test"], sds, abs(base["difference"] - threshold), alpha),
+    )
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values: the i-th smallest is max over j <= i of (m - j) * p_(j), capped at 1.
+    Rejecting where the adjusted p is at most alpha controls the family-wise error at alpha."""
+    order = np.argsort(p_values)
+    m = len(p_values)
+    stepped = np.maximum.accumulate([(m - i) * p_values[j] for i, j in enumerate(order)])
+    adjusted = np.empty(m)
+    adjusted[order] = np.minimum(stepped, 1.0)
+    return adjusted.tolist()
+
+
+def _decide_comparisons(claim: Claim, runs_by_config, confidence: float, selected: bool):
+    metric = (lambda c: "best_accuracy" if c.metric == "accuracy" else c.metric) if selected else (lambda c: c.metric)
+    verdicts = [compare(c, runs_by_config, confidence, metric(c)) for c in claim.comparisons]
+    adjusted = holm([v.p_against for v in verdicts])
+    alpha = (1 - confidence) / 2
+    return tuple(
+        dataclasses.replace(v, status=CONTRADICTED) if v.status == UNRESOLVED and p <= alpha else v
+        for v, p in zip(verdicts, adjusted)
+    )
 
 
 def _claim_status(statuses: list[str]) -> str:
@@ -164,15 +244,22 @@ def _claim_status(statuses: list[str]) -> str:
         return CONTRADICTED
     if all(s == SUPPORTED for s in statuses):
         return SUPPORTED
-    if INSUFFICIENT in statuses:
-        return INSUFFICIENT
-    return UNRESOLVED
+    return INSUFFICIENT if INSUFFICIENT in statuses else UNRESOLVED
 
 
-def decide(claim: Claim, runs_by_config: dict[str, list[RunRecord]], confidence: float = 0.95) -> ClaimVerdict:
-    """Supported when every comparison is; contradicted when any is; insufficient when data is missing."""
-    verdicts = tuple(compare(c, runs_by_config, confidence) for c in claim.comparisons)
-    return ClaimVerdict(claim, _claim_status([v.status for v in verdicts]), verdicts)
+def decide(
+    claim: Claim, runs_by_config: dict[str, list[RunRecord]], confidence: float = 0.95, *, selected: bool = False,
+) -> ClaimVerdict:
+    """The claim's verdict (module docstring); `selected=True` decides it on the post's test-selected metric."""
+    comparisons = _decide_comparisons(claim, runs_by_config, confidence, selected)
+    epochs = min((r.key.epochs for name in claim.configs for r in runs_by_config.get(name, [])), default=None)
+    status, reason = _claim_status([v.status for v in comparisons]), ""
+    if epochs is not None and epochs < claim.min_epochs:
+        status, reason = NOT_DECIDABLE, f"at {epochs} epochs (needs ≥ {claim.min_epochs}: {claim.horizon})"
+    shadow = None
+    if not selected and any(c.metric == "accuracy" for c in claim.comparisons):
+        shadow = decide(claim, runs_by_config, confidence, selected=True)
+    return ClaimVerdict(claim, status, comparisons, epochs, reason, shadow)
 
 
 def group_by_name(records: Iterable[RunRecord]) -> dict[str, list[RunRecord]]:
@@ -186,6 +273,6 @@ def group_by_name(records: Iterable[RunRecord]) -> dict[str, list[RunRecord]]:
 def decide_all(
     records: Iterable[RunRecord], claims: Iterable[Claim] | None = None, confidence: float = 0.95
 ) -> list[ClaimVerdict]:
-    """Every claim (all of `CLAIMS` by default) decided from a flat list of records."""
+    """Every claim (all of `CLAIMS` by default, in order C1...C10) decided from a flat list of records."""
     runs_by_config = group_by_name(records)
     return [decide(c, runs_by_config, confidence) for c in (CLAIMS.values() if claims is None else claims)]

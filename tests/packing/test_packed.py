@@ -256,3 +256,12 @@ def test_bfloat16_pack_learns_with_float32_outputs():
     for k in range(2):
         weights = trainer.member_weights(k)
         assert all(w.dtype == np.float32 and np.all(np.isfinite(w)) for ws in weights.values() for w in ws)
+
+
+@pytest.mark.slow
+def test_train_pack_learns(learnable):
+    """Each member of a pack learns (two more epochs than `train` gets: the pack's members learn slower on TF)."""
+    members = [Member("a", learnable.config, 0), Member("b", learnable.config.replace(dropout_dense=0.2), 1)]
+    records = train_pack(members, learnable.data, recipe=learnable.recipe, epochs=learnable.epochs + 2)
+    for record in records:
+        assert record.status == "ok" and record.best_val_accuracy >= learnable.floor, record.history["val_accuracy"]

@@ -113,3 +113,103 @@ def test_conv_benchmark_checks_and_times_every_formulation(tmp_path):
     assert set(conv["rows"][0]["seconds"]) == {"grouped", "grouped_nchw", "vmap", "im2col", "shifts", "one_member",
                                                "big_batch"}
     assert "| float32  | all layers" in (tmp_path / "conv.md").read_text()
+
+
+# --- The suite can fail: test_post's tests run in-process against a study of hand-made runs --------------
+
+
+def _load_test_post():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("test_post", ROOT / "benchmarks" / "test_post.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _record(name, seed, final, *, epochs=15, status="ok"):
+    from kt_dropout.config import Recipe, VGGConfig
+    from kt_dropout.record import make_record
+
+    val = [0.1] * (epochs - 5) + [final] * 5
+    history = {"loss": [1.0] * epochs, "accuracy": val, "val_loss": [1.0] * epochs, "val_accuracy": val}
+    return make_record(name=name, config=VGGConfig(), recipe=Recipe(), seed=seed, epochs=epochs, data_fingerprint="d",
+                       history=history, epoch_seconds=[1.0] * epochs, status=status,
+                       error=None if status == "ok" else "loss became nan in epoch 3")
+
+
+class _Study:
+    """What test_post asks of a `Study`, over fixed records (the quick profile: 3 seeds, decides C1, C3, C4)."""
+
+    def __init__(self, records):
+        from kt_dropout.study.profiles import PROFILES
+
+        self.profile, self.seeds, self.records = PROFILES["quick"], [0, 1, 2], records
+
+    def runs(self, names, along=()):
+        grouped = {}
+        for r in self.records:
+            if r.name in names:
+                grouped.setdefault(r.name, []).append(r)
+        return grouped
+
+    stored_runs = runs
+
+    def experiment_runs(self, experiment):
+        from kt_dropout.study.experiments import EXPERIMENTS
+
+        return self.runs(EXPERIMENTS[experiment].configs)
+
+
+class _Benchmark:
+    extra_info = {}
+
+    def pedantic(self, function, args, rounds, iterations):
+        return function(*args)
+
+
+def _runs(name, finals, **kwargs):
+    return [_record(name, seed, final, **kwargs) for seed, final in enumerate(finals)]
+
+
+BN, VANILLA = [0.80, 0.815, 0.83], [0.70, 0.71, 0.725]
+
+
+def test_test_experiment_fails_naming_a_failed_run():
+    post = _load_test_post()
+    records = _runs("vanilla", VANILLA) + _runs("bn", BN[:2]) + [_record("bn", 2, 0.1, status="failed")]
+    with pytest.raises(AssertionError, match=r"1 run\(s\) failed: bn/seed2: loss became nan in epoch 3"):
+        post.test_experiment("batchnorm", _Study(records), _Benchmark())
+    post.test_experiment("batchnorm", _Study(_runs("vanilla", VANILLA) + _runs("bn", BN)), _Benchmark())
+
+
+@pytest.mark.parametrize("vanilla, bn, epochs, outcome", [
+    (VANILLA, BN, 15, None),  # supported: passes
+    (BN, VANILLA, 15, pytest.fail.Exception),  # contradicted
+    (VANILLA[:1], BN, 15, pytest.fail.Exception),  # insufficient in a profile meant to decide it
+    ([0.80, 0.82, 0.81], [0.81, 0.845, 0.825], 15, pytest.xfail.Exception),  # unresolved: interval across +0.01
+    (VANILLA, BN, 5, pytest.skip.Exception),  # not decidable at 5 epochs (C1 needs 10)
+])
+def test_test_claim_outcomes(vanilla, bn, epochs, outcome):
+    post = _load_test_post()
+    study = _Study(_runs("vanilla", vanilla, epochs=epochs) + _runs("bn", bn, epochs=epochs))
+    if outcome is None:
+        post.test_claim("C1", study)
+        return
+    with pytest.raises(outcome, match="C1 "):
+        post.test_claim("C1", study)
+
+
+def test_a_failed_run_is_not_retrained_within_a_session(tmp_path, monkeypatch):
+    from kt_dropout.study.profiles import PROFILES
+    from kt_dropout.study.results import ResultStore
+    from kt_dropout.study.runner import Study
+
+    trained = []  # _train stores nothing, as if every run failed before its record was written
+    study = Study(PROFILES["smoke"], data=None, data_fingerprint="d", store=ResultStore(tmp_path / "s"), seeds=2,
+                  experiments=["batchnorm"], progress=None)
+    monkeypatch.setattr(Study, "_train", lambda self, members: trained.extend(members))
+    study.runs(["bn"])
+    study.runs(["bn"])
+    study.experiment_runs("batchnorm")
+    assert sorted((m.name, m.seed) for m in trained) == [("bn", 0), ("bn", 1), ("vanilla", 0), ("vanilla", 1)]

@@ -301,3 +301,12 @@ def test_keras_tuners_project_files_are_replaced_whole_not_rewritten_in_place(tm
     assert (project / "oracle.json").read_text() != before[project / "oracle.json"]
     assert json.loads((project / "trial_1" / "trial.json").read_text())["status"] == "COMPLETED"
     assert not list(project.rglob("*.tmp"))
+
+
+def test_search_learns_and_its_best_model_scores_the_reported_accuracy(tmp_path, learnable):
+    hypermodel = DropoutVGGHyperModel({**DENSE_ONLY, "dropout_dense": [0.0]}, base=learnable.config,
+                                      recipe=learnable.recipe)
+    result = search(data=learnable.data, hypermodel=hypermodel, directory=tmp_path, max_trials=1,
+                    epochs=learnable.epochs, seed=0, verbose=0)
+    assert result.trials[0]["val_accuracy"] >= learnable.floor
+    assert learnable.accuracy(result.best_model()) == pytest.approx(result.trials[0]["val_accuracy"], abs=1e-6)
