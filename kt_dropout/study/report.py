@@ -331,5 +331,5 @@ def _plot_forest(verdicts: list[ClaimVerdict], path: Path) -> bool:
 
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")  # long claim labels and titles stay inside the picture
     plt.close(fig)
