@@ -18,6 +18,8 @@ OPTIONS = {
     "--kt-seeds": ("KT_SEEDS", None, "seeds per configuration (default: the profile's)"),
     "--kt-results": ("KT_RESULTS", "kt_results", "results folder (store and report)"),
     "--kt-data": ("KT_DROPOUT_DATA", None, "CIFAR-10 location (see kt_dropout.load_cifar10)"),
+    "--kt-train-size": ("KT_TRAIN_SIZE", None, "train on the first N training images, class by class in turn [all]"),
+    "--kt-test-size": ("KT_TEST_SIZE", None, "test on the first N test images, class by class in turn [all]"),
     "--kt-selection": ("KT_SELECTION", "test", "pick the best epoch on the test set (post) or on a holdout"),
     "--kt-pack-size": ("KT_PACK_SIZE", "20", "most runs trained together in one pack; 1 turns packing off"),
     "--kt-precision": ("KT_PRECISION", "float32", "float32 (post) or mixed_bfloat16, stored as a study apart"),

@@ -15,7 +15,7 @@ def _int_option(config, name):
     try:
         return int(value)
     except ValueError:
-        raise pytest.UsageError(f"{name}: expected an integer, got {value!r}") from None
+        raise ValueError(f"{name}: expected an integer, got {value!r}") from None
 
 
 STUDY = pytest.StashKey()
@@ -23,6 +23,8 @@ STUDY = pytest.StashKey()
 
 @pytest.fixture(scope="session")
 def study(pytestconfig, request):
+    """The session's `Study`. Settings it refuses, or data it cannot find, stop the whole session with the
+    message: a fixture's error would otherwise fail every test that uses it, once each."""
     try:
         chosen = open_study(
             pytestconfig.getoption("--kt-profile"),
@@ -33,10 +35,12 @@ def study(pytestconfig, request):
             selection=pytestconfig.getoption("--kt-selection"),
             precision=pytestconfig.getoption("--kt-precision"),
             pack_size=_int_option(pytestconfig, "--kt-pack-size") or 1,
+            train_size=_int_option(pytestconfig, "--kt-train-size"),
+            test_size=_int_option(pytestconfig, "--kt-test-size"),
             experiments=_planned(get_profile(pytestconfig.getoption("--kt-profile")), request.session.items),
         )
-    except (ValueError, OSError) as error:
-        raise pytest.UsageError(str(error)) from None
+    except (ValueError, OSError) as error:  # DataError is a ValueError
+        pytest.exit(f"kt-dropout: {error}", returncode=pytest.ExitCode.USAGE_ERROR)
     pytestconfig.stash[STUDY] = chosen
     return chosen
 

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
+import functools
 import json
 import os
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -41,6 +44,56 @@ STORE_FOLDER = "store"
 
 class UsageError(Exception):
     """Bad input found after parsing: reported like an argparse error, exit status 2."""
+
+
+def did_you_mean(word: str, candidates, quote: str = "'") -> str:
+    """" (did you mean 'bn'?)" for the candidate closest to a misspelled `word`, else ""."""
+    close = difflib.get_close_matches(word, list(candidates), n=1)
+    return f" (did you mean {quote}{close[0]}{quote}?)" if close else ""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a suggestion for a misspelled flag, choice or command (what Python 3.14's
+    `suggest_on_error` does, for the Pythons before it)."""
+
+    # argparse's message for a bad choice: "invalid choice: 'x' (choose from 'a', 'b')"; 3.12.8+ drops the
+    # quotes around the choices.
+    _INVALID_CHOICE = re.compile(r"invalid choice: '(?P<value>[^']*)'(?= \(choose from (?P<choices>.*)\))")
+
+    def parse_known_args(self, args=None, namespace=None):
+        """Every command takes all its arguments, so what is left over is refused here, by the command's own
+        parser (its name in the error), with the flag closest to the first one that is unknown."""
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            unknown = next((arg.partition("=")[0] for arg in extras if arg.startswith("-")), "")
+            flags = self._option_string_actions  # argparse's table of this parser's flags
+            hint = did_you_mean(unknown, flags, quote="") if unknown else ""
+            self.error(f"unrecognized arguments: {' '.join(extras)}{hint}")
+        return namespace, extras
+
+    def error(self, message: str):
+        choice = self._INVALID_CHOICE.search(message)
+        if choice:
+            choices = [c.strip().strip("'") for c in choice["choices"].split(",")]
+            message = message[:choice.end()] + did_you_mean(choice["value"], choices) + message[choice.end():]
+        super().error(message)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _experiment(name: str) -> str:
+    if name not in EXPERIMENTS:
+        raise argparse.ArgumentTypeError(
+            f"unknown experiment {name!r}{did_you_mean(name, EXPERIMENTS)}; known: {', '.join(EXPERIMENTS)}")
+    return name
 
 
 # --- shared flag groups ----------------------------------------------------------------------------
@@ -87,12 +140,23 @@ def _add_recipe_flags(parser: argparse.ArgumentParser, epochs_help: str) -> None
 
 
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
-    group = parser.add_argument_group("data").add_mutually_exclusive_group()
-    group.add_argument("--data", metavar="PATH",
-                       help="CIFAR-10 as an .npz, the official tarball, a cifar-10-batches-py folder or an image "
-                            "folder tree; default: $KT_DROPOUT_DATA, then Keras's cache, then Keras's download")
-    group.add_argument("--synthetic", type=int, nargs=2, metavar=("N_TRAIN", "N_TEST"),
-                       help="train on a small synthetic CIFAR-10-shaped data set instead, to try things out")
+    group = parser.add_argument_group("data")
+    source = group.add_mutually_exclusive_group()
+    source.add_argument("--data", metavar="PATH",
+                        help="CIFAR-10 as an .npz, the official tarball, a cifar-10-batches-py folder or an image "
+                             "folder tree; default: $KT_DROPOUT_DATA, then Keras's cache, then Keras's download")
+    source.add_argument("--synthetic", type=int, nargs=2, metavar=("N_TRAIN", "N_TEST"),
+                        help="train on a small synthetic CIFAR-10-shaped data set instead, to try things out")
+    _add_size_flags(group)
+
+
+def _add_size_flags(group) -> None:
+    """--train-size, --test-size: part of the data (`first_per_class`), a study of its own."""
+    for split, whole in (("train", "50,000"), ("test", "10,000")):
+        group.add_argument(f"--{split}-size", type=_positive_int, metavar="N",
+                           help=f"use only the first N {split} images, taken class by class in turn (balanced), "
+                                f"e.g. to try a GPU setup quickly; runs on them are stored apart [all: CIFAR-10 has "
+                                f"{whole}]")
 
 
 def _given(args, cls) -> dict:
@@ -110,13 +174,30 @@ def _recipe(args) -> Recipe:
 
 
 def _data(args, config: VGGConfig):
-    """`((x_train, y_train), (x_test, y_test))` from --synthetic, --data or the standard lookup."""
-    from kt_dropout.data import load_cifar10, synthetic_cifar10
+    """`((x_train, y_train), (x_test, y_test))` from --synthetic, --data or the standard lookup, cut to
+    --train-size/--test-size (saying so on stderr)."""
+    from kt_dropout.data import (
+        describe_subset,
+        first_per_class,
+        load_cifar10,
+        synthetic_cifar10,
+    )
 
     if args.synthetic:
         n_train, n_test = args.synthetic
-        return synthetic_cifar10(n_train, n_test, image_size=config.input_shape[0], num_classes=config.num_classes)
-    return load_cifar10(args.data, num_classes=config.num_classes)
+        whole = synthetic_cifar10(n_train, n_test, image_size=config.input_shape[0], num_classes=config.num_classes)
+    else:
+        whole = load_cifar10(args.data, num_classes=config.num_classes)
+    data = first_per_class(whole, args.train_size, args.test_size)
+    part = describe_subset(whole, data)
+    if part:
+        eprint(f"data: {part}")
+    return data
+
+
+def _config_name(config: VGGConfig) -> str:
+    """The name of the post's configuration that the flags describe, whichever flags did, else "custom"."""
+    return next((name for name, named in CONFIGS.items() if named == config), "custom")
 
 
 # --- experiments -----------------------------------------------------------------------------------
@@ -196,7 +277,7 @@ def cmd_train(args) -> int:
     _check_output(output, args.force)
     data = _data(args, config)
     record = train(
-        config, data, recipe=recipe, seed=args.seed, name=args.config or "custom",
+        config, data, recipe=recipe, seed=args.seed, name=_config_name(config),
         data_fingerprint=data_fingerprint(data), verbose=1 if args.verbose else 0,
         callbacks=[] if args.verbose else [_epoch_line(recipe.epochs)], distributed=args.data_parallel,
     )
@@ -233,7 +314,8 @@ def space_item(text: str) -> tuple[str, object]:
     if not sep or not name or not spec:
         raise argparse.ArgumentTypeError(f"expected NAME=SPEC, got {text!r}")
     if name not in PARAMS:
-        raise argparse.ArgumentTypeError(f"unknown hyperparameter {name!r}; known: {', '.join(PARAMS)}")
+        raise argparse.ArgumentTypeError(
+            f"unknown hyperparameter {name!r}{did_you_mean(name, PARAMS)}; known: {', '.join(PARAMS)}")
     if spec.strip().lower() == "none":
         return name, None
     if ":" in spec:
@@ -311,6 +393,7 @@ def cmd_reproduce(args) -> int:
     study = open_study(
         profile.name, results / STORE_FOLDER, data_path=args.data, epochs=args.epochs, seeds=args.seeds,
         selection=args.selection, precision=args.precision, pack_size=1 if args.no_pack else (args.pack_size or 20),
+        train_size=args.train_size, test_size=args.test_size,
     )
     configs = list(dict.fromkeys(n for name in experiments for n in EXPERIMENTS[name].configs))
     eprint(f"{', '.join(experiments)}: {len(configs)} configurations x {len(study.seeds)} seeds")
@@ -419,15 +502,27 @@ def cmd_compare(args) -> int:
 # --- parser ----------------------------------------------------------------------------------------
 
 
+def _with_keras(run):
+    """`run` after Keras has started quietly (`startup.start_keras`): every command but `experiments` uses it."""
+    @functools.wraps(run)
+    def with_keras(args) -> int:
+        from kt_dropout.startup import start_keras
+
+        start_keras()
+        return run(args)
+
+    return with_keras
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG, description="Dropout with batch normalization in a VGG-like CNN on CIFAR-10: train, search, "
                                "reproduce the post's experiments and report on them.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(name: str, run, help_text: str, description: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=description)
-        sub.set_defaults(run=run)
+        sub.set_defaults(run=run if run is cmd_experiments else _with_keras(run))
         return sub
 
     command("experiments", cmd_experiments, "list the post's experiments, claims and profiles",
@@ -493,7 +588,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "in RESULTS/store, so an interrupted or repeated call resumes. Then prints each claim's "
                         "verdict and writes RESULTS/report-PROFILE/report.md with figures. " + REPRODUCE_EXIT_CODES
                         + ".")
-    reproduce.add_argument("experiments", nargs="*", metavar="EXPERIMENT",
+    reproduce.add_argument("experiments", nargs="*", type=_experiment, metavar="EXPERIMENT",
                            help=f"experiments to train: {', '.join(EXPERIMENTS)} [the profile's]")
     reproduce.add_argument("--profile", choices=list(PROFILES), default="quick",
                            help="smoke: tiny networks on synthetic data; quick: 15 epochs; full: the post's "
@@ -502,7 +597,9 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--epochs", type=int, metavar="N", help="epochs per run [the profile's]")
     reproduce.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR",
                            help=f"results folder: store/ and report-PROFILE/ [{DEFAULT_RESULTS}]")
-    reproduce.add_argument("--data", metavar="PATH", help="CIFAR-10 location (not used by smoke) [standard lookup]")
+    data = reproduce.add_argument_group("data")
+    data.add_argument("--data", metavar="PATH", help="CIFAR-10 location (not used by smoke) [standard lookup]")
+    _add_size_flags(data)
     reproduce.add_argument("--selection", choices=Recipe.SELECTIONS, default="test",
                            help="pick the best epoch on the test set (as the post) or a holdout split [test]")
     reproduce.add_argument("--precision", choices=Recipe.PRECISIONS, default="float32", help=PRECISION_HELP)

@@ -30,6 +30,8 @@ from typing import BinaryIO
 
 import numpy as np
 
+from kt_dropout.config import check_positive_int
+
 try:
     from PIL import Image
 except ImportError:  # Pillow is needed only for image folders
@@ -37,15 +39,19 @@ except ImportError:  # Pillow is needed only for image folders
 
 __all__ = [
     "CIFAR10_TAR_MD5",
+    "CIFAR10_URL",
     "DATA_ENV_VAR",
     "DataError",
     "data_fingerprint",
+    "describe_subset",
+    "first_per_class",
     "load_cifar10",
     "synthetic_cifar10",
     "validate_dataset",
 ]
 
-# Published checksum of https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz
+# Where Keras downloads CIFAR-10 from (keras.datasets.cifar10), and the archive's published checksum.
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_TAR_MD5 = "c58f30108f718f92721af3b95e74349a"
 DATA_ENV_VAR = "KT_DROPOUT_DATA"
 
@@ -112,7 +118,9 @@ def load_cifar10(
 
     Raises:
         FileNotFoundError: `path` or `KT_DROPOUT_DATA` does not exist.
-        DataError: the data found is unreadable, incomplete or malformed.
+        DataError: the data found is unreadable, incomplete or malformed; or
+            there is none and the download failed (offline): the message names
+            every place looked at and how to point at a copy.
     """
     source = _requested_source(path) or _keras_cache_entry()
     if source is None:
@@ -162,6 +170,45 @@ def data_fingerprint(data) -> str:
     return digest.hexdigest()[:16]
 
 
+def first_per_class(data, train_size: int | None = None, test_size: int | None = None) -> Dataset:
+    """The first `train_size` training and `test_size` test images, taken class by class in turn.
+
+    Each class gives its first images in turn (5,000 of CIFAR-10's training
+    images are the first 500 of each class), so a subset is balanced even
+    where the source stores its images class by class, as an image folder
+    does. The images keep the source's order; None keeps a split whole. A
+    subset's `data_fingerprint` differs from the whole's, so runs on it are
+    stored apart.
+    """
+    (x_train, y_train), (x_test, y_test) = data
+    return (_first_per_class(x_train, y_train, train_size, "train"),
+            _first_per_class(x_test, y_test, test_size, "test"))
+
+
+def describe_subset(whole, subset) -> str:
+    """What `first_per_class` took, e.g. "first 5000 of 50000 train images, balanced over classes"; "" if all."""
+    taken = [
+        f"first {len(part[1])} of {len(full[1])} {split} images"
+        for split, full, part in zip(_SPLITS, whole, subset) if len(part[1]) < len(full[1])
+    ]
+    return f"{', '.join(taken)}, balanced over classes" if taken else ""
+
+
+def _first_per_class(x, y, size: int | None, split: str) -> tuple[np.ndarray, np.ndarray]:
+    if size is None:
+        return x, y
+    check_positive_int(f"{split}_size", size)
+    if size > len(y):
+        raise DataError(f"{split}_size: {size} is more than the {len(y)} {split} images of the data")
+    labels = _canonical_labels(y)
+    rank = np.empty(len(labels), dtype=np.int64)  # an image's place among the images of its class
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        rank[members] = np.arange(len(members))
+    chosen = np.sort(np.lexsort((labels, rank))[:size])  # by rank, then class; back in the source's order
+    return x[chosen], y[chosen]
+
+
 def synthetic_cifar10(
     n_train: int = 256, n_test: int = 64, *, image_size: int = 32, num_classes: int = 10, seed: int = 0
 ) -> Dataset:
@@ -202,16 +249,26 @@ def _requested_source(path) -> Path | None:
     return None
 
 
+def _keras_cache() -> Path:
+    return Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "datasets"
+
+
 def _keras_cache_entry() -> Path | None:
-    cache = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser() / "datasets"
-    return next((cache / name for name in _CACHE_ENTRIES if (cache / name).exists()), None)
+    return next((_keras_cache() / name for name in _CACHE_ENTRIES if (_keras_cache() / name).exists()), None)
 
 
 def _download_with_keras() -> Dataset:
     """Keras's download; it follows `image_data_format`, so channels-first results are transposed back."""
     import keras
 
-    (x_train, y_train), (x_test, y_test) = keras.datasets.cifar10.load_data()
+    try:
+        (x_train, y_train), (x_test, y_test) = keras.datasets.cifar10.load_data()
+    except Exception as exc:  # Keras reports a failed download as a bare Exception ("URL fetch failure ...")
+        raise DataError(
+            f"CIFAR-10 not found: no path given, ${DATA_ENV_VAR} not set, none of {', '.join(_CACHE_ENTRIES)} in "
+            f"Keras's cache {_keras_cache()}, and the download from {CIFAR10_URL} failed ({exc}). Point at a copy "
+            f"({_KNOWN_LAYOUTS}) with kt-dropout's --data PATH, pytest's --kt-data PATH or ${DATA_ENV_VAR}=PATH"
+        ) from exc
     if keras.config.image_data_format() == "channels_first":
         x_train, x_test = x_train.transpose(0, 2, 3, 1), x_test.transpose(0, 2, 3, 1)
     return (x_train, y_train), (x_test, y_test)

@@ -10,16 +10,21 @@ import sys
 
 import pytest
 
-from kt_dropout.cli import UsageError, _one_study, space_item
+from kt_dropout.cli import UsageError, _config, _config_name, _one_study, build_parser, main, space_item
 from kt_dropout.config import Recipe, VGGConfig
+from kt_dropout.data import data_fingerprint, first_per_class, synthetic_cifar10
 from kt_dropout.study.experiments import CLAIMS, CONFIGS, EXPERIMENTS
 from kt_dropout.study.profiles import PROFILES
 from kt_dropout.record import RunRecord, make_record
+from kt_dropout.startup import _EARLY_LOG_LINE, _stderr_without
 from kt_dropout.study.results import ResultStore
 
-ENV = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
+# Without TF_CPP_MIN_LOG_LEVEL: the CLI must start quietly by itself.
+ENV = {**{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}, "KERAS_BACKEND": "jax"}
 TINY = ["--synthetic", "128", "64", "--nfilters", "4", "8", "8", "--ndense", "16", "--batch-size", "32"]
-SMOKE = ["--profile", "smoke", "--seeds", "2", "--epochs", "1"]
+SMOKE = ["--profile", "smoke", "--seeds", "2", "--epochs", "1", "--train-size", "256"]  # of the smoke's 512
+# What TensorFlow, JAX and absl print at start-up unless silenced: absl's banner and glog-style lines.
+START_UP_NOISE = re.compile(r"absl::InitializeLog|oneDNN|^[IWE]\d{4} |^WARNING:absl", re.MULTILINE)
 
 
 def umask() -> int:
@@ -70,12 +75,13 @@ def assert_usage_error(result, command, *fragments):
     ([], ["experiments", "train", "search", "reproduce", "report", "merge", "compare"]),
     (["experiments"], []),
     (["train"], ["--config", "--nfilters", "--no-batchnorm", "--dropout-conv", "--input-shape", "--learning-rate",
-                 "--selection", "--holdout", "--precision", "--seed", "--data", "--synthetic", "--output", "--force", "--verbose"]),
+                 "--selection", "--holdout", "--precision", "--seed", "--data", "--synthetic", "--output", "--force", "--verbose",
+                 "--train-size", "--test-size"]),
     (["search"], ["--tuner", "--max-trials", "--epochs", "--directory", "--project-name", "--overwrite", "--space",
                   "--dropout-dense", "--csv", "--trials-per-step", "--chief", "--worker", "--tuner-id",
-                  "--lost-worker-seconds"]),
+                  "--lost-worker-seconds", "--train-size", "--test-size"]),
     (["reproduce"], ["--profile", "--seeds", "--epochs", "--results", "--data", "--selection", "--precision", "--pack-size",
-                     "--no-pack"]),
+                     "--no-pack", "--train-size", "--test-size"]),
     (["report"], ["RESULTS", "--out", "--epochs", "--profile", "--data-source"]),
     (["merge"], ["RESULTS", "SOURCE"]),
     (["compare"], ["REF", "OTHER", "--claims"]),
@@ -99,16 +105,20 @@ def test_experiments_lists_everything(tmp_path):
 @pytest.mark.slow
 def test_train_writes_a_record_and_refuses_to_overwrite_it(tmp_path):
     (tmp_path / "tmp").mkdir()
-    args = ["train", *TINY, "--epochs", "2", "--precision", "mixed_bfloat16", "--output", "tmp/run.json"]
+    args = ["train", *TINY, "--epochs", "2", "--precision", "mixed_bfloat16", "--output", "tmp/run.json",
+            "--train-size", "96"]
     result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "epoch 2/2" in result.stderr and "val_accuracy" in result.stderr
+    assert "data: first 96 of 128 train images, balanced over classes" in result.stderr
+    assert not START_UP_NOISE.search(result.stderr), result.stderr  # JAX, with TensorFlow installed or not
     assert "best val_accuracy" in result.stdout
     output = tmp_path / "tmp" / "run.json"
     record = RunRecord.from_json(json.loads(output.read_text()), source=output)
     assert record.status == "ok"
     assert len(record.history["loss"]) == len(record.history["val_accuracy"]) == 2
     assert record.key.config.nfilters == (4, 8, 8) and record.key.recipe.precision == "mixed_bfloat16"
+    assert record.key.data == data_fingerprint(first_per_class(synthetic_cifar10(128, 64), train_size=96))
     assert os.listdir(tmp_path / "tmp") == ["run.json"]  # no temp file left behind
     assert output.stat().st_mode & 0o777 == 0o666 & ~umask()  # an ordinary file, not the private temp file
 
@@ -123,6 +133,7 @@ def test_train_writes_a_record_and_refuses_to_overwrite_it(tmp_path):
     (["--data", "/nonexistent"], ["/nonexistent"]),
     (["--synthetic", "8", "8", "--output", "/nonexistent-folder/run.json"], ["/nonexistent-folder"]),
     (["--synthetic", "8", "8", "--precision", "float16"], ["--precision", "float16"]),
+    (["--synthetic", "8", "8", "--train-size", "9"], ["train_size: 9 is more than the 8 train images"]),
 ])
 def test_train_rejects_bad_input(tmp_path, args, fragments):
     assert_usage_error(run_cli("train", *args, cwd=tmp_path), "train", *fragments)
@@ -179,6 +190,7 @@ def test_search_prints_and_writes_the_trials(tmp_path):
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
+    assert not START_UP_NOISE.search(result.stderr), result.stderr
     rows = [line for line in result.stdout.splitlines() if "COMPLETED" in line]
     assert len(rows) == 2
     with open(tmp_path / "trials.csv", newline="") as file:
@@ -208,11 +220,13 @@ def test_reproduce_trains_decides_and_reports(reproduced):
     cwd, result = reproduced
     assert result.returncode == 0, result.stderr
     assert "training 1 epochs" in result.stderr
+    assert not START_UP_NOISE.search(result.stderr), result.stderr
     runs = [p for p in (cwd / "tmp" / "store").iterdir() if p.name != "store.json"]
     assert len(runs) == 4
     assert "C1 not decided in this profile" in result.stdout
     report = cwd / "tmp" / "report-smoke" / "report.md"
     assert report.is_file() and "C1" in report.read_text()
+    assert "first 256 of 512 train images, balanced over classes" in report.read_text()
     assert str(report.relative_to(cwd)) in result.stdout
 
 
@@ -354,3 +368,53 @@ def test_reproduce_exit_status_says_what_went_wrong(tmp_path):
         assert reproduce_exit_status(records, decide_all(records, c1)) == expected
     help_text = " ".join(run_cli("reproduce", "--help", cwd=tmp_path).stdout.split())
     assert "exit status: 0 every run succeeded" in help_text and f"{EXIT_CONTRADICTED} a claim" in help_text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--epcohs", "3"], "kt-dropout train: error: unrecognized arguments: --epcohs 3 (did you mean --epochs?)"),
+    (["train", "--synthetic", "8", "8", "--zzzzzz=1"], "kt-dropout train: error: unrecognized arguments: --zzzzzz=1"),
+    (["serch"], "kt-dropout: error: argument COMMAND: invalid choice: 'serch' (did you mean 'search'?) (choose from"),
+    (["search", "--tuner", "baysian"], "argument --tuner: invalid choice: 'baysian' (did you mean 'bayesian'?)"),
+    (["train", "--config", "conv02"], "argument --config: invalid choice: 'conv02' (did you mean 'conv0.2'?)"),
+    (["reproduce", "batchnrom"], "unknown experiment 'batchnrom' (did you mean 'batchnorm'?); known: batchnorm,"),
+    (["search", "--space", "dropout_dens=0.1"], "unknown hyperparameter 'dropout_dens' (did you mean 'dropout_dense'?)"),
+    (["reproduce", "--train-size", "0"], "reproduce: error: argument --train-size: expected a positive integer, got '0'"),
+    (["search", "--test-size", "many"], "argument --test-size: expected a positive integer, got 'many'"),
+])
+def test_parse_errors_suggest_the_closest_flag_choice_or_name(capsys, argv, message):
+    with pytest.raises(SystemExit) as stopped:
+        main(argv)
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in error
+    assert "did you mean" in message or "did you mean" not in error  # nothing close: no suggestion
+
+
+@pytest.mark.parametrize("flags, name", [
+    ([], "bn"),
+    (["--dropout-conv", "0.2", "0.2", "0.2"], "conv0.2"),
+    (["--config", "conv0.5", "--dropout-conv", "0.2", "0.2", "0.2"], "conv0.2"),
+    (["--config", "half"], "half"),
+    (["--no-batchnorm"], "vanilla"),
+    (["--ndense", "8"], "custom"),
+])
+def test_a_run_is_named_after_the_configuration_its_flags_describe(flags, name):
+    args = build_parser().parse_args(["train", *flags])
+    assert _config_name(_config(args)) == name
+
+
+def test_a_missing_backend_names_the_extra_that_installs_it(tmp_path):
+    """jax made unimportable, as if not installed: one line, exit status 2, the extra to install."""
+    code = "import sys; sys.modules['jax'] = None; from kt_dropout.cli import main; sys.exit(main(sys.argv[1:]))"
+    result = subprocess.run([sys.executable, "-c", code, "train", "--synthetic", "8", "8"], cwd=tmp_path, env=ENV,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert_usage_error(result, "train", "Keras's jax backend is not installed", 'pip install -e ".[jax]"')
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_start_up_lines_are_filtered_out_of_stderr_and_the_rest_kept(capfd):
+    error = b"E0000 00:00:1795988950.146782   12353 cuda_dnn.cc:8310] a real error\n"
+    with _stderr_without(_EARLY_LOG_LINE):
+        os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+                    b"I0000 00:00:1795988950.146782   12353 port.cc:153] oneDNN custom operations are on.\n" + error)
+    assert capfd.readouterr().err == error.decode()

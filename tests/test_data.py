@@ -1,17 +1,22 @@
 """kt_dropout.data: each layout round-trips, the lookup order holds, every bad file is a DataError naming it.
 
 All files are small ones generated in tmp_path from `synthetic_cifar10`; no
-test reads the real Keras cache or touches the network.
+test reads the real Keras cache or touches the network (the offline tests make
+the download fail at once).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import os
 import pickle
 import re
+import subprocess
+import sys
 import tarfile
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -21,8 +26,11 @@ from PIL import Image
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.data import (
     CIFAR10_TAR_MD5,
+    CIFAR10_URL,
     DataError,
     data_fingerprint,
+    describe_subset,
+    first_per_class,
     load_cifar10,
     synthetic_cifar10,
     validate_dataset,
@@ -31,6 +39,7 @@ from kt_dropout.model import build_model
 from kt_dropout.packing.model import load_member
 from kt_dropout.packing.trainer import Member, PackTrainer
 from kt_dropout.splits import prepare_splits
+from kt_dropout.study.runner import open_study
 
 BATCH_NAMES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 DATA = synthetic_cifar10(n_train=50, n_test=10, seed=1)
@@ -557,3 +566,123 @@ def test_synthetic_set_is_learnable():
     means = np.stack([flat_train[y_train == c].mean(axis=0) for c in range(7)])
     predicted = np.argmin(((flat_test[:, None, :] - means[None]) ** 2).sum(axis=-1), axis=1)
     assert (predicted == y_test).mean() > 0.9
+
+
+# --- part of the data ----------------------------------------------------------------------------
+
+
+def class_sorted(n_per_class=5, num_classes=10):
+    """Images stored class by class, as an image folder gives them; pixel value = the image's index."""
+    y = np.repeat(np.arange(num_classes), n_per_class)
+    x = np.broadcast_to(np.arange(len(y), dtype=np.uint8)[:, None, None, None], (len(y), 2, 2, 3)).copy()
+    return (x, y), (x[:20].copy(), y[:20].copy())
+
+
+def test_first_per_class_takes_each_class_in_turn_in_the_source_order():
+    whole = class_sorted()
+    part = (x, y), (x_test, y_test) = first_per_class(whole, train_size=23, test_size=4)
+    # 2 images of each class, the 3 left over from the first classes; the images keep their order and labels
+    assert x[:, 0, 0, 0].tolist() == [i for i in range(50) if i % 5 < (3 if i < 15 else 2)]
+    np.testing.assert_array_equal(y, whole[0][1][x[:, 0, 0, 0]])
+    assert x_test[:, 0, 0, 0].tolist() == [0, 5, 10, 15] and y_test.tolist() == [0, 1, 2, 3]
+    assert describe_subset(whole, part) == "first 23 of 50 train images, first 4 of 20 test images, balanced over classes"
+
+
+def test_first_per_class_of_everything_is_the_data_itself():
+    whole = class_sorted()
+    for entire in (first_per_class(whole), first_per_class(whole, train_size=50, test_size=20)):
+        for (x, y), (x_whole, y_whole) in zip(entire, whole):
+            np.testing.assert_array_equal(x, x_whole)
+            np.testing.assert_array_equal(y, y_whole)
+        assert data_fingerprint(entire) == data_fingerprint(whole) and describe_subset(whole, entire) == ""
+
+
+def test_a_subset_is_a_data_set_of_its_own():
+    """Runs are keyed by the data's fingerprint: a subset's differs from the whole's and from other sizes', so runs
+    on it never mix with runs on all of it; a study says which part it trained on."""
+    fingerprints = {data_fingerprint(first_per_class(DATA, n)) for n in (None, 20, 30)}
+    fingerprints.add(data_fingerprint(first_per_class(DATA, test_size=5)))
+    assert len(fingerprints) == 4
+
+
+def test_a_study_on_part_of_the_data_is_stored_apart(tmp_path):
+    whole = open_study("smoke", tmp_path / "store")
+    part = open_study("smoke", tmp_path / "store", train_size=256, test_size=100)
+    assert (len(part.data[0][1]), len(part.data[1][1])) == (256, 100)
+    assert part.fingerprint != whole.fingerprint
+    assert part.data_source == (
+        "synthetic (synthetic_cifar10) (first 256 of 512 train images, first 100 of 128 test images, "
+        "balanced over classes)")
+
+
+@pytest.mark.parametrize("sizes, problem", [
+    ({"train_size": 0}, "train_size: must be a positive integer, got 0"),
+    ({"test_size": -3}, "test_size: must be a positive integer, got -3"),
+    ({"train_size": 2.5}, "train_size: must be a positive integer, got 2.5"),
+    ({"train_size": 51}, "train_size: 51 is more than the 50 train images of the data"),
+    ({"test_size": 11}, "test_size: 11 is more than the 10 test images of the data"),
+])
+def test_first_per_class_refuses_sizes_it_cannot_take(sizes, problem):
+    with pytest.raises(ValueError, match=f"^{re.escape(problem)}$"):
+        first_per_class(DATA, **sizes)
+
+
+# --- no data at all, offline: one message naming every place looked at -----------------------------
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_a_failed_download_names_every_place_looked_at_and_how_to_point_at_a_copy(tmp_path, monkeypatch):
+    def offline():  # what keras.datasets.cifar10.load_data raises without a network
+        raise Exception(f"URL fetch failure on {CIFAR10_URL}: None -- [Errno -2] Name or service not known")  # noqa: TRY002
+
+    monkeypatch.setattr(keras.datasets.cifar10, "load_data", offline)
+    with pytest.raises(DataError) as error:
+        load_cifar10()
+    message = str(error.value)
+    for fragment in ["CIFAR-10 not found", "$KT_DROPOUT_DATA not set", str(tmp_path / "keras_home" / "datasets"),
+                     f"download from {CIFAR10_URL} failed", "Name or service not known", "--data PATH",
+                     "--kt-data PATH", "$KT_DROPOUT_DATA=PATH", "cifar-10-python.tar.gz"]:
+        assert fragment in message
+    assert "\n" not in message
+
+
+def offline_env(tmp_path) -> dict:
+    """A subprocess's environment in which CIFAR-10 is nowhere: no KT_DROPOUT_DATA, an empty Keras cache, and
+    Keras's download refused at once (by a proxy on a port nothing listens on), with or without a network."""
+    unreachable = "http://127.0.0.1:9"
+    kept = {name: value for name, value in os.environ.items()
+            if name.lower() not in ("kt_dropout_data", "no_proxy") and not name.startswith("PYTEST_XDIST_")}
+    return {**kept, "KERAS_HOME": str(tmp_path / "empty_keras_home"), "https_proxy": unreachable,
+            "HTTPS_PROXY": unreachable, "KERAS_BACKEND": "jax"}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorflow") is None, reason="needs TensorFlow")
+def test_the_cli_says_where_it_looked_in_one_line_after_a_quiet_start(tmp_path):
+    """On TensorFlow, without TF_CPP_MIN_LOG_LEVEL: no start-up lines, no traceback, only the error."""
+    env = {**offline_env(tmp_path), "KERAS_BACKEND": "tensorflow"}
+    env.pop("TF_CPP_MIN_LOG_LEVEL", None)
+    result = subprocess.run([sys.executable, "-m", "kt_dropout.cli", "train", "--train-size", "100"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith("kt-dropout train: error: CIFAR-10 not found: ")
+    assert CIFAR10_URL in line and str(tmp_path / "empty_keras_home" / "datasets") in line and "--data PATH" in line
+
+
+@pytest.mark.parametrize("options, message", [
+    (["--kt-profile", "quick"], "CIFAR-10 not found: "),
+    (["--kt-profile", "smoke", "--kt-train-size", "1000"], "train_size: 1000 is more than the 512 train images"),
+], ids=["no-data", "too-large-a-part"])
+def test_the_suite_stops_once_with_the_message(tmp_path, options, message):
+    """A data error stops the session before any test, instead of failing each test that needs the study."""
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "benchmarks/test_post.py", "-m", "gpu",
+         "--kt-results", str(tmp_path / "results"), *options],
+        cwd=ROOT, env=offline_env(tmp_path), capture_output=True, text=True, timeout=300, check=False,
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR, output
+    assert output.count(message) == 1, output
+    assert "Traceback" not in output and " passed" not in output and " error" not in output.splitlines()[-1]
+    assert not any((tmp_path / "results").glob("report-*"))

@@ -138,14 +138,22 @@ class Study:
 def open_study(
     profile: str, results, *, data_path=None, epochs: int | None = None, seeds: int | None = None,
     selection: str = "test", precision: str = "float32", pack_size: int = 20, experiments: Iterable[str] | None = None,
-    progress: Callable[[str], None] | None = eprint,
+    train_size: int | None = None, test_size: int | None = None, progress: Callable[[str], None] | None = eprint,
 ) -> Study:
     """A `Study` from plain settings, as the CLI and the pytest options give them.
 
     A smoke profile trains on `synthetic_cifar10`; the others load CIFAR-10 the
-    standard way (`load_cifar10`). `pack_size=1` trains each run with `keras.fit`.
+    standard way (`load_cifar10`). `train_size`/`test_size` keep the first images
+    of each class (`first_per_class`): a study of its own, since the data's
+    fingerprint differs. `pack_size=1` trains each run with `keras.fit`.
     """
-    from kt_dropout.data import data_fingerprint, load_cifar10, synthetic_cifar10
+    from kt_dropout.data import (
+        data_fingerprint,
+        describe_subset,
+        first_per_class,
+        load_cifar10,
+        synthetic_cifar10,
+    )
     from kt_dropout.study.profiles import get_profile
 
     chosen = get_profile(profile)
@@ -153,9 +161,12 @@ def open_study(
         raise ValueError(f"pack_size: must be at least 1, got {pack_size}")
     store = ResultStore(results)  # refuses a folder it does not own before any data is read
     recipe = Recipe(selection=selection, holdout=64 if chosen.synthetic else Recipe().holdout, precision=precision)
-    data = synthetic_cifar10(n_train=512, n_test=128) if chosen.synthetic else load_cifar10(data_path)
+    whole = synthetic_cifar10(n_train=512, n_test=128) if chosen.synthetic else load_cifar10(data_path)
+    data = first_per_class(whole, train_size, test_size)
     source = "synthetic (synthetic_cifar10)" if chosen.synthetic else f"CIFAR-10 from {data_path or 'the standard lookup'}"
+    subset = describe_subset(whole, data)
     return Study(
         chosen, data, data_fingerprint(data), store, recipe=recipe, epochs=epochs, seeds=seeds,
-        experiments=experiments, pack=pack_size > 1, max_pack_size=pack_size, progress=progress, data_source=source,
+        experiments=experiments, pack=pack_size > 1, max_pack_size=pack_size, progress=progress,
+        data_source=f"{source} ({subset})" if subset else source,
     )
