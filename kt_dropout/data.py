@@ -48,6 +48,7 @@ __all__ = [
     "load_cifar10",
     "synthetic_cifar10",
     "validate_dataset",
+    "validate_split",
 ]
 
 # Where Keras downloads CIFAR-10 from (keras.datasets.cifar10), and the archive's published checksum.
@@ -131,6 +132,8 @@ def load_cifar10(
 def validate_dataset(data, source: str, num_classes: int = 10) -> Dataset:
     """Checks `((x_train, y_train), (x_test, y_test))`; returns it with 1-D int64 labels.
 
+    Labels are class indices, (N,) or (N, 1), or one-hot rows (N, num_classes).
+
     Images are uint8, or float with every pixel a finite value in 0..255, not
     all within 0..1 (the network scales pixels by 1/256, as it does uint8
     ones: images scaled already would be scaled twice); float images come
@@ -144,8 +147,8 @@ def validate_dataset(data, source: str, num_classes: int = 10) -> Dataset:
         raise DataError(
             f"{source}: expected ((x_train, y_train), (x_test, y_test)), got {type(data).__name__}"
         ) from exc
-    train = _check_split(x_train, y_train, "train", source, num_classes)
-    test = _check_split(x_test, y_test, "test", source, num_classes)
+    train = validate_split(x_train, y_train, "train", source, num_classes)
+    test = validate_split(x_test, y_test, "test", source, num_classes)
     if train[0].shape[1:] != test[0].shape[1:]:
         raise DataError(
             f"{source}: train images are {_size(train[0].shape[1:3])} but test images are {_size(test[0].shape[1:3])}"
@@ -437,7 +440,8 @@ def _read_image(path: Path) -> np.ndarray:
 # --- validation ----------------------------------------------------------------------------------
 
 
-def _check_split(x, y, split: str, source: str, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+def validate_split(x, y, split: str, source: str, num_classes: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Checks one split's `x_<split>`, `y_<split>` as `validate_dataset` does; returns them with 1-D int64 labels."""
     x_name, y_name = f"x_{split}", f"y_{split}"
     x, y = _as_array(x, x_name, source), _as_array(y, y_name, source)
     if x.ndim != 4 or x.shape[-1] != 3 or 0 in x.shape[1:]:
@@ -447,8 +451,13 @@ def _check_split(x, y, split: str, source: str, num_classes: int) -> tuple[np.nd
     x = _check_pixels(x, x_name, source)
     if y.ndim == 2 and y.shape[1] == 1:
         y = y[:, 0]
+    elif y.ndim == 2 and y.shape[1] == num_classes:
+        y = _from_one_hot(y, y_name, source)
     if y.ndim != 1:
-        raise DataError(f"{source}: {y_name} has shape {y.shape}; expected (N,) or (N, 1) labels")
+        raise DataError(
+            f"{source}: {y_name} has shape {y.shape}; expected (N,) or (N, 1) class indices or (N, {num_classes}) "
+            "one-hot rows"
+        )
     if not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"{source}: {y_name} has dtype {y.dtype}; expected integer class indices")
     if len(y) != len(x):
@@ -460,6 +469,19 @@ def _check_split(x, y, split: str, source: str, num_classes: int) -> tuple[np.nd
             f"(e.g. {y[outside][0]})"
         )
     return x, y.astype(np.int64)
+
+
+def _from_one_hot(y: np.ndarray, name: str, source: str) -> np.ndarray:
+    """One-hot rows as class indices. Any other rows (soft labels) are refused: every trainer takes classes."""
+    ones = y == 1
+    one_hot = (ones | (y == 0)).all(axis=1) & (ones.sum(axis=1) == 1)
+    if not one_hot.all():
+        row = int(np.argmin(one_hot))
+        raise DataError(
+            f"{source}: {name} has one column per class but row {row} is not one-hot ({y[row].tolist()}); "
+            "expected class indices or rows of a single 1 among 0s"
+        )
+    return ones.argmax(axis=1)
 
 
 def _check_pixels(x: np.ndarray, name: str, source: str) -> np.ndarray:

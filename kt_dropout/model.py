@@ -7,6 +7,7 @@ import contextlib
 import keras
 
 from kt_dropout.config import NUM_BLOCKS, Recipe, VGGConfig
+from kt_dropout.objectives import accuracy, crossentropy
 
 
 def _activation_stack(x, config: VGGConfig, rate: float, prefix: str):
@@ -19,9 +20,23 @@ def _activation_stack(x, config: VGGConfig, rate: float, prefix: str):
     return x
 
 
-def build_model(config: VGGConfig | None = None, name: str = "dropout_vgg") -> keras.Model:
+def rescaling(pixel_scale: float) -> keras.layers.Rescaling:
+    """The networks' first layer: pixels in 0..255 (uint8 or float) times `pixel_scale`.
+
+    Computed in float32 whatever the precision: a bfloat16 network's first convolution rounds these values
+    once, as it rounded the float32 images that the data pipeline scaled before the networks scaled their
+    own (for pixels 0..255 times 2**-8 nothing is rounded at all).
+    """
+    return keras.layers.Rescaling(pixel_scale, dtype="float32", name="rescale")
+
+
+def build_model(
+    config: VGGConfig | None = None, name: str = "dropout_vgg", pixel_scale: float = 1.0 / 256.0
+) -> keras.Model:
     """Builds the post's VGG-like CNN for `config` (uncompiled).
 
+    It takes images as they are, pixels in 0..255, and scales them itself
+    (`rescaling(pixel_scale)`; `build_compiled` passes `Recipe.pixel_scale`).
     Each of the three blocks is a 3x3 `same` conv and a 3x3 `valid` conv, each
     followed by BatchNorm -> ReLU -> Dropout(block rate), then a 2x2 max-pool.
     Then Flatten, two Dense(ndense) -> BatchNorm -> ReLU -> Dropout(dense rate),
@@ -29,7 +44,7 @@ def build_model(config: VGGConfig | None = None, name: str = "dropout_vgg") -> k
     """
     config = config or VGGConfig()
     inputs = keras.Input(shape=config.input_shape, name="image")
-    x = inputs
+    x = rescaling(pixel_scale)(inputs)
     for block in range(NUM_BLOCKS):
         filters, rate = config.nfilters[block], config.dropout_conv[block]
         for conv, padding in ((1, "same"), (2, "valid")):
@@ -47,9 +62,9 @@ def build_model(config: VGGConfig | None = None, name: str = "dropout_vgg") -> k
 
 
 def build_compiled(config: VGGConfig, recipe: Recipe) -> keras.Model:
-    """`build_model(config)` under the recipe's precision, compiled with the recipe."""
+    """`build_model(config)` under the recipe's precision and pixel scale, compiled with the recipe."""
     with precision_scope(recipe.precision):
-        model = build_model(config)
+        model = build_model(config, pixel_scale=recipe.pixel_scale)
     return compile_model(model, recipe)
 
 
@@ -65,11 +80,14 @@ def precision_scope(precision: str):
 
 
 def compile_model(model: keras.Model, recipe: Recipe | None = None) -> keras.Model:
-    """Compiles with the post's recipe: Adam, categorical cross-entropy, accuracy."""
+    """Compiles with the post's recipe: Adam, categorical cross-entropy, accuracy.
+
+    The loss and the metric (`objectives`) take labels as class indices or as one-hot rows.
+    """
     recipe = recipe or Recipe()
     model.compile(
         optimizer=keras.optimizers.Adam(learning_rate=recipe.learning_rate),
-        loss="categorical_crossentropy",
-        metrics=["accuracy"],
+        loss=crossentropy,
+        metrics=[accuracy],
     )
     return model

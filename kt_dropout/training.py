@@ -38,15 +38,18 @@ def train(
     not raised. `record.to_json()` is its stored form, what `kt-dropout train` writes.
 
     Args:
-        data: `((x_train, y_train), (x_test, y_test))` as `load_cifar10` returns.
+        data: `((x_train, y_train), (x_test, y_test))` as `load_cifar10` returns: images with pixels
+            in 0..255 (uint8 or float; the network scales them), labels as class indices or one-hot
+            rows; checked as `splits.check_data` checks them.
         epochs: overrides `recipe.epochs` (e.g. for a quick profile).
-        on_model: called with the trained model (best epoch's weights) before it is dropped.
+        on_model: called with the trained model (best epoch's weights) before it is dropped; it takes
+            images and labels as `data` holds them.
         distributed: build and train data-parallel over every local device
             (`kt_dropout.distribution.data_parallel`); the batch size stays the global one.
     """
     recipe = recipe or Recipe()
     epochs = epochs or recipe.epochs
-    splits = prepare_splits(data, recipe, config.num_classes)
+    splits = prepare_splits(data, recipe, config, "train(): data")
     with (data_parallel() if distributed else contextlib.nullcontext()) as distribution:
         keras.utils.set_random_seed(seed)
         model = build_compiled(config, recipe)

@@ -496,7 +496,7 @@ def test_float_images_in_0_to_255_come_back_as_float32_and_prepare_as_uint8_ones
         np.testing.assert_array_equal(x, x_uint8)
     assert (checked[0][0] is floats[0][0]) == (dtype == np.float32)  # float32 images are not copied
     for recipe in (Recipe(), Recipe(selection="holdout", holdout=10)):
-        got, want = prepare_splits(checked, recipe, 10), prepare_splits(DATA, recipe, 10)
+        got, want = prepare_splits(checked, recipe, VGGConfig()), prepare_splits(DATA, recipe, VGGConfig())
         for field in dataclasses.fields(got):
             np.testing.assert_array_equal(getattr(got, field.name), getattr(want, field.name), err_msg=field.name)
 
@@ -527,7 +527,7 @@ def test_packed_training_gets_float_pixels_with_their_fractions():
     packed = trainer.model.predict(trainer.x_val, verbose=0)[:, 0]
     alone = load_member(build_model(config), trainer.member_weights(0))
     (_, _), (x_test, _) = fractional
-    np.testing.assert_allclose(packed, alone.predict(x_test / 256, verbose=0), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(packed, alone.predict(x_test, verbose=0), rtol=1e-5, atol=1e-6)
 
 
 # --- fingerprints and the synthetic set ----------------------------------------------------------

@@ -35,7 +35,7 @@ from kt_dropout.data import synthetic_cifar10
 from kt_dropout.distribution import data_parallel, local_device_count
 from kt_dropout.splits import prepare_splits
 
-SPLITS = prepare_splits(synthetic_cifar10(128, 32), Recipe(), 10)
+SPLITS = prepare_splits(synthetic_cifar10(128, 32), Recipe(), VGGConfig())
 CONFIG = VGGConfig(nfilters=(4, 8, 8), ndense=16)
 
 def new_model():

@@ -3,11 +3,14 @@
 import math
 
 import keras
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from kt_dropout import VGGConfig, build_model, compile_model, Recipe
+from kt_dropout import Recipe, VGGConfig, build_model, compile_model
+from kt_dropout.model import build_compiled
+from kt_dropout.objectives import accuracy, crossentropy
 
 rates = st.sampled_from([0.0, 0.2, 0.5, 0.75])
 
@@ -84,13 +87,59 @@ def test_32_pixel_input_follows_the_posts_sizes():
     assert model.get_layer("flatten").output.shape[1:] == (1024,)
 
 
-def test_layer_order_is_conv_bn_relu_dropout():
-    names = [l.name for l in build_model(VGGConfig(dropout_conv=(0.2, 0.2, 0.2))).layers][1:6]
-    assert names == ["block1_conv1", "block1_conv1_bn", "block1_conv1_relu", "block1_conv1_dropout", "block1_conv2"]
+def test_layer_order_is_rescale_then_conv_bn_relu_dropout():
+    names = [l.name for l in build_model(VGGConfig(dropout_conv=(0.2, 0.2, 0.2))).layers][:7]
+    assert names == ["image", "rescale", "block1_conv1", "block1_conv1_bn", "block1_conv1_relu", "block1_conv1_dropout",
+                     "block1_conv2"]
+
+
+@pytest.mark.parametrize("precision", Recipe.PRECISIONS)
+def test_the_network_scales_raw_pixels_once_by_the_recipes_scale(precision):
+    """The first convolution sees exactly pixels * pixel_scale (in float32: exact for 0..255 times 2**-8), whether
+    the images come as uint8 or float; a bfloat16 network gets them in float32 too, rounding them where its
+    convolution casts them, as it did when the data pipeline scaled them."""
+    config = VGGConfig(nfilters=(2, 2, 2), ndense=4)
+    pixels = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1).repeat(2, axis=1).repeat(2, axis=2).repeat(3, -1)
+    for recipe in (Recipe(precision=precision), Recipe(precision=precision, pixel_scale=0.5)):
+        model = build_compiled(config, recipe)
+        rescale = model.get_layer("rescale")
+        assert isinstance(rescale, keras.layers.Rescaling) and rescale.compute_dtype == "float32"
+        first_conv_input = keras.Model(model.input, model.get_layer("block1_conv1").input)
+        for images in (pixels, pixels.astype("float32")):
+            seen = keras.ops.convert_to_numpy(first_conv_input(images))
+            assert seen.dtype == np.float32
+            np.testing.assert_array_equal(seen, pixels.astype("float32") * np.float32(recipe.pixel_scale))
 
 
 def test_compile_uses_the_recipe():
     model = compile_model(build_model(VGGConfig(nfilters=(2, 2, 2), ndense=4)), Recipe(learning_rate=0.002))
     assert isinstance(model.optimizer, keras.optimizers.Adam)
     assert float(model.optimizer.learning_rate) == pytest.approx(0.002)
-    assert model.loss == "categorical_crossentropy"
+    assert model.loss is crossentropy
+
+
+@pytest.mark.parametrize("labels", ["indices", "column", "one-hot"])
+def test_compiled_loss_and_accuracy_are_kerass_categorical_ones_for_any_label_form(labels):
+    """Exactly `categorical_crossentropy` and `categorical_accuracy` of one-hot rows: runs keep their numbers."""
+    rng = np.random.default_rng(0)
+    y_pred = keras.ops.softmax(rng.normal(size=(32, 10)).astype("float32"))
+    classes = rng.integers(0, 10, 32)
+    one_hot = keras.utils.to_categorical(classes, 10).astype("float32")
+    y_true = {"indices": classes, "column": classes[:, None].astype("uint8"), "one-hot": one_hot}[labels]
+    for ours, kerass in ((crossentropy, keras.losses.categorical_crossentropy),
+                         (accuracy, keras.metrics.categorical_accuracy)):
+        np.testing.assert_array_equal(ours(y_true, y_pred), kerass(one_hot, y_pred))
+
+
+def test_labels_of_another_shape_are_refused_by_name():
+    with pytest.raises(ValueError, match=r"labels: expected class indices \(N,\) or \(N, 1\), or one-hot rows "
+                                         r"\(N, 10\); got shape \(4, 3\)"):
+        crossentropy(np.zeros((4, 3)), np.full((4, 10), 0.1, "float32"))
+
+
+def test_a_saved_model_loads_with_its_loss_and_metric(tmp_path):
+    model = compile_model(build_model(VGGConfig(nfilters=(2, 2, 2), ndense=4)))
+    images, labels = np.zeros((4, 32, 32, 3), np.uint8), np.arange(4)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.saving.load_model(tmp_path / "model.keras")
+    assert loaded.evaluate(images, labels, verbose=0) == model.evaluate(images, labels, verbose=0)

@@ -40,12 +40,21 @@ def test_a_bfloat16_recipe_builds_the_network_in_mixed_precision_with_a_float32_
 
 def test_holdout_mode_selects_on_training_data_and_scores_the_test_set():
     data = synthetic_cifar10(n_train=192, n_test=64)
-    splits = prepare_splits(data, Recipe(selection="holdout", holdout=32), 10)
+    splits = prepare_splits(data, Recipe(selection="holdout", holdout=32), TINY)
     assert len(splits.x_train) == 160 and len(splits.x_val) == 32 and len(splits.x_test) == 64
-    np.testing.assert_array_equal(splits.x_val, data[0][0][160:].astype("float32") / 256)
+    np.testing.assert_array_equal(splits.x_val, data[0][0][160:])  # as given: the network scales them
+    np.testing.assert_array_equal(splits.y_val, data[0][1][160:])
     record = train(TINY, data, recipe=Recipe(selection="holdout", holdout=32), epochs=2, verbose=0)
     test = record.history["test_accuracy"]
     assert record.test_accuracy == test[record.best_epoch - 1]
+
+
+def test_one_hot_labels_train_the_run_class_indices_train():
+    (x, y), (x_test, y_test) = data = synthetic_cifar10(n_train=96, n_test=32)
+    one_hot = ((x, keras.utils.to_categorical(y, 10)), (x_test, keras.utils.to_categorical(y_test, 10)))
+    config = TINY.replace(dropout_dense=0.5)
+    records = [train(config, d, recipe=Recipe(batch_size=32), epochs=2, seed=4, verbose=0) for d in (data, one_hot)]
+    assert records[0].history == records[1].history
 
 
 def test_a_diverging_run_is_stopped_and_recorded_as_failed():
@@ -77,4 +86,8 @@ def test_train_learns_and_hands_over_the_best_epochs_weights(learnable):
     record = train(learnable.config, learnable.data, recipe=learnable.recipe, epochs=learnable.epochs, verbose=0,
                    callbacks=[_ScrambleAtTheEnd(learnable.epochs)], on_model=models.append)
     assert record.best_val_accuracy >= learnable.floor, record.history["val_accuracy"]
-    assert learnable.accuracy(models[0]) == pytest.approx(record.best_val_accuracy, abs=1e-6)
+    assert learnable.accuracy(models[0]) == pytest.approx(record.best_val_accuracy, abs=1e-6)  # on raw uint8 images
+    x, y = learnable.data[1]
+    for labels in (y, y[:, None].astype(np.uint8), keras.utils.to_categorical(y, 10)):
+        scores = models[0].evaluate(x, labels, batch_size=learnable.recipe.batch_size, verbose=0, return_dict=True)
+        assert scores["accuracy"] == pytest.approx(record.best_val_accuracy, abs=1e-6)

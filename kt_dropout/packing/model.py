@@ -26,6 +26,7 @@ import keras
 import numpy as np
 
 from kt_dropout.config import NUM_BLOCKS, VGGConfig, check_choice
+from kt_dropout.model import rescaling
 
 
 class GroupDropout(keras.layers.Layer):
@@ -167,7 +168,7 @@ def build_packed_model(
     height, width, channels = shape.input_shape
     n_inputs = max(groups) + 1
     inputs = keras.Input(shape=(height, width, channels * n_inputs), dtype=input_dtype, name="images")
-    x = keras.layers.Rescaling(pixel_scale, name="rescale")(inputs)
+    x = rescaling(pixel_scale)(inputs)
     picks = [g * channels + c for g in groups for c in range(channels)]
     if picks != list(range(channels * n_inputs)):
         x = keras.layers.Lambda(lambda t: keras.ops.take(t, picks, axis=-1), name="member_inputs")(x)

@@ -20,7 +20,7 @@ import numpy as np
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.packing.device_epochs import DeviceEpochs
 from kt_dropout.model import build_model, precision_scope
-from kt_dropout.packing.model import build_packed_model, member_weights, pack_weights
+from kt_dropout.packing.model import build_packed_model, check_packable, member_weights, pack_weights
 from kt_dropout.memory import releasing_traced_gradients
 from kt_dropout.record import RunRecord, make_record
 from kt_dropout.splits import selection_split
@@ -89,7 +89,8 @@ class PackTrainer:
     """Trains `members` (one shape) together on `data` with the post's recipe.
 
     Args:
-        data: `((x_train, y_train), (x_test, y_test))`, uint8 (or float32) images and int labels.
+        data: `((x_train, y_train), (x_test, y_test))`: images with pixels in 0..255 (uint8, kept uint8 on
+            the device, or float), labels as class indices or one-hot rows (`splits.check_data`).
         recipe: the post's recipe; under `recipe.precision="mixed_bfloat16"` the pack computes in
             bfloat16 while weights, BatchNorm statistics, dropout masks and the softmax stay float32.
         steps_per_execution: passed to `compile`; the weights are exactly those of one step per call
@@ -104,10 +105,12 @@ class PackTrainer:
 
     def __init__(self, members: list[Member], data, recipe: Recipe, *, steps_per_execution: int = 1,
                  device_data: bool | None = None, conv_implementation: str = "grouped"):
+        check_packable([m.config for m in members])
         self.members, self.recipe = list(members), recipe
         self.seeds = sorted({m.seed for m in members})
         self.groups = [self.seeds.index(m.seed) for m in members]
-        (self.x_train, self.y_train), (x_val, self.y_val), test = selection_split(data, recipe)
+        shape = members[0].config  # the members share input shape and classes
+        (self.x_train, self.y_train), (x_val, self.y_val), test = selection_split(data, recipe, shape, "pack data")
         # Every input group sees the same evaluation images: tile them once, not every epoch.
         self.x_val = self._tile(x_val)
         self.x_test, self.y_test = (self._tile(test[0]), test[1]) if test is not None else (None, None)

@@ -12,8 +12,10 @@ import numpy as np
 
 from kt_dropout.callbacks import check_finite, recipe_callbacks
 from kt_dropout.config import Recipe, VGGConfig, check_choice, check_positive_int, check_positive_number
+from kt_dropout.data import DataError
 from kt_dropout.memory import releasing_traced_gradients
 from kt_dropout.model import build_compiled
+from kt_dropout.splits import check_data, check_split
 from kt_dropout.tuning.space import DEFAULT_SPACE, PARAMS, RANGE_KEYS, SAMPLINGS, Param
 
 class DropoutVGGHyperModel(keras_tuner.HyperModel):
@@ -84,17 +86,20 @@ class DropoutVGGHyperModel(keras_tuner.HyperModel):
         """A compiled model for `hp`: `build_compiled(config, recipe)` with both from `hp`."""
         return build_compiled(self.config_from_hp(hp), self.recipe_from_hp(hp))
 
-    def fit(self, hp, model, x, y, validation_data=None, callbacks=(), epochs=None, **kwargs):
+    def fit(self, hp, model, x, y=None, validation_data=None, callbacks=(), epochs=None, **kwargs):
         """Trains with the recipe: its batch size and epochs unless given, its best-epoch and NaN callbacks.
 
-        `x` and `y` must already be scaled float images and one-hot labels
-        (`kt_dropout.splits.prepare_splits`); `kt_dropout.search()` prepares them
-        once rather than in every trial. Hyperband's `epochs` and `initial_epoch`
-        pass through. Returns the `History`, which Keras Tuner scores on
-        `val_accuracy`; a run whose loss diverged raises `TrainingDiverged`, a
-        `keras_tuner.errors.FailedTrialError`, so its trial fails without retries.
+        Takes data as users have it, e.g. straight from `keras.datasets.cifar10.load_data()`:
+        images with pixels in 0..255 (uint8 or float; the network scales them), labels as class
+        indices (N,) or (N, 1) or one-hot rows. Arrays are checked as `kt_dropout.search()` checks
+        its data (`splits.check_data`); bad data raises `keras_tuner.errors.FatalValueError`, which
+        stops a search at once instead of failing every trial alike. Datasets and generators go to
+        `model.fit` as they are. Hyperband's `epochs` and `initial_epoch` pass through. Returns the
+        `History`, which Keras Tuner scores on `val_accuracy`; a run whose loss diverged raises
+        `TrainingDiverged`, a `keras_tuner.errors.FailedTrialError`, so its trial fails without retries.
         """
-        _check_prepared(x, y)
+        if isinstance(x, np.ndarray):
+            x, y, validation_data = self._checked(x, y, validation_data)
         epochs = self.recipe.epochs if epochs is None else epochs
         kwargs.setdefault("batch_size", self.recipe.batch_size)
         with releasing_traced_gradients():  # else TensorFlow keeps every trial's model
@@ -104,6 +109,18 @@ class DropoutVGGHyperModel(keras_tuner.HyperModel):
             )
         check_finite(history.history)
         return history
+
+    def _checked(self, x, y, validation_data) -> tuple:
+        """`x`, `y` and array `validation_data` (x_val, y_val) checked together; other validation data as it is."""
+        source = "DropoutVGGHyperModel.fit(): x, y" + (" and validation_data" if _pair(validation_data) else "")
+        try:
+            if _pair(validation_data):
+                (x, y), validation_data = check_data(((x, y), validation_data), self.base, source)
+            else:
+                x, y = check_split(x, y, self.base, source)
+        except DataError as error:  # the same for every trial
+            raise keras_tuner.errors.FatalValueError(str(error)) from None
+        return x, y, validation_data
 
     def _values(self, hp: keras_tuner.HyperParameters) -> dict:
         """Declares every tuned name on `hp` (a no-op if already there) and returns the values."""
@@ -187,10 +204,7 @@ def _choices(param: Param, spec: list) -> tuple[str, dict]:
     return "Choice", {"values": values}
 
 
-def _check_prepared(x, y) -> None:
-    """Raw uint8 images would train unscaled without any error: refuse them."""
-    if isinstance(x, np.ndarray) and (x.dtype.kind in "biu" or np.ndim(y) != 2):
-        raise ValueError(
-            f"fit() takes scaled float images and one-hot labels, got {x.dtype} images and labels of shape "
-            f"{np.shape(y)}; prepare them with kt_dropout.splits.prepare_splits (kt_dropout.search() does)"
-        )
+def _pair(validation_data) -> bool:
+    """Whether `validation_data` is an `(x_val, y_val)` pair of arrays."""
+    return (isinstance(validation_data, (tuple, list)) and len(validation_data) == 2
+            and all(isinstance(part, np.ndarray) for part in validation_data))

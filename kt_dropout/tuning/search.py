@@ -29,7 +29,7 @@ from kt_dropout.config import Recipe, VGGConfig, check_positive_int
 from kt_dropout.tuning.hypermodel import DropoutVGGHyperModel, tidy
 from kt_dropout.tuning.packed_trials import PackedTrials
 from kt_dropout.tuning.space import TUNER_NAMES
-from kt_dropout.splits import prepare_splits
+from kt_dropout.splits import check_data, prepare_splits
 
 OBJECTIVE = keras_tuner.Objective("val_accuracy", direction="max")
 TUNERS = dict(zip(TUNER_NAMES, (
@@ -84,7 +84,11 @@ class SearchResult:
         return None if best is None else self.tuner.hypermodel.config_from_hp(best.copy())
 
     def best_model(self) -> keras.Model:
-        """The best trial's model with its best epoch's weights, for prediction and evaluation."""
+        """The best trial's model with its best epoch's weights, for prediction and evaluation.
+
+        Like every model kt-dropout returns, it takes images with pixels in 0..255 (it scales them
+        itself) and labels as class indices or one-hot rows.
+        """
         if self.best_trial is None:
             raise ValueError("no trial completed: there is no best model")
         with warnings.catch_warnings():
@@ -138,10 +142,10 @@ def search(
 ) -> SearchResult:
     """Searches dropout rates (or whatever `space` tunes) of the post's network, maximizing `val_accuracy`.
 
-    The data, prepared once (scaled, one-hot) for all trials:
+    The data, checked and split once for all trials:
 
     - `x`, `y` and `validation_data=(x_val, y_val)`: uint8 images (or float in
-      0..255), int labels;
+      0..255; the network scales them), labels as class indices or one-hot rows;
       the best epoch is selected on `validation_data`, which is required.
     - otherwise `data=((x_train, y_train), (x_test, y_test))`, or CIFAR-10 from
       `load_cifar10()` if that is None too, split by `recipe.selection`: "test"
@@ -218,7 +222,7 @@ def search(
         if trials_per_step > 1:
             fit_args, fit_kwargs = (dataset,), {"selection": selection, "epochs": epochs}
         else:
-            splits = prepare_splits(dataset, hypermodel.recipe.replace(selection=selection), hypermodel.base.num_classes)
+            splits = prepare_splits(dataset, hypermodel.recipe.replace(selection=selection), hypermodel.base)
             fit_args = (splits.x_train, splits.y_train)
             fit_kwargs = {"validation_data": (splits.x_val, splits.y_val), "epochs": epochs}
     if data_parallel and "distribution_strategy" in tuner_kwargs:
@@ -350,7 +354,7 @@ def _oracle_seed(seed: int | None) -> int | None:
 def _dataset(x, y, validation_data, data, hypermodel: DropoutVGGHyperModel) -> tuple[tuple, str]:
     """The validated `((x_train, y_train), (x_test, y_test))` and the selection mode that splits it; see
     `search` for where it comes from."""
-    from kt_dropout.data import load_cifar10, validate_dataset
+    from kt_dropout.data import load_cifar10
 
     selection, num_classes = hypermodel.recipe.selection, hypermodel.base.num_classes
     if x is not None or y is not None:
@@ -364,11 +368,7 @@ def _dataset(x, y, validation_data, data, hypermodel: DropoutVGGHyperModel) -> t
         data, source = load_cifar10(num_classes=num_classes), "load_cifar10()"
     else:
         source = "search(data=...)"
-    data = validate_dataset(data, source, num_classes)
-    images = tuple(data[0][0].shape[1:])
-    if images != hypermodel.base.input_shape:
-        raise ValueError(f"{source}: images are {images} but the network takes {hypermodel.base.input_shape}")
-    return data, selection
+    return check_data(data, hypermodel.base, source), selection
 
 
 def _run(tuner: keras_tuner.Tuner, role: str | None, *args, **kwargs) -> RuntimeError | None:

@@ -23,18 +23,15 @@ def _data(n_train=192, n_test=64, seed=0):
 
 
 def _train_separately(member: Member, data, recipe: Recipe, epochs: int) -> keras.Model:
-    """What `training.train` does, but on the pack's batch order (one shuffling per seed)."""
+    """What `training.train` does, but on the pack's batch order (one shuffling per seed): raw images and class
+    indices, as the pack gets them."""
     (x, y), _ = data
     keras.utils.set_random_seed(member.seed)
     model = compile_model(build_model(member.config), recipe)
     rng = np.random.default_rng(member.seed)
     for _ in range(epochs):
         order = rng.permutation(len(x))
-        model.fit(
-            x[order].astype("float32") * recipe.pixel_scale,
-            keras.utils.to_categorical(y[order], 10),
-            batch_size=recipe.batch_size, epochs=1, shuffle=False, verbose=0,
-        )
+        model.fit(x[order], y[order], batch_size=recipe.batch_size, epochs=1, shuffle=False, verbose=0)
     return model
 
 
@@ -50,7 +47,7 @@ def test_packed_forward_pass_equals_separate_models(implementation):
     assert out.shape == (8, 3, 10)
     inputs = [x, x[::-1], x]
     for k, model in enumerate(members):
-        expected = keras.ops.convert_to_numpy(model(inputs[k].astype("float32") / 256.0, training=False))
+        expected = keras.ops.convert_to_numpy(model(inputs[k], training=False))
         np.testing.assert_allclose(out[:, k], expected, rtol=1e-5, atol=1e-6)
 
 
@@ -89,8 +86,7 @@ def test_packed_training_with_batchnorm_gives_the_predictions_of_separate_traini
     _, (x_test, _) = data
     for k, (packed, separate) in enumerate(_train_both(TINY, Recipe(batch_size=32), data)):
         model = load_member(build_model(TINY), packed)
-        x = x_test.astype("float32") / 256.0
-        np.testing.assert_allclose(model.predict(x, verbose=0), separate.predict(x, verbose=0), atol=2e-3)
+        np.testing.assert_allclose(model.predict(x_test, verbose=0), separate.predict(x_test, verbose=0), atol=2e-3)
 
 
 def test_group_dropout_drops_each_group_at_its_rate():
@@ -156,6 +152,14 @@ def test_train_pack_records_each_member():
         assert r.status == "ok" and r.pack_size == 2 and r.epochs_run == 2
         assert len(r.history["val_accuracy"]) == 2 and 1 <= r.best_epoch <= 2
         assert r.best_val_accuracy == max(r.history["val_accuracy"])
+
+
+def test_one_hot_labels_train_a_pack_as_class_indices_do():
+    (x, y), (x_test, y_test) = _data(n_train=64, n_test=32)
+    one_hot = ((x, keras.utils.to_categorical(y, 10)), (x_test, keras.utils.to_categorical(y_test, 10)))
+    members = [Member("a", TINY.replace(dropout_dense=0.5), 0)]
+    runs = [train_pack(members, data, recipe=Recipe(batch_size=32), epochs=2)[0] for data in (_data(64, 32), one_hot)]
+    assert runs[0].history == runs[1].history
 
 
 def test_train_pack_holdout_mode_scores_the_test_set():

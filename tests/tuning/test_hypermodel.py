@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.tuning.hypermodel import DropoutVGGHyperModel
 from kt_dropout.tuning.space import DEFAULT_SPACE, DROPOUT_NAMES
-from kt_dropout.splits import prepare_splits
 
 BASE = VGGConfig(nfilters=(4, 8, 8), ndense=16)
 
@@ -185,16 +184,26 @@ def test_hypermodel_keyword_arguments_reach_keras_tuner():
 @pytest.fixture(scope="module")
 def tiny():
     rng = np.random.default_rng(0)
-    data = (rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, 64))
-    return data, prepare_splits((data, data), Recipe(), 10)
+    return rng.integers(0, 256, (64, 32, 32, 3), dtype=np.uint8), rng.integers(0, 10, (64, 1), dtype=np.uint8)
 
 
-def test_fit_refuses_raw_images_and_labels(tiny):
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda x, y: (x / 255.0, y, (x, y)), r"x_train has dtype float64.* every pixel is within 0\.\.1"),
+        (lambda x, y: (x, y[:-1], None), "x_train has 64 images but y_train has 63 labels"),
+        (lambda x, y: (x, y, (x[:, :24, :24], y)), "train images are 32x32 but test images are 24x24"),
+        (lambda x, y: (x[:, :24, :24], y, None), r"images are \(24, 24, 3\) but the network takes \(32, 32, 3\)"),
+    ],
+    ids=["scaled-already", "labels-short", "validation-size", "network-size"],
+)
+def test_fit_checks_arrays_as_search_does_and_stops_the_search(tiny, change, message):
+    """Bad data is bad for every trial alike: a FatalError, which Keras Tuner's search does not swallow."""
     hypermodel = DropoutVGGHyperModel(base=BASE)
     hp = keras_tuner.HyperParameters()
-    (x, y), _ = tiny
-    with pytest.raises(ValueError, match="prepare_splits"):
-        hypermodel.fit(hp, hypermodel.build(hp), x, y)
+    x, y, validation_data = change(*tiny)
+    with pytest.raises(keras_tuner.errors.FatalValueError, match="^DropoutVGGHyperModel.fit.*: " + message):
+        hypermodel.fit(hp, hypermodel.build(hp), x, y, validation_data=validation_data)
 
 
 @pytest.mark.parametrize(
@@ -207,13 +216,32 @@ def test_fit_refuses_raw_images_and_labels(tiny):
 def test_fit_applies_the_recipe(tiny, kwargs, epochs_run):
     hypermodel = DropoutVGGHyperModel(base=BASE, recipe=Recipe(batch_size=32, epochs=1))
     hp = keras_tuner.HyperParameters()
-    _, splits = tiny
+    x, y = tiny
     seen = []
     callback = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(epoch))
     history = hypermodel.fit(
-        hp, hypermodel.build(hp), splits.x_train, splits.y_train, validation_data=(splits.x_val, splits.y_val),
-        callbacks=[callback], verbose=0, **kwargs,
+        hp, hypermodel.build(hp), x, y, validation_data=(x, y), callbacks=[callback], verbose=0, **kwargs,
     )
     assert history.epoch == seen == epochs_run
     assert history.params["steps"] == 2  # 64 images in batches of the recipe's 32
     assert "val_accuracy" in history.history
+
+
+def test_a_plain_keras_tuner_search_on_raw_cifar_arrays_gives_best_models_that_score_their_trials(tmp_path, learnable):
+    """Arrays as `keras.datasets.cifar10.load_data()` gives them (uint8 images, (N, 1) uint8 labels) straight into
+    Keras Tuner's own tuner; its best model, read back from the trial's checkpoint, scores the raw images as the
+    trial reported."""
+    (x, y), (x_val, y_val) = ((x, y[:, None].astype(np.uint8)) for x, y in learnable.data)
+    hypermodel = DropoutVGGHyperModel({"dropout_conv_1": None, "dropout_conv_2": None, "dropout_conv_3": None},
+                                      base=learnable.config, recipe=learnable.recipe)
+    tuner = keras_tuner.RandomSearch(hypermodel, objective="val_accuracy", max_trials=1, seed=1,
+                                     directory=tmp_path, project_name="plain")
+    tuner.search(x, y, validation_data=(x_val, y_val), epochs=learnable.epochs, verbose=0)
+
+    best_trial = tuner.oracle.get_best_trials()[0]
+    assert best_trial.status == "COMPLETED" and best_trial.score >= learnable.floor
+    assert tuner.get_best_hyperparameters()[0].values == best_trial.hyperparameters.values
+    model = tuner.get_best_models()[0]
+    assert learnable.accuracy(model) == pytest.approx(best_trial.score, abs=1e-6)
+    assert model.evaluate(x_val, y_val, verbose=0, return_dict=True)["accuracy"] == pytest.approx(best_trial.score,
+                                                                                                  abs=1e-6)

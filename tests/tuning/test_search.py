@@ -70,7 +70,7 @@ def check_result(result: SearchResult, trials: int):
     )
     assert result.best_hyperparameters is result.tuner.oracle.trials[best["trial_id"]].hyperparameters
     (x_test, _), _ = DATA
-    predictions = result.best_model().predict(x_test[:5] / 256.0, verbose=0)
+    predictions = result.best_model().predict(x_test[:5], verbose=0)
     assert predictions.shape == (5, 10)
 
 
@@ -163,11 +163,12 @@ def test_some_trials_failed(tmp_path):
     assert result.best_hyperparameters is result.tuner.oracle.trials[completed["trial_id"]].hyperparameters
 
 
-def scaled_shapes(hypermodel):
-    """(training images, validation images) that the first trial's fit got, after checking their preparation."""
+def fit_shapes(hypermodel):
+    """(training images, validation images) that the first trial's fit got: raw pixels, which the network scales,
+    and class indices."""
     x, y, (x_val, y_val), kwargs = hypermodel.fits[0]
-    assert x.dtype == np.float32 and 0.0 <= x.min() and x.max() < 1.0
-    assert y.shape == (len(x), 10) and y_val.shape == (len(x_val), 10)
+    assert x.dtype == x_val.dtype == np.uint8
+    assert y.shape == (len(x),) and y_val.shape == (len(x_val),)
     assert kwargs["epochs"] == 1
     return len(x), len(x_val)
 
@@ -176,7 +177,7 @@ def test_cifar10_is_loaded_when_no_data_is_given(tmp_path, monkeypatch):
     monkeypatch.setattr(kt_dropout.data, "load_cifar10", lambda num_classes: synthetic_cifar10(128, 32))
     hypermodel = InstantHyperModel()
     search(hypermodel=hypermodel, max_trials=1, epochs=1, directory=tmp_path, verbose=0)
-    assert scaled_shapes(hypermodel) == (128, 32)  # the test set selects, as in the post
+    assert fit_shapes(hypermodel) == (128, 32)  # the test set selects, as in the post
 
 
 @pytest.mark.parametrize("given_validation, shapes", [(False, (192, 64)), (True, (256, 64))])
@@ -187,7 +188,7 @@ def test_holdout_selection(tmp_path, given_validation, shapes):
         search(x, y, validation, hypermodel=hypermodel, max_trials=1, epochs=1, directory=tmp_path, verbose=0)
     else:  # the last 64 training images select; the test set is not looked at
         search(data=DATA, hypermodel=hypermodel, max_trials=1, epochs=1, directory=tmp_path, verbose=0)
-    assert scaled_shapes(hypermodel) == shapes
+    assert fit_shapes(hypermodel) == shapes
 
 
 def test_a_keras_tuner_subclass_can_be_the_tuner(tmp_path):
