@@ -157,8 +157,8 @@ def test_train_pack_records_each_member():
 def test_one_hot_labels_train_a_pack_as_class_indices_do():
     (x, y), (x_test, y_test) = _data(n_train=64, n_test=32)
     one_hot = ((x, keras.utils.to_categorical(y, 10)), (x_test, keras.utils.to_categorical(y_test, 10)))
-    members = [Member("a", TINY.replace(dropout_dense=0.5), 0)]
-    runs = [train_pack(members, data, recipe=Recipe(batch_size=32), epochs=2)[0] for data in (_data(64, 32), one_hot)]
+    members = [Member("a", TINY, 0)]
+    runs = [train_pack(members, data, recipe=Recipe(batch_size=32), epochs=1)[0] for data in (_data(64, 32), one_hot)]
     assert runs[0].history == runs[1].history
 
 

@@ -245,3 +245,12 @@ def test_a_plain_keras_tuner_search_on_raw_cifar_arrays_gives_best_models_that_s
     assert learnable.accuracy(model) == pytest.approx(best_trial.score, abs=1e-6)
     assert model.evaluate(x_val, y_val, verbose=0, return_dict=True)["accuracy"] == pytest.approx(best_trial.score,
                                                                                                   abs=1e-6)
+
+
+def test_bad_arrays_stop_a_plain_keras_tuner_search_at_its_first_trial(tmp_path, tiny):
+    tuner = keras_tuner.RandomSearch(DropoutVGGHyperModel(base=BASE), objective="val_accuracy", max_trials=3,
+                                     directory=tmp_path)
+    x, y = tiny
+    with pytest.raises(keras_tuner.errors.FatalValueError, match="the images look scaled already"):
+        tuner.search(x / 255.0, y, validation_data=(x, y), verbose=0)
+    assert len(tuner.oracle.trials) == 1
