@@ -30,6 +30,9 @@ def pytest_addoption(parser):
     group = parser.getgroup("kt-dropout", "kt-dropout reproducibility suite")
     for option, (env, default, help_text) in OPTIONS.items():
         group.addoption(option, default=os.environ.get(env, default), help=f"{help_text} [env {env}]")
+    group.addoption("--kt-allow-cpu", action="store_true", default=os.environ.get("KT_ALLOW_CPU", "0") not in ("", "0"),
+                    help="train the quick or full profile without a GPU or TPU, which is otherwise refused with the "
+                         "estimated time [env KT_ALLOW_CPU=1]")
 
 
 def pytest_configure(config):

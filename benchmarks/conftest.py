@@ -1,11 +1,20 @@
-"""The study behind the benchmark suite, built once per session from the `--kt-*` options."""
+"""The study behind the benchmark suite, opened once per session from the `--kt-*` options.
 
+It opens when collection ends, if the session runs tests that need it (test_post's, selected with
+`-m gpu`), so that bad options, missing data and GPU-length training on a machine without a GPU or TPU
+(a profile other than smoke, unless `--kt-allow-cpu` / `KT_ALLOW_CPU=1`) stop the session before any test
+starts (pytest's usage error, exit status 4). Its banner and progress go to the terminal past pytest's
+output capture.
+"""
+
+import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from kt_dropout.study.profiles import get_profile
-from kt_dropout.study.runner import open_study
+from kt_dropout.study.runner import AcceleratorRequired, open_study
 
 
 def _int_option(config, name):
@@ -21,28 +30,63 @@ def _int_option(config, name):
 STUDY = pytest.StashKey()
 
 
-@pytest.fixture(scope="session")
-def study(pytestconfig, request):
-    """The session's `Study`. Settings it refuses, or data it cannot find, stop the whole session with the
-    message: a fixture's error would otherwise fail every test that uses it, once each."""
+class _Terminal:
+    """stderr past pytest's capture (as its live logging writes), so that progress shows while a test trains.
+
+    One writer at a time: a progress bar redraws from a thread of its own, and two overlapping suspensions
+    of the capture would end in the wrong state."""
+
+    def __init__(self, config):
+        self._capture = config.pluginmanager.getplugin("capturemanager")
+        self._lock = threading.Lock()
+
+    def write(self, text: str) -> None:
+        with self._lock, self._capture.global_and_fixture_disabled():
+            sys.stderr.write(text)
+            sys.stderr.flush()
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        with self._lock, self._capture.global_and_fixture_disabled():
+            return sys.stderr.isatty()
+
+
+def pytest_collection_finish(session):
+    config = session.config
+    if config.option.collectonly or not any(
+        "study" in getattr(item, "fixturenames", ()) and item.get_closest_marker("skip") is None
+        for item in session.items
+    ):
+        return
     try:
         chosen = open_study(
-            pytestconfig.getoption("--kt-profile"),
-            Path(pytestconfig.getoption("--kt-results")) / "store",
-            data_path=pytestconfig.getoption("--kt-data"),
-            epochs=_int_option(pytestconfig, "--kt-epochs"),
-            seeds=_int_option(pytestconfig, "--kt-seeds"),
-            selection=pytestconfig.getoption("--kt-selection"),
-            precision=pytestconfig.getoption("--kt-precision"),
-            pack_size=_int_option(pytestconfig, "--kt-pack-size") or 1,
-            train_size=_int_option(pytestconfig, "--kt-train-size"),
-            test_size=_int_option(pytestconfig, "--kt-test-size"),
-            experiments=_planned(get_profile(pytestconfig.getoption("--kt-profile")), request.session.items),
+            config.getoption("--kt-profile"),
+            Path(config.getoption("--kt-results")) / "store",
+            data_path=config.getoption("--kt-data"),
+            epochs=_int_option(config, "--kt-epochs"),
+            seeds=_int_option(config, "--kt-seeds"),
+            selection=config.getoption("--kt-selection"),
+            precision=config.getoption("--kt-precision"),
+            pack_size=_int_option(config, "--kt-pack-size") or 1,
+            train_size=_int_option(config, "--kt-train-size"),
+            test_size=_int_option(config, "--kt-test-size"),
+            experiments=_planned(get_profile(config.getoption("--kt-profile")), session.items),
+            allow_cpu=config.getoption("--kt-allow-cpu"),
+            progress=_Terminal(config),
         )
-    except (ValueError, OSError) as error:  # DataError is a ValueError
-        pytest.exit(f"kt-dropout: {error}", returncode=pytest.ExitCode.USAGE_ERROR)
-    pytestconfig.stash[STUDY] = chosen
-    return chosen
+    except AcceleratorRequired as error:
+        raise pytest.UsageError(f"{error}; --kt-allow-cpu (or KT_ALLOW_CPU=1) trains here anyway") from None
+    except (ValueError, OSError) as error:
+        raise pytest.UsageError(str(error)) from None
+    config.stash[STUDY] = chosen
+    chosen.announce("kt-dropout suite (pytest benchmarks -m gpu)")
+
+
+@pytest.fixture(scope="session")
+def study(pytestconfig):
+    return pytestconfig.stash[STUDY]
 
 
 def _planned(profile, items):

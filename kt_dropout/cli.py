@@ -175,24 +175,20 @@ def _recipe(args) -> Recipe:
 
 def _data(args, config: VGGConfig):
     """`((x_train, y_train), (x_test, y_test))` from --synthetic, --data or the standard lookup, cut to
-    --train-size/--test-size (saying so on stderr)."""
-    from kt_dropout.data import (
-        describe_subset,
-        first_per_class,
-        load_cifar10,
-        synthetic_cifar10,
-    )
+    --train-size/--test-size, and where it came from in words, for the banner."""
+    from kt_dropout.data import describe_subset, first_per_class, load_cifar10, synthetic_cifar10
+    from kt_dropout.progress import cifar10_source
 
     if args.synthetic:
         n_train, n_test = args.synthetic
         whole = synthetic_cifar10(n_train, n_test, image_size=config.input_shape[0], num_classes=config.num_classes)
+        source = "synthetic_cifar10 (--synthetic)"
     else:
         whole = load_cifar10(args.data, num_classes=config.num_classes)
+        source = cifar10_source(args.data)
     data = first_per_class(whole, args.train_size, args.test_size)
     part = describe_subset(whole, data)
-    if part:
-        eprint(f"data: {part}")
-    return data
+    return data, f"{source}, {part}" if part else source
 
 
 def _config_name(config: VGGConfig) -> str:
@@ -256,31 +252,25 @@ def _write_record(path: Path, record) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
-def _epoch_line(epochs: int):
-    """A Keras callback printing one line per epoch to stderr."""
-    import keras
-
-    def report(epoch: int, logs: dict) -> None:
-        metrics = " ".join(f"{k} {v:.4f}" for k, v in logs.items() if isinstance(v, (int, float)))
-        eprint(f"epoch {epoch + 1}/{epochs} {metrics}")
-
-    return keras.callbacks.LambdaCallback(on_epoch_end=report)
-
-
 def cmd_train(args) -> int:
     """Trains one configuration and writes its run record as JSON."""
     from kt_dropout.data import data_fingerprint
+    from kt_dropout.progress import Progress, data_line, plan_line, print_banner
     from kt_dropout.training import train
 
     config, recipe = _config(args), _recipe(args)
     output = Path(args.output)
     _check_output(output, args.force)
-    data = _data(args, config)
-    record = train(
-        config, data, recipe=recipe, seed=args.seed, name=_config_name(config),
-        data_fingerprint=data_fingerprint(data), verbose=1 if args.verbose else 0,
-        callbacks=[] if args.verbose else [_epoch_line(recipe.epochs)], distributed=args.data_parallel,
-    )
+    data, source = _data(args, config)
+    print_banner(f"{PROG} train", precision=recipe.precision, data=data_line(source, data),
+                 plan=plan_line(1, recipe.epochs, "run"))
+    with Progress(recipe.epochs, epoch_lines=not args.verbose) as progress:
+        record = train(
+            config, data, recipe=recipe, seed=args.seed, name=_config_name(config),
+            data_fingerprint=data_fingerprint(data), verbose=1 if args.verbose else 0,
+            callbacks=[progress.keras_callback()], distributed=args.data_parallel,
+        )
+
     _write_record(output, record)
     best = record.best_val_accuracy
     print(f"{record.name} seed {record.key.seed}: {record.status}" + (f" ({record.error})" if record.error else ""))
@@ -334,6 +324,7 @@ def _space(items: list[tuple[str, object]]) -> dict:
 
 def cmd_search(args) -> int:
     """Runs a Keras Tuner search and prints its trials, best first."""
+    from kt_dropout.progress import STDERR
     from kt_dropout.tuning import cluster
     from kt_dropout.tuning.search import SearchFailedError, search
 
@@ -341,13 +332,14 @@ def cmd_search(args) -> int:
     if args.tuner_id is not None and args.worker is None:
         raise UsageError("--tuner-id names a worker: it needs --worker")
     role = cluster.configure(args.chief, args.worker, args.tuner_id) if args.chief or args.worker else None
-    data = None if role == "chief" else _data(args, base)  # the chief trains nothing
+    data, source = (None, None) if role == "chief" else _data(args, base)  # the chief trains nothing
     try:
         result = search(
             data=data, tuner=args.tuner, max_trials=args.max_trials, space=space, base=base, recipe=recipe,
             directory=args.directory, project_name=args.project_name, overwrite=args.overwrite, seed=args.seed,
             verbose=1 if args.verbose else 0, distributed=role is not None, lost_worker_seconds=args.lost_worker_seconds,
-            trials_per_step=args.trials_per_step, data_parallel=args.data_parallel,
+            trials_per_step=args.trials_per_step, data_parallel=args.data_parallel, progress=STDERR,
+            data_source=source,
         )
     except SearchFailedError as error:
         lines = str(error).splitlines()
@@ -355,7 +347,7 @@ def cmd_search(args) -> int:
         return 1
     if role == "worker":
         print(f"worker {os.environ[cluster.ENV_TUNER_ID]}: {len(result.trials)} trials run and reported")
-    print(result.to_table())
+    print(result)  # the table, and a tie for the best if there is one
     if result.best_config is not None:
         print(f"\nbest configuration: {_config_changes(result.best_config)}")
     if args.csv:
@@ -380,7 +372,7 @@ def cmd_reproduce(args) -> int:
     """Trains what the experiments need (reusing stored runs), decides their claims, writes the report."""
     from kt_dropout.atomic import check_writable_folder
     from kt_dropout.study.report import write_report
-    from kt_dropout.study.runner import open_study
+    from kt_dropout.study.runner import AcceleratorRequired, open_study
     from kt_dropout.study.verdicts import decide_all
 
     if args.no_pack and (args.pack_size or 1) > 1:
@@ -390,13 +382,17 @@ def cmd_reproduce(args) -> int:
     results = Path(args.results)
     report_dir = results / f"report-{profile.name}"
     check_writable_folder(report_dir)  # before the store is made and hours of training, not after
-    study = open_study(
-        profile.name, results / STORE_FOLDER, data_path=args.data, epochs=args.epochs, seeds=args.seeds,
-        selection=args.selection, precision=args.precision, pack_size=1 if args.no_pack else (args.pack_size or 20),
-        train_size=args.train_size, test_size=args.test_size,
-    )
+    try:
+        study = open_study(
+            profile.name, results / STORE_FOLDER, data_path=args.data, epochs=args.epochs, seeds=args.seeds,
+            selection=args.selection, precision=args.precision, experiments=experiments, allow_cpu=args.allow_cpu,
+            pack_size=1 if args.no_pack else (args.pack_size or 20), train_size=args.train_size,
+            test_size=args.test_size,
+        )
+    except AcceleratorRequired as error:
+        raise UsageError(f"{error}; --allow-cpu trains here anyway") from None
+    study.announce(f"{PROG} reproduce: {', '.join(experiments)}")
     configs = list(dict.fromkeys(n for name in experiments for n in EXPERIMENTS[name].configs))
-    eprint(f"{', '.join(experiments)}: {len(configs)} configurations x {len(study.seeds)} seeds")
     records = [run for runs in study.runs(configs).values() for run in runs]  # trains only what is missing
     claims = [c for name in experiments for c in claims_for(name)]
     decided = {v.claim.id: v for v in decide_all(records, [c for c in claims if c.id in profile.claims])}
@@ -606,6 +602,9 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--pack-size", type=int, metavar="N",
                            help="most runs of one shape trained together as one packed model [20]")
     reproduce.add_argument("--no-pack", action="store_true", help="train each run alone with keras fit (pack size 1)")
+    reproduce.add_argument("--allow-cpu", action="store_true",
+                           help="train quick or full on a machine without a GPU or TPU, which is otherwise refused "
+                                "with the estimated time (hours to weeks)")
 
     report = command("report", cmd_report, "write the report from stored runs",
                      "Writes report.md and PNG figures from the runs in a results store. When the store holds "
@@ -639,11 +638,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What Ctrl-C leaves, by command: runs, trials and merged runs are stored as each ends; a record at the end.
+INTERRUPTED = {
+    "train": "nothing was written",
+    "search": "rerun the same command to resume",
+    "reproduce": "rerun the same command to resume",
+    "merge": "rerun the same command to resume",
+}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.run(args)
+    except KeyboardInterrupt:  # Ctrl-C: what was stored stays stored (every write is atomic)
+        left = INTERRUPTED.get(args.command)
+        eprint(f"{PROG} {args.command}: interrupted" + (f"; {left}" if left else ""))
+        return 130
     except BrokenPipeError:  # e.g. `kt-dropout experiments | head`: not an error worth a message
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

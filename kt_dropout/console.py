@@ -1,7 +1,8 @@
-"""The one way the package prints progress and errors: a line on stderr, flushed at once.
+"""The one way the CLI prints errors and notes: a line on stderr, flushed at once.
 
 stdout is kept for results (tables, verdicts, paths written), so that they can be piped or
-redirected while progress still reaches the terminal in order with Keras's own output.
+redirected while messages, and the progress of `kt_dropout.progress`, still reach the terminal
+in order with Keras's own output.
 """
 
 from __future__ import annotations

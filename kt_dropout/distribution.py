@@ -1,4 +1,5 @@
-"""Data-parallel trials: one model trained over every local accelerator of a machine.
+"""Data-parallel trials: one model trained over every local accelerator of a machine; and those
+accelerators by name (`accelerators`, `describe_devices`), for banners and for refusing GPU-length work.
 
 A trial of the study is one small CNN; on a machine with several GPUs the
 simplest way to use them all for one trial is data parallelism through Keras's
@@ -38,6 +39,7 @@ on JAX every batch including the last, should divide evenly by the device count.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
 from typing import Iterator
 
 import keras
@@ -64,6 +66,35 @@ def _tensorflow_devices() -> list:
 
     accelerators = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("TPU")
     return accelerators or tf.config.list_logical_devices("CPU")
+
+
+def accelerators() -> list[str]:
+    """The local GPUs and TPUs the backend trains on, by model name (e.g. "NVIDIA H200"); [] when CPU only.
+
+    From each backend's public device list: `jax.devices()`, `tf.config.list_physical_devices`,
+    `torch.cuda`.
+    """
+    backend = _backend()
+    if backend == "jax":
+        import jax
+
+        return [device.device_kind for device in jax.devices() if device.platform != "cpu"]
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        found = tf.config.list_physical_devices("GPU") + tf.config.list_physical_devices("TPU")
+        return [tf.config.experimental.get_device_details(d).get("device_name", d.name) for d in found]
+    if backend == "torch":
+        import torch
+
+        return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    return []
+
+
+def describe_devices(names: list[str] | None = None) -> str:
+    """`accelerators()` in words: "2 x NVIDIA H200", or "CPU only"."""
+    names = accelerators() if names is None else names
+    return ", ".join(f"{count} x {name}" for name, count in Counter(names).items()) or "CPU only"
 
 
 def local_device_count() -> int:

@@ -3,10 +3,13 @@
 import csv
 import json
 import os
+import queue
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -81,7 +84,7 @@ def assert_usage_error(result, command, *fragments):
                   "--dropout-dense", "--csv", "--trials-per-step", "--chief", "--worker", "--tuner-id",
                   "--lost-worker-seconds", "--train-size", "--test-size"]),
     (["reproduce"], ["--profile", "--seeds", "--epochs", "--results", "--data", "--selection", "--precision", "--pack-size",
-                     "--no-pack", "--train-size", "--test-size"]),
+                     "--no-pack", "--train-size", "--test-size", "--allow-cpu"]),
     (["report"], ["RESULTS", "--out", "--epochs", "--profile", "--data-source"]),
     (["merge"], ["RESULTS", "SOURCE"]),
     (["compare"], ["REF", "OTHER", "--claims"]),
@@ -109,8 +112,15 @@ def test_train_writes_a_record_and_refuses_to_overwrite_it(tmp_path):
             "--train-size", "96"]
     result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "epoch 2/2" in result.stderr and "val_accuracy" in result.stderr
-    assert "data: first 96 of 128 train images, balanced over classes" in result.stderr
+    banner = ["kt-dropout train", r"  backend +jax on CPU only", r"  precision +mixed_bfloat16",
+              r"  data +synthetic_cifar10 \(--synthetic\), first 96 of 128 train images, balanced over classes: "
+              r"96 train / 64 test images",
+              r"  plan +1 run x 2 epochs = 2 model-epochs"]
+    assert all(re.search(f"^{line}$", result.stderr, re.MULTILINE) for line in banner), result.stderr
+    epochs = [line for line in result.stderr.splitlines() if line.startswith("epoch ")]
+    assert len(epochs) == 2 and all("val_accuracy" in line for line in epochs)
+    assert re.fullmatch(r"epoch 1/2 .* \| 1/2 model-epochs, ETA [\d:]+ \(first epoch includes compile\)", epochs[0])
+    assert re.fullmatch(r"epoch 2/2 .* \| 2/2 model-epochs", epochs[1])
     assert not START_UP_NOISE.search(result.stderr), result.stderr  # JAX, with TensorFlow installed or not
     assert "best val_accuracy" in result.stdout
     output = tmp_path / "tmp" / "run.json"
@@ -191,6 +201,14 @@ def test_search_prints_and_writes_the_trials(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert not START_UP_NOISE.search(result.stderr), result.stderr
+    assert re.search(r"^  plan +2 trials x 1 epochs = 2 model-epochs to train; 0 trials already ended$", result.stderr,
+                     re.MULTILINE), result.stderr
+    ended = [line for line in result.stderr.splitlines() if " COMPLETED " in line]
+    assert len(ended) == 2 and all(re.fullmatch(
+        rf"trial {n} COMPLETED dropout_conv_1=0\.0 dropout_dense=0\.[05]: val_accuracy [\d.]+ \(best, epoch 1\), "
+        rf"1 epochs, [\d.]+ s \| {n + 1}/2 trials ended, {n + 1}/2 model-epochs"
+        + (r", ETA [\d:]+ \(first epoch includes compile\)" if n == 0 else ""), line)  # each trial: one first epoch
+        for n, line in enumerate(ended)), ended
     rows = [line for line in result.stdout.splitlines() if "COMPLETED" in line]
     assert len(rows) == 2
     with open(tmp_path / "trials.csv", newline="") as file:
@@ -219,8 +237,16 @@ def reproduced(tmp_path_factory):
 def test_reproduce_trains_decides_and_reports(reproduced):
     cwd, result = reproduced
     assert result.returncode == 0, result.stderr
+    banner = ["kt-dropout reproduce: batchnorm", r"  backend +jax on CPU only", r"  precision +float32",
+              r"  data +synthetic_cifar10: 512 train / 128 test images", r"  profile +smoke \(.*\)",
+              r"  plan +4 runs x 1 epochs = 4 model-epochs to train; 0 runs already stored"]
+    assert all(re.search(f"^{line}$", result.stderr, re.MULTILINE) for line in banner), result.stderr
     assert "training 1 epochs" in result.stderr
     assert not START_UP_NOISE.search(result.stderr), result.stderr
+    # Two packs (vanilla has no BatchNorm: another shape) of two seeds each: two model-epochs per epoch.
+    assert re.search(r"^\[1/2\] epoch 1/1 val_accuracy [\d.-]+ \| 2/4 model-epochs, ETA [\d:]+ "
+                     r"\(first epoch includes compile\)$", result.stderr, re.MULTILINE), result.stderr
+    assert re.search(r"^\[2/2\] done in [\d.]+ s \| 4/4 model-epochs$", result.stderr, re.MULTILINE)
     runs = [p for p in (cwd / "tmp" / "store").iterdir() if p.name != "store.json"]
     assert len(runs) == 4
     assert "C1 not decided in this profile" in result.stdout
@@ -239,6 +265,7 @@ def test_reproduce_again_trains_nothing(reproduced):
     result = run_cli("reproduce", "batchnorm", *SMOKE, "--results", "tmp", cwd=cwd)
     assert result.returncode == 0, result.stderr
     assert "training" not in result.stderr
+    assert "0 model-epochs to train; 4 runs already stored" in result.stderr
     assert {p.name: p.stat().st_mtime_ns for p in (cwd / "tmp" / "store").iterdir()} == mtimes
     assert len(list((cwd / "tmp" / "store").iterdir())) == 5
 
@@ -284,6 +311,55 @@ def test_merge_copies_missing_runs_once(reproduced):
     again = run_cli("merge", "merged", "tmp/store", cwd=cwd)
     assert again.returncode == 0 and "0 run(s) merged" in again.stdout
     assert_usage_error(run_cli("merge", "merged", "nowhere", cwd=cwd), "merge", "nowhere")
+
+
+def test_reproduce_refuses_gpu_length_work_on_a_cpu_before_anything_unless_allowed(tmp_path):
+    """One process, two commands: quick without --allow-cpu stops at once, writing nothing; with it, full goes on
+    to read its data (missing here: a usage error naming it, not the CPU)."""
+    code = (
+        "import os, sys\n"
+        "from kt_dropout import cli\n"
+        "print('exit', cli.main(['reproduce', '--results', 'res']), os.listdir('.'), file=sys.stderr, flush=True)\n"
+        "print('exit', cli.main(['reproduce', 'batchnorm', '--profile', 'full', '--allow-cpu', '--data', 'nowhere',"
+        " '--results', 'res']), file=sys.stderr)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=ENV, capture_output=True, text=True,
+                            timeout=300, check=False)
+    lines = result.stderr.strip().splitlines()
+    quick = PROFILES["quick"]
+    planned = len({c for e in quick.experiments for c in EXPERIMENTS[e].configs}) * quick.seeds * quick.epochs
+    assert re.fullmatch(
+        rf"kt-dropout reproduce: error: no GPU or TPU found \(jax: CPU only\): the quick profile would train {planned} "
+        r"model-epochs here, about \d+ hours at ~\d+ s per model-epoch on 2 CPU cores; run it on a GPU .*; "
+        r"--allow-cpu trains here anyway", lines[0]), result.stderr
+    assert lines[1] == "exit 2 []"  # nothing written, no data read
+    assert lines[2].startswith("kt-dropout reproduce: error: ") and "nowhere" in lines[2] and "GPU" not in lines[2]
+    assert lines[3] == "exit 2" and len(lines) == 4
+
+
+@pytest.mark.slow
+def test_ctrl_c_mid_epoch_ends_with_one_line_and_status_130(tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kt_dropout.cli", "train", *TINY, "--epochs", "1000", "--output", "run.json"],
+        cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    lines = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True)
+    reader.start()
+    try:
+        seen = []
+        while not (seen and seen[-1].startswith("epoch 2/1000")):  # training, past the first epoch's compiling
+            seen.append(lines.get(timeout=240))
+        process.send_signal(signal.SIGINT)
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+    reader.join(timeout=30)
+    stderr = "".join(seen + list(lines.queue))
+    assert process.returncode == 130, stderr
+    assert stderr.splitlines()[-1] == "kt-dropout train: interrupted; nothing was written"
+    assert "Traceback" not in stderr and "KeyboardInterrupt" not in stderr
+    assert os.listdir(tmp_path) == []
 
 
 def test_reproduce_rejects_unknown_experiments_and_conflicting_packing(tmp_path):

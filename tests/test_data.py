@@ -679,7 +679,8 @@ def test_the_suite_stops_once_with_the_message(tmp_path, options, message):
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "benchmarks/test_post.py", "-m", "gpu",
          "--kt-results", str(tmp_path / "results"), *options],
-        cwd=ROOT, env=offline_env(tmp_path), capture_output=True, text=True, timeout=300, check=False,
+        cwd=ROOT, env={**offline_env(tmp_path), "KT_ALLOW_CPU": "1"}, capture_output=True, text=True, timeout=300,
+        check=False,
     )
     output = result.stdout + result.stderr
     assert result.returncode == pytest.ExitCode.USAGE_ERROR, output

@@ -5,22 +5,35 @@ for configurations by name and it returns their runs, training only the
 (configuration, seed) pairs the store does not already hold -- packed by shape
 unless packing is turned off. Each run is stored as soon as its pack ends, so
 an interrupted study resumes where it stopped.
+
+`open_study` refuses GPU-length training (every profile but smoke) on a machine
+without a GPU or TPU unless `allow_cpu=True`, before loading any data, with the
+time it would take: the model-epochs to train times
+`CPU_SECONDS_PER_MODEL_EPOCH`.
 """
 
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable
+from pathlib import Path
+from typing import Iterable
 
 import keras
 
+from kt_dropout import distribution
 from kt_dropout.config import Recipe
-from kt_dropout.console import eprint
 from kt_dropout.packing.trainer import Member, plan_packs, train_pack
+from kt_dropout.progress import (
+    STDERR,
+    Progress,
+    data_line,
+    plan_line,
+    print_banner,
+)
 from kt_dropout.record import RunKey, RunRecord
 from kt_dropout.study.experiments import CONFIGS, EXPERIMENTS, resolve_experiments
-from kt_dropout.study.profiles import Profile
-from kt_dropout.study.results import ResultStore, StudyKey, by_study
+from kt_dropout.study.profiles import Profile, get_profile
+from kt_dropout.study.results import MANIFEST_NAME, ResultStore, StudyKey, by_study
 from kt_dropout.training import train
 
 
@@ -36,13 +49,14 @@ class Study:
             experiment asked for trains the missing runs of all of them, packed together.
         pack: train runs of one shape together (`packed_training`); False trains each with `keras.fit`.
         max_pack_size: the most runs in one pack.
-        progress: called with one line per epoch / run; None is silent.
+        progress: the stream that progress goes to (`kt_dropout.progress`): a banner, then a bar on a
+            terminal, else a line per epoch and per pack; None is silent.
     """
 
     def __init__(
         self, profile: Profile, data, data_fingerprint: str, store: ResultStore, *, recipe: Recipe | None = None,
         epochs: int | None = None, seeds: int | None = None, experiments: Iterable[str] | None = None,
-        pack: bool = True, max_pack_size: int = 20, progress: Callable[[str], None] | None = eprint,
+        pack: bool = True, max_pack_size: int = 20, progress=STDERR,
         data_source: str = "", **pack_options,
     ):
         self.profile, self.data, self.fingerprint, self.store = profile, data, data_fingerprint, store
@@ -53,7 +67,7 @@ class Study:
         self.seeds = list(range(seeds or profile.seeds))
         self.experiments = [e.name for e in resolve_experiments(list(experiments or profile.experiments))]
         self.pack, self.max_pack_size, self.pack_options = pack, max_pack_size, pack_options
-        self.progress = progress or (lambda message: None)
+        self.progress = progress
 
     def _key(self, member: Member) -> str:
         return RunKey(
@@ -62,10 +76,26 @@ class Study:
         ).digest()
 
     def members(self, names: Iterable[str]) -> list[Member]:
-        unknown = [n for n in names if n not in CONFIGS]
-        if unknown:
-            raise ValueError(f"unknown configuration(s): {', '.join(unknown)}; known: {', '.join(CONFIGS)}")
-        return [Member(n, self.profile.scale(CONFIGS[n]), seed) for n in names for seed in self.seeds]
+        return _members(self.profile, names, self.seeds)
+
+    def to_train(self, names: Iterable[str] | None = None) -> list[Member]:
+        """The runs of the named configurations (default: the study's experiments') that the store lacks."""
+        wanted = self.members(list(dict.fromkeys(names if names is not None else self._configs())))
+        return [m for m in wanted
+                if self._key(m) not in self._attempted and self.store.get(self._key(m), ok_only=True) is None]
+
+    def _configs(self) -> list[str]:
+        return [n for e in self.experiments for n in EXPERIMENTS[e].configs]
+
+    def announce(self, title: str) -> None:
+        """Prints the banner: backend, devices, precision, data, profile and what is left to train."""
+        missing = len(self.to_train())
+        print_banner(
+            title, self.progress, precision=self.recipe.precision, data=data_line(self.data_source, self.data),
+            profile=f"{self.profile.name} ({self.profile.description})",
+            plan=f"{plan_line(missing, self.epochs)} to train; "
+                 f"{len(self.members(self._configs())) - missing} runs already stored",
+        )
 
     def runs(self, names: Iterable[str], *, along: Iterable[str] = ()) -> dict[str, list[RunRecord]]:
         """Every seed's run of each named configuration, training the missing ones first.
@@ -76,9 +106,7 @@ class Study:
         failed record is returned, for the caller to report.
         """
         names = list(dict.fromkeys(names))
-        wanted = self.members(list(dict.fromkeys([*names, *along])))
-        missing = [m for m in wanted
-                   if self._key(m) not in self._attempted and self.store.get(self._key(m), ok_only=True) is None]
+        missing = self.to_train([*names, *along])
         if missing:
             self._attempted.update(self._key(m) for m in missing)
             self._train(missing)
@@ -95,8 +123,7 @@ class Study:
 
     def experiment_runs(self, experiment: str) -> dict[str, list[RunRecord]]:
         """An experiment's runs; the first call trains every missing run of the study's experiments."""
-        along = [n for e in self.experiments for n in EXPERIMENTS[e].configs]
-        return self.runs(EXPERIMENTS[experiment].configs, along=along)
+        return self.runs(EXPERIMENTS[experiment].configs, along=self._configs())
 
     def records(self) -> list[RunRecord]:
         """Every stored run of this study (`StudyKey`: its recipe, epochs, backend and data)."""
@@ -105,40 +132,89 @@ class Study:
 
     def _train(self, missing: list[Member]) -> None:
         packs = plan_packs(missing, self.max_pack_size) if self.pack else [[m] for m in missing]
-        for number, pack in enumerate(packs, 1):
-            label = f"[{number}/{len(packs)}] " + ", ".join(f"{m.name}/seed{m.seed}" for m in pack)
-            self.progress(f"{label}: training {self.epochs} epochs")
-            start = time.perf_counter()
-            if self.pack:
-                records = train_pack(
-                    pack, self.data, recipe=self.recipe, epochs=self.epochs, data_fingerprint=self.fingerprint,
-                    on_epoch=lambda epoch, logs: self._epoch_line(label, epoch, logs["val_accuracy"]),
-                    **self.pack_options,
-                )
-            else:
-                m = pack[0]
-                records = [train(
-                    m.config, self.data, recipe=self.recipe, seed=m.seed, epochs=self.epochs, name=m.name,
-                    data_fingerprint=self.fingerprint, verbose=0,
-                    callbacks=[keras.callbacks.LambdaCallback(
-                        on_epoch_end=lambda epoch, logs: self._epoch_line(label, epoch + 1, [logs["val_accuracy"]])
-                    )],
-                )]
-            for record in records:
-                self.store.put(record)
-            self.progress(f"{label}: done in {time.perf_counter() - start:.1f} s")
+        with Progress(len(missing) * self.epochs, self.progress) as progress:
+            for number, pack in enumerate(packs, 1):
+                label = f"[{number}/{len(packs)}]"
+                progress.line(f"{label} {', '.join(f'{m.name}/seed{m.seed}' for m in pack)}: training {self.epochs} epochs")
+                progress.begin(label)
+                start = time.perf_counter()
+                if self.pack:
+                    records = train_pack(
+                        pack, self.data, recipe=self.recipe, epochs=self.epochs, data_fingerprint=self.fingerprint,
+                        on_epoch=lambda epoch, logs: progress.epoch(len(logs["val_accuracy"]), self._epoch_text(
+                            epoch, logs["val_accuracy"])),
+                        **self.pack_options,
+                    )
+                else:
+                    m = pack[0]
+                    records = [train(
+                        m.config, self.data, recipe=self.recipe, seed=m.seed, epochs=self.epochs, name=m.name,
+                        data_fingerprint=self.fingerprint, verbose=0,
+                        callbacks=[progress.keras_callback(
+                            lambda epoch, epochs, logs: self._epoch_text(epoch, [logs["val_accuracy"]]))],
+                    )]
+                for record in records:
+                    self.store.put(record)
+                progress.skip((self.epochs - max(r.epochs_run for r in records)) * len(pack))  # all diverged: stopped
+                progress.line(f"{label} done in {time.perf_counter() - start:.1f} s | {progress.status()}")
 
-    def _epoch_line(self, label: str, epoch: int, accuracies) -> None:
-        """One progress line per epoch: the range of the pack's validation accuracies (one value alone)."""
+    def _epoch_text(self, epoch: int, accuracies) -> str:
+        """An epoch's line: the range of the pack's validation accuracies (one value alone)."""
         low, high = min(accuracies), max(accuracies)
         span = f"{low:.4f}" if low == high else f"{low:.4f}-{high:.4f}"
-        self.progress(f"{label}: epoch {epoch}/{self.epochs} val_accuracy {span}")
+        return f"epoch {epoch}/{self.epochs} val_accuracy {span}"
+
+
+def _members(profile: Profile, names: Iterable[str], seeds: list[int]) -> list[Member]:
+    names = list(names)
+    unknown = [n for n in names if n not in CONFIGS]
+    if unknown:
+        raise ValueError(f"unknown configuration(s): {', '.join(unknown)}; known: {', '.join(CONFIGS)}")
+    return [Member(n, profile.scale(CONFIGS[n]), seed) for n in names for seed in seeds]
+
+
+# Seconds one model-epoch of the post's network (bn, ~2M parameters) takes on 50,000 CIFAR-10 images with
+# keras.fit on 2 CPU cores: measured with TensorFlow 2.21 (1,024 images, process CPU time / 2, scaled), about
+# 500 s; JAX 0.10 took twice that. A rough figure, for refusing GPU-length work with an honest order of size.
+CPU_SECONDS_PER_MODEL_EPOCH = 500.0
+
+
+class AcceleratorRequired(ValueError):
+    """GPU-length training asked of a machine with no GPU or TPU, without allowing the CPU."""
+
+
+def check_accelerator(profile: Profile, model_epochs: int, images: int = 50_000) -> None:
+    """Raises `AcceleratorRequired`, with the estimated CPU time, if `model_epochs` of a profile that is not
+    synthetic would train on a machine without a GPU or TPU."""
+    if profile.synthetic or model_epochs == 0 or distribution.accelerators():
+        return
+    seconds = model_epochs * CPU_SECONDS_PER_MODEL_EPOCH * images / 50_000
+    raise AcceleratorRequired(
+        f"no GPU or TPU found ({keras.backend.backend()}: CPU only): the {profile.name} profile would train "
+        f"{model_epochs} model-epochs here, about {_roughly(seconds)} at "
+        f"~{CPU_SECONDS_PER_MODEL_EPOCH:.0f} s per model-epoch on 2 CPU cores; run it on a GPU "
+        "(or the smoke profile, which checks the machinery in minutes)"
+    )
+
+
+def _roughly(seconds: float) -> str:
+    hours = seconds / 3600
+    return f"{hours / 24:.0f} days" if hours >= 48 else f"{hours:.0f} hours" if hours >= 2 else f"{seconds / 60:.0f} minutes"
+
+
+def _unstored(results, members: list[Member], recipe: Recipe, epochs: int) -> list[Member]:
+    """The members the store in `results` (if there is one yet) holds no successful run of, on any data:
+    known before the data is loaded."""
+    records = ResultStore(results, create=False).records() if (Path(results) / MANIFEST_NAME).is_file() else []
+    stored = {(r.key.config, r.key.seed) for r in records if r.status == "ok"
+              and (r.key.recipe, r.key.epochs, r.key.backend) == (recipe, epochs, keras.backend.backend())}
+    return [m for m in members if (m.config, m.seed) not in stored]
 
 
 def open_study(
     profile: str, results, *, data_path=None, epochs: int | None = None, seeds: int | None = None,
     selection: str = "test", precision: str = "float32", pack_size: int = 20, experiments: Iterable[str] | None = None,
-    train_size: int | None = None, test_size: int | None = None, progress: Callable[[str], None] | None = eprint,
+    train_size: int | None = None, test_size: int | None = None, allow_cpu: bool = False, progress=STDERR,
 ) -> Study:
     """A `Study` from plain settings, as the CLI and the pytest options give them.
 
@@ -146,27 +222,32 @@ def open_study(
     standard way (`load_cifar10`). `train_size`/`test_size` keep the first images
     of each class (`first_per_class`): a study of its own, since the data's
     fingerprint differs. `pack_size=1` trains each run with `keras.fit`.
+    Without a GPU or TPU, a profile other than smoke raises `AcceleratorRequired`
+    unless `allow_cpu`: before the data is loaded, counting the runs the store
+    holds on any data, and again after, counting those it holds on this data.
     """
-    from kt_dropout.data import (
-        data_fingerprint,
-        describe_subset,
-        first_per_class,
-        load_cifar10,
-        synthetic_cifar10,
-    )
-    from kt_dropout.study.profiles import get_profile
+    from kt_dropout.data import data_fingerprint, describe_subset, first_per_class, load_cifar10, synthetic_cifar10
+    from kt_dropout.progress import cifar10_source
 
     chosen = get_profile(profile)
     if pack_size < 1:
         raise ValueError(f"pack_size: must be at least 1, got {pack_size}")
-    store = ResultStore(results)  # refuses a folder it does not own before any data is read
     recipe = Recipe(selection=selection, holdout=64 if chosen.synthetic else Recipe().holdout, precision=precision)
+    names = [n for e in resolve_experiments(list(experiments or chosen.experiments)) for n in EXPERIMENTS[e.name].configs]
+    members = _members(chosen, dict.fromkeys(names), list(range(seeds or chosen.seeds)))
+    if not allow_cpu:  # before the store is made and the data read
+        length = epochs or chosen.epochs
+        check_accelerator(chosen, len(_unstored(results, members, recipe, length)) * length)
+    store = ResultStore(results)  # refuses a folder it does not own before any data is read
     whole = synthetic_cifar10(n_train=512, n_test=128) if chosen.synthetic else load_cifar10(data_path)
     data = first_per_class(whole, train_size, test_size)
-    source = "synthetic (synthetic_cifar10)" if chosen.synthetic else f"CIFAR-10 from {data_path or 'the standard lookup'}"
+    source = "synthetic_cifar10" if chosen.synthetic else cifar10_source(data_path)
     subset = describe_subset(whole, data)
-    return Study(
+    study = Study(
         chosen, data, data_fingerprint(data), store, recipe=recipe, epochs=epochs, seeds=seeds,
         experiments=experiments, pack=pack_size > 1, max_pack_size=pack_size, progress=progress,
         data_source=f"{source} ({subset})" if subset else source,
     )
+    if not allow_cpu:
+        check_accelerator(chosen, len(study.to_train()) * study.epochs, len(data[0][0]))
+    return study

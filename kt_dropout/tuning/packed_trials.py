@@ -109,19 +109,27 @@ class PackedTrials:
         check_finite(outcome)
         return _as_history({key: outcome[key] for key in _HISTORY_KEYS})
 
+    def on_pack_epoch_end(self, trials: list, epoch: int, logs: dict) -> None:
+        """Called after every epoch of a pack (1-based) with the trials still training and their metrics,
+        one value each per name: the packed trials' counterpart of Keras Tuner's `on_epoch_end`."""
+
     def _train(self, members, data, recipe, epochs, trials) -> list[dict]:
         """Trains the pack; after every epoch, writes the checkpoint of each member whose val_accuracy rose."""
         trainer = PackTrainer(members, data, recipe)
         singles = [build_model(member.config) for member in members]  # to write each member's checkpoint
 
-        def checkpoint_improved(epoch: int, logs: dict) -> None:
-            for k, history in enumerate(trainer.histories):
-                trained, val = len(history["loss"]) == epoch, history["val_accuracy"]
-                if trained and math.isfinite(history["loss"][-1]) and val[-1] > max(val[:-1], default=-math.inf):
+        def after_epoch(epoch: int, logs: dict) -> None:
+            training = [k for k, history in enumerate(trainer.histories) if len(history["loss"]) == epoch]
+            for k in training:
+                history = trainer.histories[k]
+                val = history["val_accuracy"]
+                if math.isfinite(history["loss"][-1]) and val[-1] > max(val[:-1], default=-math.inf):
                     load_member(singles[k], trainer.member_weights(k))
                     singles[k].save_weights(checkpoint_path(self, trials[k].trial_id))
+            self.on_pack_epoch_end([trials[k] for k in training], epoch,
+                                   {name: [float(values[k]) for k in training] for name, values in logs.items()})
 
-        trainer.train(epochs, checkpoint_improved)
+        trainer.train(epochs, after_epoch)
         return trainer.histories
 
 

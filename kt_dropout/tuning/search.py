@@ -21,6 +21,7 @@ import keras_tuner
 from tabulate import tabulate
 
 from kt_dropout import _compat, distribution
+from kt_dropout.progress import Progress, data_line, format_logs, plan_line, print_banner
 from kt_dropout.tuning import cluster
 from kt_dropout.atomic import atomic_saves, write_text
 from kt_dropout.tuning.cluster import LeasedOracle
@@ -105,8 +106,22 @@ class SearchResult:
         columns = self.columns
         return tabulate([[row.get(c) for c in columns] for row in self.trials], headers=columns, tablefmt="github")
 
+    @property
+    def tie(self) -> str | None:
+        """When other trials share the best val_accuracy, e.g. "trials 00 and 03 tie at val_accuracy 0.4123;
+        Keras Tuner's order picked 00" (the first of them in the oracle's order is `best_trial`); else None."""
+        if self.best_trial is None:
+            return None
+        best = float(self.best_trial.score)
+        tied = [row["trial_id"] for row in self.trials if row["val_accuracy"] == best]
+        if len(tied) < 2:
+            return None
+        names = f"{', '.join(tied[:-1])} and {tied[-1]}"
+        return f"trials {names} tie at val_accuracy {best:.4f}; Keras Tuner's order picked {self.best_trial.trial_id}"
+
     def __str__(self) -> str:
-        return self.to_table()
+        """The table, and the tie for the best if there is one."""
+        return self.to_table() + (f"\n\n{self.tie}" if self.tie else "")
 
     def to_csv(self, path) -> None:
         """Writes the trials, one row each, with a header; empty cells for missing values."""
@@ -138,6 +153,8 @@ def search(
     lost_worker_seconds: float = 120.0,
     trials_per_step: int = 1,
     data_parallel: bool = False,
+    progress=None,
+    data_source: str | None = None,
     **tuner_kwargs,
 ) -> SearchResult:
     """Searches dropout rates (or whatever `space` tunes) of the post's network, maximizing `val_accuracy`.
@@ -174,6 +191,10 @@ def search(
             start of every trial, so each configuration starts from the same
             random state whatever its place in the search.
         verbose: Keras Tuner's and `fit`'s verbosity.
+        progress: a text stream (e.g. `kt_dropout.progress.STDERR`) to report the search on: a banner,
+            then each epoch (a bar on a terminal; none with `verbose`, which prints Keras's own) and each
+            trial as it ends, with an ETA for the remaining trials (`kt_dropout.progress`); None: silent.
+        data_source: where `data` came from, in words, for the banner.
         distributed: run as the chief or a worker of a distributed search;
             without it, Keras Tuner's environment variables are an error rather
             than silently turning the search distributed.
@@ -216,9 +237,10 @@ def search(
     check_positive_int("max_trials", max_trials)
     epochs = check_positive_int("epochs", hypermodel.recipe.epochs if epochs is None else epochs)
     budget = {"max_epochs": epochs} if issubclass(tuner_class, keras_tuner.Hyperband) else {"max_trials": max_trials}
-    fit_args, fit_kwargs = (), {}
+    fit_args, fit_kwargs, data_text = (), {}, "none: the chief trains nothing"
     if role != "chief":
-        dataset, selection = _dataset(x, y, validation_data, data, hypermodel)
+        dataset, selection, source = _dataset(x, y, validation_data, data, hypermodel)
+        data_text = data_line(data_source or source, dataset)
         if trials_per_step > 1:
             fit_args, fit_kwargs = (dataset,), {"selection": selection, "epochs": epochs}
         else:
@@ -238,10 +260,31 @@ def search(
             atomic_saves(built.oracle)
         if role == "chief":
             built.oracle = LeasedOracle(built.oracle, lost_worker_seconds)
-        stopped = _run(built, role, *fit_args, **fit_kwargs, verbose=verbose)
+        built.progress = _progress(built, role, progress, data_text, epochs, max_trials, verbose)
+        with built.progress:
+            stopped = _run(built, role, *fit_args, **fit_kwargs, verbose=verbose)
     trials = built.ran_trials.values() if role == "worker" else built.oracle.trials.values()
     _check_trials(list(trials), role, stopped, None if stopped is None else built.oracle.max_consecutive_failed_trials)
     return SearchResult.from_trials(built, trials)
+
+
+def _progress(tuner, role, stream, data_text: str, epochs: int, max_trials: int, verbose) -> Progress:
+    """Prints the search's banner and returns the `Progress` its trials report to."""
+    runs = epochs * tuner.executions_per_trial
+    tuner.trial_epochs, total = runs, None
+    if role == "chief":
+        plan = f"serves {plan_line(max_trials, runs, 'trials')} to its workers; trains nothing"
+    elif isinstance(tuner, keras_tuner.Hyperband):
+        plan = f"Hyperband chooses the trials and their epochs, up to {epochs} each"
+    elif role == "worker":
+        plan = f"the trials the chief gives this worker, of at most {max_trials}; {runs} epochs each"
+    else:
+        ended = len(tuner.oracle.end_order)
+        total = max(0, max_trials - ended) * runs
+        plan = f"{plan_line(max(0, max_trials - ended), runs, 'trials')} to train; {ended} trials already ended"
+    print_banner(f"kt-dropout search ({type(tuner).__name__})", stream,
+                 precision=tuner.hypermodel.recipe.precision, data=data_text, plan=plan)
+    return Progress(total, stream, epoch_lines=not verbose and role != "chief")
 
 
 def _role(distributed: bool, overwrite: bool) -> str | None:
@@ -263,8 +306,9 @@ def _role(distributed: bool, overwrite: bool) -> str | None:
 
 
 class _TrialHooks:
-    """Mixed into the chosen tuner: seeds every trial and records its wall time in the trial's metrics,
-    which Keras Tuner saves with the trial, so a resumed search still knows it.
+    """Mixed into the chosen tuner: seeds every trial, records its wall time and epochs in the trial's
+    metrics, which Keras Tuner saves with the trial, so a resumed search still knows them, and reports each
+    epoch and each trial as it ends to `progress` (`search` gives it one; silent until then).
 
     On a worker of a distributed search it also keeps a heartbeat going while a
     trial runs, and keeps its own copy of each trial with what it reported.
@@ -274,7 +318,9 @@ class _TrialHooks:
         self.trial_seed = trial_seed
         self.ran_trials: dict[str, keras_tuner.engine.trial.Trial] = {}
         self._running: dict[str, tuple[float, cluster.Heartbeat | None]] = {}
+        self._epochs: dict[str, int] = {}
         self._worker = cluster.role() == "worker"
+        self.progress, self.trial_epochs = Progress(None, stream=None), None
         super().__init__(*args, **kwargs)
 
     def on_trial_begin(self, trial):
@@ -283,7 +329,23 @@ class _TrialHooks:
         self.ran_trials[trial.trial_id] = trial
         heartbeat = cluster.Heartbeat(self.oracle, trial.trial_id) if self._worker else None
         self._running[trial.trial_id] = (time.perf_counter(), heartbeat)
+        self._epochs[trial.trial_id] = 0
+        self.progress.begin(f"trial {trial.trial_id}")
         super().on_trial_begin(trial)
+
+    def on_epoch_end(self, trial, model, epoch, logs=None):
+        """Keras Tuner's hook after every epoch of a trial's `fit`."""
+        self._epochs[trial.trial_id] += 1
+        self.progress.epoch(1, f"epoch {epoch + 1}/{self.trial_epochs} {format_logs(logs or {})}")
+        super().on_epoch_end(trial, model, epoch, logs)
+
+    def on_pack_epoch_end(self, trials, epoch, logs):
+        """`PackedTrials`' hook after every epoch of a pack."""
+        for trial in trials:
+            self._epochs[trial.trial_id] += 1
+        self.progress.label = f"trials {', '.join(trial.trial_id for trial in trials)}"
+        low, high = min(logs["val_accuracy"]), max(logs["val_accuracy"])
+        self.progress.epoch(len(trials), f"epoch {epoch}/{self.trial_epochs} val_accuracy {low:.4f}-{high:.4f}")
 
     def run_trial(self, trial, *args, **kwargs):
         """Keras Tuner's (or `PackedTrials`'); a worker keeps what Keras Tuner reports of the results to the
@@ -306,8 +368,17 @@ class _TrialHooks:
         start, heartbeat = self._running.pop(trial.trial_id)
         if heartbeat is not None:
             heartbeat.stop()
+        epochs = self._epochs.pop(trial.trial_id)
         trial.metrics.update("seconds", time.perf_counter() - start)
-        super().on_trial_end(trial)  # ends the trial in the oracle (the chief's, on a worker) and saves it
+        trial.metrics.update("epochs", epochs)
+        try:
+            super().on_trial_end(trial)  # ends the trial in the oracle (the chief's, on a worker) and saves it
+        finally:  # also when Keras Tuner stops the search for too many failures in a row
+            if self.trial_epochs is not None:
+                self.progress.skip(self.trial_epochs - epochs)
+            ended = "" if self._worker or not self.oracle.max_trials else (
+                f"{len(self.oracle.end_order)}/{self.oracle.max_trials} trials ended, ")
+            self.progress.line(f"{_trial_line(_row(trial))} | {ended}{self.progress.status()}")
 
 
 def _hypermodel(hypermodel, space, base, recipe) -> DropoutVGGHyperModel:
@@ -351,9 +422,9 @@ def _oracle_seed(seed: int | None) -> int | None:
     return None if seed is None else seed + 1
 
 
-def _dataset(x, y, validation_data, data, hypermodel: DropoutVGGHyperModel) -> tuple[tuple, str]:
-    """The validated `((x_train, y_train), (x_test, y_test))` and the selection mode that splits it; see
-    `search` for where it comes from."""
+def _dataset(x, y, validation_data, data, hypermodel: DropoutVGGHyperModel) -> tuple[tuple, str, str]:
+    """The validated `((x_train, y_train), (x_test, y_test))`, the selection mode that splits it and where it
+    came from; see `search` for where that is."""
     from kt_dropout.data import load_cifar10
 
     selection, num_classes = hypermodel.recipe.selection, hypermodel.base.num_classes
@@ -368,7 +439,7 @@ def _dataset(x, y, validation_data, data, hypermodel: DropoutVGGHyperModel) -> t
         data, source = load_cifar10(num_classes=num_classes), "load_cifar10()"
     else:
         source = "search(data=...)"
-    return check_data(data, hypermodel.base, source), selection
+    return check_data(data, hypermodel.base, source), selection, source
 
 
 def _run(tuner: keras_tuner.Tuner, role: str | None, *args, **kwargs) -> RuntimeError | None:
@@ -409,6 +480,16 @@ def _check_trials(trials: list, role: str | None, stopped: RuntimeError | None, 
     )
 
 
+def _trial_line(row: dict) -> str:
+    """A trial as it ends: "trial 03 COMPLETED dropout_dense=0.5: val_accuracy 0.4123 (best, epoch 2), 2 epochs,
+    5.1 s"."""
+    fixed = ("trial_id", "status", "val_accuracy", "best_epoch", "seconds", "epochs", "pack_size", "error")
+    hps = " ".join(f"{name}={value}" for name, value in row.items() if name not in fixed)
+    outcome = (f"val_accuracy {row['val_accuracy']:.4f} (best, epoch {row['best_epoch']})"
+               if row["val_accuracy"] is not None else row["error"])
+    return f"trial {row['trial_id']} {row['status']} {hps}: {outcome}, {row['epochs']} epochs, {row['seconds']:.1f} s"
+
+
 def _row(trial) -> dict:
     values = trial.hyperparameters.values
     completed = trial.status == _COMPLETED
@@ -420,6 +501,7 @@ def _row(trial) -> dict:
         # best_step counts from the fit's first epoch; Hyperband resumes trials at tuner/initial_epoch
         "best_epoch": trial.best_step + 1 + values.get("tuner/initial_epoch", 0) if completed else None,
         "seconds": float(trial.metrics.get_last_value("seconds")) if trial.metrics.exists("seconds") else None,
+        "epochs": int(trial.metrics.get_last_value("epochs")) if trial.metrics.exists("epochs") else None,
         **({"pack_size": int(trial.metrics.get_last_value("pack_size"))} if trial.metrics.exists("pack_size") else {}),
         "error": None if completed else _last_line(trial.message),
     }

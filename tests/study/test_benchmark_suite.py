@@ -8,6 +8,7 @@ writes the report with its figures, and a second run reuses every stored run.
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,18 @@ def test_without_the_gpu_marker_nothing_trains(tmp_path):
     assert not (tmp_path / "store").exists()
 
 
+def test_gpu_length_study_on_a_cpu_stops_the_session_before_any_test_unless_allowed(tmp_path):
+    refused = _pytest("benchmarks/test_post.py", "-m", "gpu", "--kt-profile", "quick", "--kt-results", str(tmp_path))
+    assert refused.returncode == pytest.ExitCode.USAGE_ERROR, refused.stdout + refused.stderr
+    assert re.search(r"ERROR: no GPU or TPU found .* the quick profile would train \d+ model-epochs here, about \d+ "
+                     r"hours .*; --kt-allow-cpu \(or KT_ALLOW_CPU=1\) trains here anyway", refused.stderr), refused.stderr
+    assert "passed" not in refused.stdout and not any(tmp_path.iterdir())
+    allowed = _pytest("benchmarks/test_post.py", "-m", "gpu", "--kt-profile", "quick", "--kt-results", str(tmp_path),
+                      "--kt-data", str(tmp_path / "nowhere"), env={"KT_ALLOW_CPU": "1"})
+    assert allowed.returncode == pytest.ExitCode.USAGE_ERROR  # past the CPU check, the data is missing
+    assert "ERROR: " in allowed.stderr and "nowhere" in allowed.stderr and "GPU" not in allowed.stderr
+
+
 @pytest.mark.slow
 def test_smoke_profile_runs_end_to_end_and_resumes(tmp_path):
     args = ["benchmarks/test_post.py", "-m", "gpu", "--kt-profile", "smoke", "--kt-seeds", "2", "--kt-epochs", "2",
@@ -58,6 +71,12 @@ def test_smoke_profile_runs_end_to_end_and_resumes(tmp_path):
             "--benchmark-json", str(tmp_path / "bench.json")]
     first = _pytest(*args)
     assert first.returncode == 0, first.stdout + first.stderr
+    # The banner and the progress reach the terminal while the tests train, past pytest's capture.
+    assert first.stderr.startswith("kt-dropout suite (pytest benchmarks -m gpu)\n"), first.stderr
+    assert re.search(r"^  plan +4 runs x 2 epochs = 8 model-epochs to train; 0 runs already stored$", first.stderr,
+                     re.MULTILINE)
+    assert re.search(r"^\[1/2\] epoch 2/2 val_accuracy [\d.-]+ \| 4/8 model-epochs, ETA [\d:]+$", first.stderr,
+                     re.MULTILINE), first.stderr
     store = tmp_path / "store"
     runs = sorted(store.glob("*.json"))
     records = ResultStore(store, create=False).records()
@@ -75,6 +94,7 @@ def test_smoke_profile_runs_end_to_end_and_resumes(tmp_path):
     mtimes = {p.name: p.stat().st_mtime_ns for p in runs}
     second = _pytest(*args)
     assert second.returncode == 0, second.stdout + second.stderr
+    assert "0 model-epochs to train; 4 runs already stored" in second.stderr and "val_accuracy" not in second.stderr
     assert {p.name: p.stat().st_mtime_ns for p in sorted(store.glob("*.json"))} == mtimes  # nothing retrained
 
 

@@ -1,5 +1,6 @@
 """search(trials_per_step=K): several trials asked of the oracle at once and trained as one packed model."""
 
+import io
 import re
 
 import keras_tuner
@@ -48,10 +49,20 @@ def packed_search(tmp_path, space, **kwargs):
 
 def test_trials_train_in_packs_and_each_keeps_its_own_best_epoch_and_checkpoint(tmp_path):
     space = {"dropout_conv_1": (0.0, 0.5), "dropout_conv_2": None, "dropout_conv_3": None, "dropout_dense": (0.0, 0.5)}
-    result = packed_search(tmp_path, space, tuner="random")
+    reported = io.StringIO()
+    result = packed_search(tmp_path, space, tuner="random", progress=reported)
 
     assert sorted(row["trial_id"] for row in result.trials) == ["0", "1", "2", "3"]
-    assert all(row["status"] == "COMPLETED" and row["pack_size"] == 2 for row in result.trials)
+    assert all(row["status"] == "COMPLETED" and row["pack_size"] == 2 and row["epochs"] == 2 for row in result.trials)
+    # Each pack's epoch trains two model-epochs; each trial is reported as it ends, its pack's time its own.
+    lines = reported.getvalue().splitlines()[5:]
+    assert [line.split(" | ")[0].rsplit(" val_accuracy", 1)[0] for line in lines[:2]] == [
+        "trials 0, 1 epoch 1/2", "trials 0, 1 epoch 2/2"]
+    assert " | 2/8 model-epochs, ETA " in lines[0] and " | 4/8 model-epochs, ETA " in lines[1]
+    assert lines[2].startswith("trial 0 COMPLETED ") and ", 2 epochs, " in lines[2] and "1/4 trials ended" in lines[2]
+    assert lines[3].startswith("trial 1 COMPLETED ") and "2/4 trials ended, 4/8 model-epochs" in lines[3]
+    assert lines[6].startswith("trial 2 COMPLETED ") and "3/4 trials ended, 8/8 model-epochs" in lines[6]
+    assert len(lines) == 8
     assert len({(row["dropout_conv_1"], row["dropout_dense"]) for row in result.trials}) == 4
     x_val, y_val = DATA[1]
     for trial in result.tuner.oracle.trials.values():  # each checkpoint holds that trial's best epoch

@@ -1,4 +1,5 @@
 import csv
+import io
 import json
 import os
 import shutil
@@ -63,6 +64,7 @@ def check_result(result: SearchResult, trials: int):
     for row in result.trials:
         assert row["status"] == "COMPLETED" and row["error"] is None
         assert 0.0 <= row["val_accuracy"] <= 1.0 and row["best_epoch"] == 1 and row["seconds"] > 0
+        assert row["epochs"] == 1
         assert all(0.0 <= row[name] <= 0.5 for name in DROPOUT_NAMES if name in row)
     best = result.trials[0]
     assert result.best_config == BASE.replace(
@@ -76,11 +78,12 @@ def check_result(result: SearchResult, trials: int):
 
 @pytest.fixture(scope="module")
 def first(tmp_path_factory):
-    """One real random search, shared: (its directory, builds it made, its result)."""
+    """One real random search, shared: (its directory, builds it made, its result, what it reported)."""
     directory = tmp_path_factory.mktemp("search")
     hypermodel = CountingHyperModel()
-    result = run(directory, hypermodel=hypermodel)
-    return directory, hypermodel.builds, result
+    reported = io.StringIO()
+    result = run(directory, hypermodel=hypermodel, progress=reported, data_source="DATA")
+    return directory, hypermodel.builds, result, reported.getvalue()
 
 
 def copy_of(first, tmp_path):
@@ -88,9 +91,47 @@ def copy_of(first, tmp_path):
 
 
 def test_random_search(first):
-    _, builds, result = first
+    _, builds, result, _ = first
     assert builds == 3  # the search space once, then one model per trial
     check_result(result, trials=2)
+
+
+def test_the_search_reports_its_plan_each_epoch_and_each_trial_as_it_ends(first):
+    _, _, result, reported = first
+    lines = reported.splitlines()
+    assert lines[0] == "kt-dropout search (RandomSearch)"
+    assert [line.split()[0] for line in lines[1:5]] == ["backend", "precision", "data", "plan"]
+    assert "DATA: 256 train / 64 test images" in lines[3]
+    assert "2 trials x 1 epochs = 2 model-epochs to train; 0 trials already ended" in lines[4]
+    rows = {row["trial_id"]: row for row in result.trials}
+    for number, trial_id in enumerate(("0", "1"), 1):
+        epoch = lines[4 + 2 * number - 1]
+        assert epoch.startswith(f"trial {trial_id} epoch 1/1 ") and f"| {number}/2 model-epochs" in epoch
+        row = rows[trial_id]
+        hps = " ".join(f"{name}={row[name]}" for name in DROPOUT_NAMES if name in row)
+        assert lines[4 + 2 * number].startswith(
+            f"trial {trial_id} COMPLETED {hps}: val_accuracy {row['val_accuracy']:.4f} (best, epoch 1), 1 epochs, "
+            f"{row['seconds']:.1f} s | {number}/2 trials ended, {number}/2 model-epochs")
+    assert ", ETA " in lines[6] and ", ETA " not in lines[8]  # none once every model-epoch is done
+    assert len(lines) == 9
+
+
+def _trial(trial_id, score):
+    hp = keras_tuner.HyperParameters()
+    hp.Fixed("dropout_dense", 0.1 * int(trial_id))
+    trial = keras_tuner.engine.trial.Trial(hp, trial_id=trial_id, status="COMPLETED")
+    trial.score, trial.best_step = score, 0
+    return trial
+
+
+def test_a_tie_for_the_best_is_named_with_the_trial_keras_tuner_picked():
+    tied = SearchResult.from_trials(None, [_trial("0", 0.25), _trial("1", 0.5), _trial("2", 0.5 - 1e-9),
+                                           _trial("3", 0.5)])
+    assert tied.best_trial.trial_id == "1"
+    assert tied.tie == "trials 1 and 3 tie at val_accuracy 0.5000; Keras Tuner's order picked 1"
+    assert str(tied) == f"{tied.to_table()}\n\n{tied.tie}"
+    alone = SearchResult.from_trials(None, [_trial("0", 0.25), _trial("1", 0.5)])
+    assert alone.tie is None and str(alone) == alone.to_table()
 
 
 @pytest.mark.parametrize("tuner, trials", [("grid", 2), ("bayesian", 2), ("hyperband", 1)])
@@ -102,11 +143,12 @@ def test_other_tuners(tmp_path, tuner, trials):
 
 
 def test_table_and_csv(first, tmp_path):
-    _, _, result = first
+    _, _, result, _ = first
     lines = result.to_table().splitlines()
-    assert str(result) == result.to_table()
+    assert str(result).startswith(result.to_table())
     assert [cell.strip() for cell in lines[0].strip("|").split("|")] == result.columns
-    assert result.columns == ["trial_id", "status", *DROPOUT_NAMES, "val_accuracy", "best_epoch", "seconds", "error"]
+    assert result.columns == ["trial_id", "status", *DROPOUT_NAMES, "val_accuracy", "best_epoch", "seconds", "epochs",
+                              "error"]
     assert set(lines[1]) <= set("|-: ") and len(lines) == 4
     result.to_csv(tmp_path / "trials.csv")
     with open(tmp_path / "trials.csv", newline="") as file:
