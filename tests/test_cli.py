@@ -238,7 +238,8 @@ def test_reproduce_trains_decides_and_reports(reproduced):
     cwd, result = reproduced
     assert result.returncode == 0, result.stderr
     banner = ["kt-dropout reproduce: batchnorm", r"  backend +jax on CPU only", r"  precision +float32",
-              r"  data +synthetic_cifar10: 512 train / 128 test images", r"  profile +smoke \(.*\)",
+              r"  data +synthetic_cifar10 \(first 256 of 512 train images, balanced over classes\): 256 train / 128 test "
+              r"images", r"  profile +smoke \(.*\)",
               r"  plan +4 runs x 1 epochs = 4 model-epochs to train; 0 runs already stored"]
     assert all(re.search(f"^{line}$", result.stderr, re.MULTILINE) for line in banner), result.stderr
     assert "training 1 epochs" in result.stderr
