@@ -611,7 +611,7 @@ def test_a_study_on_part_of_the_data_is_stored_apart(tmp_path):
     assert (len(part.data[0][1]), len(part.data[1][1])) == (256, 100)
     assert part.fingerprint != whole.fingerprint
     assert part.data_source == (
-        "synthetic (synthetic_cifar10) (first 256 of 512 train images, first 100 of 128 test images, "
+        "synthetic_cifar10 (first 256 of 512 train images, first 100 of 128 test images, "
         "balanced over classes)")
 
 
