@@ -36,6 +36,7 @@ class Study:
             experiment asked for trains the missing runs of all of them, packed together.
         pack: train runs of one shape together (`packed_training`); False trains each with `keras.fit`.
         max_pack_size: the most runs in one pack.
+        pack_options: for `train_pack`; `conv_implementation` defaults to the profile's for this backend.
         progress: called with one line per epoch / run; None is silent.
     """
 
@@ -52,7 +53,9 @@ class Study:
         self.epochs = epochs or profile.epochs
         self.seeds = list(range(seeds or profile.seeds))
         self.experiments = [e.name for e in resolve_experiments(list(experiments or profile.experiments))]
-        self.pack, self.max_pack_size, self.pack_options = pack, max_pack_size, pack_options
+        self.pack, self.max_pack_size = pack, max_pack_size
+        conv = profile.conv_implementation(keras.backend.backend())
+        self.pack_options = {"conv_implementation": conv, **pack_options}
         self.progress = progress or (lambda message: None)
 
     def _key(self, member: Member) -> str:
@@ -153,7 +156,7 @@ def open_study(
         raise ValueError(f"pack_size: must be at least 1, got {pack_size}")
     store = ResultStore(results)  # refuses a folder it does not own before any data is read
     recipe = Recipe(selection=selection, holdout=64 if chosen.synthetic else Recipe().holdout, precision=precision)
-    data = synthetic_cifar10(n_train=512, n_test=128) if chosen.synthetic else load_cifar10(data_path)
+    data = synthetic_cifar10(n_train=128, n_test=64) if chosen.synthetic else load_cifar10(data_path)
     source = "synthetic (synthetic_cifar10)" if chosen.synthetic else f"CIFAR-10 from {data_path or 'the standard lookup'}"
     return Study(
         chosen, data, data_fingerprint(data), store, recipe=recipe, epochs=epochs, seeds=seeds,
