@@ -56,13 +56,22 @@ def _share_jax_compilations(config):
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 
+#: Markers of GPU-length jobs, each run only when the `-m` expression names it (never in a plain `pytest`).
+GPU_LENGTH = {
+    "gpu": "GPU-length training: select it with `pytest benchmarks -m gpu`",
+    "speed": "GPU-length speed benchmark: select it with `pytest benchmarks -m speed`",
+}
+
+
 def pytest_collection_modifyitems(config, items):
-    if "gpu" in (config.option.markexpr or ""):
-        return
-    skip = pytest.mark.skip(reason="GPU-length training: select it with `pytest benchmarks -m gpu`")
+    """Skips the tests of every GPU-length marker that `-m` does not name: `-m gpu` runs the post's
+    reproduction, `-m speed` the speed benchmarks, a plain `pytest` neither."""
+    named = config.option.markexpr or ""
+    skips = {marker: pytest.mark.skip(reason=reason) for marker, reason in GPU_LENGTH.items() if marker not in named}
     for item in items:
-        if "gpu" in item.keywords:
-            item.add_marker(skip)
+        for marker, skip in skips.items():
+            if marker in item.keywords:
+                item.add_marker(skip)
 
 
 class Learnable:

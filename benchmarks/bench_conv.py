@@ -42,7 +42,7 @@ from kt_dropout.config import NUM_BLOCKS
 from kt_dropout.packing.model import packed_conv_matmuls
 from kt_dropout.record import environment
 
-pytestmark = pytest.mark.gpu
+pytestmark = pytest.mark.speed
 
 FORMULATIONS = ("grouped", "grouped_nchw", "vmap", "im2col", "shifts")
 REFERENCES = ("one_member", "big_batch")

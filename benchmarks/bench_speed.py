@@ -69,7 +69,7 @@ from kt_dropout.study.profiles import get_profile
 from kt_dropout.record import environment
 from kt_dropout.training import train
 
-pytestmark = pytest.mark.gpu
+pytestmark = pytest.mark.speed
 
 MIX = ("bn", "conv0.2", "conv0.5", "conv0.2+dense0.5")  # a study's pack: configurations x seeds
 

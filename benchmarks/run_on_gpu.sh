@@ -6,16 +6,18 @@
 # what finished always comes back.
 #
 # Steps:
-# - speed (KT_SPEED_SECONDS, 300): benchmarks/bench_speed.py. Defaults: keras.fit at batch 64 (the baseline)
-#   and at batch 512 in bfloat16 (a different recipe, the issue's reference point); float32 packs of 16 and
-#   48 with the images on the device; at 16 also the host-fed pack (last session's path), bfloat16, the
-#   im2col convolution, and both; a kernel trace of the float32 and bfloat16 packs of 16. ~250 s expected:
-#   ~20-25 s to compile a pack plus two epochs of 20480 images.
-# - conv (KT_CONV_SECONDS, 120): benchmarks/bench_conv.py, one packed convolution written five ways. ~60 s.
-# - quick (KT_QUICK_SECONDS, 300): the suite's quick profile (KT_PROFILE) with KT_SEEDS (3) seeds in
-#   KT_PRECISION (mixed_bfloat16), from scratch into its own store, to compare its runs and verdicts with the
-#   float32 runs of the same seeds in results/quick-h100/store (afterwards, on the results that came back:
-#   `kt-dropout compare benchmarks/results/quick-h100/store STORE > comparison.md`). ~220 s expected.
+# - speed (KT_SPEED_SECONDS, 300): benchmarks/bench_speed.py (`pytest -m speed`). Defaults: keras.fit at
+#   batch 64 (the baseline) and at batch 512 in bfloat16 (a different recipe, the issue's reference point);
+#   float32 packs of 16 and 48 with the images on the device; at 16 also the host-fed pack (last session's
+#   path), bfloat16, the im2col convolution, and both; a kernel trace of the float32 and bfloat16 packs of 16.
+#   ~250 s expected: ~20-25 s to compile a pack plus two epochs of 20480 images.
+# - conv (KT_CONV_SECONDS, 120): benchmarks/bench_conv.py (`pytest -m speed`), one packed convolution written
+#   five ways. ~60 s.
+# - quick (KT_QUICK_SECONDS, 300): the post's reproduction (`pytest -m gpu`), profile KT_PROFILE (quick), with
+#   KT_SEEDS (3) seeds in KT_PRECISION (mixed_bfloat16), from scratch into its own store, to compare its runs
+#   and verdicts with the float32 runs of the same seeds in results/quick-h100/store (afterwards, on the
+#   results that came back: `kt-dropout compare benchmarks/results/quick-h100/store STORE > comparison.md`).
+#   ~220 s expected.
 #
 # KT_SPEED_WIDTHS (full) is the speed benchmark's --kt-profile (smoke shrinks the networks, for a dry run on a
 # CPU); the benchmarks' own KT_SPEED_* / KT_CONV_* settings are defaulted below when unset.
@@ -46,24 +48,24 @@ step() {  # step NAME SECONDS LOG COMMAND...: runs COMMAND under its time limit,
 }
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$work/gpu.txt" 2>&1
 env | grep -E '^(KT_|KERAS_BACKEND|XLA_)' | sort > "$work/settings-$(date +%s).txt"
-bench=(-m gpu -p no:cacheprovider -rA)
+bench=(-p no:cacheprovider -rA)
 
 for name in ${steps//,/ }; do
   case $name in
     speed)
       mkdir -p "$work/speed"
-      step speed "${KT_SPEED_SECONDS:-300}" "$work/speed.log" python3 -m pytest benchmarks/bench_speed.py "${bench[@]}" \
+      step speed "${KT_SPEED_SECONDS:-300}" "$work/speed.log" python3 -m pytest benchmarks/bench_speed.py -m speed "${bench[@]}" \
         --kt-profile "${KT_SPEED_WIDTHS:-full}" --kt-results "$work/speed" --benchmark-json "$work/speed/benchmark.json"
       cp "$work/speed/speed.md" "$out"/ 2>/dev/null ;;
     conv)
       mkdir -p "$work/conv"
-      step conv "${KT_CONV_SECONDS:-120}" "$work/conv.log" python3 -m pytest benchmarks/bench_conv.py "${bench[@]}" \
+      step conv "${KT_CONV_SECONDS:-120}" "$work/conv.log" python3 -m pytest benchmarks/bench_conv.py -m speed "${bench[@]}" \
         --kt-results "$work/conv" --benchmark-json "$work/conv/benchmark.json"
       cp "$work/conv/conv.md" "$out"/ 2>/dev/null ;;
     quick)
       results="$work/$profile-$precision"
       mkdir -p "$results"
-      step quick "${KT_QUICK_SECONDS:-300}" "$work/quick.log" python3 -m pytest benchmarks/test_post.py "${bench[@]}" \
+      step quick "${KT_QUICK_SECONDS:-300}" "$work/quick.log" python3 -m pytest benchmarks/test_post.py -m gpu "${bench[@]}" \
         --kt-profile "$profile" --kt-seeds "${KT_SEEDS:-3}" --kt-precision "$precision" --kt-results "$results" \
         --benchmark-json "$results/benchmark.json"
       # Interrupted mid-benchmark, pytest-benchmark fails at session end and no report is written: write it

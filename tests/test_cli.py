@@ -25,7 +25,7 @@ from kt_dropout.study.results import ResultStore
 # Without TF_CPP_MIN_LOG_LEVEL: the CLI must start quietly by itself.
 ENV = {**{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}, "KERAS_BACKEND": "jax"}
 TINY = ["--synthetic", "128", "64", "--nfilters", "4", "8", "8", "--ndense", "16", "--batch-size", "32"]
-SMOKE = ["--profile", "smoke", "--seeds", "2", "--epochs", "1", "--train-size", "256"]  # of the smoke's 512
+SMOKE = ["--profile", "smoke", "--seeds", "2", "--epochs", "1", "--train-size", "96"]  # of the smoke's 128
 # What TensorFlow, JAX and absl print at start-up unless silenced: absl's banner and glog-style lines.
 START_UP_NOISE = re.compile(r"absl::InitializeLog|oneDNN|^[IWE]\d{4} |^WARNING:absl", re.MULTILINE)
 
@@ -238,7 +238,7 @@ def test_reproduce_trains_decides_and_reports(reproduced):
     cwd, result = reproduced
     assert result.returncode == 0, result.stderr
     banner = ["kt-dropout reproduce: batchnorm", r"  backend +jax on CPU only", r"  precision +float32",
-              r"  data +synthetic_cifar10 \(first 256 of 512 train images, balanced over classes\): 256 train / 128 test "
+              r"  data +synthetic_cifar10 \(first 96 of 128 train images, balanced over classes\): 96 train / 64 test "
               r"images", r"  profile +smoke \(.*\)",
               r"  plan +4 runs x 1 epochs = 4 model-epochs to train; 0 runs already stored"]
     assert all(re.search(f"^{line}$", result.stderr, re.MULTILINE) for line in banner), result.stderr
@@ -253,7 +253,7 @@ def test_reproduce_trains_decides_and_reports(reproduced):
     assert "C1 not decided in this profile" in result.stdout
     report = cwd / "tmp" / "report-smoke" / "report.md"
     assert report.is_file() and "C1" in report.read_text()
-    assert "first 256 of 512 train images, balanced over classes" in report.read_text()
+    assert "first 96 of 128 train images, balanced over classes" in report.read_text()
     assert str(report.relative_to(cwd)) in result.stdout
 
 

@@ -607,11 +607,11 @@ def test_a_subset_is_a_data_set_of_its_own():
 
 def test_a_study_on_part_of_the_data_is_stored_apart(tmp_path):
     whole = open_study("smoke", tmp_path / "store")
-    part = open_study("smoke", tmp_path / "store", train_size=256, test_size=100)
-    assert (len(part.data[0][1]), len(part.data[1][1])) == (256, 100)
+    part = open_study("smoke", tmp_path / "store", train_size=96, test_size=50)
+    assert (len(part.data[0][1]), len(part.data[1][1])) == (96, 50)
     assert part.fingerprint != whole.fingerprint
     assert part.data_source == (
-        "synthetic_cifar10 (first 256 of 512 train images, first 100 of 128 test images, "
+        "synthetic_cifar10 (first 96 of 128 train images, first 50 of 64 test images, "
         "balanced over classes)")
 
 
@@ -672,7 +672,7 @@ def test_the_cli_says_where_it_looked_in_one_line_after_a_quiet_start(tmp_path):
 
 @pytest.mark.parametrize("options, message", [
     (["--kt-profile", "quick"], "CIFAR-10 not found: "),
-    (["--kt-profile", "smoke", "--kt-train-size", "1000"], "train_size: 1000 is more than the 512 train images"),
+    (["--kt-profile", "smoke", "--kt-train-size", "1000"], "train_size: 1000 is more than the 128 train images"),
 ], ids=["no-data", "too-large-a-part"])
 def test_the_suite_stops_once_with_the_message(tmp_path, options, message):
     """A data error stops the session before any test, instead of failing each test that needs the study."""

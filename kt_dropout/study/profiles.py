@@ -5,6 +5,12 @@ The quick profile is sized for about ten minutes on one H100. After ~15 epochs
 `conv0.2`, `dense0.5` and `conv0.2+dense0.5` are still within noise of each
 other; so quick trains the first three experiments and decides the claims that
 separate them (C1, C3, C4). Everything else needs the full profile.
+
+The smoke profile is sized for CPUs and CI: every configuration of every
+experiment, so that each shape is packed, stored, put through the verdicts and
+drawn, but 2 seeds (the fewest that give an interval), 2 epochs and (in
+`runner.open_study`) 128 synthetic training images. Its packs compile more than
+they train.
 """
 
 from __future__ import annotations
@@ -13,6 +19,9 @@ import dataclasses
 
 from kt_dropout.config import VGGConfig
 from kt_dropout.study.experiments import CLAIMS, EXPERIMENTS
+
+#: The report's title for runs on CIFAR-10 (and for runs whose profile the report is not told).
+CIFAR10_TITLE = "Dropout with batch normalization on CIFAR-10: results"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +33,11 @@ class Profile:
         claims: decided; the rest are reported as "not decided in this profile".
         width_divisor: divides every filter and dense width (smoke runs tiny networks).
         synthetic: train on `synthetic_cifar10` instead of CIFAR-10.
+        title: the report's title: what the runs were trained on, and what they can show.
+        conv_implementations: (backend, implementation) pairs: how packs compute their grouped convolutions
+            on that backend where not "grouped" (`packing.model.CONV_IMPLEMENTATIONS`). Smoke runs on CPUs,
+            where TensorFlow trains "im2col" packs 2x faster than "grouped" ones, while JAX compiles "grouped"
+            ones faster.
     """
 
     name: str
@@ -34,6 +48,11 @@ class Profile:
     width_divisor: int = 1
     synthetic: bool = False
     description: str = ""
+    title: str = CIFAR10_TITLE
+    conv_implementations: tuple[tuple[str, str], ...] = ()
+
+    def conv_implementation(self, backend: str) -> str:
+        return dict(self.conv_implementations).get(backend, "grouped")
 
     def scale(self, config: VGGConfig) -> VGGConfig:
         if self.width_divisor == 1:
@@ -49,7 +68,9 @@ PROFILES: dict[str, Profile] = {
     for p in (
         Profile(
             "smoke", epochs=2, seeds=2, experiments=tuple(EXPERIMENTS), claims=(), width_divisor=16, synthetic=True,
-            description="tiny networks on synthetic data: checks the machinery, decides nothing",
+            description="synthetic data, networks 1/16 wide: machinery check, decides nothing",
+            title="Smoke run of the study: synthetic data, networks 1/16 wide: machinery check, decides nothing",
+            conv_implementations=(("tensorflow", "im2col"),),
         ),
         Profile(
             "quick", epochs=15, seeds=3, experiments=("batchnorm", "conv-dropout", "capacity"),

@@ -22,6 +22,7 @@ from kt_dropout.record import RunRecord  # noqa: E402
 from kt_dropout.study.experiments import (  # noqa: E402
     CONFIGS, EXPERIMENTS, FINAL_WINDOW, METRICS, Experiment, claims_for, resolve_experiments,
 )
+from kt_dropout.study.profiles import CIFAR10_TITLE, PROFILES  # noqa: E402
 from kt_dropout.study.verdicts import (  # noqa: E402
     CONTRADICTED, INSUFFICIENT, MAX_SEEDS, MIN_RUNS, NOT_DECIDABLE, POWER, SUPPORTED, UNRESOLVED, ClaimVerdict,
     ComparisonVerdict, decide_all, group_by_name, is_holdout, metric_values, summarize_config,
@@ -113,9 +114,15 @@ def _header(records: list[RunRecord], profile: str | None, data: str | None) -> 
         ("versions", _distinct(_versions(r) for r in records)),
         ("machines", _distinct(r.machine for r in records)),
     ]
-    return "# Dropout with batch normalization on CIFAR-10: results\n\n" + tabulate(
+    return f"# {_title(profile)}\n\n" + tabulate(
         environment, headers=["environment", ""], tablefmt="github"
     )
+
+
+def _title(profile: str | None) -> str:
+    """The profile's title (`profile` may carry its options after the name: "quick (--kt-seeds 5)")."""
+    known = PROFILES.get((profile or "").split(" ")[0])
+    return known.title if known else CIFAR10_TITLE
 
 
 def _versions(record: RunRecord) -> str:

@@ -49,6 +49,7 @@ class Study:
             experiment asked for trains the missing runs of all of them, packed together.
         pack: train runs of one shape together (`packed_training`); False trains each with `keras.fit`.
         max_pack_size: the most runs in one pack.
+        pack_options: for `train_pack`; `conv_implementation` defaults to the profile's for this backend.
         progress: the stream that progress goes to (`kt_dropout.progress`): a banner, then a bar on a
             terminal, else a line per epoch and per pack; None is silent.
     """
@@ -66,7 +67,9 @@ class Study:
         self.epochs = epochs or profile.epochs
         self.seeds = list(range(seeds or profile.seeds))
         self.experiments = [e.name for e in resolve_experiments(list(experiments or profile.experiments))]
-        self.pack, self.max_pack_size, self.pack_options = pack, max_pack_size, pack_options
+        self.pack, self.max_pack_size = pack, max_pack_size
+        conv = profile.conv_implementation(keras.backend.backend())
+        self.pack_options = {"conv_implementation": conv, **pack_options}
         self.progress = progress
 
     def _key(self, member: Member) -> str:
@@ -239,7 +242,7 @@ def open_study(
         length = epochs or chosen.epochs
         check_accelerator(chosen, len(_unstored(results, members, recipe, length)) * length)
     store = ResultStore(results)  # refuses a folder it does not own before any data is read
-    whole = synthetic_cifar10(n_train=512, n_test=128) if chosen.synthetic else load_cifar10(data_path)
+    whole = synthetic_cifar10(n_train=128, n_test=64) if chosen.synthetic else load_cifar10(data_path)
     data = first_per_class(whole, train_size, test_size)
     source = "synthetic_cifar10" if chosen.synthetic else cifar10_source(data_path)
     subset = describe_subset(whole, data)
