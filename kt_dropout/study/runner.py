@@ -83,12 +83,13 @@ class Study:
 
     def to_train(self, names: Iterable[str] | None = None) -> list[Member]:
         """The runs of the named configurations (default: the study's experiments') that the store lacks."""
-        wanted = self.members(list(dict.fromkeys(names if names is not None else self._configs())))
+        wanted = self.members(list(dict.fromkeys(names)) if names is not None else self._configs())
         return [m for m in wanted
                 if self._key(m) not in self._attempted and self.store.get(self._key(m), ok_only=True) is None]
 
     def _configs(self) -> list[str]:
-        return [n for e in self.experiments for n in EXPERIMENTS[e].configs]
+        """The configurations of the study's experiments, each once (experiments share some)."""
+        return list(dict.fromkeys(n for e in self.experiments for n in EXPERIMENTS[e].configs))
 
     def announce(self, title: str) -> None:
         """Prints the banner: backend, devices, precision, data, profile and what is left to train."""

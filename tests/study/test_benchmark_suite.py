@@ -253,3 +253,16 @@ def test_a_failed_run_is_not_retrained_within_a_session(tmp_path, monkeypatch):
     study.runs(["bn"])
     study.experiment_runs("batchnorm")
     assert sorted((m.name, m.seed) for m in trained) == [("bn", 0), ("bn", 1), ("vanilla", 0), ("vanilla", 1)]
+
+
+def test_the_plan_counts_a_configuration_shared_by_experiments_once(tmp_path):
+    """The smoke study's 7 experiments name 26 configurations, 20 of them different: 40 runs of 2 seeds, all
+    to train in an empty store, none "already stored"."""
+    import io
+
+    from kt_dropout.study.runner import open_study
+
+    banner = io.StringIO()
+    open_study("smoke", tmp_path / "store", progress=banner).announce("reproduce")
+    assert re.search(r"^  plan +40 runs x 2 epochs = 80 model-epochs to train; 0 runs already stored$",
+                     banner.getvalue(), re.MULTILINE), banner.getvalue()
