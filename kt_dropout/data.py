@@ -21,12 +21,14 @@ import hashlib
 import io
 import os
 import pickle
+import pickletools
 import posixpath
 import tarfile
+import warnings
 import zipfile
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
@@ -38,6 +40,7 @@ except ImportError:  # Pillow is needed only for image folders
     Image = None
 
 __all__ = [
+    "CIFAR10_CLASSES",
     "CIFAR10_TAR_MD5",
     "CIFAR10_URL",
     "DATA_ENV_VAR",
@@ -55,6 +58,8 @@ __all__ = [
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_TAR_MD5 = "c58f30108f718f92721af3b95e74349a"
 DATA_ENV_VAR = "KT_DROPOUT_DATA"
+# CIFAR-10's classes in label order (batches.meta's label_names), which is also their sorted order.
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 _BATCHES_DIR = "cifar-10-batches-py"
 _TAR_NAME = "cifar-10-python.tar.gz"
@@ -65,6 +70,10 @@ _TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 _TEST_BATCH = "test_batch"
 _BATCH_NAMES = (*_TRAIN_BATCHES, _TEST_BATCH)
 _BATCH_SIDE = 32
+# No piece of a CIFAR-10 copy is larger than the whole data set, 60000 32x32 RGB images, as float64 pixels:
+# sizes that files declare (array shapes, pickled bytes, archive members) are checked against this before
+# anything is allocated or read, so a forged header is an error, not a MemoryError.
+_MAX_BYTES = 60000 * _BATCH_SIDE * _BATCH_SIDE * 3 * 8
 _NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
 _SPLITS = ("train", "test")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -97,7 +106,8 @@ class DataError(ValueError):
 
 
 def load_cifar10(
-    path: str | os.PathLike | None = None, *, num_classes: int = 10, md5: str | None = CIFAR10_TAR_MD5
+    path: str | os.PathLike | None = None, *, num_classes: int = 10, md5: str | None = CIFAR10_TAR_MD5,
+    class_names: Sequence[str] | None = None,
 ) -> Dataset:
     """Loads and validates CIFAR-10 from the first source that is there.
 
@@ -112,6 +122,9 @@ def load_cifar10(
         num_classes: labels must lie in `[0, num_classes)`.
         md5: checksum a tarball must have; the published one by default,
             `None` to skip the check (e.g. for a repacked archive).
+        class_names: for an image folder, the class folders' names in label
+            order (`num_classes` of them); CIFAR-10's ten (`CIFAR10_CLASSES`)
+            by default. Any other folder, or a missing one, is an error.
 
     Returns:
         `((x_train, y_train), (x_test, y_test))`: uint8 `(N, H, W, 3)` images
@@ -126,7 +139,7 @@ def load_cifar10(
     source = _requested_source(path) or _keras_cache_entry()
     if source is None:
         return validate_dataset(_download_with_keras(), "keras.datasets.cifar10", num_classes)
-    return validate_dataset(_read_source(source, md5), str(source), num_classes)
+    return validate_dataset(_read_source(source, md5, class_names, num_classes), str(source), num_classes)
 
 
 def validate_dataset(data, source: str, num_classes: int = 10) -> Dataset:
@@ -277,10 +290,18 @@ def _download_with_keras() -> Dataset:
     return (x_train, y_train), (x_test, y_test)
 
 
-def _read_source(path: Path, md5: str | None) -> Dataset:
+def _read_source(path: Path, md5: str | None, class_names: Sequence[str] | None, num_classes: int) -> Dataset:
     """Raw arrays from whichever of the four layouts `path` is; validation comes after."""
+    batches = _batch_folder(path) if path.is_dir() else None
+    images = path.is_dir() and not batches and ((path / "train").is_dir() or (path / "test").is_dir())
+    if class_names is not None and not images:
+        raise DataError(f"{path}: class names are for image folders (train/<class>/, test/<class>/); this is not one")
+    if batches:
+        return _read_batch_folder(batches)
+    if images:
+        return _read_image_folder(path, _expected_classes(path, class_names, num_classes))
     if path.is_dir():
-        return _read_folder(path)
+        raise DataError(f"{path}: folder of unknown layout; expected {_KNOWN_LAYOUTS}")
     name = path.name.lower()
     if name.endswith(".npz"):
         return _read_npz(path)
@@ -289,14 +310,26 @@ def _read_source(path: Path, md5: str | None) -> Dataset:
     raise DataError(f"{path}: unknown file type; expected {_KNOWN_LAYOUTS}")
 
 
-def _read_folder(path: Path) -> Dataset:
+def _batch_folder(path: Path) -> Path | None:
+    """`path`, or its `cifar-10-batches-py/`, if it holds batches; else None."""
     if (path / _BATCHES_DIR).is_dir():
         path = path / _BATCHES_DIR
-    if path.name == _BATCHES_DIR or any((path / name).exists() for name in _BATCH_NAMES):
-        return _read_batch_folder(path)
-    if (path / "train").is_dir() or (path / "test").is_dir():
-        return _read_image_folder(path)
-    raise DataError(f"{path}: folder of unknown layout; expected {_KNOWN_LAYOUTS}")
+    return path if path.name == _BATCHES_DIR or any((path / name).exists() for name in _BATCH_NAMES) else None
+
+
+def _check_declared_array(where: str, shape, dtype) -> None:
+    dtype = np.dtype(dtype)
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize  # Python ints: a forged shape cannot overflow
+    _check_declared(where, nbytes, f"an array of shape {shape} and dtype {dtype}")
+
+
+def _check_declared(where: str, nbytes: int, what: str) -> None:
+    """Refuses what a file declares to be larger than any piece of CIFAR-10, before it is allocated or read."""
+    if nbytes > _MAX_BYTES:
+        raise DataError(
+            f"{where}: {what} of {nbytes:,} bytes, more than the whole of CIFAR-10 can be ({_MAX_BYTES:,} bytes: "
+            "60000 32x32 RGB images as float64); refused before reading it"
+        )
 
 
 # --- .npz ----------------------------------------------------------------------------------------
@@ -306,9 +339,12 @@ def _read_npz(path: Path) -> Dataset:
     if not zipfile.is_zipfile(path):  # also what a truncated .npz looks like: its directory is at the end
         raise DataError(f"{path}: not an .npz (zip) archive; truncated, or another format")
     try:
+        _check_npz_sizes(path)
         with np.load(path, allow_pickle=False) as npz:
             present = npz.files
             arrays = {key: npz[key] for key in _NPZ_KEYS if key in present}
+    except DataError:
+        raise
     except _NPZ_ERRORS as exc:
         raise DataError(f"{path}: damaged .npz ({exc})") from exc
     missing = [key for key in _NPZ_KEYS if key not in arrays]
@@ -317,30 +353,60 @@ def _read_npz(path: Path) -> Dataset:
     return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
 
 
+def _check_npz_sizes(path: Path) -> None:
+    """Each array's size as its .npy header declares it, before numpy allocates the array (np.load does so
+    before reading a byte of it)."""
+    headers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.infolist():
+            key = member.filename.removesuffix(".npy")  # the name np.load gives it
+            if key not in _NPZ_KEYS:
+                continue
+            with archive.open(member) as file:
+                version = np.lib.format.read_magic(file)
+                if version not in headers:
+                    raise DataError(f"{path}: {key} is in .npy format {version}; expected (1, 0) or (2, 0)")
+                shape, _, dtype = headers[version](file)
+            _check_declared_array(f"{path}: {key}", shape, dtype)
+
+
 # --- the official python batches, in a folder or in the tarball ----------------------------------
 
 
 def _read_batch_folder(folder: Path) -> Dataset:
     batches = {}
     for name in _BATCH_NAMES:
-        if (folder / name).is_file():
-            with open(folder / name, "rb") as file:
-                batches[name] = _read_batch(file, str(folder / name))
+        path = folder / name
+        if path.is_file():
+            _check_declared(str(path), path.stat().st_size, "the batch file")
+            batches[name] = _read_batch(path.read_bytes(), str(path))
     return _assemble_batches(batches, str(folder))
 
 
 def _read_tar(path: Path, md5: str | None) -> Dataset:
-    """Reads the batches straight out of the archive, in one streaming pass, without extracting."""
+    """Reads the batches straight out of the archive, in one streaming pass, without extracting.
+
+    Two members of one batch name (in two folders, or repeated) are refused: which one is meant is a guess.
+    """
     if md5 is not None:
         _check_md5(path, md5)
-    batches = {}
+    batches, members = {}, {}
     try:
         with tarfile.open(path, "r|gz") as tar:
             for member in tar:
                 name = posixpath.basename(member.name)
-                if member.isfile() and name in _BATCH_NAMES:
+                if name not in _BATCH_NAMES:
+                    continue
+                if name in members:
+                    raise DataError(
+                        f"{path}: two members named {name}, {members[name]} and {member.name}; "
+                        "the archive must hold each batch once"
+                    )
+                members[name] = member.name
+                if member.isfile():
+                    _check_declared(f"{path}: {member.name}", member.size, "the archive member")
                     raw = tar.extractfile(member).read()  # archive errors stay apart from pickle errors
-                    batches[name] = _read_batch(io.BytesIO(raw), f"{path}: {member.name}")
+                    batches[name] = _read_batch(raw, f"{path}: {member.name}")
     except _ARCHIVE_ERRORS as exc:
         raise DataError(f"{path}: not a readable tar.gz archive, or truncated ({exc})") from exc
     return _assemble_batches(batches, str(path))
@@ -360,16 +426,47 @@ def _check_md5(path: Path, expected: str) -> None:
 
 
 class _BatchUnpickler(pickle.Unpickler):
+    """Loads only the globals of `_PICKLE_GLOBALS`, and checks an array's declared size before numpy allocates it."""
+
+    def __init__(self, raw: bytes, where: str):
+        super().__init__(io.BytesIO(raw), encoding="bytes")
+        self.where = where
+
     def find_class(self, module, name):
         if (module, name) not in _PICKLE_GLOBALS:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a CIFAR-10 batch holds only arrays")
-        return super().find_class(module, name)
+        found = super().find_class(module, name)
+        if name != "_reconstruct":
+            return found
+
+        def reconstruct(subtype, shape, dtype):  # numpy allocates the array of this shape at once
+            _check_declared_array(self.where, shape, dtype)
+            return found(subtype, shape, dtype)
+
+        return reconstruct
 
 
-def _read_batch(file: BinaryIO, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """One pickled batch: `b"data"` (N, 3072) uint8 rows in channel-major order, `b"labels"`."""
+def _check_pickled_lengths(raw: bytes, where: str) -> None:
+    """Each length the pickle's opcodes declare (bytes, strings) must fit in the file.
+
+    The unpickler allocates what an opcode declares before reading it: a few
+    bytes declaring a terabyte are a MemoryError. Walking the opcodes reads
+    each argument from the data there is, and stops at the first that is not.
+    """
     try:
-        batch = _BatchUnpickler(file, encoding="bytes").load()
+        for _ in pickletools.genops(io.BytesIO(raw)):
+            pass
+    except ValueError as exc:  # what genops raises for every malformed or truncated opcode
+        raise DataError(f"{where}: not a readable CIFAR-10 batch pickle ({exc})") from exc
+
+
+def _read_batch(raw: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """One pickled batch: `b"data"` (N, 3072) uint8 rows in channel-major order, `b"labels"`."""
+    _check_pickled_lengths(raw, where)
+    try:
+        batch = _BatchUnpickler(raw, where).load()
+    except DataError:
+        raise
     except _PICKLE_ERRORS as exc:
         raise DataError(f"{where}: not a readable CIFAR-10 batch pickle ({type(exc).__name__}: {exc})") from exc
     if not isinstance(batch, dict) or not {b"data", b"labels"} <= batch.keys():
@@ -393,23 +490,49 @@ def _assemble_batches(batches: dict, where: str) -> Dataset:
 # --- an image folder tree ------------------------------------------------------------------------
 
 
-def _read_image_folder(root: Path) -> Dataset:
-    """`train/<class>/*` and `test/<class>/*`; a class's index is its folder name's place in sorted order."""
+def _expected_classes(root: Path, class_names: Sequence[str] | None, num_classes: int) -> tuple[str, ...]:
+    """The class folders an image folder must hold, in label order: `class_names`, else CIFAR-10's ten."""
+    names = CIFAR10_CLASSES if class_names is None else tuple(class_names)
+    if isinstance(class_names, str) or not all(isinstance(name, str) and name for name in names) \
+            or len(set(names)) != len(names):
+        raise DataError(f"{root}: class names must be distinct folder names, in label order; got {class_names!r}")
+    if len(names) != num_classes:
+        raise DataError(
+            f"{root}: {len(names)} class names ({', '.join(names)}) for {num_classes} classes; give one class "
+            "folder name per class, in label order (class_names, or --class-names on the command line)"
+        )
+    return names
+
+
+def _read_image_folder(root: Path, classes: tuple[str, ...]) -> Dataset:
+    """`train/<class>/*` and `test/<class>/*`; a class's label is its folder name's place in `classes`."""
     if Image is None:
         raise ImportError(f"{root}: reading an image folder needs Pillow (pip install pillow)")
-    classes, test_classes = (_class_names(root, split) for split in _SPLITS)
-    if classes != test_classes:
-        raise DataError(f"{root}: train/ and test/ have different class folders: {classes} vs {test_classes}")
+    for split in _SPLITS:
+        _check_class_folders(root, split, classes)
     return tuple(_read_image_split(root / split, classes) for split in _SPLITS)
 
 
-def _class_names(root: Path, split: str) -> list[str]:
+def _check_class_folders(root: Path, split: str, classes: tuple[str, ...]) -> None:
+    """Exactly the folders of `classes`: another name, or a missing class, would silently shift the labels."""
     if not (root / split).is_dir():
         raise DataError(f"{root}: no {split}/ folder; an image folder needs train/<class>/ and test/<class>/")
-    return sorted(entry.name for entry in (root / split).iterdir() if entry.is_dir())
+    found = sorted(entry.name for entry in (root / split).iterdir() if entry.is_dir())
+    problems = [
+        f"{problem} {', '.join(names)}"
+        for problem, names in (
+            ("unknown", [name for name in found if name not in classes]),
+            ("missing", [name for name in classes if name not in found]),
+        ) if names
+    ]
+    if problems:
+        raise DataError(
+            f"{root / split}: class folders must be {', '.join(classes)}, one per class in label order (other "
+            f"names need class_names, or --class-names on the command line); {'; '.join(problems)}"
+        )
 
 
-def _read_image_split(folder: Path, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _read_image_split(folder: Path, classes: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
     files = [
         (path, index)
         for index, name in enumerate(classes)
@@ -430,9 +553,20 @@ def _read_image_split(folder: Path, classes: list[str]) -> tuple[np.ndarray, np.
 
 
 def _read_image(path: Path) -> np.ndarray:
+    """The image as uint8 RGB; its size is read from the header and checked before any pixel is decoded."""
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():  # Pillow warns of "decompression bombs" on open; the check below refuses them
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)  # the header only
+        with image:
+            if image.width > _BATCH_SIDE or image.height > _BATCH_SIDE:
+                raise DataError(
+                    f"{path}: image is {_size((image.height, image.width))}, larger than CIFAR-10's "
+                    f"{_BATCH_SIDE}x{_BATCH_SIDE}; refused before decoding it"
+                )
             return np.asarray(image.convert("RGB"))
+    except DataError:
+        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"{path}: unreadable image ({exc})") from exc
 
