@@ -147,6 +147,9 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
                              "folder tree; default: $KT_DROPOUT_DATA, then Keras's cache, then Keras's download")
     source.add_argument("--synthetic", type=int, nargs=2, metavar=("N_TRAIN", "N_TEST"),
                         help="train on a small synthetic CIFAR-10-shaped data set instead, to try things out")
+    group.add_argument("--class-names", type=lambda text: text.split(","), metavar="NAME,...",
+                       help="with --data of an image folder: its class folders' names in label order, for folders "
+                            "not named as CIFAR-10's classes [airplane,automobile,...,truck]")
     _add_size_flags(group)
 
 
@@ -180,11 +183,14 @@ def _data(args, config: VGGConfig):
     from kt_dropout.progress import cifar10_source
 
     if args.synthetic:
+        if args.class_names:
+            raise UsageError("--class-names: names the class folders of an image folder given with --data, "
+                             "not --synthetic's classes")
         n_train, n_test = args.synthetic
         whole = synthetic_cifar10(n_train, n_test, image_size=config.input_shape[0], num_classes=config.num_classes)
         source = "synthetic_cifar10 (--synthetic)"
     else:
-        whole = load_cifar10(args.data, num_classes=config.num_classes)
+        whole = load_cifar10(args.data, num_classes=config.num_classes, class_names=args.class_names)
         source = cifar10_source(args.data)
     data = first_per_class(whole, args.train_size, args.test_size)
     part = describe_subset(whole, data)

@@ -3,14 +3,16 @@
 Machines without internet still need the real data, so besides Keras's own
 download the loader reads the copies people actually have: an `.npz`, the
 official `cifar-10-python.tar.gz`, its extracted `cifar-10-batches-py/` folder,
-or a `train/<class>/`, `test/<class>/` folder of images. Every source goes
-through `validate_dataset`, so a bad copy fails at load time with a
+or a `train/<class>/`, `test/<class>/` folder of images (read by
+`kt_dropout.cifar_files`, which trusts no size a file declares). Every source
+goes through `validate_dataset`, so a bad copy fails at load time with a
 `DataError` naming the file and the problem, instead of as a shape error deep
 inside training.
 
 All loaders return `((x_train, y_train), (x_test, y_test))`: images uint8
-`(N, H, W, 3)` channels-last (32x32 for CIFAR-10 itself; an `.npz` may also
-hold float pixels in 0..255, which come back as float32), labels int64 `(N,)`.
+`(N, H, W, 3)` channels-last (32x32 for CIFAR-10 itself, at most 32x32 from
+an image folder; an `.npz` may also hold float pixels in 0..255, which come
+back as float32), labels int64 `(N,)`.
 Labels are int64 whatever the source stored (Keras: (N, 1) uint8, the
 pickles: Python ints) so that every source yields identical arrays.
 """
@@ -18,26 +20,27 @@ pickles: Python ints) so that every source yields identical arrays.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
-import pickle
-import posixpath
-import tarfile
-import zipfile
-import zlib
+from collections.abc import Sequence
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 
+from kt_dropout.cifar_files import (
+    BATCHES_DIR,
+    CIFAR10_CLASSES,
+    KNOWN_LAYOUTS,
+    SPLITS,
+    TAR_NAME,
+    DataError,
+    Dataset,
+    height_by_width,
+    read_source,
+)
 from kt_dropout.config import check_positive_int
 
-try:
-    from PIL import Image
-except ImportError:  # Pillow is needed only for image folders
-    Image = None
-
 __all__ = [
+    "CIFAR10_CLASSES",
     "CIFAR10_TAR_MD5",
     "CIFAR10_URL",
     "DATA_ENV_VAR",
@@ -56,48 +59,14 @@ CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR10_TAR_MD5 = "c58f30108f718f92721af3b95e74349a"
 DATA_ENV_VAR = "KT_DROPOUT_DATA"
 
-_BATCHES_DIR = "cifar-10-batches-py"
-_TAR_NAME = "cifar-10-python.tar.gz"
 # Keras 2 extracted the archive to `datasets/cifar-10-batches-py`, Keras 3 to
 # `datasets/cifar-10-batches-py-target/cifar-10-batches-py`.
-_CACHE_ENTRIES = (_BATCHES_DIR, _BATCHES_DIR + "-target", _TAR_NAME)
-_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
-_TEST_BATCH = "test_batch"
-_BATCH_NAMES = (*_TRAIN_BATCHES, _TEST_BATCH)
-_BATCH_SIDE = 32
-_NPZ_KEYS = ("x_train", "y_train", "x_test", "y_test")
-_SPLITS = ("train", "test")
-_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-_KNOWN_LAYOUTS = (
-    f"an .npz with {', '.join(_NPZ_KEYS)}; {_TAR_NAME}; a {_BATCHES_DIR}/ folder or its parent; "
-    "or an image folder with train/<class>/ and test/<class>/"
-)
-
-# What a CIFAR-10 batch pickle may refer to: numpy arrays and bytes, nothing
-# else. A pickle can name any callable, so an unrestricted load of a file from
-# the internet could run code.
-_PICKLE_GLOBALS = frozenset({
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
-    # numpy 1 pickles name numpy.core, numpy 2 pickles numpy._core
-    *((f"{core}.multiarray", name) for core in ("numpy.core", "numpy._core") for name in ("_reconstruct", "scalar")),
-    *((f"{core}.numeric", "_frombuffer") for core in ("numpy.core", "numpy._core")),
-})
-# The pickle module documents these (and "not necessarily only these") for bad input.
-_PICKLE_ERRORS = (
-    pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, KeyError, TypeError, ValueError,
-)
-_ARCHIVE_ERRORS = (OSError, EOFError, tarfile.TarError, zlib.error)  # gzip.BadGzipFile is an OSError
-_NPZ_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error)
-
-Dataset = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
-
-
-class DataError(ValueError):
-    """A data set that is missing a piece, unreadable, or not shaped like CIFAR-10."""
+_CACHE_ENTRIES = (BATCHES_DIR, BATCHES_DIR + "-target", TAR_NAME)
 
 
 def load_cifar10(
-    path: str | os.PathLike | None = None, *, num_classes: int = 10, md5: str | None = CIFAR10_TAR_MD5
+    path: str | os.PathLike | None = None, *, num_classes: int = 10, md5: str | None = CIFAR10_TAR_MD5,
+    class_names: Sequence[str] | None = None,
 ) -> Dataset:
     """Loads and validates CIFAR-10 from the first source that is there.
 
@@ -112,6 +81,9 @@ def load_cifar10(
         num_classes: labels must lie in `[0, num_classes)`.
         md5: checksum a tarball must have; the published one by default,
             `None` to skip the check (e.g. for a repacked archive).
+        class_names: for an image folder, the class folders' names in label
+            order (`num_classes` of them); CIFAR-10's ten (`CIFAR10_CLASSES`)
+            by default. Any other folder, or a missing one, is an error.
 
     Returns:
         `((x_train, y_train), (x_test, y_test))`: uint8 `(N, H, W, 3)` images
@@ -126,7 +98,7 @@ def load_cifar10(
     source = _requested_source(path) or _keras_cache_entry()
     if source is None:
         return validate_dataset(_download_with_keras(), "keras.datasets.cifar10", num_classes)
-    return validate_dataset(_read_source(source, md5), str(source), num_classes)
+    return validate_dataset(read_source(source, md5, class_names, num_classes), str(source), num_classes)
 
 
 def validate_dataset(data, source: str, num_classes: int = 10) -> Dataset:
@@ -151,7 +123,7 @@ def validate_dataset(data, source: str, num_classes: int = 10) -> Dataset:
     test = validate_split(x_test, y_test, "test", source, num_classes)
     if train[0].shape[1:] != test[0].shape[1:]:
         raise DataError(
-            f"{source}: train images are {_size(train[0].shape[1:3])} but test images are {_size(test[0].shape[1:3])}"
+            f"{source}: train images are {height_by_width(train[0].shape[1:3])} but test images are {height_by_width(test[0].shape[1:3])}"
         )
     if train[0].dtype != test[0].dtype:  # uint8 and float: float32 both, so that a network takes either split
         train, test = ((x.astype(np.float32), y) for x, y in (train, test))
@@ -192,7 +164,7 @@ def describe_subset(whole, subset) -> str:
     """What `first_per_class` took, e.g. "first 5000 of 50000 train images, balanced over classes"; "" if all."""
     taken = [
         f"first {len(part[1])} of {len(full[1])} {split} images"
-        for split, full, part in zip(_SPLITS, whole, subset) if len(part[1]) < len(full[1])
+        for split, full, part in zip(SPLITS, whole, subset) if len(part[1]) < len(full[1])
     ]
     return f"{', '.join(taken)}, balanced over classes" if taken else ""
 
@@ -270,171 +242,11 @@ def _download_with_keras() -> Dataset:
         raise DataError(
             f"CIFAR-10 not found: no path given, ${DATA_ENV_VAR} not set, none of {', '.join(_CACHE_ENTRIES)} in "
             f"Keras's cache {_keras_cache()}, and the download from {CIFAR10_URL} failed ({exc}). Point at a copy "
-            f"({_KNOWN_LAYOUTS}) with kt-dropout's --data PATH, pytest's --kt-data PATH or ${DATA_ENV_VAR}=PATH"
+            f"({KNOWN_LAYOUTS}) with kt-dropout's --data PATH, pytest's --kt-data PATH or ${DATA_ENV_VAR}=PATH"
         ) from exc
     if keras.config.image_data_format() == "channels_first":
         x_train, x_test = x_train.transpose(0, 2, 3, 1), x_test.transpose(0, 2, 3, 1)
     return (x_train, y_train), (x_test, y_test)
-
-
-def _read_source(path: Path, md5: str | None) -> Dataset:
-    """Raw arrays from whichever of the four layouts `path` is; validation comes after."""
-    if path.is_dir():
-        return _read_folder(path)
-    name = path.name.lower()
-    if name.endswith(".npz"):
-        return _read_npz(path)
-    if name.endswith((".tar.gz", ".tgz")):
-        return _read_tar(path, md5)
-    raise DataError(f"{path}: unknown file type; expected {_KNOWN_LAYOUTS}")
-
-
-def _read_folder(path: Path) -> Dataset:
-    if (path / _BATCHES_DIR).is_dir():
-        path = path / _BATCHES_DIR
-    if path.name == _BATCHES_DIR or any((path / name).exists() for name in _BATCH_NAMES):
-        return _read_batch_folder(path)
-    if (path / "train").is_dir() or (path / "test").is_dir():
-        return _read_image_folder(path)
-    raise DataError(f"{path}: folder of unknown layout; expected {_KNOWN_LAYOUTS}")
-
-
-# --- .npz ----------------------------------------------------------------------------------------
-
-
-def _read_npz(path: Path) -> Dataset:
-    if not zipfile.is_zipfile(path):  # also what a truncated .npz looks like: its directory is at the end
-        raise DataError(f"{path}: not an .npz (zip) archive; truncated, or another format")
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            present = npz.files
-            arrays = {key: npz[key] for key in _NPZ_KEYS if key in present}
-    except _NPZ_ERRORS as exc:
-        raise DataError(f"{path}: damaged .npz ({exc})") from exc
-    missing = [key for key in _NPZ_KEYS if key not in arrays]
-    if missing:
-        raise DataError(f"{path}: {', '.join(missing)} missing (the file has: {', '.join(present) or 'nothing'})")
-    return (arrays["x_train"], arrays["y_train"]), (arrays["x_test"], arrays["y_test"])
-
-
-# --- the official python batches, in a folder or in the tarball ----------------------------------
-
-
-def _read_batch_folder(folder: Path) -> Dataset:
-    batches = {}
-    for name in _BATCH_NAMES:
-        if (folder / name).is_file():
-            with open(folder / name, "rb") as file:
-                batches[name] = _read_batch(file, str(folder / name))
-    return _assemble_batches(batches, str(folder))
-
-
-def _read_tar(path: Path, md5: str | None) -> Dataset:
-    """Reads the batches straight out of the archive, in one streaming pass, without extracting."""
-    if md5 is not None:
-        _check_md5(path, md5)
-    batches = {}
-    try:
-        with tarfile.open(path, "r|gz") as tar:
-            for member in tar:
-                name = posixpath.basename(member.name)
-                if member.isfile() and name in _BATCH_NAMES:
-                    raw = tar.extractfile(member).read()  # archive errors stay apart from pickle errors
-                    batches[name] = _read_batch(io.BytesIO(raw), f"{path}: {member.name}")
-    except _ARCHIVE_ERRORS as exc:
-        raise DataError(f"{path}: not a readable tar.gz archive, or truncated ({exc})") from exc
-    return _assemble_batches(batches, str(path))
-
-
-def _check_md5(path: Path, expected: str) -> None:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as file:
-        for chunk in iter(lambda: file.read(1 << 20), b""):
-            digest.update(chunk)
-    actual = digest.hexdigest()
-    if actual != expected.lower():
-        raise DataError(
-            f"{path}: MD5 checksum mismatch: expected {expected}, got {actual}; the file is corrupt or not "
-            "the official CIFAR-10 archive (md5=None skips the check)"
-        )
-
-
-class _BatchUnpickler(pickle.Unpickler):
-    def find_class(self, module, name):
-        if (module, name) not in _PICKLE_GLOBALS:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a CIFAR-10 batch holds only arrays")
-        return super().find_class(module, name)
-
-
-def _read_batch(file: BinaryIO, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """One pickled batch: `b"data"` (N, 3072) uint8 rows in channel-major order, `b"labels"`."""
-    try:
-        batch = _BatchUnpickler(file, encoding="bytes").load()
-    except _PICKLE_ERRORS as exc:
-        raise DataError(f"{where}: not a readable CIFAR-10 batch pickle ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(batch, dict) or not {b"data", b"labels"} <= batch.keys():
-        raise DataError(f"{where}: not a CIFAR-10 batch (expected a dict with b'data' and b'labels')")
-    rows, labels = np.asarray(batch[b"data"]), np.asarray(batch[b"labels"])
-    if rows.ndim != 2 or rows.shape[1] != 3 * _BATCH_SIDE * _BATCH_SIDE:
-        raise DataError(f"{where}: data has shape {rows.shape}; expected (N, 3072) rows of 3x32x32 pixels")
-    if labels.shape != (len(rows),):
-        raise DataError(f"{where}: labels have shape {labels.shape} for {len(rows)} images")
-    return rows.reshape(-1, 3, _BATCH_SIDE, _BATCH_SIDE).transpose(0, 2, 3, 1), labels
-
-
-def _assemble_batches(batches: dict, where: str) -> Dataset:
-    missing = [name for name in _BATCH_NAMES if name not in batches]
-    if missing:
-        raise DataError(f"{where}: missing batch(es) {', '.join(missing)}")
-    images, labels = zip(*(batches[name] for name in _TRAIN_BATCHES))
-    return (np.concatenate(images), np.concatenate(labels)), batches[_TEST_BATCH]
-
-
-# --- an image folder tree ------------------------------------------------------------------------
-
-
-def _read_image_folder(root: Path) -> Dataset:
-    """`train/<class>/*` and `test/<class>/*`; a class's index is its folder name's place in sorted order."""
-    if Image is None:
-        raise ImportError(f"{root}: reading an image folder needs Pillow (pip install pillow)")
-    classes, test_classes = (_class_names(root, split) for split in _SPLITS)
-    if classes != test_classes:
-        raise DataError(f"{root}: train/ and test/ have different class folders: {classes} vs {test_classes}")
-    return tuple(_read_image_split(root / split, classes) for split in _SPLITS)
-
-
-def _class_names(root: Path, split: str) -> list[str]:
-    if not (root / split).is_dir():
-        raise DataError(f"{root}: no {split}/ folder; an image folder needs train/<class>/ and test/<class>/")
-    return sorted(entry.name for entry in (root / split).iterdir() if entry.is_dir())
-
-
-def _read_image_split(folder: Path, classes: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    files = [
-        (path, index)
-        for index, name in enumerate(classes)
-        for path in sorted((folder / name).iterdir())
-        if path.is_file() and path.suffix.lower() in _IMAGE_SUFFIXES
-    ]
-    if not files:
-        raise DataError(f"{folder}: no images ({', '.join(_IMAGE_SUFFIXES)}) in any class folder")
-    images = [_read_image(path) for path, _ in files]
-    first = images[0]
-    for (path, _), image in zip(files, images):
-        if image.shape != first.shape:
-            raise DataError(
-                f"{path}: image is {_size(image.shape)} but {files[0][0]} is {_size(first.shape)}; "
-                "all images must share one size"
-            )
-    return np.stack(images), np.array([index for _, index in files], dtype=np.int64)
-
-
-def _read_image(path: Path) -> np.ndarray:
-    try:
-        with Image.open(path) as image:
-            return np.asarray(image.convert("RGB"))
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{path}: unreadable image ({exc})") from exc
 
 
 # --- validation ----------------------------------------------------------------------------------
@@ -529,7 +341,3 @@ def _as_array(value, field: str, source: str) -> np.ndarray:
 def _canonical_labels(y) -> np.ndarray:
     return np.asarray(y).reshape(-1).astype(np.int64)
 
-
-def _size(shape: tuple) -> str:
-    """Height x width, e.g. 32x32, of an image's (height, width, ...) shape."""
-    return f"{shape[0]}x{shape[1]}"

@@ -7,24 +7,32 @@ the download fail at once).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gzip
 import hashlib
 import importlib.util
+import io
 import os
 import pickle
 import re
+import struct
 import subprocess
 import sys
 import tarfile
+import tracemalloc
+import zipfile
+import zlib
 from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.data import (
+    CIFAR10_CLASSES,
     CIFAR10_TAR_MD5,
     CIFAR10_URL,
     DataError,
@@ -45,8 +53,8 @@ BATCH_NAMES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 DATA = synthetic_cifar10(n_train=50, n_test=10, seed=1)
 # Image folders use a non-CIFAR size: the format accepts any one shared size.
 SMALL = synthetic_cifar10(n_train=30, n_test=10, image_size=8, seed=2)
-# Label i lives in folder CLASS_NAMES[i], whose sorted position is 9 - i.
-CLASS_NAMES = [f"class_{9 - i}" for i in range(10)]
+# Folders named otherwise than CIFAR-10's classes: label i in class_{9 - i}, whose sorted position is 9 - i.
+OTHER_NAMES = [f"class_{9 - i}" for i in range(10)]
 
 
 @pytest.fixture(autouse=True)
@@ -101,15 +109,15 @@ def write_tar(path, data=DATA, skip=()):
     return path
 
 
-def write_image_folder(root, data=SMALL, splits=("train", "test")):
-    """`root/<split>/<class>/<index>.png`, label i in folder CLASS_NAMES[i]."""
+def write_image_folder(root, data=SMALL, splits=("train", "test"), names=CIFAR10_CLASSES):
+    """`root/<split>/<class>/<index>.png`, label i in folder names[i]."""
     for split, (x, y) in zip(("train", "test"), data):
         if split not in splits:
             continue
-        for name in CLASS_NAMES:
+        for name in names:
             (root / split / name).mkdir(parents=True)
         for index, (image, label) in enumerate(zip(x, y)):
-            Image.fromarray(image).save(root / split / CLASS_NAMES[label] / f"{index:04d}.png")
+            Image.fromarray(image).save(root / split / names[label] / f"{index:04d}.png")
     return root
 
 
@@ -172,21 +180,23 @@ def test_tar_md5_none_skips_the_check(tmp_path):
     assert_same(load_cifar10(write_tar(tmp_path / "c.tgz"), md5=None), DATA)
 
 
-def test_image_folder_round_trip_in_sorted_class_and_file_order(tmp_path):
-    loaded = load_cifar10(write_image_folder(tmp_path / "images"))
+@pytest.mark.parametrize("names", [CIFAR10_CLASSES, OTHER_NAMES], ids=["cifar-names", "class-names-given"])
+def test_image_folder_round_trip_in_class_and_file_order(tmp_path, names):
+    """Labels follow the class names' order (CIFAR-10's, or `class_names`), not the folders' sorted order."""
+    root = write_image_folder(tmp_path / "images", names=names)
+    loaded = load_cifar10(root, class_names=None if names is CIFAR10_CLASSES else names)
     expected = []
     for x, y in SMALL:
-        index = 9 - y  # sorted position of folder CLASS_NAMES[y]
-        order = np.argsort(index, kind="stable")  # by class folder, then by file name
-        expected.append((x[order], index[order]))
+        order = np.argsort(y, kind="stable")  # by class, then by file name
+        expected.append((x[order], y[order]))
     assert_same(loaded, expected)
     assert loaded[0][0].shape == (30, 8, 8, 3)
 
 
 def test_image_folder_reads_jpeg_and_ignores_other_files(tmp_path):
     root = write_image_folder(tmp_path / "images")
-    Image.fromarray(SMALL[0][0][0]).save(root / "train" / CLASS_NAMES[0] / "extra.JPG")
-    (root / "train" / CLASS_NAMES[0] / "notes.txt").write_text("not an image")
+    Image.fromarray(SMALL[0][0][0]).save(root / "train" / CIFAR10_CLASSES[0] / "extra.JPG")
+    (root / "train" / CIFAR10_CLASSES[0] / "notes.txt").write_text("not an image")
     (x_train, y_train), _ = load_cifar10(root)
     assert x_train.shape == (31, 8, 8, 3) and y_train.shape == (31,)
 
@@ -406,17 +416,53 @@ def test_image_folder_without_test_split(tmp_path):
 
 def test_image_folder_with_an_empty_split(tmp_path):
     root = write_image_folder(tmp_path / "images", splits=("train",))
-    for name in CLASS_NAMES:
+    for name in CIFAR10_CLASSES:
         (root / "test" / name).mkdir(parents=True)
     with pytest.raises(DataError, match=naming(root / "test", "no images")):
         load_cifar10(root)
 
 
-def test_image_folder_with_different_classes(tmp_path):
+NINE_CLASSES = ", ".join(CIFAR10_CLASSES[1:])
+
+
+@pytest.mark.parametrize("split, change, problem", [
+    ("train", lambda folder: (folder / "airplane").rename(folder / "plane"), "unknown plane; missing airplane"),
+    ("test", lambda folder: (folder / "extra_class").mkdir(), "unknown extra_class"),
+    ("train", lambda folder: [(folder / name).rename(folder.parent / name) for name in CIFAR10_CLASSES[3:]],
+     f"missing {', '.join(CIFAR10_CLASSES[3:])}"),
+], ids=["plane-for-airplane", "an-eleventh", "three-classes"])
+def test_image_folder_classes_must_be_cifar10s(tmp_path, split, change, problem):
+    """A folder not named as a CIFAR-10 class, or a missing class, is refused: nothing becomes another class."""
     root = write_image_folder(tmp_path / "images")
-    (root / "test" / "extra_class").mkdir()
-    with pytest.raises(DataError, match=naming(root, "different class folders")):
+    change(root / split)
+    with pytest.raises(DataError, match=naming(root / split, "class folders must be airplane, automobile, bird")) \
+            as error:
         load_cifar10(root)
+    assert str(error.value).endswith(problem) and "class_names" in str(error.value)
+
+
+@pytest.mark.parametrize("class_names, num_classes, problem", [
+    (OTHER_NAMES[:3], 10, "3 class names (class_9, class_8, class_7) for 10 classes"),
+    (None, 5, "10 class names (airplane, automobile"),
+    (["a", "b", "a"], 3, "class names must be distinct folder names"),
+    ("airplane", 8, "class names must be distinct folder names"),
+], ids=["too-few-names", "cifar-names-for-5-classes", "repeated-name", "a-string"])
+def test_class_names_name_each_class_once(tmp_path, class_names, num_classes, problem):
+    root = write_image_folder(tmp_path / "images", names=OTHER_NAMES)
+    with pytest.raises(DataError, match=naming(root, problem)):
+        load_cifar10(root, class_names=class_names, num_classes=num_classes)
+
+
+def test_image_folder_with_other_names_than_class_names(tmp_path):
+    root = write_image_folder(tmp_path / "images", names=OTHER_NAMES)
+    with pytest.raises(DataError, match=naming(root / "train", "unknown class_0") ):
+        load_cifar10(root, class_names=[*OTHER_NAMES[:9], "class_x"])
+
+
+def test_class_names_are_for_image_folders_only(tmp_path):
+    path = write_npz(tmp_path / "c.npz")
+    with pytest.raises(DataError, match=naming(path, "class names are for image folders")):
+        load_cifar10(path, class_names=CIFAR10_CLASSES)
 
 
 @pytest.mark.parametrize(
@@ -426,7 +472,7 @@ def test_image_folder_with_different_classes(tmp_path):
 )
 def test_corrupt_image(tmp_path, damage):
     root = write_image_folder(tmp_path / "images")
-    image = sorted((root / "test" / CLASS_NAMES[0]).iterdir())[0]
+    image = sorted((root / "test" / CIFAR10_CLASSES[0]).iterdir())[0]
     damage(image)
     with pytest.raises(DataError, match=naming(image, "unreadable image")):
         load_cifar10(root)
@@ -434,7 +480,7 @@ def test_corrupt_image(tmp_path, damage):
 
 def test_images_of_different_sizes(tmp_path):
     root = write_image_folder(tmp_path / "images")
-    odd = sorted((root / "train" / CLASS_NAMES[3]).iterdir())[0]
+    odd = sorted((root / "train" / CIFAR10_CLASSES[3]).iterdir())[0]
     Image.new("RGB", (5, 7)).save(odd)
     with pytest.raises(DataError, match=naming(odd, "image is 7x5 but")):
         load_cifar10(root)
@@ -458,6 +504,136 @@ def test_keras_cache_with_bad_data_is_an_error_not_a_download(tmp_path):
     folder = write_batches(tmp_path / "keras_home" / "datasets", skip=["test_batch"])
     with pytest.raises(DataError, match=naming(folder, "missing batch(es) test_batch")):
         load_cifar10()
+
+
+# --- sizes that files declare: checked before anything is allocated, read or decoded ------------
+
+CIFAR10_AS_FLOAT64 = 60000 * 32 * 32 * 3 * 8  # bytes: the most any piece of a CIFAR-10 copy may declare
+TERABYTE = 10**12
+WHOLE_OF_CIFAR10 = "more than the whole of CIFAR-10 can be"
+
+
+@contextlib.contextmanager
+def allocating_under(limit=50 * 2**20):
+    """Fails if the block allocates `limit` bytes or more at once (numpy's arrays and Python's objects)."""
+    tracemalloc.start()
+    try:
+        yield
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < limit, f"{peak:,} bytes allocated"
+
+
+def forged_npz(path, shape, dtype):
+    """A real .npz but for x_train, whose header declares `shape` and `dtype` before a few bytes of data."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": np.dtype(dtype).str, "fortran_order": False,
+                                                  "shape": shape})
+    write_npz(path, x_train=None)
+    with zipfile.ZipFile(path, "a") as archive:
+        archive.writestr("x_train.npy", header.getvalue() + bytes(64))
+    return path
+
+
+@pytest.mark.parametrize("shape, dtype", [((TERABYTE,), np.uint8), ((60001, 32, 32, 3), np.float64)],
+                         ids=["a-terabyte", "just-more-than-cifar10"])
+def test_npz_declaring_a_huge_array(tmp_path, shape, dtype):
+    path = forged_npz(tmp_path / "c.npz", shape, dtype)
+    nbytes = np.prod(shape, dtype=object) * np.dtype(dtype).itemsize
+    with allocating_under(), pytest.raises(DataError, match=naming(
+            path, f"x_train: an array of shape {shape} and dtype {np.dtype(dtype)} of {nbytes:,} bytes, "
+                  f"{WHOLE_OF_CIFAR10}")):
+        load_cifar10(path)
+
+
+class _Allocates:
+    """Unpickles as numpy's `_reconstruct` of an array of `shape`, which numpy allocates at once."""
+
+    def __init__(self, shape):
+        self.shape = shape
+
+    def __reduce__(self):
+        reconstruct = np.zeros(1).__reduce__()[0]  # how numpy pickles every array
+        return reconstruct, (np.ndarray, self.shape, b"b")
+
+
+@pytest.mark.parametrize("raw, problem", [
+    (b"\x80\x04\x8e" + struct.pack("<Q", TERABYTE) + b"a few bytes", f"expected {TERABYTE} bytes in a bytes8"),
+    (b"\x80\x02T" + struct.pack("<i", 2**31 - 1) + b"abc.", f"expected {2**31 - 1} bytes in a string4"),
+    (pickle.dumps({b"data": _Allocates((TERABYTE,)), b"labels": []}, protocol=2),
+     f"an array of shape ({TERABYTE},) and dtype int8 of {TERABYTE:,} bytes, {WHOLE_OF_CIFAR10}"),
+    (pickle.dumps({b"data": _Allocates((CIFAR10_AS_FLOAT64 + 1,)), b"labels": []}, protocol=2),
+     f"and dtype int8 of {CIFAR10_AS_FLOAT64 + 1:,} bytes, {WHOLE_OF_CIFAR10}"),
+], ids=["bytes-of-a-terabyte", "a-2gb-string", "an-array-of-a-terabyte", "an-array-just-more-than-cifar10"])
+def test_batch_pickle_declaring_a_huge_payload(tmp_path, raw, problem):
+    folder = write_batches(tmp_path)
+    (folder / "data_batch_1").write_bytes(raw)
+    with allocating_under(), pytest.raises(DataError, match=naming(folder / "data_batch_1", problem)):
+        load_cifar10(folder)
+
+
+def test_batch_file_larger_than_cifar10(tmp_path):
+    folder = write_batches(tmp_path)
+    with open(folder / "test_batch", "r+b") as file:
+        file.truncate(CIFAR10_AS_FLOAT64 + 1)  # sparse: nothing written
+    with allocating_under(), pytest.raises(DataError, match=naming(
+            folder / "test_batch", f"the batch file of {CIFAR10_AS_FLOAT64 + 1:,} bytes, {WHOLE_OF_CIFAR10}")):
+        load_cifar10(folder)
+
+
+def test_tar_member_declaring_more_than_cifar10(tmp_path):
+    """A member's header says how long it is: a gzip of a few KB may unpack to gigabytes."""
+    member = tarfile.TarInfo("cifar-10-batches-py/data_batch_1")
+    member.size = CIFAR10_AS_FLOAT64 + 1
+    path = tmp_path / "c.tar.gz"
+    path.write_bytes(gzip.compress(member.tobuf() + bytes(4096)))
+    with allocating_under(), pytest.raises(DataError, match=naming(
+            path, f"cifar-10-batches-py/data_batch_1: the archive member of {CIFAR10_AS_FLOAT64 + 1:,} bytes")):
+        load_cifar10(path, md5=None)
+
+
+@pytest.mark.parametrize("second", ["elsewhere/data_batch_1", "cifar-10-batches-py/data_batch_1"],
+                         ids=["in-another-folder", "repeated"])
+def test_tar_with_two_members_of_one_batch(tmp_path, second):
+    """Which of two `data_batch_1` is meant is a guess: refused, with or without the checksum."""
+    folder = write_batches(tmp_path / "src")
+    path = tmp_path / "c.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+        tar.add(folder / "test_batch", arcname=second)
+    with pytest.raises(DataError, match=naming(
+            path, f"two members named data_batch_1, cifar-10-batches-py/data_batch_1 and {second}")):
+        load_cifar10(path, md5=None)
+
+
+def write_png(path, width, height):
+    """A valid PNG of `width`x`height` black pixels (1-bit grayscale): a few KB, however large it decodes."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    row, pixels = bytes(1 + (width + 7) // 8), zlib.compressobj(9)  # a filter byte, then 8 pixels a byte
+    idat = b"".join(pixels.compress(row) for _ in range(height)) + pixels.flush()
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+                     + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.mark.parametrize("width, height", [(12000, 12000), (33, 8)])
+def test_an_image_larger_than_cifar10s_is_refused_from_its_header(tmp_path, monkeypatch, recwarn, width, height):
+    """Not decoded (12000x12000: 144 MB of pixels, 432 MB as RGB), and no warning from Pillow either."""
+    with Image.open(write_png(tmp_path / "check.png", 40, 3)) as check:  # the writer's PNGs decode
+        assert np.asarray(check.convert("RGB")).shape == (3, 40, 3)
+    root = write_image_folder(tmp_path / "images")
+    large = write_png(root / "train" / "cat" / "large.png", width, height)
+    decoded = []
+    decode = ImageFile.ImageFile.load
+    monkeypatch.setattr(ImageFile.ImageFile, "load", lambda image: decoded.append(image.size) or decode(image))
+    with allocating_under(), pytest.raises(DataError, match=naming(
+            large, f"image is {height}x{width}, larger than CIFAR-10's 32x32; refused before decoding it")):
+        load_cifar10(root)
+    assert decoded and (width, height) not in decoded
+    assert not [warning for warning in recwarn if issubclass(warning.category, Image.DecompressionBombWarning)]
 
 
 # --- validate_dataset on user arrays -------------------------------------------------------------
@@ -668,6 +844,28 @@ def test_the_cli_says_where_it_looked_in_one_line_after_a_quiet_start(tmp_path):
     [line] = result.stderr.splitlines()
     assert line.startswith("kt-dropout train: error: CIFAR-10 not found: ")
     assert CIFAR10_URL in line and str(tmp_path / "empty_keras_home" / "datasets") in line and "--data PATH" in line
+
+
+def plane_for_airplane(tmp_path):
+    root = write_image_folder(tmp_path / "images")
+    (root / "train" / "airplane").rename(root / "train" / "plane")
+    return root
+
+
+@pytest.mark.parametrize("source, flags, problem", [
+    (plane_for_airplane, [], "train: class folders must be airplane, automobile"),
+    (lambda tmp_path: forged_npz(tmp_path / "c.npz", (TERABYTE,), np.uint8),
+     [], f"x_train: an array of shape ({TERABYTE},) and dtype uint8 of {TERABYTE:,} bytes, {WHOLE_OF_CIFAR10}"),
+    (lambda tmp_path: write_npz(tmp_path / "c.npz"), ["--class-names", "plane,car"],
+     "class names are for image folders"),
+], ids=["plane-for-airplane", "npz-of-a-terabyte", "class-names-of-an-npz"])
+def test_the_cli_refuses_a_mislabelled_or_forged_copy_in_one_line(tmp_path, source, flags, problem):
+    path = source(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "kt_dropout.cli", "train", "--data", path, *flags], cwd=tmp_path,
+                            env=offline_env(tmp_path), capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.splitlines()
+    assert line.startswith(f"kt-dropout train: error: {path}") and problem in line, line
 
 
 @pytest.mark.parametrize("options, message", [
