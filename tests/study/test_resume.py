@@ -37,30 +37,38 @@ def _runs(cwd):
     return {f"{r.key.digest()}.json": r for r in ResultStore(store, create=False).records()}
 
 
+def _mtimes(cwd, names) -> dict:
+    return {name: (cwd / "results" / "store" / name).stat().st_mtime_ns for name in names}
+
+
+def _retrained(stderr: str) -> set[str]:
+    """The packs a `reproduce` trained, by their members: "vanilla/seed0, vanilla/seed1"."""
+    return {line.split("]")[1].split(":")[0].strip() for line in stderr.splitlines() if line.endswith("training 2 epochs")}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("marker, finished", [
-    ("[1/2] epoch 1/2 ", 0),  # in the middle of the first pack (vanilla)
-    ("[2/2] bn/seed0, bn/seed1: training", 2),  # first pack stored, second just started
-])
-def test_killed_reproduce_resumes_without_retraining(tmp_path, marker, finished):
-    _kill_when(tmp_path, marker)
-    before = _runs(tmp_path)
-    assert len(before) == finished
+def test_killed_reproduce_resumes_without_retraining(tmp_path):
+    """Killed in the middle of its first pack, then again as its second pack starts, then run to the end: each
+    session trains only what no earlier one finished, and a finished run is never rewritten."""
+    _kill_when(tmp_path, "[1/2] epoch 1/2 ")  # in the middle of the first pack (vanilla)
+    assert _runs(tmp_path) == {}
     assert not list((tmp_path / "results" / "store").glob("*.tmp"))  # no half-written file became a run
-    mtimes = {name: (tmp_path / "results" / "store" / name).stat().st_mtime_ns for name in before}
+
+    second = _kill_when(tmp_path, "[2/2] bn/seed0, bn/seed1: training")  # first pack stored, second started
+    assert _retrained(second) == {"vanilla/seed0, vanilla/seed1", "bn/seed0, bn/seed1"}
+    finished = _runs(tmp_path)
+    assert sorted((r.name, r.key.seed) for r in finished.values()) == [("vanilla", 0), ("vanilla", 1)]
+    mtimes = _mtimes(tmp_path, finished)
 
     again = subprocess.run(COMMAND, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0, again.stderr
+    assert _retrained(again.stderr) == {"bn/seed0, bn/seed1"}
     after = _runs(tmp_path)
     assert sorted((r.name, r.key.seed) for r in after.values()) == [
         ("bn", 0), ("bn", 1), ("vanilla", 0), ("vanilla", 1)
     ]
     assert all(r.status == "ok" and r.epochs_run == 2 for r in after.values())
-    for name, mtime in mtimes.items():  # finished runs were neither retrained nor rewritten
-        assert (tmp_path / "results" / "store" / name).stat().st_mtime_ns == mtime
-    retrained = {line.split("]")[1].split(":")[0].strip() for line in again.stderr.splitlines() if "training" in line}
-    expected = {"bn/seed0, bn/seed1"} if finished else {"vanilla/seed0, vanilla/seed1", "bn/seed0, bn/seed1"}
-    assert retrained == expected
+    assert _mtimes(tmp_path, finished) == mtimes  # finished runs were neither retrained nor rewritten
     assert (tmp_path / "results" / "report-smoke" / "report.md").is_file()
 
 
