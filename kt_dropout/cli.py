@@ -338,6 +338,7 @@ def cmd_search(args) -> int:
             data=data, tuner=args.tuner, max_trials=args.max_trials, space=space, base=base, recipe=recipe,
             directory=args.directory, project_name=args.project_name, overwrite=args.overwrite, seed=args.seed,
             verbose=1 if args.verbose else 0, distributed=role is not None, lost_worker_seconds=args.lost_worker_seconds,
+            connect_timeout=args.connect_timeout,
             trials_per_step=args.trials_per_step, data_parallel=args.data_parallel, progress=STDERR,
             data_source=source,
         )
@@ -575,6 +576,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "trial at once [worker-HOSTNAME-PID]")
     cluster_flags.add_argument("--lost-worker-seconds", type=float, default=120.0, metavar="S",
                                help="on the chief: a worker silent this long has its trial given to another [120]")
+    cluster_flags.add_argument("--connect-timeout", type=float, default=60.0, metavar="S",
+                               help="on a worker: how long each call waits for the chief; a worker with no chief at "
+                                    "its address, or whose chief stopped, exits after that long [60]")
     _add_network_flags(search_cmd)
     _add_recipe_flags(search_cmd, "epochs per trial")
     _add_data_flags(search_cmd)
