@@ -96,8 +96,9 @@ def check_port_free() -> None:
         with socket.create_server((host, port)):
             pass
     except OSError as error:
-        raise OSError(f"distributed search: the chief cannot serve at {address()}: "
-                      f"{error.strerror or error} (another process on port {port}?)") from None
+        why = os.strerror(error.errno) if error.errno and error.errno > 0 else str(error)
+        raise OSError(f"distributed search: the chief cannot serve at {address()}: {why} (another process on "
+                      f"port {port}?)") from None
 
 
 def introduce(client, identity: dict, connect_timeout: float = CONNECT_TIMEOUT) -> None:

@@ -83,7 +83,10 @@ def check_resume(directory, project_name: str, identity: dict, tuner_id: str) ->
 
 
 def save_identity(directory, project_name: str, identity: dict) -> None:
-    write_text(os.path.join(project_dir(directory, project_name), IDENTITY_FILE), json.dumps(identity, indent=1))
+    """Writes the search's identity into its project (which `overwrite` may just have removed)."""
+    folder = project_dir(directory, project_name)
+    _compat.keras_tuner_io().makedirs(folder)
+    write_text(os.path.join(folder, IDENTITY_FILE), json.dumps(identity, indent=1))
 
 
 def _read_object(path: str) -> dict:
