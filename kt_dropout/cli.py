@@ -258,20 +258,22 @@ def cmd_train(args) -> int:
     from kt_dropout.progress import Progress, data_line, plan_line, print_banner
     from kt_dropout.training import train
 
+    from kt_dropout.locks import Lock
+
     config, recipe = _config(args), _recipe(args)
     output = Path(args.output)
     _check_output(output, args.force)
-    data, source = _data(args, config)
-    print_banner(f"{PROG} train", precision=recipe.precision, data=data_line(source, data),
-                 plan=plan_line(1, recipe.epochs, "run"))
-    with Progress(recipe.epochs, epoch_lines=not args.verbose) as progress:
-        record = train(
-            config, data, recipe=recipe, seed=args.seed, name=_config_name(config),
-            data_fingerprint=data_fingerprint(data), verbose=1 if args.verbose else 0,
-            callbacks=[progress.keras_callback()], distributed=args.data_parallel,
-        )
-
-    _write_record(output, record)
+    with Lock(output, f"the run record {output}"):  # a second train into it is refused, not overwritten
+        data, source = _data(args, config)
+        print_banner(f"{PROG} train", precision=recipe.precision, data=data_line(source, data),
+                     plan=plan_line(1, recipe.epochs, "run"))
+        with Progress(recipe.epochs, epoch_lines=not args.verbose) as progress:
+            record = train(
+                config, data, recipe=recipe, seed=args.seed, name=_config_name(config),
+                data_fingerprint=data_fingerprint(data), verbose=1 if args.verbose else 0,
+                callbacks=[progress.keras_callback()], distributed=args.data_parallel,
+            )
+        _write_record(output, record)
     best = record.best_val_accuracy
     print(f"{record.name} seed {record.key.seed}: {record.status}" + (f" ({record.error})" if record.error else ""))
     print(f"best val_accuracy {best:.4f} at epoch {record.best_epoch}/{record.epochs_run}, "
