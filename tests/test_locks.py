@@ -1,6 +1,7 @@
 """Lock files: a second holder is refused with the first one named; a dead holder's lock is taken over."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -64,3 +65,10 @@ def test_a_lock_file_this_program_did_not_write_is_refused_and_release_leaves_ot
     planted = plant(tmp_path, pid=dead_pid())
     planted.release()  # not ours: stays
     assert planted.path.exists()
+
+
+def test_taking_over_a_stale_lock_never_removes_one_that_replaced_it_meanwhile(tmp_path):
+    stale = json.loads(plant(tmp_path, pid=dead_pid()).path.read_text())  # what a second process read
+    with Lock(tmp_path / "thing", "the thing") as first:  # took it over first
+        Lock(tmp_path / "thing", "the thing")._take_over(stale)  # the second one's late take-over
+        assert json.loads(first.path.read_text())["pid"] == os.getpid()
