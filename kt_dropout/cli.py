@@ -255,10 +255,9 @@ def _write_record(path: Path, record) -> None:
 def cmd_train(args) -> int:
     """Trains one configuration and writes its run record as JSON."""
     from kt_dropout.data import data_fingerprint
+    from kt_dropout.locks import Lock
     from kt_dropout.progress import Progress, data_line, plan_line, print_banner
     from kt_dropout.training import train
-
-    from kt_dropout.locks import Lock
 
     config, recipe = _config(args), _recipe(args)
     output = Path(args.output)

@@ -110,10 +110,9 @@ def test_a_damaged_project_is_refused_naming_its_file(project, damage, message):
 
 
 def test_a_project_in_use_is_refused_naming_its_holder_and_a_dead_holders_lock_is_taken_over(project):
-    with Lock(project, "held"):
-        with pytest.raises(LockHeld, match=rf"the search project {project} is in use by pid {os.getpid()} on host "
-                                           rf"{socket.gethostname()}"):
-            run(project.parent)
+    in_use = rf"the search project {project} is in use by pid {os.getpid()} on host {socket.gethostname()}"
+    with Lock(project, "held"), pytest.raises(LockHeld, match=in_use):
+        run(project.parent)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     project.with_name("dropout_vgg.lock").write_text(json.dumps(
@@ -132,7 +131,7 @@ def test_a_directory_that_is_a_file_is_refused_by_name_on_the_command_line(tmp_p
     (tmp_path / "runs").write_text("not a folder")
     process = subprocess.run(
         [sys.executable, "-m", "kt_dropout.cli", "search", "--directory", "runs", "--synthetic", "128", "64"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        cwd=tmp_path, capture_output=True, text=True, timeout=120, check=False,
     )
     assert process.returncode == 2
     assert process.stderr.strip().splitlines()[-1] == "kt-dropout search: error: directory: runs is a file, not a folder"
