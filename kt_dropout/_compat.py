@@ -138,6 +138,18 @@ def keras_tuner_file(path: str, mode: str):
     return io.File(path, mode)
 
 
+def keras_tuner_io():
+    """The module Keras Tuner reaches its project files through (`exists`, `glob`, `File`): `tf.io.gfile` on
+    the TensorFlow backend (so `gs://` folders work), the local filesystem on the others; to read a project
+    exactly as Keras Tuner will.
+
+    Keras Tuner has no public file API. `keras_tuner.src.backend.io`, checked on Keras Tuner 1.4.8.
+    """
+    from keras_tuner.src.backend import io
+
+    return io
+
+
 def requeue_trial(oracle, tuner_id: str) -> None:
     """Takes the trial that `tuner_id` is running back from it and makes it the next one the oracle gives
     out, as if never started; Keras Tuner's chief stops waiting for `tuner_id`.
@@ -153,6 +165,20 @@ def requeue_trial(oracle, tuner_id: str) -> None:
     trial = oracle.ongoing_trials.pop(tuner_id)
     oracle.tuner_ids.discard(tuner_id)
     oracle._retry_queue.append(trial.trial_id)
+
+
+def bound_oracle_client_calls(client, wrap):
+    """Sends every call a worker's `OracleClient` makes to the chief through `wrap(stub)`, a stand-in for its
+    gRPC stub, e.g. to bound how long each call waits; returns the stand-in.
+
+    `OracleClient` (what `BaseTuner` makes a worker's oracle) waits up to an hour per call, with
+    `wait_for_ready`, for a chief that may never answer (keras-team/keras-tuner#645, #915, #990), and takes
+    no timeout and no channel: nothing public changes that. Replaces its undocumented `stub` attribute,
+    whose methods it calls as `stub.Method(request, wait_for_ready=True, timeout=...)`. Checked on Keras
+    Tuner 1.4.8.
+    """
+    client.stub = wrap(client.stub)
+    return client.stub
 
 
 def keep_serving(oracle, tuner_id: str) -> None:

@@ -261,23 +261,24 @@ def _write_record(path: Path, record) -> None:
 def cmd_train(args) -> int:
     """Trains one configuration and writes its run record as JSON."""
     from kt_dropout.data import data_fingerprint
+    from kt_dropout.locks import Lock
     from kt_dropout.progress import Progress, data_line, plan_line, print_banner
     from kt_dropout.training import train
 
     config, recipe = _config(args), _recipe(args)
     output = Path(args.output)
     _check_output(output, args.force)
-    data, source = _data(args, config)
-    print_banner(f"{PROG} train", precision=recipe.precision, data=data_line(source, data),
-                 plan=plan_line(1, recipe.epochs, "run"))
-    with Progress(recipe.epochs, epoch_lines=not args.verbose) as progress:
-        record = train(
-            config, data, recipe=recipe, seed=args.seed, name=_config_name(config),
-            data_fingerprint=data_fingerprint(data), verbose=1 if args.verbose else 0,
-            callbacks=[progress.keras_callback()], distributed=args.data_parallel,
-        )
-
-    _write_record(output, record)
+    with Lock(output, f"the run record {output}"):  # a second train into it is refused, not overwritten
+        data, source = _data(args, config)
+        print_banner(f"{PROG} train", precision=recipe.precision, data=data_line(source, data),
+                     plan=plan_line(1, recipe.epochs, "run"))
+        with Progress(recipe.epochs, epoch_lines=not args.verbose) as progress:
+            record = train(
+                config, data, recipe=recipe, seed=args.seed, name=_config_name(config),
+                data_fingerprint=data_fingerprint(data), verbose=1 if args.verbose else 0,
+                callbacks=[progress.keras_callback()], distributed=args.data_parallel,
+            )
+        _write_record(output, record)
     best = record.best_val_accuracy
     print(f"{record.name} seed {record.key.seed}: {record.status}" + (f" ({record.error})" if record.error else ""))
     print(f"best val_accuracy {best:.4f} at epoch {record.best_epoch}/{record.epochs_run}, "
@@ -344,6 +345,7 @@ def cmd_search(args) -> int:
             data=data, tuner=args.tuner, max_trials=args.max_trials, space=space, base=base, recipe=recipe,
             directory=args.directory, project_name=args.project_name, overwrite=args.overwrite, seed=args.seed,
             verbose=1 if args.verbose else 0, distributed=role is not None, lost_worker_seconds=args.lost_worker_seconds,
+            connect_timeout=args.connect_timeout,
             trials_per_step=args.trials_per_step, data_parallel=args.data_parallel, progress=STDERR,
             data_source=source,
         )
@@ -581,6 +583,9 @@ def build_parser() -> argparse.ArgumentParser:
                                     "trial at once [worker-HOSTNAME-PID]")
     cluster_flags.add_argument("--lost-worker-seconds", type=float, default=120.0, metavar="S",
                                help="on the chief: a worker silent this long has its trial given to another [120]")
+    cluster_flags.add_argument("--connect-timeout", type=float, default=60.0, metavar="S",
+                               help="on a worker: how long each call waits for the chief; a worker with no chief at "
+                                    "its address, or whose chief stopped, exits after that long [60]")
     _add_network_flags(search_cmd)
     _add_recipe_flags(search_cmd, "epochs per trial")
     _add_data_flags(search_cmd)

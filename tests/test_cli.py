@@ -16,6 +16,7 @@ import pytest
 from kt_dropout.cli import UsageError, _config, _config_name, _one_study, build_parser, main, space_item
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.data import data_fingerprint, first_per_class, synthetic_cifar10
+from kt_dropout.locks import Lock
 from kt_dropout.study.experiments import CLAIMS, CONFIGS, EXPERIMENTS
 from kt_dropout.study.profiles import PROFILES
 from kt_dropout.record import RunRecord, make_record
@@ -82,7 +83,7 @@ def assert_usage_error(result, command, *fragments):
                  "--train-size", "--test-size"]),
     (["search"], ["--tuner", "--max-trials", "--epochs", "--directory", "--project-name", "--overwrite", "--space",
                   "--dropout-dense", "--csv", "--trials-per-step", "--chief", "--worker", "--tuner-id",
-                  "--lost-worker-seconds", "--train-size", "--test-size"]),
+                  "--lost-worker-seconds", "--connect-timeout", "--train-size", "--test-size"]),
     (["reproduce"], ["--profile", "--seeds", "--epochs", "--results", "--data", "--selection", "--precision", "--pack-size",
                      "--no-pack", "--train-size", "--test-size", "--allow-cpu"]),
     (["report"], ["RESULTS", "--out", "--epochs", "--profile", "--data-source"]),
@@ -165,6 +166,14 @@ def test_train_refuses_an_output_it_could_not_write_before_training(tmp_path, ou
     assert len(result.stderr.strip().splitlines()) == 1  # no epoch lines: nothing was trained
     assert sorted(os.listdir(tmp_path)) == ["file.txt", "out", "taken.json"] and not os.listdir(tmp_path / "out")
     assert (tmp_path / "taken.json").read_text() == "mine"
+
+
+def test_train_refuses_an_output_another_process_is_writing(tmp_path):
+    with Lock(tmp_path / "run.json", "held"):
+        result = run_cli("train", "--synthetic", "8", "8", "--output", "run.json", cwd=tmp_path)
+    assert_usage_error(result, "train", f"the run record run.json is in use by pid {os.getpid()} on host ")
+    assert len(result.stderr.strip().splitlines()) == 1  # nothing was trained
+    assert os.listdir(tmp_path) == []
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")

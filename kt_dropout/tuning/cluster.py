@@ -10,10 +10,17 @@ chief waits for it forever. Here every worker sends a heartbeat while it trains
 silent for `lost_worker_seconds` back in the queue, for the next worker that
 asks. Workers that find nothing left to start wait while trials are still
 running elsewhere, so a lost trial always has someone to pick it up.
+
+A worker first introduces itself with its search's identity (an
+`update_space` call carrying it); the chief refuses a worker of another
+search, and every call a worker makes waits at most `connect_timeout` seconds
+for the chief, so a wrong address or a dead chief stops the worker with a
+message instead of an hour's silence per call.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -22,12 +29,24 @@ import warnings
 
 import keras_tuner
 
-from kt_dropout._compat import keep_serving, requeue_trial
+from kt_dropout._compat import bound_oracle_client_calls, keep_serving, requeue_trial
+from kt_dropout.tuning.identity import differences, with_known_data
 
 ENV_TUNER_ID, ENV_IP, ENV_PORT = ENV_NAMES = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
 HEARTBEAT_SECONDS = 2.0  # how often a training worker tells the chief it is alive
 IDLE_SECONDS = 0.5  # how long the chief holds a worker that must wait before it asks again
+CONNECT_TIMEOUT = 60.0  # how long a worker waits for the chief to answer a call, the first one included
 _TrialStatus = keras_tuner.engine.trial.TrialStatus
+_HELLO = "kt_dropout/identity"  # the hyperparameter a worker's introduction travels in
+_REFUSED = "kt-dropout chief refused this worker: "
+
+
+class ChiefUnreachable(keras_tuner.errors.FatalError, ConnectionError):
+    """The chief did not answer in time: none at the address, or it stopped. Fatal: no trial can go on."""
+
+
+class WorkerRefused(keras_tuner.errors.FatalValueError):
+    """The chief refused this worker: it runs another search."""
 
 
 def role() -> str | None:
@@ -64,6 +83,73 @@ def configure(chief: str | None = None, worker: str | None = None, tuner_id: str
     return role()
 
 
+def address() -> str:
+    """The chief's "HOST:PORT" from Keras Tuner's environment."""
+    return f"{os.environ[ENV_IP]}:{os.environ[ENV_PORT]}"
+
+
+def check_port_free() -> None:
+    """Refuses, before the chief starts, an address it could not serve on (gRPC would fail only in the
+    search, with a traceback) or that another process serves (gRPC's SO_REUSEPORT would share it)."""
+    host, port = os.environ[ENV_IP], int(os.environ[ENV_PORT])
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as error:
+        why = os.strerror(error.errno) if error.errno and error.errno > 0 else str(error)
+        raise OSError(f"distributed search: the chief cannot serve at {address()}: {why} (another process on "
+                      f"port {port}?)") from None
+
+
+def introduce(client, identity: dict, connect_timeout: float = CONNECT_TIMEOUT) -> None:
+    """Makes every call of a worker's `client` (its `OracleClient`) wait at most `connect_timeout` seconds,
+    then tells the chief this worker's search `identity`, which the chief compares with its own.
+
+    Raises:
+        ChiefUnreachable: no chief answered at the address in time.
+        WorkerRefused: the chief runs another search; the message names each difference.
+    """
+    stub = bound_oracle_client_calls(client, lambda real: _BoundedStub(real, connect_timeout))
+    client.update_space(hello(os.environ[ENV_TUNER_ID], identity))
+    stub.connected = True
+
+
+def hello(tuner_id: str, identity: dict) -> keras_tuner.HyperParameters:
+    """A worker's introduction, as the one hyperparameter of an `update_space` call."""
+    message = keras_tuner.HyperParameters()
+    message.Fixed(_HELLO, json.dumps({"tuner_id": tuner_id, "identity": identity}))
+    return message
+
+
+class _BoundedStub:
+    """A worker's gRPC stub whose every call waits at most `seconds` for the chief, with a clear error."""
+
+    def __init__(self, stub, seconds: float):
+        self.stub, self.seconds, self.connected = stub, seconds, False
+
+    def __getattr__(self, name: str):
+        call = getattr(self.stub, name)
+
+        def bounded(request, **kwargs):
+            import grpc  # as Keras Tuner does: only in a distributed search
+
+            try:
+                return call(request, **{**kwargs, "timeout": min(kwargs.get("timeout", self.seconds), self.seconds)})
+            except grpc.RpcError as error:
+                details = error.details() or ""
+                if _REFUSED in details:
+                    raise WorkerRefused(details[details.index(_REFUSED):]) from None
+                if error.code() not in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE):
+                    raise
+                if not self.connected:
+                    raise ChiefUnreachable(
+                        f"no Keras Tuner chief at {address()} after {self.seconds:g} s (--connect-timeout)") from None
+                raise ChiefUnreachable(f"the Keras Tuner chief at {address()} stopped answering: no reply in "
+                                       f"{self.seconds:g} s (--connect-timeout)") from None
+
+        return bounded
+
+
 def _address(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
@@ -79,22 +165,61 @@ class LeasedOracle:
     (`keras_tuner.synchronized` locks the oracle a method is called on): the
     lock Keras Tuner's chief takes to decide, from `ongoing_trials` and
     `tuner_ids`, that the search is over, so it never sees them half-changed.
+    Keras Tuner's `synchronized` does not release the lock when the method
+    raises, so refusals are decided under it and raised outside.
+
+    It serves only workers that introduced themselves (`introduce`) with the
+    chief's search `identity`; a worker never changes the chief's space. A
+    chief knows no data: the first worker's becomes its own, and is passed to
+    `on_identity` (to save it in the project).
     """
 
-    def __init__(self, oracle: keras_tuner.Oracle, lost_worker_seconds: float):
+    def __init__(self, oracle: keras_tuner.Oracle, lost_worker_seconds: float, identity: dict, on_identity=None):
         if not lost_worker_seconds > 2 * HEARTBEAT_SECONDS:
             raise ValueError(
                 f"lost_worker_seconds: must exceed two heartbeats ({2 * HEARTBEAT_SECONDS:g} s), "
                 f"got {lost_worker_seconds!r}"
             )
         self._oracle, self.lost_worker_seconds = oracle, lost_worker_seconds
+        self.identity, self._on_identity = identity, on_identity
         self._heard: dict[str, float] = {}
+        self._introduced: set[str] = set()
 
     def __getattr__(self, name):
         return getattr(self._oracle, name)
 
+    def update_space(self, hyperparameters: keras_tuner.HyperParameters) -> None:
+        """Where workers introduce themselves; any other change of the space is refused."""
+        refusal = self._introduce(hyperparameters.values.get(_HELLO))
+        if refusal:
+            warnings.warn(refusal, RuntimeWarning)
+            raise ValueError(f"{_REFUSED}{refusal}")
+
     @keras_tuner.synchronized
+    def _introduce(self, hello: str | None) -> str | None:
+        """Records a worker's introduction; returns why it is refused, or None."""
+        if hello is None:
+            return "a worker may not change the chief's search space"
+        tuner_id, theirs = json.loads(hello).values()
+        changed = differences(self.identity, theirs)
+        if changed:
+            return f"worker {tuner_id} runs another search (chief -> worker: {'; '.join(changed)})"
+        if self.identity["data"] is None and self._on_identity is not None:
+            self.identity = with_known_data(self.identity, theirs)
+            self._on_identity(self.identity)
+        self._introduced.add(tuner_id)
+        return None
+
     def create_trial(self, tuner_id: str):
+        worker = tuner_id.rpartition("/")[0] if "/" in tuner_id else tuner_id  # PackedTrials asks as ID/slot
+        if tuner_id not in self._introduced and worker not in self._introduced:
+            message = f"worker {tuner_id} asked for a trial without introducing its search (an older kt-dropout?)"
+            warnings.warn(message, RuntimeWarning)
+            raise ValueError(f"{_REFUSED}{message}")
+        return self._create_trial(tuner_id)
+
+    @keras_tuner.synchronized
+    def _create_trial(self, tuner_id: str):
         self._requeue_silent()
         trial = self._oracle.create_trial(tuner_id)
         if trial.status == _TrialStatus.STOPPED and self._oracle.ongoing_trials:
@@ -125,6 +250,7 @@ class LeasedOracle:
             warnings.warn(f"ignored the end of trial {trial.trial_id} from a worker that had lost it", RuntimeWarning)
             return
         stored = self._oracle.trials[trial.trial_id]
+        trial.hyperparameters = stored.hyperparameters  # the oracle adds a trial's new ones to its space
         for name in trial.metrics.metrics:  # what the worker measured beyond the objective, e.g. "seconds"
             if not stored.metrics.exists(name):
                 stored.metrics.update(name, trial.metrics.get_last_value(name))
@@ -155,6 +281,7 @@ class Heartbeat:
 
     def __init__(self, oracle, trial_id: str, seconds: float = HEARTBEAT_SECONDS):
         self._oracle, self._trial_id, self._seconds = oracle, trial_id, seconds
+        self.error: ChiefUnreachable | None = None  # the chief is gone: the worker stops at its next epoch
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat-{trial_id}", daemon=True)
         self._thread.start()
@@ -163,7 +290,10 @@ class Heartbeat:
         while not self._stop.wait(self._seconds):
             try:
                 self._oracle.get_trial(self._trial_id)
-            except Exception:  # the chief is gone: the worker's own next call reports that
+            except ChiefUnreachable as error:
+                self.error = error
+                return
+            except Exception:  # the worker's own next call reports it
                 return
 
     def stop(self) -> None:

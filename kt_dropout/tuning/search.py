@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -22,12 +23,13 @@ from tabulate import tabulate
 
 from kt_dropout import _compat, distribution
 from kt_dropout.progress import Progress, data_line, format_logs, plan_line, print_banner
-from kt_dropout.tuning import cluster
+from kt_dropout.tuning import cluster, project
 from kt_dropout.atomic import atomic_saves, write_text
 from kt_dropout.tuning.cluster import LeasedOracle
 
-from kt_dropout.config import Recipe, VGGConfig, check_positive_int
+from kt_dropout.config import Recipe, VGGConfig, check_positive_int, check_positive_number
 from kt_dropout.tuning.hypermodel import DropoutVGGHyperModel, tidy
+from kt_dropout.tuning.identity import search_identity
 from kt_dropout.tuning.packed_trials import PackedTrials
 from kt_dropout.tuning.space import TUNER_NAMES
 from kt_dropout.splits import check_data, prepare_splits
@@ -151,6 +153,7 @@ def search(
     verbose=1,
     distributed: bool = False,
     lost_worker_seconds: float = 120.0,
+    connect_timeout: float = cluster.CONNECT_TIMEOUT,
     trials_per_step: int = 1,
     data_parallel: bool = False,
     progress=None,
@@ -170,7 +173,11 @@ def search(
       `recipe.holdout` training images.
 
     A project already in `directory/project_name` is resumed: finished trials
-    are not run again. `overwrite=True` starts over.
+    are not run again. `overwrite=True` starts over. The project keeps the
+    search's identity (`kt_dropout.tuning.identity`: network, recipe, epochs,
+    data, space, tuner, objective, backend): resuming it with another is
+    refused, naming each difference. While a search runs, its project is
+    locked (`<project>.lock` beside it): a second search into it is refused.
 
     With `distributed=True` the search runs on Keras Tuner's chief/worker
     engine, configured by its environment variables (`KERASTUNER_TUNER_ID`,
@@ -210,6 +217,10 @@ def search(
         lost_worker_seconds: on the chief, how long a worker may stay silent
             (it beats every 2 s while training) before its trial is given to
             another worker.
+        connect_timeout: on a worker, how many seconds each call waits for the
+            chief, the first one included: a worker with no chief at its
+            address, or whose chief stopped, raises `cluster.ChiefUnreachable`
+            after that long.
         **tuner_kwargs: passed to the tuner (e.g. `executions_per_trial`,
             `max_consecutive_failed_trials`, Hyperband's `factor`).
 
@@ -217,11 +228,17 @@ def search(
         SearchFailedError: every trial failed; the message has the first
             trial's traceback.
         ValueError: an unknown tuner or bad arguments; `kt_dropout.data.DataError`
-            (a ValueError) for malformed data.
+            (a ValueError) for malformed data; `project.ProjectError` (a
+            ValueError) for a project that is another search or damaged;
+            `cluster.WorkerRefused` for a worker of another search than the chief's.
+        OSError: `locks.LockHeld` when another search runs in the project;
+            `cluster.ChiefUnreachable` on a worker, see `connect_timeout`; a
+            chief's address that cannot be served.
         ImportError: the Bayesian tuner without scikit-learn.
     """
     hypermodel = _hypermodel(hypermodel, space, base, recipe)
     check_positive_int("trials_per_step", trials_per_step)
+    check_positive_number("connect_timeout", connect_timeout)
     role = _role(distributed, overwrite)
     # A chief serves trials as any chief does, to workers that each ask for up to trials_per_step and pack them.
     packing = {"trials_per_step": trials_per_step} if trials_per_step > 1 and role != "chief" else {}
@@ -237,35 +254,61 @@ def search(
     check_positive_int("max_trials", max_trials)
     epochs = check_positive_int("epochs", hypermodel.recipe.epochs if epochs is None else epochs)
     budget = {"max_epochs": epochs} if issubclass(tuner_class, keras_tuner.Hyperband) else {"max_trials": max_trials}
-    fit_args, fit_kwargs, data_text = (), {}, "none: the chief trains nothing"
-    if role != "chief":
-        dataset, selection, source = _dataset(x, y, validation_data, data, hypermodel)
-        data_text = data_line(data_source or source, dataset)
-        if trials_per_step > 1:
-            fit_args, fit_kwargs = (dataset,), {"selection": selection, "epochs": epochs}
-        else:
-            splits = prepare_splits(dataset, hypermodel.recipe.replace(selection=selection), hypermodel.base)
-            fit_args = (splits.x_train, splits.y_train)
-            fit_kwargs = {"validation_data": (splits.x_val, splits.y_val), "epochs": epochs}
     if data_parallel and "distribution_strategy" in tuner_kwargs:
         raise ValueError("data_parallel=True chooses the distribution_strategy: give one or the other")
-    with distribution.for_keras_tuner() if data_parallel else contextlib.nullcontext() as strategy:
-        if strategy is not None:
-            tuner_kwargs["distribution_strategy"] = strategy
-        built = tuner_class(
-            hypermodel=hypermodel, objective=OBJECTIVE, directory=str(directory), project_name=project_name,
-            overwrite=overwrite, seed=_oracle_seed(seed), trial_seed=seed, **budget, **packing, **tuner_kwargs,
-        )
-        if role != "worker":  # a worker's oracle is the chief's
-            atomic_saves(built.oracle)
-        if role == "chief":
-            built.oracle = LeasedOracle(built.oracle, lost_worker_seconds)
-        built.progress = _progress(built, role, progress, data_text, epochs, max_trials, verbose)
-        with built.progress:
-            stopped = _run(built, role, *fit_args, **fit_kwargs, verbose=verbose)
+    if role != "worker":  # a worker's project is the chief's
+        project.check_folder(directory, project_name)
+    if role == "chief":
+        cluster.check_port_free()
+    with project.lock(directory, project_name) if role != "worker" else contextlib.nullcontext():
+        fit_args, fit_kwargs, data_text, dataset = (), {}, "none: the chief trains nothing", None
+        if role != "chief":
+            dataset, selection, source = _dataset(x, y, validation_data, data, hypermodel)
+            data_text = data_line(data_source or source, dataset)
+            if trials_per_step > 1:
+                fit_args, fit_kwargs = (dataset,), {"selection": selection, "epochs": epochs}
+            else:
+                splits = prepare_splits(dataset, hypermodel.recipe.replace(selection=selection), hypermodel.base)
+                fit_args = (splits.x_train, splits.y_train)
+                fit_kwargs = {"validation_data": (splits.x_val, splits.y_val), "epochs": epochs}
+        identity = search_identity(hypermodel, epochs, tuner_class.__name__, OBJECTIVE, dataset)
+        # Keras Tuner names the tuner's own state file after its id, "tuner0" outside a distributed search.
+        resumed = None if role == "worker" or overwrite else project.check_resume(
+            directory, project_name, identity, os.environ.get(cluster.ENV_TUNER_ID, "tuner0"))
+        identity = resumed or identity
+        with distribution.for_keras_tuner() if data_parallel else contextlib.nullcontext() as strategy:
+            if strategy is not None:
+                tuner_kwargs["distribution_strategy"] = strategy
+            built = _build(tuner_class, resumed is not None, hypermodel=hypermodel, objective=OBJECTIVE,
+                           directory=str(directory), project_name=project_name, overwrite=overwrite,
+                           seed=_oracle_seed(seed), trial_seed=seed, **budget, **packing, **tuner_kwargs)
+            if role == "worker":  # a worker's oracle is the chief's, which it first tells its identity
+                cluster.introduce(built.oracle, identity, connect_timeout)
+            else:
+                project.save_identity(directory, project_name, identity)
+                atomic_saves(built.oracle)
+            if role == "chief":
+                built.oracle = LeasedOracle(built.oracle, lost_worker_seconds, identity, on_identity=functools.partial(
+                    project.save_identity, directory, project_name))
+            built.progress = _progress(built, role, progress, data_text, epochs, max_trials, verbose)
+            with built.progress:
+                stopped = _run(built, role, *fit_args, **fit_kwargs, verbose=verbose)
     trials = built.ran_trials.values() if role == "worker" else built.oracle.trials.values()
     _check_trials(list(trials), role, stopped, None if stopped is None else built.oracle.max_consecutive_failed_trials)
     return SearchResult.from_trials(built, trials)
+
+
+def _build(tuner_class: type, resuming: bool, **kwargs) -> keras_tuner.Tuner:
+    """The tuner; when it resumes a project, an error in the project's files that Keras Tuner reports
+    without naming the project is reported with it."""
+    try:
+        return tuner_class(**kwargs)
+    except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
+        if not resuming:
+            raise
+        folder = project.project_dir(kwargs["directory"], kwargs["project_name"])
+        raise project.ProjectError(f"{folder}: Keras Tuner could not resume it ({type(error).__name__}: "
+                                   f"{' '.join(str(error).split())}); {project.WAY_OUT}") from error
 
 
 def _progress(tuner, role, stream, data_text: str, epochs: int, max_trials: int, verbose) -> Progress:
@@ -335,6 +378,7 @@ class _TrialHooks:
 
     def on_epoch_end(self, trial, model, epoch, logs=None):
         """Keras Tuner's hook after every epoch of a trial's `fit`."""
+        self._check_chief(trial)
         self._epochs[trial.trial_id] += 1
         self.progress.epoch(1, f"epoch {epoch + 1}/{self.trial_epochs} {format_logs(logs or {})}")
         super().on_epoch_end(trial, model, epoch, logs)
@@ -342,10 +386,18 @@ class _TrialHooks:
     def on_pack_epoch_end(self, trials, epoch, logs):
         """`PackedTrials`' hook after every epoch of a pack."""
         for trial in trials:
+            self._check_chief(trial)
             self._epochs[trial.trial_id] += 1
         self.progress.label = f"trials {', '.join(trial.trial_id for trial in trials)}"
         low, high = min(logs["val_accuracy"]), max(logs["val_accuracy"])
         self.progress.epoch(len(trials), f"epoch {epoch}/{self.trial_epochs} val_accuracy {low:.4f}-{high:.4f}")
+
+    def _check_chief(self, trial) -> None:
+        """On a worker, stops the trial once its heartbeat found the chief gone (`cluster.ChiefUnreachable`,
+        a Keras Tuner `FatalError`, ends the search), rather than training it to the end for no one."""
+        heartbeat = self._running[trial.trial_id][1]
+        if heartbeat is not None and heartbeat.error is not None:
+            raise heartbeat.error
 
     def run_trial(self, trial, *args, **kwargs):
         """Keras Tuner's (or `PackedTrials`'); a worker keeps what Keras Tuner reports of the results to the

@@ -14,11 +14,13 @@ import keras_tuner
 import pytest
 
 from kt_dropout.tuning import cluster
+from kt_dropout.tuning.hypermodel import DropoutVGGHyperModel
 from kt_dropout.tuning.search import search
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 for _name in cluster.ENV_NAMES:
     ENV.pop(_name, None)
+IDENTITY = {"epochs": 1, "data": None}  # an identity as the chief compares it, for tests of the oracle alone
 TINY = ["--synthetic", "128", "64", "--nfilters", "4", "8", "8", "--ndense", "16", "--batch-size", "32", "--seed", "0"]
 
 
@@ -140,7 +142,8 @@ def test_the_chief_cannot_see_the_leased_oracle_half_way_through_a_change():
             self.release.wait(30)
             return keras_tuner.engine.trial.Trial(keras_tuner.HyperParameters(), status="STOPPED")
 
-    oracle = cluster.LeasedOracle(SlowOracle(), lost_worker_seconds=10)
+    oracle = cluster.LeasedOracle(SlowOracle(), lost_worker_seconds=10, identity=IDENTITY)
+    oracle.update_space(cluster.hello("w1", IDENTITY))
     creating = threading.Thread(target=oracle.create_trial, args=("w1",))
     creating.start()
     assert SlowOracle.entered.wait(30)
@@ -195,4 +198,122 @@ def test_search_refuses_a_distributed_setting_it_was_not_asked_for_and_the_rever
 
 def test_the_chief_needs_leases_longer_than_two_heartbeats():
     with pytest.raises(ValueError, match="lost_worker_seconds: must exceed two heartbeats"):
-        cluster.LeasedOracle(oracle=None, lost_worker_seconds=cluster.HEARTBEAT_SECONDS)
+        cluster.LeasedOracle(oracle=None, lost_worker_seconds=cluster.HEARTBEAT_SECONDS, identity=IDENTITY)
+
+
+def test_the_chief_serves_only_workers_of_its_search_that_introduced_themselves_and_keeps_its_space(tmp_path):
+    tuner = keras_tuner.RandomSearch(DropoutVGGHyperModel(), objective="val_accuracy", max_trials=2, directory=tmp_path)
+    space = [hp.name for hp in tuner.oracle.get_space().space]
+    saved = []
+    oracle = cluster.LeasedOracle(tuner.oracle, lost_worker_seconds=10, identity=IDENTITY, on_identity=saved.append)
+    data = {"fingerprint": "abc"}
+    extra = keras_tuner.HyperParameters()
+    extra.Choice("ndense", [8, 16])
+    refusals = [
+        (lambda: oracle.create_trial("w1"), "worker w1 asked for a trial without introducing its search"),
+        (lambda: oracle.update_space(extra), "a worker may not change the chief's search space"),
+        (lambda: oracle.update_space(cluster.hello("w1", {**IDENTITY, "epochs": 2})),
+         r"worker w1 runs another search \(chief -> worker: epochs: 1 -> 2\)"),
+    ]
+    for call, message in refusals:
+        with pytest.warns(RuntimeWarning, match=message), pytest.raises(ValueError, match=message):
+            call()
+    oracle.update_space(cluster.hello("w1", {**IDENTITY, "data": data}))
+    assert saved == [{**IDENTITY, "data": data}]  # the chief's data is its first worker's
+    with pytest.warns(RuntimeWarning), pytest.raises(ValueError, match="data.fingerprint: abc -> xyz"):
+        oracle.update_space(cluster.hello("w2", {**IDENTITY, "data": {"fingerprint": "xyz"}}))
+
+    trial = oracle.create_trial("w1/0")  # a packing worker's slot
+    sent = keras_tuner.engine.trial.Trial.from_proto(trial.to_proto())  # what comes back over gRPC
+    sent.hyperparameters.merge(extra.space)  # e.g. a worker whose network declares another hyperparameter
+    oracle.update_trial(trial.trial_id, {"val_accuracy": 0.5})
+    sent.status = "COMPLETED"
+    oracle.end_trial(sent)
+    assert [hp.name for hp in tuner.oracle.get_space().space] == space
+    assert tuner.oracle.trials[trial.trial_id].status == "COMPLETED"
+
+
+def serving(address: str, process: subprocess.Popen, seconds: float = 180) -> None:
+    """Waits until the chief at `address` accepts connections."""
+    host, port = address.split(":")
+    deadline = time.monotonic() + seconds
+    while True:
+        assert process.poll() is None and time.monotonic() < deadline, "the chief never served"
+        try:
+            socket.create_connection((host, int(port)), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.2)
+
+
+def cli(tmp_path, *flags) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "kt_dropout.cli", "search", *map(str, flags)], cwd=tmp_path, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def error_line(process: subprocess.Popen, timeout=120) -> str:
+    """The one error line of a `kt-dropout search` that must fail with exit status 2."""
+    _, stderr = process.communicate(timeout=timeout)
+    assert process.returncode == 2 and "Traceback" not in stderr, stderr
+    return stderr.strip().splitlines()[-1]
+
+
+def test_a_chief_holds_its_port_and_project_and_refuses_a_worker_of_another_search(tmp_path, cluster_flags):
+    chief = cluster_flags("chief", epochs=1, max_trials=1)
+    address = chief.process.args[chief.process.args.index("--chief") + 1]
+    serving(address, chief.process)
+    other_worker = cluster_flags("w1", "--ndense", "8", "--space", "ndense=8,16", epochs=2, max_trials=1)
+    second_chief = cli(tmp_path, "--chief", address, "--directory", tmp_path / "other", *TINY)
+    second_search = cli(tmp_path, "--directory", tmp_path / "search", *TINY)
+
+    assert error_line(second_chief) == (f"kt-dropout search: error: distributed search: the chief cannot serve at "
+                                        f"{address}: Address already in use (another process on port "
+                                        f"{address.split(':')[1]}?)")
+    assert error_line(second_search).startswith(
+        f"kt-dropout search: error: the search project {tmp_path / 'search' / 'dropout_vgg'} is in use by pid "
+        f"{chief.process.pid} on host {socket.gethostname()} since ")
+    assert other_worker.process.wait(timeout=120) == 2
+    other_worker.log.seek(0)
+    worker_says = other_worker.log.read().strip().splitlines()[-1]
+    assert worker_says.startswith("kt-dropout search: error: kt-dropout chief refused this worker: worker w1 runs "
+                                  "another search (chief -> worker: network.ndense: 16 -> 8; epochs: 1 -> 2; "
+                                  'space.ndense: (absent) -> {"type": "Choice"'), worker_says
+    chief.log.seek(0)
+    assert "worker w1 runs another search (chief -> worker: network.ndense: 16 -> 8" in chief.log.read()
+    assert chief.process.poll() is None  # still serving, its space as it was
+    assert "ndense" not in json.loads((tmp_path / "search" / "dropout_vgg" / "oracle.json").read_text())[
+        "hyperparameters"]["values"]
+
+
+def test_a_worker_with_no_chief_at_its_address_stops_after_its_connect_timeout(tmp_path):
+    with socket.socket() as listener:  # listens, accepts, never speaks gRPC
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        silent = f"127.0.0.1:{listener.getsockname()[1]}"
+        nobody = f"127.0.0.1:{free_port()}"
+        workers = {address: cli(tmp_path, "--worker", address, "--connect-timeout", "3", *TINY)
+                   for address in (nobody, silent)}
+        started = time.monotonic()
+        for address, worker in workers.items():
+            assert error_line(worker) == f"kt-dropout search: error: no Keras Tuner chief at {address} after 3 s " \
+                                         "(--connect-timeout)"
+    assert time.monotonic() - started < 90  # importing TensorFlow twice on a loaded CPU, then 3 s
+
+
+def test_a_worker_whose_chief_dies_mid_trial_stops_after_its_connect_timeout(tmp_path, cluster_flags):
+    chief = cluster_flags("chief", epochs=100, max_trials=1)
+    serving(chief.process.args[chief.process.args.index("--chief") + 1], chief.process)
+    worker = cluster_flags("w1", "--connect-timeout", "3", epochs=100, max_trials=1)
+    checkpoint = tmp_path / "search" / "dropout_vgg" / "trial_0" / "checkpoint.weights.h5"
+    deadline = time.monotonic() + 180
+    while not checkpoint.exists():
+        assert time.monotonic() < deadline and worker.process.poll() is None, "w1 never got into trial 0"
+        time.sleep(0.05)
+    chief.process.kill()
+    chief.process.wait()
+    killed = time.monotonic()
+    assert worker.process.wait(timeout=60) == 2
+    assert time.monotonic() - killed < 30  # a heartbeat (2 s), its 3 s, and the epoch it was in
+    worker.log.seek(0)
+    assert worker.log.read().strip().splitlines()[-1].startswith(
+        "kt-dropout search: error: the Keras Tuner chief at 127.0.0.1:")
