@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from kt_dropout.config import VGGConfig
+from kt_dropout.config import VGGConfig, check_positive_int
 from kt_dropout.study.experiments import CLAIMS, EXPERIMENTS
+
+DEFAULT_PACK_SIZE = 20  # the most runs of one shape that a study trains together as one packed model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +36,10 @@ class Profile:
     width_divisor: int = 1
     synthetic: bool = False
     description: str = ""
+
+    def __post_init__(self):
+        for field in ("epochs", "seeds", "width_divisor"):
+            check_positive_int(field, getattr(self, field))
 
     def scale(self, config: VGGConfig) -> VGGConfig:
         if self.width_divisor == 1:
