@@ -179,7 +179,7 @@ class ResultStore:
             if create_text(path, text):
                 return key
             with self._locked():
-                stored = self._load(path) if path.is_file() else None
+                stored, _ = _try_read(path)  # None when missing or unreadable: replaced without a word
                 if stored is None or stored.status != "ok":
                     write_text(path, text)
         except OSError as e:
