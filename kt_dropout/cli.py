@@ -657,9 +657,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     with warnings.catch_warnings():
-        # Each warning (e.g. a bad run file the results store skips) on one line, without Python's source line.
-        warnings.showwarning = lambda message, *_: eprint(f"{PROG} {args.command}: warning: {message}")
+        warnings.showwarning = _one_line_warnings(args.command)
         return _run(args)
+
+
+def _one_line_warnings(command: str):
+    """A `warnings.showwarning` that prints each warning (e.g. a bad run file the results store skips) once,
+    as `kt-dropout <command>: warning: ...`, without Python's file, line and source."""
+    shown = set()
+
+    def show(message, *_):
+        if str(message) not in shown:
+            shown.add(str(message))
+            eprint(f"{PROG} {command}: warning: {message}")
+
+    return show
 
 
 def _run(args) -> int:

@@ -199,7 +199,8 @@ def test_a_count_of_zero_or_less_is_refused_naming_the_flag_never_taken_as_the_d
 
 def test_search_refuses_a_csv_it_could_not_write_before_searching(tmp_path):
     (tmp_path / "out.csv").mkdir()
-    result = run_cli("search", "--synthetic", "8", "8", "--csv", "out.csv", "--directory", "search", cwd=tmp_path)
+    result = run_cli("search", *TINY, "--epochs", "1", "--max-trials", "1", "--csv", "out.csv", "--directory", "search",
+                     cwd=tmp_path)  # tiny, so that a search that was not refused would end soon
     assert_usage_error(result, "search", "out.csv is a folder; --csv takes a file name")
     assert sorted(os.listdir(tmp_path)) == ["out.csv"]
 
@@ -315,6 +316,23 @@ def test_reproduce_again_trains_nothing(reproduced):
     assert "0 model-epochs to train; 4 runs already stored" in result.stderr
     assert {p.name: p.stat().st_mtime_ns for p in (cwd / "tmp" / "store").iterdir()} == mtimes
     assert len(list((cwd / "tmp" / "store").iterdir())) == 5
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("reproduced")  # one worker builds the module's smoke study once
+def test_reproduce_skips_a_bad_run_file_naming_it_and_trains_that_run_again(reproduced, tmp_path):
+    cwd, first = reproduced
+    assert first.returncode == 0, first.stderr
+    shutil.copytree(cwd / "tmp", tmp_path / "tmp")
+    bad = sorted(p for p in (tmp_path / "tmp" / "store").iterdir() if p.name != "store.json")[0]
+    bad.write_text(json.dumps({**json.loads(bad.read_text()), "seed": "zero"}))  # valid JSON, a wrong type
+    result = run_cli("reproduce", "batchnorm", *SMOKE, "--results", "tmp", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert warned == [f"kt-dropout reproduce: warning: results store: skipping a bad run file: "
+                      f"{bad.relative_to(tmp_path)}: seed: expected an integer, got 'zero'"], result.stderr
+    assert "1 runs x 1 epochs = 1 model-epochs to train; 3 runs already stored" in result.stderr
+    assert ResultStore(tmp_path / "tmp" / "store", create=False).problems() == []  # trained again, replaced
 
 
 @pytest.mark.slow
