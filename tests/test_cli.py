@@ -324,13 +324,13 @@ def test_reproduce_skips_a_bad_run_file_naming_it_and_trains_that_run_again(repr
     cwd, first = reproduced
     assert first.returncode == 0, first.stderr
     shutil.copytree(cwd / "tmp", tmp_path / "tmp")
-    bad = sorted(p for p in (tmp_path / "tmp" / "store").iterdir() if p.name != "store.json")[0]
+    bad = min(p for p in (tmp_path / "tmp" / "store").iterdir() if p.name != "store.json")
     bad.write_text(json.dumps({**json.loads(bad.read_text()), "seed": "zero"}))  # valid JSON, a wrong type
     result = run_cli("reproduce", "batchnorm", *SMOKE, "--results", "tmp", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     warned = [line for line in result.stderr.splitlines() if "warning" in line]
-    assert warned == [f"kt-dropout reproduce: warning: results store: skipping a bad run file: "
-                      f"{bad.relative_to(tmp_path)}: seed: expected an integer, got 'zero'"], result.stderr
+    assert warned == [(f"kt-dropout reproduce: warning: results store: skipping a bad run file: "
+                       f"{bad.relative_to(tmp_path)}: seed: expected an integer, got 'zero'")], result.stderr
     assert "1 runs x 1 epochs = 1 model-epochs to train; 3 runs already stored" in result.stderr
     assert ResultStore(tmp_path / "tmp" / "store", create=False).problems() == []  # trained again, replaced
 
