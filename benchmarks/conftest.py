@@ -18,13 +18,19 @@ from kt_dropout.study.runner import AcceleratorRequired, open_study
 
 
 def _int_option(config, name):
+    """A count option (`--kt-epochs`, ...) as an int, None when not given; 0 or less is an error, not the
+    default, and names the option and its environment variable (`KT_EPOCHS`, ...)."""
     value = config.getoption(name)
     if value in (None, ""):
         return None
     try:
-        return int(value)
+        number = int(value)
     except ValueError:
-        raise ValueError(f"{name}: expected an integer, got {value!r}") from None
+        number = 0
+    if number < 1:
+        env = name.removeprefix("--").upper().replace("-", "_")
+        raise ValueError(f"{name} (env {env}): expected a positive integer, got {value!r}")
+    return number
 
 
 STUDY = pytest.StashKey()
@@ -69,7 +75,7 @@ def pytest_collection_finish(session):
             seeds=_int_option(config, "--kt-seeds"),
             selection=config.getoption("--kt-selection"),
             precision=config.getoption("--kt-precision"),
-            pack_size=_int_option(config, "--kt-pack-size") or 1,
+            pack_size=_int_option(config, "--kt-pack-size"),
             train_size=_int_option(config, "--kt-train-size"),
             test_size=_int_option(config, "--kt-test-size"),
             experiments=_planned(get_profile(config.getoption("--kt-profile")), session.items),

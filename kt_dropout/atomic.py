@@ -33,18 +33,57 @@ def write_text(path, text: str) -> None:
             file.write(text)
         return
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = _synced_temp(path, text)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-            file.flush()
-            os.fsync(file.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
     _sync_folder(path.parent)
+
+
+def create_text(path, text: str) -> bool:
+    """Writes `text` to `path` whole, as `write_text` does, but only if no `path` exists: True if written.
+
+    The file appears through `os.link` of a synced temp file, which fails if `path` exists, even when
+    another process (on another machine of a shared filesystem) creates it at the same moment: a file
+    is never replaced. False also where the filesystem has no hard links; nothing is written then.
+    """
+    path = Path(path)
+    tmp = _synced_temp(path, text)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    except OSError as e:
+        if e.errno not in _NO_HARD_LINKS:
+            raise
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+    _sync_folder(path.parent)
+    return True
+
+
+# What `os.link` raises on a filesystem without hard links (FAT, some FUSE and SMB mounts).
+_NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
+
+
+def _synced_temp(path: Path, text: str) -> str:
+    """A temp file beside `path` holding `text`, flushed to disk; removed again if writing fails."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp
 
 
 def check_writable_folder(folder) -> None:

@@ -38,10 +38,23 @@ class TestScorer(keras.callbacks.Callback):
             logs["test_accuracy"] = float(accuracy)
 
 
+class StopOnDivergence(keras.callbacks.Callback):
+    """Stops training after an epoch whose training or validation loss is NaN or infinite (`diverged`).
+
+    `TerminateOnNaN` watches only the training loss, batch by batch; a network whose BatchNorm statistics
+    blew up can keep a finite training loss while its validation predictions are NaN.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if diverged(logs or {}):
+            self.model.stop_training = True
+
+
 def recipe_callbacks(epochs: int) -> list[keras.callbacks.Callback]:
     """Keep the weights of the best validation-accuracy epoch; stop a diverged run at once."""
     return [
         keras.callbacks.TerminateOnNaN(),
+        StopOnDivergence(),
         keras.callbacks.EarlyStopping(
             monitor="val_accuracy", mode="max", patience=epochs + 1, restore_best_weights=True
         ),
@@ -49,7 +62,7 @@ def recipe_callbacks(epochs: int) -> list[keras.callbacks.Callback]:
 
 
 class TrainingDiverged(RuntimeError, keras_tuner.errors.FailedTrialError):
-    """The loss became NaN or infinite; `TerminateOnNaN` stopped the run there.
+    """The training or validation loss became NaN or infinite; the run was stopped there.
 
     A `FailedTrialError`, so Keras Tuner marks a diverged trial FAILED rather
     than INVALID: the same configuration trained again would diverge again, so
@@ -57,8 +70,21 @@ class TrainingDiverged(RuntimeError, keras_tuner.errors.FailedTrialError):
     """
 
 
+DIVERGENCE_METRICS = ("loss", "val_loss")
+
+
+def diverged(values: dict) -> str | None:
+    """The first of `DIVERGENCE_METRICS` that is NaN or infinite in `values` (one epoch's logs), else None."""
+    return next((name for name in DIVERGENCE_METRICS
+                 if values.get(name) is not None and not math.isfinite(values[name])), None)
+
+
 def check_finite(history: dict[str, list[float]]) -> None:
-    """Raises `TrainingDiverged` naming the epoch where the loss stopped being finite."""
-    for epoch, loss in enumerate(history.get("loss", []), 1):
-        if not math.isfinite(loss):
-            raise TrainingDiverged(f"loss became {loss} in epoch {epoch}; training was stopped there")
+    """Raises `TrainingDiverged` naming the loss (training or validation) and the epoch where it stopped
+    being finite."""
+    epochs = max(len(history.get(name, ())) for name in DIVERGENCE_METRICS)
+    for epoch in range(epochs):
+        for name in DIVERGENCE_METRICS:
+            values = history.get(name, ())
+            if epoch < len(values) and not math.isfinite(values[epoch]):
+                raise TrainingDiverged(f"{name} became {values[epoch]} in epoch {epoch + 1}; training was stopped there")

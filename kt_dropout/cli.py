@@ -22,6 +22,7 @@ import json
 import os
 import re
 import sys
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -30,7 +31,7 @@ from tabulate import tabulate
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.console import eprint
 from kt_dropout.study.experiments import CLAIMS, CONFIGS, EXPERIMENTS, claims_for, resolve_experiments
-from kt_dropout.study.profiles import PROFILES, get_profile
+from kt_dropout.study.profiles import DEFAULT_PACK_SIZE, PROFILES, get_profile
 from kt_dropout.tuning.space import PARAMS, TUNER_NAMES
 
 # What needs Keras (and so a backend) is imported inside the command that uses it: `--help`, the parser's
@@ -128,13 +129,13 @@ def _add_recipe_flags(parser: argparse.ArgumentParser, epochs_help: str) -> None
     group = parser.add_argument_group("training recipe (Recipe)")
     group.add_argument("--learning-rate", type=float, metavar="LR",
                        help=f"Adam's learning rate [{default.learning_rate:g}]")
-    group.add_argument("--batch-size", type=int, metavar="N", help=f"mini-batch size [{default.batch_size}]")
-    group.add_argument("--epochs", type=int, metavar="N", help=f"{epochs_help} [{default.epochs}]")
+    group.add_argument("--batch-size", type=_positive_int, metavar="N", help=f"mini-batch size [{default.batch_size}]")
+    group.add_argument("--epochs", type=_positive_int, metavar="N", help=f"{epochs_help} [{default.epochs}]")
     group.add_argument("--pixel-scale", type=float, metavar="S", help="inputs are multiplied by this [1/256]")
     group.add_argument("--selection", choices=Recipe.SELECTIONS,
                        help="pick the best epoch on the test set (test, as the post) or on a holdout split of "
                             "the training set, reporting test accuracy there (holdout) [test]")
-    group.add_argument("--holdout", type=int, metavar="N",
+    group.add_argument("--holdout", type=_positive_int, metavar="N",
                        help=f"size of the holdout split, with --selection holdout [{default.holdout}]")
     group.add_argument("--precision", choices=Recipe.PRECISIONS, help=PRECISION_HELP)
 
@@ -145,7 +146,7 @@ def _add_data_flags(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--data", metavar="PATH",
                         help="CIFAR-10 as an .npz, the official tarball, a cifar-10-batches-py folder or an image "
                              "folder tree; default: $KT_DROPOUT_DATA, then Keras's cache, then Keras's download")
-    source.add_argument("--synthetic", type=int, nargs=2, metavar=("N_TRAIN", "N_TEST"),
+    source.add_argument("--synthetic", type=_positive_int, nargs=2, metavar=("N_TRAIN", "N_TEST"),
                         help="train on a small synthetic CIFAR-10-shaped data set instead, to try things out")
     group.add_argument("--class-names", type=lambda text: text.split(","), metavar="NAME,...",
                        help="with --data of an image folder: its class folders' names in label order, for folders "
@@ -233,13 +234,13 @@ def cmd_experiments(args) -> int:
 # --- train -----------------------------------------------------------------------------------------
 
 
-def _check_output(path: Path, force: bool) -> None:
-    """Refuses, before any training, an output that is a folder, that exists (without --force), or whose
-    folder is missing or cannot be written."""
+def _check_output(path: Path, flag: str, force: bool = True) -> None:
+    """Refuses, before any training, the output file of `flag` if it is a folder, exists (unless `force`), or
+    its folder is missing or cannot be written: the run's or search's result is written at the end."""
     from kt_dropout.atomic import check_writable_folder
 
     if path.is_dir():
-        raise UsageError(f"{path} is a folder; --output takes the record's file name")
+        raise UsageError(f"{path} is a folder; {flag} takes a file name")
     if path.exists() and not force:
         raise UsageError(f"{path} already exists; pass --force to overwrite it")
     if not path.parent.is_dir():
@@ -267,7 +268,7 @@ def cmd_train(args) -> int:
 
     config, recipe = _config(args), _recipe(args)
     output = Path(args.output)
-    _check_output(output, args.force)
+    _check_output(output, "--output", args.force)
     with Lock(output, f"the run record {output}"):  # a second train into it is refused, not overwritten
         data, source = _data(args, config)
         print_banner(f"{PROG} train", precision=recipe.precision, data=data_line(source, data),
@@ -338,6 +339,8 @@ def cmd_search(args) -> int:
     space, base, recipe = _space(args.space), _config(args), _recipe(args)
     if args.tuner_id is not None and args.worker is None:
         raise UsageError("--tuner-id names a worker: it needs --worker")
+    if args.csv:
+        _check_output(Path(args.csv), "--csv")
     role = cluster.configure(args.chief, args.worker, args.tuner_id) if args.chief or args.worker else None
     data, source = (None, None) if role == "chief" else _data(args, base)  # the chief trains nothing
     try:
@@ -383,7 +386,7 @@ def cmd_reproduce(args) -> int:
     from kt_dropout.study.runner import AcceleratorRequired, open_study
     from kt_dropout.study.verdicts import decide_all
 
-    if args.no_pack and (args.pack_size or 1) > 1:
+    if args.no_pack and args.pack_size is not None and args.pack_size > 1:
         raise UsageError(f"--no-pack conflicts with --pack-size {args.pack_size}")
     profile = get_profile(args.profile)
     experiments = [e.name for e in resolve_experiments(args.experiments or list(profile.experiments))]
@@ -394,7 +397,7 @@ def cmd_reproduce(args) -> int:
         study = open_study(
             profile.name, results / STORE_FOLDER, data_path=args.data, epochs=args.epochs, seeds=args.seeds,
             selection=args.selection, precision=args.precision, experiments=experiments, allow_cpu=args.allow_cpu,
-            pack_size=1 if args.no_pack else (args.pack_size or 20), train_size=args.train_size,
+            pack_size=1 if args.no_pack else args.pack_size, train_size=args.train_size,
             test_size=args.test_size,
         )
     except AcceleratorRequired as error:
@@ -486,9 +489,12 @@ def cmd_merge(args) -> int:
     """Copies into RESULTS the runs that another results folder or store holds (e.g. one from a GPU machine)."""
     from kt_dropout.study.results import ResultStore
 
-    sources = [_open_store(Path(source)).root for source in args.sources]  # all checked before RESULTS is made
+    sources = [_open_store(Path(source)) for source in args.sources]  # all checked before RESULTS is made
+    bad = [problem for source in sources for problem in source.problems()]
+    if bad:
+        raise UsageError(f"{len(bad)} bad run file(s), nothing merged: {'; '.join(bad)}")
     target = ResultStore(_store_root(Path(args.results)))
-    copied = sum(target.merge(source) for source in sources)
+    copied = sum(target.merge(source.root) for source in sources)
     print(f"{copied} run(s) merged into {target.root}; it holds {len(target)}")
     return 0
 
@@ -554,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "describe, maximizing val_accuracy. A project already in --directory/--project-name is "
                          "resumed unless --overwrite. Prints the trials, best first.")
     search_cmd.add_argument("--tuner", choices=list(TUNER_NAMES), default="random", help="the Keras Tuner tuner [random]")
-    search_cmd.add_argument("--max-trials", type=int, default=10, metavar="N",
+    search_cmd.add_argument("--max-trials", type=_positive_int, default=10, metavar="N",
                             help="trials to run; hyperband runs its brackets up to --epochs instead [10]")
     search_cmd.add_argument("--space", type=space_item, action="append", default=[], metavar="NAME=SPEC",
                             help="one hyperparameter, repeatable: NAME is one of "
@@ -565,7 +571,7 @@ def build_parser() -> argparse.ArgumentParser:
     search_cmd.add_argument("--project-name", default="dropout_vgg", help="project within --directory [dropout_vgg]")
     search_cmd.add_argument("--overwrite", action="store_true", help="start over instead of resuming the project")
     search_cmd.add_argument("--seed", type=int, help="seeds the tuner and every trial's initial state")
-    search_cmd.add_argument("--trials-per-step", type=int, default=1, metavar="K",
+    search_cmd.add_argument("--trials-per-step", type=_positive_int, default=1, metavar="K",
                             help="train K trials at once as one packed model (those sharing a shape and learning "
                                  "rate; each keeps its own weights and result); not with hyperband [1]")
     search_cmd.add_argument("--data-parallel", action="store_true",
@@ -600,8 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--profile", choices=list(PROFILES), default="quick",
                            help="smoke: tiny networks on synthetic data; quick: 15 epochs; full: the post's "
                                 "250 [quick]")
-    reproduce.add_argument("--seeds", type=int, metavar="N", help="seeds per configuration [the profile's]")
-    reproduce.add_argument("--epochs", type=int, metavar="N", help="epochs per run [the profile's]")
+    reproduce.add_argument("--seeds", type=_positive_int, metavar="N", help="seeds per configuration [the profile's]")
+    reproduce.add_argument("--epochs", type=_positive_int, metavar="N", help="epochs per run [the profile's]")
     reproduce.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR",
                            help=f"results folder: store/ and report-PROFILE/ [{DEFAULT_RESULTS}]")
     data = reproduce.add_argument_group("data")
@@ -610,8 +616,8 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--selection", choices=Recipe.SELECTIONS, default="test",
                            help="pick the best epoch on the test set (as the post) or a holdout split [test]")
     reproduce.add_argument("--precision", choices=Recipe.PRECISIONS, default="float32", help=PRECISION_HELP)
-    reproduce.add_argument("--pack-size", type=int, metavar="N",
-                           help="most runs of one shape trained together as one packed model [20]")
+    reproduce.add_argument("--pack-size", type=_positive_int, metavar="N",
+                           help=f"most runs of one shape trained together as one packed model [{DEFAULT_PACK_SIZE}]")
     reproduce.add_argument("--no-pack", action="store_true", help="train each run alone with keras fit (pack size 1)")
     reproduce.add_argument("--allow-cpu", action="store_true",
                            help="train quick or full on a machine without a GPU or TPU, which is otherwise refused "
@@ -624,7 +630,7 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("results", metavar="RESULTS",
                         help="a results folder (holding store/) or a results store (holding store.json)")
     report.add_argument("--out", metavar="DIR", help="where the report goes [RESULTS/report, beside the store]")
-    report.add_argument("--epochs", type=int, metavar="N", help="report only the runs of N epochs")
+    report.add_argument("--epochs", type=_positive_int, metavar="N", help="report only the runs of N epochs")
     report.add_argument("--profile", metavar="NAME", help="the profile that trained the runs, for the header")
     report.add_argument("--data-source", metavar="TEXT",
                         help="where the data came from, for the header (runs record only its fingerprint)")
@@ -661,6 +667,26 @@ INTERRUPTED = {
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warnings(args.command)
+        return _run(args)
+
+
+def _one_line_warnings(command: str):
+    """A `warnings.showwarning` that prints each warning (e.g. a bad run file the results store skips) once,
+    as `kt-dropout <command>: warning: ...`, without Python's file, line and source."""
+    shown = set()
+
+    def show(message, *_):
+        if str(message) not in shown:
+            shown.add(str(message))
+            eprint(f"{PROG} {command}: warning: {message}")
+
+    return show
+
+
+def _run(args) -> int:
+    """The command, with its errors as one line and exit status 2."""
     try:
         return args.run(args)
     except KeyboardInterrupt:  # Ctrl-C: what was stored stays stored (every write is atomic)

@@ -8,7 +8,7 @@ from typing import Callable
 import keras
 
 from kt_dropout.callbacks import EpochTimer, TestScorer, recipe_callbacks
-from kt_dropout.config import Recipe, VGGConfig
+from kt_dropout.config import Recipe, VGGConfig, check_positive_int
 from kt_dropout.distribution import data_parallel, describe
 from kt_dropout.memory import releasing_traced_gradients
 from kt_dropout.model import build_compiled
@@ -41,14 +41,14 @@ def train(
         data: `((x_train, y_train), (x_test, y_test))` as `load_cifar10` returns: images with pixels
             in 0..255 (uint8 or float; the network scales them), labels as class indices or one-hot
             rows; checked as `splits.check_data` checks them.
-        epochs: overrides `recipe.epochs` (e.g. for a quick profile).
+        epochs: overrides `recipe.epochs` (e.g. for a quick profile); a positive integer.
         on_model: called with the trained model (best epoch's weights) before it is dropped; it takes
             images and labels as `data` holds them.
         distributed: build and train data-parallel over every local device
             (`kt_dropout.distribution.data_parallel`); the batch size stays the global one.
     """
     recipe = recipe or Recipe()
-    epochs = epochs or recipe.epochs
+    epochs = recipe.epochs if epochs is None else check_positive_int("epochs", epochs)
     splits = prepare_splits(data, recipe, config, "train(): data")
     with (data_parallel() if distributed else contextlib.nullcontext()) as distribution:
         keras.utils.set_random_seed(seed)

@@ -187,6 +187,53 @@ def test_train_refuses_an_unwritable_output_folder_before_training(tmp_path):
         (tmp_path / "locked").chmod(0o700)
 
 
+@pytest.mark.parametrize("args, flag, value", [
+    (["reproduce", "--epochs", "0"], "--epochs", "0"),
+    (["reproduce", "--epochs", "-1"], "--epochs", "-1"),
+    (["reproduce", "--seeds", "0"], "--seeds", "0"),
+    (["reproduce", "--seeds", "-2"], "--seeds", "-2"),
+    (["reproduce", "--pack-size", "0"], "--pack-size", "0"),
+    (["train", "--epochs", "0"], "--epochs", "0"),
+    (["train", "--batch-size", "0"], "--batch-size", "0"),
+    (["train", "--synthetic", "0", "8"], "--synthetic", "0"),
+    (["search", "--max-trials", "0"], "--max-trials", "0"),
+    (["search", "--trials-per-step", "0"], "--trials-per-step", "0"),
+    (["report", "results", "--epochs", "0"], "--epochs", "0"),
+])
+def test_a_count_of_zero_or_less_is_refused_naming_the_flag_never_taken_as_the_default(tmp_path, args, flag, value):
+    result = run_cli(*args, cwd=tmp_path)
+    assert_usage_error(result, args[0], f"argument {flag}", f"expected a positive integer, got '{value}'")
+    assert os.listdir(tmp_path) == []
+
+
+def test_search_refuses_a_csv_it_could_not_write_before_searching(tmp_path):
+    (tmp_path / "out.csv").mkdir()
+    result = run_cli("search", *TINY, "--epochs", "1", "--max-trials", "1", "--csv", "out.csv", "--directory", "search",
+                     cwd=tmp_path)  # tiny, so that a search that was not refused would end soon
+    assert_usage_error(result, "search", "out.csv is a folder; --csv takes a file name")
+    assert sorted(os.listdir(tmp_path)) == ["out.csv"]
+
+
+def test_bad_run_files_are_skipped_by_report_and_refused_by_merge_naming_each(tmp_path):
+    """A run file of valid JSON with a field of the wrong type, and one whose content no longer hashes to its
+    name: `report` warns about each on one line and reports the rest; `merge` names both and writes nothing."""
+    store = ResultStore(tmp_path / "results" / "store")
+    paths = [store.root / f"{store.put(_run(seed, 1))}.json" for seed in (0, 1, 2)]
+    paths[1].write_text(json.dumps({**json.loads(paths[1].read_text()), "seed": "zero"}))
+    paths[2].write_text(json.dumps({**json.loads(paths[2].read_text()), "epochs": 3}))
+    report = run_cli("report", "results", cwd=tmp_path)
+    assert report.returncode == 0, report.stderr
+    warned = [line for line in report.stderr.splitlines() if line.startswith("kt-dropout report: warning: ")]
+    assert len(warned) == 2 and "Traceback" not in report.stderr, report.stderr
+    named = [str(path.relative_to(tmp_path)) for path in paths]  # as given: RESULTS was relative
+    assert f"{named[1]}: seed: expected an integer, got 'zero'" in warned[0] + warned[1]
+    assert f"{named[2]}: its key fields" in warned[0] + warned[1]
+    assert (tmp_path / "results" / "report" / "report.md").is_file()
+    merge = run_cli("merge", "merged", "results", cwd=tmp_path)
+    assert_usage_error(merge, "merge", "2 bad run file(s), nothing merged", named[1], named[2])
+    assert not (tmp_path / "merged").exists()
+
+
 def test_data_and_synthetic_conflict(tmp_path):
     result = run_cli("train", "--data", "x", "--synthetic", "1", "1", cwd=tmp_path)
     assert_usage_error(result, "train", "--synthetic", "--data")
@@ -278,6 +325,23 @@ def test_reproduce_again_trains_nothing(reproduced):
     assert "0 model-epochs to train; 4 runs already stored" in result.stderr
     assert {p.name: p.stat().st_mtime_ns for p in (cwd / "tmp" / "store").iterdir()} == mtimes
     assert len(list((cwd / "tmp" / "store").iterdir())) == 5
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("reproduced")  # one worker builds the module's smoke study once
+def test_reproduce_skips_a_bad_run_file_naming_it_and_trains_that_run_again(reproduced, tmp_path):
+    cwd, first = reproduced
+    assert first.returncode == 0, first.stderr
+    shutil.copytree(cwd / "tmp", tmp_path / "tmp")
+    bad = min(p for p in (tmp_path / "tmp" / "store").iterdir() if p.name != "store.json")
+    bad.write_text(json.dumps({**json.loads(bad.read_text()), "seed": "zero"}))  # valid JSON, a wrong type
+    result = run_cli("reproduce", "batchnorm", *SMOKE, "--results", "tmp", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    warned = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert warned == [(f"kt-dropout reproduce: warning: results store: skipping a bad run file: "
+                       f"{bad.relative_to(tmp_path)}: seed: expected an integer, got 'zero'")], result.stderr
+    assert "1 runs x 1 epochs = 1 model-epochs to train; 3 runs already stored" in result.stderr
+    assert ResultStore(tmp_path / "tmp" / "store", create=False).problems() == []  # trained again, replaced
 
 
 @pytest.mark.slow

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from kt_dropout import Recipe, VGGConfig, train
-from kt_dropout.data import synthetic_cifar10
+from kt_dropout.data import DataError, synthetic_cifar10
 from kt_dropout.record import summarize_history
 from kt_dropout.splits import prepare_splits
 
@@ -62,6 +62,60 @@ def test_a_diverging_run_is_stopped_and_recorded_as_failed():
     record = train(TINY, data, recipe=Recipe(learning_rate=1e38, pixel_scale=1e30), epochs=5, verbose=0)
     assert record.status == "failed" and re.search(r"loss became (nan|inf|-inf) in epoch \d", record.error)
     assert record.epochs_run < 5
+
+
+class _NaNBatchNormStatistics(keras.callbacks.Callback):
+    """Before the first validation, makes every BatchNorm's moving variance NaN: what blown-up statistics look
+    like. Training uses each batch's own statistics, so its loss stays finite; validation's is NaN."""
+
+    def on_test_begin(self, logs=None):
+        for layer in self.model.layers:
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.moving_variance.assign(np.full(layer.moving_variance.shape, np.nan, "float32"))
+
+
+def test_a_diverging_validation_loss_fails_the_run_too():
+    data = synthetic_cifar10(n_train=64, n_test=32)
+    record = train(TINY, data, recipe=Recipe(batch_size=32), epochs=3, verbose=0, callbacks=[_NaNBatchNormStatistics()])
+    assert all(np.isfinite(record.history["loss"]))
+    assert record.status == "failed" and record.error == "val_loss became nan in epoch 1; training was stopped there"
+    assert record.epochs_run == 1  # stopped there
+
+
+def _data_with(data, x=None, y=None):
+    (x_train, y_train), test = data
+    return (x_train if x is None else x, y_train if y is None else y), test
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda x, y: {"x": x / np.float32(255)}, "every pixel is within 0..1: the images look scaled already"),
+    (lambda x, y: {"y": np.where(np.arange(len(y)) == 3, -1, y)}, "y_train has 1 labels outside [0, 10) (e.g. -1)"),
+    (lambda x, y: {"y": np.where(np.arange(len(y)) == 3, 10, y)}, "y_train has 1 labels outside [0, 10) (e.g. 10)"),
+    (lambda x, y: {"y": y.astype(str)}, "y_train has dtype <U21; expected integer class indices"),
+    (lambda x, y: {"y": y + 0.5}, "y_train has dtype float64; expected integer class indices"),
+    (lambda x, y: {"x": x.astype(np.uint16)}, "x_train has dtype uint16; expected uint8 or float pixels in 0..255"),
+    (lambda x, y: {"y": y[:10]}, "x_train has 64 images but y_train has 10 labels"),
+    (lambda x, y: {"x": x[..., :1]}, "x_train has shape (64, 32, 32, 1); expected (N, height, width, 3) RGB images"),
+], ids=["scaled-twice", "label-minus-1", "label-10", "string-labels", "float-labels", "uint16", "lengths", "shape"])
+def test_train_refuses_bad_data_before_training_with_the_message_search_gives(change, message, tmp_path):
+    from kt_dropout.tuning.search import search
+
+    data = synthetic_cifar10(n_train=64, n_test=32)
+    bad = _data_with(data, **change(*data[0]))
+    with pytest.raises(DataError) as raised:
+        train(TINY, bad, epochs=1, verbose=0)
+    problem = str(raised.value).removeprefix("train(): data: ")
+    assert problem != str(raised.value) and message in problem
+    with pytest.raises(DataError) as searched:  # one validation path: the same message, another source
+        search(data=bad, base=TINY, max_trials=1, epochs=1, verbose=0, directory=tmp_path / "search")
+    assert str(searched.value).endswith(f": {problem}")
+    assert not (tmp_path / "search").exists()
+
+
+@pytest.mark.parametrize("epochs", [0, -1, 1.5, True])
+def test_train_refuses_epochs_that_are_not_a_positive_integer(epochs):
+    with pytest.raises(ValueError, match=rf"^epochs: must be a positive integer, got {epochs!r}$"):
+        train(TINY, synthetic_cifar10(n_train=64, n_test=32), epochs=epochs, verbose=0)
 
 
 def test_summarize_history_picks_the_first_best_epoch():

@@ -17,7 +17,8 @@ from typing import Callable, Iterable
 import keras
 import numpy as np
 
-from kt_dropout.config import Recipe, VGGConfig
+from kt_dropout.callbacks import diverged
+from kt_dropout.config import Recipe, VGGConfig, check_positive_int
 from kt_dropout.packing.device_epochs import DeviceEpochs
 from kt_dropout.model import build_model, precision_scope
 from kt_dropout.packing.model import build_packed_model, check_packable, member_weights, pack_weights
@@ -194,7 +195,7 @@ class PackTrainer:
     def train(self, epochs: int, on_epoch: Callable[[int, dict], None] | None = None) -> list[float]:
         """Up to `epochs` epochs; returns each epoch's seconds and fills `histories`, one per member.
 
-        A member's history stops at the epoch its loss became NaN or infinite
+        A member's history stops at the epoch its training or validation loss became NaN or infinite
         (the others train on: members never share weights); training stops when
         no member is left. `on_epoch(epoch, logs)` runs after every epoch (1-based).
         """
@@ -209,7 +210,7 @@ class PackTrainer:
                 if alive[k]:
                     for key, values in logs.items():
                         history.setdefault(key, []).append(float(values[k]))
-                    alive[k] = math.isfinite(history["loss"][-1])
+                    alive[k] = diverged({name: values[-1] for name, values in history.items()}) is None
             if on_epoch is not None:
                 on_epoch(epoch + 1, logs)
             if not any(alive):
@@ -227,11 +228,11 @@ def train_pack(
 ) -> list[RunRecord]:
     """Trains a pack and returns one `RunRecord` per member, in order.
 
-    A member whose loss turns NaN or infinite is recorded as failed at that
-    epoch; the others train on (members never share weights).
+    A member whose training or validation loss turns NaN or infinite is
+    recorded as failed at that epoch, with the reason; the others train on (members never share weights).
     """
     recipe = recipe or Recipe()
-    epochs = epochs or recipe.epochs
+    epochs = recipe.epochs if epochs is None else check_positive_int("epochs", epochs)
     trainer = PackTrainer(
         members, data, recipe, steps_per_execution=steps_per_execution, device_data=device_data,
         conv_implementation=conv_implementation,

@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from kt_dropout.config import VGGConfig
+from kt_dropout.config import VGGConfig, check_positive_int
 from kt_dropout.study.experiments import CLAIMS, EXPERIMENTS
 
 #: The report's title for runs on CIFAR-10 (and for runs whose profile the report is not told).
 CIFAR10_TITLE = "Dropout with batch normalization on CIFAR-10: results"
+DEFAULT_PACK_SIZE = 20  # the most runs of one shape that a study trains together as one packed model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,10 @@ class Profile:
 
     def conv_implementation(self, backend: str) -> str:
         return dict(self.conv_implementations).get(backend, "grouped")
+
+    def __post_init__(self):
+        for field in ("epochs", "seeds", "width_divisor"):
+            check_positive_int(field, getattr(self, field))
 
     def scale(self, config: VGGConfig) -> VGGConfig:
         if self.width_divisor == 1:

@@ -5,14 +5,18 @@ the seed, the number of epochs, the backend and the data -- not the
 configuration's name, so the same network under two names is trained once),
 and is read back only if it still hashes to its name. Runs that share all of
 the key but the network and the seed form one study (`StudyKey`). Every file
-is written whole (temp file, fsync, `os.replace`): a run killed mid-write
-leaves either the old file or the new one, never half of one, and the store
-can be copied, merged and resumed from.
+is written whole (temp file, fsync, then `os.link` or `os.replace`): a run
+killed mid-write leaves either the old file or the new one, never half of one,
+and the store can be copied, merged and resumed from. A successful run, once
+stored, is never replaced, whichever process (or machine, on a shared
+filesystem) trains the same run again at the same time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import fcntl
 import json
 import re
 import warnings
@@ -20,7 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
-from kt_dropout.atomic import check_writable_folder, write_text
+from kt_dropout.atomic import check_writable_folder, create_text, write_text
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.record import KEY_LENGTH, RunRecord, canonical_json
 
@@ -67,6 +71,14 @@ def _read_record(path: Path) -> RunRecord:
     except ValueError as e:
         raise ValueError(f"{path}: not JSON ({e})") from None
     return RunRecord.from_json(data, source=path, key=path.stem)
+
+
+def _try_read(path: Path) -> tuple[RunRecord | None, str | None]:
+    """`(record, None)`, or `(None, what is wrong)` naming the file."""
+    try:
+        return _read_record(path), None
+    except (OSError, ValueError) as e:  # either names the file
+        return None, str(e)
 
 
 def _folder_error(error: OSError, what: str, folder: Path) -> OSError:
@@ -138,21 +150,50 @@ class ResultStore:
 
     def _load(self, path: Path) -> RunRecord | None:
         """The record in `path`, or None with a warning naming the file when it cannot be read."""
-        try:
-            return _read_record(path)
-        except (OSError, ValueError) as e:  # either names the file
-            warnings.warn(f"results store: skipping an unreadable run file: {e}", stacklevel=3)
-            return None
+        record, problem = _try_read(path)
+        if problem is not None:
+            warnings.warn(f"results store: skipping a bad run file: {problem}", stacklevel=3)
+        return record
+
+    def problems(self) -> list[str]:
+        """What is wrong with each run file that `records()` would skip, naming the file (unreadable, not
+        JSON, a field of the wrong type, or a record that does not hash to its file's name)."""
+        return [problem for _, problem in map(_try_read, self._run_files()) if problem is not None]
 
     def __len__(self) -> int:
         """The number of run files (a corrupt one counts until it is rewritten)."""
         return len(self._run_files())
 
     def put(self, record: RunRecord) -> str:
-        """Stores `record` under its key, replacing an earlier record of the same run; returns the key."""
+        """Stores `record` under its key, unless a successful run is stored there already; returns the key.
+
+        A successful run stored first, by this process or another, is kept: the run trained again (by a
+        second `reproduce` into the same store, say) is dropped, and `get` returns the stored one. A failed
+        run, or a file that cannot be read, is replaced, under a lock on the store's manifest so that two
+        processes replacing it at once cannot replace each other's successful run.
+        """
         key = record.key.digest()
-        self._write_json(self.root / f"{key}.json", record.to_json())
+        path = self.root / f"{key}.json"
+        text = json.dumps(record.to_json(), indent=1, sort_keys=True) + "\n"
+        try:
+            if create_text(path, text):
+                return key
+            with self._locked():
+                stored, _ = _try_read(path)  # None when missing or unreadable: replaced without a word
+                if stored is None or stored.status != "ok":
+                    write_text(path, text)
+        except OSError as e:
+            raise _folder_error(e, "write to the", self.root) from e
         return key
+
+    @contextlib.contextmanager
+    def _locked(self):
+        """An exclusive lock on the manifest (which is never rewritten) while a stored run is read and
+        replaced; where the filesystem has no locks, none."""
+        with open(self.root / MANIFEST_NAME, "rb") as manifest:
+            with contextlib.suppress(OSError):  # ENOLCK, EINVAL, ...: a filesystem without flock
+                fcntl.flock(manifest, fcntl.LOCK_EX)
+            yield
 
     def get(self, key: str, *, ok_only: bool = False) -> RunRecord | None:
         """The record stored under `key`; None when there is none, or with `ok_only` when that run failed."""
@@ -183,9 +224,15 @@ class ResultStore:
         A key present on both sides with different content keeps this store's
         record, with a warning naming the key -- except that a successful run
         replaces a failed one, since the failed one would only be retrained.
+        A source with a bad run file (`problems`) is refused, naming every one,
+        before anything is copied.
         """
+        source = ResultStore(other_root, create=False)
+        problems = source.problems()
+        if problems:
+            raise ValueError(f"{source.root}: {len(problems)} bad run file(s), nothing merged: {'; '.join(problems)}")
         copied, conflicts = 0, []
-        for record in ResultStore(other_root, create=False).records():
+        for record in source.records():
             key = record.key.digest()
             mine = self.get(key)
             if mine is None or (mine.status != "ok" and record.status == "ok"):

@@ -21,7 +21,7 @@ from typing import Iterable
 import keras
 
 from kt_dropout import distribution
-from kt_dropout.config import Recipe
+from kt_dropout.config import Recipe, check_positive_int
 from kt_dropout.packing.trainer import Member, plan_packs, train_pack
 from kt_dropout.progress import (
     STDERR,
@@ -32,7 +32,7 @@ from kt_dropout.progress import (
 )
 from kt_dropout.record import RunKey, RunRecord
 from kt_dropout.study.experiments import CONFIGS, EXPERIMENTS, resolve_experiments
-from kt_dropout.study.profiles import Profile, get_profile
+from kt_dropout.study.profiles import DEFAULT_PACK_SIZE, Profile, get_profile
 from kt_dropout.study.results import MANIFEST_NAME, ResultStore, StudyKey, by_study
 from kt_dropout.training import train
 
@@ -57,17 +57,18 @@ class Study:
     def __init__(
         self, profile: Profile, data, data_fingerprint: str, store: ResultStore, *, recipe: Recipe | None = None,
         epochs: int | None = None, seeds: int | None = None, experiments: Iterable[str] | None = None,
-        pack: bool = True, max_pack_size: int = 20, progress=STDERR,
+        pack: bool = True, max_pack_size: int = DEFAULT_PACK_SIZE, progress=STDERR,
         data_source: str = "", **pack_options,
     ):
         self.profile, self.data, self.fingerprint, self.store = profile, data, data_fingerprint, store
         self.data_source = data_source
         self._attempted: set[str] = set()  # keys trained in this session: a failed run is not retried in it
         self.recipe = recipe or Recipe()
-        self.epochs = epochs or profile.epochs
-        self.seeds = list(range(seeds or profile.seeds))
+        self.epochs = profile.epochs if epochs is None else check_positive_int("epochs", epochs)
+        self.seeds = list(range(profile.seeds if seeds is None else check_positive_int("seeds", seeds)))
         self.experiments = [e.name for e in resolve_experiments(list(experiments or profile.experiments))]
-        self.pack, self.max_pack_size = pack, max_pack_size
+        self.pack = pack
+        self.max_pack_size = check_positive_int("max_pack_size", max_pack_size)
         conv = profile.conv_implementation(keras.backend.backend())
         self.pack_options = {"conv_implementation": conv, **pack_options}
         self.progress = progress
@@ -217,15 +218,18 @@ def _unstored(results, members: list[Member], recipe: Recipe, epochs: int) -> li
 
 def open_study(
     profile: str, results, *, data_path=None, epochs: int | None = None, seeds: int | None = None,
-    selection: str = "test", precision: str = "float32", pack_size: int = 20, experiments: Iterable[str] | None = None,
-    train_size: int | None = None, test_size: int | None = None, allow_cpu: bool = False, progress=STDERR,
+    selection: str = "test", precision: str = "float32", pack_size: int | None = None,
+    experiments: Iterable[str] | None = None, train_size: int | None = None, test_size: int | None = None,
+    allow_cpu: bool = False, progress=STDERR,
 ) -> Study:
     """A `Study` from plain settings, as the CLI and the pytest options give them.
 
     A smoke profile trains on `synthetic_cifar10`; the others load CIFAR-10 the
     standard way (`load_cifar10`). `train_size`/`test_size` keep the first images
     of each class (`first_per_class`): a study of its own, since the data's
-    fingerprint differs. `pack_size=1` trains each run with `keras.fit`.
+    fingerprint differs. `pack_size=1` trains each run with `keras.fit` (None: `DEFAULT_PACK_SIZE`).
+    Every count given (epochs, seeds, pack_size, train_size, test_size) must be a positive integer:
+    0 is an error, not "the default", and is refused before anything is made or read.
     Without a GPU or TPU, a profile other than smoke raises `AcceleratorRequired`
     unless `allow_cpu`: before the data is loaded, counting the runs the store
     holds on any data, and again after, counting those it holds on this data.
@@ -234,13 +238,17 @@ def open_study(
     from kt_dropout.progress import cifar10_source
 
     chosen = get_profile(profile)
-    if pack_size < 1:
-        raise ValueError(f"pack_size: must be at least 1, got {pack_size}")
+    counts = {"epochs": epochs, "seeds": seeds, "pack_size": pack_size, "train_size": train_size,
+              "test_size": test_size}
+    for name, count in counts.items():
+        if count is not None:
+            check_positive_int(name, count)
+    pack_size = DEFAULT_PACK_SIZE if pack_size is None else pack_size
     recipe = Recipe(selection=selection, holdout=64 if chosen.synthetic else Recipe().holdout, precision=precision)
     names = [n for e in resolve_experiments(list(experiments or chosen.experiments)) for n in EXPERIMENTS[e.name].configs]
-    members = _members(chosen, dict.fromkeys(names), list(range(seeds or chosen.seeds)))
+    members = _members(chosen, dict.fromkeys(names), list(range(chosen.seeds if seeds is None else seeds)))
     if not allow_cpu:  # before the store is made and the data read
-        length = epochs or chosen.epochs
+        length = chosen.epochs if epochs is None else epochs
         check_accelerator(chosen, len(_unstored(results, members, recipe, length)) * length)
     store = ResultStore(results)  # refuses a folder it does not own before any data is read
     whole = synthetic_cifar10(n_train=128, n_test=64) if chosen.synthetic else load_cifar10(data_path)

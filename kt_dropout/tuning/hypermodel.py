@@ -100,7 +100,7 @@ class DropoutVGGHyperModel(keras_tuner.HyperModel):
         """
         if isinstance(x, np.ndarray):
             x, y, validation_data = self._checked(x, y, validation_data)
-        epochs = self.recipe.epochs if epochs is None else epochs
+        epochs = self.recipe.epochs if epochs is None else check_positive_int("epochs", epochs)
         kwargs.setdefault("batch_size", self.recipe.batch_size)
         with releasing_traced_gradients():  # else TensorFlow keeps every trial's model
             history = model.fit(

@@ -252,6 +252,8 @@ def search(
         raise ValueError("data_parallel: splits one model's batches over devices; a packed search (trials_per_step > 1) "
                          "trains many models on one device instead: choose one")
     check_positive_int("max_trials", max_trials)
+    if "executions_per_trial" in tuner_kwargs:
+        check_positive_int("executions_per_trial", tuner_kwargs["executions_per_trial"])
     epochs = check_positive_int("epochs", hypermodel.recipe.epochs if epochs is None else epochs)
     budget = {"max_epochs": epochs} if issubclass(tuner_class, keras_tuner.Hyperband) else {"max_trials": max_trials}
     if data_parallel and "distribution_strategy" in tuner_kwargs:

@@ -10,6 +10,7 @@ from kt_dropout.packing.model import (
     CONV_IMPLEMENTATIONS, GroupDropout, PackedConv2D, build_packed_model, load_member, member_weights, pack_weights,
 )
 from kt_dropout.packing.trainer import Member, PackTrainer, plan_packs, train_pack
+from kt_dropout.record import make_record
 
 TINY = VGGConfig(nfilters=(4, 8, 8), ndense=16)
 
@@ -152,6 +153,24 @@ def test_train_pack_records_each_member():
         assert r.status == "ok" and r.pack_size == 2 and r.epochs_run == 2
         assert len(r.history["val_accuracy"]) == 2 and 1 <= r.best_epoch <= 2
         assert r.best_val_accuracy == max(r.history["val_accuracy"])
+
+
+def test_a_member_whose_validation_loss_diverges_fails_alone():
+    """Member 0's BatchNorm statistics made NaN (what blown-up ones look like): training uses each batch's own
+    statistics, so its training loss stays finite, but its validation loss is NaN; member 1 trains on."""
+    trainer = PackTrainer([Member("a", TINY, 0), Member("b", TINY, 1)], _data(64, 32), Recipe(batch_size=32))
+    for layer in trainer.model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            variance = np.array(layer.moving_variance)
+            variance[: len(variance) // 2] = np.nan  # the first of the two members' equal groups of channels
+            layer.moving_variance.assign(variance)
+    trainer.train(2)
+    first, second = trainer.histories
+    assert np.isfinite(first["loss"]).all() and np.isnan(first["val_loss"]).all() and len(first["loss"]) == 1
+    assert np.isfinite(second["val_loss"]).all() and len(second["loss"]) == 2
+    record = make_record(name="a", config=TINY, recipe=Recipe(), seed=0, epochs=2, data_fingerprint="fp",
+                         history=first, epoch_seconds=[1.0])
+    assert record.status == "failed" and record.error == "val_loss became nan in epoch 1; training was stopped there"
 
 
 def test_one_hot_labels_train_a_pack_as_class_indices_do():

@@ -82,6 +82,14 @@ def test_gpu_length_study_on_a_cpu_stops_the_session_before_any_test_unless_allo
     assert "ERROR: " in allowed.stderr and "nowhere" in allowed.stderr and "GPU" not in allowed.stderr
 
 
+def test_a_count_of_zero_is_a_usage_error_naming_the_option_and_its_variable_not_the_default(tmp_path):
+    result = _pytest("benchmarks/test_post.py", "-m", "gpu", "--kt-profile", "smoke", "--kt-results", str(tmp_path),
+                     env={"KT_SEEDS": "0"})
+    assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout + result.stderr
+    assert "ERROR: --kt-seeds (env KT_SEEDS): expected a positive integer, got '0'" in result.stderr, result.stderr
+    assert "passed" not in result.stdout and not any(tmp_path.iterdir())
+
+
 @pytest.mark.slow
 def test_smoke_profile_runs_end_to_end_and_resumes(tmp_path):
     args = ["benchmarks/test_post.py", "-m", "gpu", "--kt-profile", "smoke", "--kt-seeds", "2", "--kt-epochs", "2",

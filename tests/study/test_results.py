@@ -2,6 +2,8 @@ import dataclasses
 import json
 import os
 import re
+import subprocess
+import sys
 import warnings
 from pathlib import Path
 
@@ -81,6 +83,8 @@ def test_a_killed_writer_leaves_files_that_readers_skip(tmp_path):
 @pytest.mark.parametrize("change, problem", [
     (lambda stored: {**stored, "seed": 7}, "hash to"),  # edited by hand: no longer the run its name says
     (lambda stored: {**stored, "epochs_run": "2"}, "epochs_run: expected an integer"),
+    (lambda stored: {**stored, "seed": "zero"}, "seed: expected an integer, got 'zero'"),
+    (lambda stored: {**stored, "history": {"loss": ["x"]}}, r"history\['loss'\]\[0\]: expected a number"),
 ])
 def test_a_run_file_that_is_not_its_run_is_skipped_with_a_warning_naming_it(tmp_path, change, problem):
     store = ResultStore(tmp_path)
@@ -93,16 +97,48 @@ def test_a_run_file_that_is_not_its_run_is_skipped_with_a_warning_naming_it(tmp_
 
 def test_write_failure_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatch):
     store = ResultStore(tmp_path)
-    key = store.put(record())
+    key = store.put(record(status="failed"))
 
     def killed(*args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(os, "replace", killed)
+    monkeypatch.setattr(os, "replace", killed)  # replacing the failed run
     with pytest.raises(KeyboardInterrupt):
-        store.put(record(val_accuracy=[0.5, 0.9]))
-    assert store.get(key).best_val_accuracy == 0.55
+        store.put(record())
+    monkeypatch.setattr(os, "link", killed)  # creating a new run file
+    with pytest.raises(KeyboardInterrupt):
+        store.put(record(seed=1))
+    assert store.get(key).status == "failed"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["store.json", f"{key}.json"])
+
+
+def test_a_failed_run_is_replaced_by_a_successful_one_never_the_reverse(tmp_path):
+    store = ResultStore(tmp_path)
+    key = store.put(record(status="failed"))
+    assert store.put(record()) == key and store.get(key).status == "ok"
+    assert store.put(record(status="failed")) == key and store.get(key).status == "ok"
+
+
+def test_a_stored_successful_run_is_never_replaced_by_another_process(tmp_path):
+    """Two `reproduce` processes into one store both train a run: the first stored stays, in both."""
+    key = ResultStore(tmp_path).put(record())
+    path = tmp_path / f"{key}.json"
+    stored = path.read_bytes()
+    again = record().replace(seconds=99.0)  # the same run, trained again elsewhere
+    assert ResultStore(tmp_path).put(again) == key and path.read_bytes() == stored  # another store object
+    code = ("import json, sys\n"
+            "from kt_dropout.record import RunRecord\n"
+            "from kt_dropout.study.results import ResultStore\n"
+            "store = ResultStore(sys.argv[1])\n"
+            "key = store.put(RunRecord.from_json(json.loads(sys.argv[2])))\n"
+            "print(key, store.get(key).seconds)\n")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path), json.dumps(again.to_json())], env=env, check=False,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [key, str(record().seconds)]  # the other process reads the stored run back
+    assert path.read_bytes() == stored and sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["store.json", path.name])
 
 
 @pytest.mark.parametrize(
@@ -142,6 +178,20 @@ def test_merge_copies_missing_runs_and_keeps_conflicting_ones(tmp_path):
     assert mine.get(failed_here, ok_only=True) is not None
     with pytest.warns(UserWarning, match=shared):
         assert mine.merge(tmp_path / "theirs") == 0
+
+
+def test_merge_refuses_a_source_with_bad_run_files_naming_each_before_copying_anything(tmp_path):
+    mine, theirs = ResultStore(tmp_path / "mine"), ResultStore(tmp_path / "theirs")
+    mine.put(record(seed=0))
+    theirs.put(record(seed=1))
+    bad = [tmp_path / "theirs" / f"{theirs.put(record(seed=seed))}.json" for seed in (2, 3)]
+    bad[0].write_text(json.dumps({**json.loads(bad[0].read_text()), "seed": "zero"}))
+    bad[1].write_text(json.dumps({**json.loads(bad[1].read_text()), "seed": 7}))  # no longer its key's run
+    assert len(theirs.problems()) == 2 and mine.problems() == []
+    with pytest.raises(ValueError, match=r"2 bad run file\(s\), nothing merged") as refused:
+        mine.merge(tmp_path / "theirs")
+    assert all(str(path) in str(refused.value) for path in bad)
+    assert len(mine) == 1
 
 
 def test_merge_from_a_missing_store_is_an_error_and_creates_nothing(tmp_path):

@@ -227,6 +227,14 @@ def test_fit_applies_the_recipe(tiny, kwargs, epochs_run):
     assert "val_accuracy" in history.history
 
 
+def test_fit_refuses_epochs_that_are_not_a_positive_integer(tiny):
+    hypermodel = DropoutVGGHyperModel(base=BASE)
+    hp = keras_tuner.HyperParameters()
+    x, y = tiny
+    with pytest.raises(ValueError, match=r"^epochs: must be a positive integer, got 0$"):
+        hypermodel.fit(hp, hypermodel.build(hp), x, y, validation_data=(x, y), epochs=0)
+
+
 def test_a_plain_keras_tuner_search_on_raw_cifar_arrays_gives_best_models_that_score_their_trials(tmp_path, learnable):
     """Arrays as `keras.datasets.cifar10.load_data()` gives them (uint8 images, (N, 1) uint8 labels) straight into
     Keras Tuner's own tuner; its best model, read back from the trial's checkpoint, scores the raw images as the

@@ -280,6 +280,7 @@ def test_bad_data_fails_before_any_trial(tmp_path, data, error, message):
         ({"space": {"dropout_dense": 0.5}, "hypermodel": DropoutVGGHyperModel()}, "belong to the hypermodel"),
         ({"data": DATA, "max_trials": 0}, "max_trials"),
         ({"data": DATA, "epochs": 0}, "epochs"),
+        ({"data": DATA, "executions_per_trial": 0}, "executions_per_trial: must be a positive integer, got 0"),
     ],
 )
 def test_bad_arguments(tmp_path, kwargs, message):
