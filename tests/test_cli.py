@@ -327,12 +327,17 @@ def test_reproduce_again_trains_nothing(reproduced):
     assert len(list((cwd / "tmp" / "store").iterdir())) == 5
 
 
-@pytest.mark.slow
-@pytest.mark.xdist_group("reproduced")  # one worker builds the module's smoke study once
-def test_reproduce_skips_a_bad_run_file_naming_it_and_trains_that_run_again(reproduced, tmp_path):
+def _copy_study(reproduced, tmp_path) -> None:
+    """A copy of the module's smoke study in `tmp_path/tmp`, for a test that changes it."""
     cwd, first = reproduced
     assert first.returncode == 0, first.stderr
     shutil.copytree(cwd / "tmp", tmp_path / "tmp")
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("reproduced")  # one worker builds the module's smoke study once
+def test_reproduce_skips_a_bad_run_file_naming_it_and_trains_that_run_again(reproduced, tmp_path):
+    _copy_study(reproduced, tmp_path)
     bad = min(p for p in (tmp_path / "tmp" / "store").iterdir() if p.name != "store.json")
     bad.write_text(json.dumps({**json.loads(bad.read_text()), "seed": "zero"}))  # valid JSON, a wrong type
     result = run_cli("reproduce", "batchnorm", *SMOKE, "--results", "tmp", cwd=tmp_path)
@@ -347,9 +352,7 @@ def test_reproduce_skips_a_bad_run_file_naming_it_and_trains_that_run_again(repr
 @pytest.mark.slow
 @pytest.mark.xdist_group("reproduced")  # one worker builds the module's smoke study once
 def test_reproduce_in_bfloat16_is_a_study_of_its_own(reproduced, tmp_path):
-    cwd, first = reproduced
-    assert first.returncode == 0, first.stderr
-    shutil.copytree(cwd / "tmp", tmp_path / "tmp")
+    _copy_study(reproduced, tmp_path)
     result = run_cli("reproduce", "batchnorm", *SMOKE, "--precision", "mixed_bfloat16", "--results", "tmp",
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr
