@@ -73,7 +73,7 @@ def test_killed_reproduce_resumes_without_retraining(tmp_path):
 
 
 SEARCH = [sys.executable, "-m", "kt_dropout.cli", "search", "--synthetic", "128", "64", "--nfilters", "4", "8", "8",
-          "--ndense", "16", "--batch-size", "32", "--seed", "0", "--max-trials", "3", "--epochs", "30",
+          "--ndense", "16", "--batch-size", "32", "--seed", "0", "--max-trials", "3", "--epochs", "10",
           "--directory", "search", "--csv", "trials.csv"]
 
 
