@@ -38,7 +38,7 @@ import numpy as np
 import pytest
 from tabulate import tabulate
 
-from kt_dropout.config import NUM_BLOCKS
+from kt_dropout.config import NUM_BLOCKS, parse_positive_int, parse_positive_ints
 from kt_dropout.packing.model import packed_conv_matmuls
 from kt_dropout.record import environment
 
@@ -151,15 +151,15 @@ def measure_layer(layer: dict, members: int, batch: int, dtype: str, repeats: in
 
 
 def _settings() -> dict:
-    def ints(name, default):
-        return [int(v) for v in os.environ.get(name, default).split(",") if v.strip()]
+    def count(name, default):
+        return parse_positive_int(name, os.environ.get(name, default))
 
     return {
-        "members": int(os.environ.get("KT_CONV_MEMBERS", "16")),
-        "batch": int(os.environ.get("KT_CONV_BATCH", "64")),
-        "widths": ints("KT_CONV_WIDTHS", "64,128,256"),
+        "members": count("KT_CONV_MEMBERS", "16"),
+        "batch": count("KT_CONV_BATCH", "64"),
+        "widths": parse_positive_ints("KT_CONV_WIDTHS", os.environ.get("KT_CONV_WIDTHS", "64,128,256")),
         "dtypes": [d.strip() for d in os.environ.get("KT_CONV_DTYPES", "float32,bfloat16").split(",") if d.strip()],
-        "repeats": int(os.environ.get("KT_CONV_REPEATS", "20")),
+        "repeats": count("KT_CONV_REPEATS", "20"),
     }
 
 

@@ -60,7 +60,7 @@ import numpy as np
 import pytest
 from tabulate import tabulate
 
-from kt_dropout.config import NUM_BLOCKS, Recipe, VGGConfig
+from kt_dropout.config import NUM_BLOCKS, Recipe, VGGConfig, parse_positive_int, parse_positive_ints
 from kt_dropout.data import synthetic_cifar10
 from kt_dropout.study.experiments import CONFIGS
 from kt_dropout.packing.model import CONV_IMPLEMENTATIONS
@@ -112,24 +112,28 @@ def _labels(name: str, default: str = "") -> list[str]:
     return [t.strip() for t in os.environ.get(name, default).split(",") if t.strip()]
 
 
+def _count(name: str, default: str) -> int:
+    return parse_positive_int(name, os.environ.get(name, default))
+
+
 def _settings() -> dict:
     variants, fit_variants = _labels("KT_SPEED_VARIANTS"), _labels("KT_SPEED_FIT_VARIANTS")
     for label in variants:
         parse_variant(label)
     for label in fit_variants:
         parse_fit_variant(label)
-    epochs = int(os.environ.get("KT_SPEED_EPOCHS", "2"))
+    epochs = _count("KT_SPEED_EPOCHS", "2")
     if epochs < 2:
         raise ValueError("KT_SPEED_EPOCHS: need at least 2 (the first one compiles)")
     return {
-        "packs": [int(k) for k in _labels("KT_SPEED_PACKS", "1,4,12,20")],
+        "packs": parse_positive_ints("KT_SPEED_PACKS", os.environ.get("KT_SPEED_PACKS", "1,4,12,20")),
         "variants": variants,
         "fit_variants": fit_variants,
-        "variant_packs": [int(k) for k in _labels("KT_SPEED_VARIANT_PACK", "16")],
-        "images": int(os.environ.get("KT_SPEED_IMAGES", "50000")),
+        "variant_packs": parse_positive_ints("KT_SPEED_VARIANT_PACK", os.environ.get("KT_SPEED_VARIANT_PACK", "16")),
+        "images": _count("KT_SPEED_IMAGES", "50000"),
         "epochs": epochs,
         "trace": _labels("KT_SPEED_TRACE"),
-        "trace_steps": int(os.environ.get("KT_SPEED_TRACE_STEPS", "50")),
+        "trace_steps": _count("KT_SPEED_TRACE_STEPS", "50"),
     }
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from kt_dropout.config import parse_positive_int
 from kt_dropout.study.profiles import get_profile
 from kt_dropout.study.runner import AcceleratorRequired, open_study
 
@@ -23,14 +24,8 @@ def _int_option(config, name):
     value = config.getoption(name)
     if value in (None, ""):
         return None
-    try:
-        number = int(value)
-    except ValueError:
-        number = 0
-    if number < 1:
-        env = name.removeprefix("--").upper().replace("-", "_")
-        raise ValueError(f"{name} (env {env}): expected a positive integer, got {value!r}")
-    return number
+    env = name.removeprefix("--").upper().replace("-", "_")
+    return parse_positive_int(f"{name} (env {env})", value)
 
 
 STUDY = pytest.StashKey()

@@ -44,6 +44,30 @@ def check_positive_int(field: str, value: Any) -> int:
     return value
 
 
+def parse_positive_ints(field: str, text: str) -> list[int]:
+    """Comma-separated positive integers from a flag or environment variable ("4,12,20"); 0 is an error."""
+    numbers = _integers(text)
+    if not numbers or min(numbers) <= 0:
+        raise ValueError(f"{field}: expected positive integers, got {text!r}")
+    return numbers
+
+
+def parse_positive_int(field: str, text: str) -> int:
+    """One positive integer from a flag or environment variable; "0", "" and "2,3" are errors."""
+    numbers = _integers(text)
+    if len(numbers) != 1 or numbers[0] <= 0:
+        raise ValueError(f"{field}: expected a positive integer, got {text!r}")
+    return numbers[0]
+
+
+def _integers(text: str) -> list[int]:
+    """The integers of "4, 12,20"; [] when any part is not one."""
+    try:
+        return [int(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        return []
+
+
 def check_positive_number(field: str, value: Any) -> float:
     """A positive finite number (a bool is not one, though Python counts it as an int)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:

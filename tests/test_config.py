@@ -82,3 +82,22 @@ def test_float32_recipes_serialize_as_before_precision_existed():
     """Stored runs are keyed by the recipe's dict: float32 (the default) leaves it out, so their keys hold."""
     assert "precision" not in Recipe().to_dict() and Recipe.from_dict(Recipe().to_dict()).precision == "float32"
     assert Recipe(precision="mixed_bfloat16").to_dict()["precision"] == "mixed_bfloat16"
+
+
+@pytest.mark.parametrize("text, numbers", [("4,12,20", [4, 12, 20]), (" 16 ", [16]), ("1, 2,", [1, 2])])
+def test_counts_from_flags_and_environment_variables(text, numbers):
+    from kt_dropout.config import parse_positive_int, parse_positive_ints
+
+    assert parse_positive_ints("KT_SPEED_PACKS", text) == numbers
+    if len(numbers) == 1:
+        assert parse_positive_int("KT_SPEED_IMAGES", text) == numbers[0]
+
+
+@pytest.mark.parametrize("text", ["0", "-3", "", "four", "2.5", "4,0"])
+def test_a_count_of_zero_or_not_a_count_is_an_error_naming_its_variable(text):
+    from kt_dropout.config import parse_positive_int, parse_positive_ints
+
+    with pytest.raises(ValueError, match=f"^KT_SPEED_PACKS: expected positive integers, got {text!r}$"):
+        parse_positive_ints("KT_SPEED_PACKS", text)
+    with pytest.raises(ValueError, match=f"^KT_CONV_BATCH: expected a positive integer, got {text!r}$"):
+        parse_positive_int("KT_CONV_BATCH", text)
