@@ -262,17 +262,17 @@ def search(
         project.check_folder(directory, project_name)
     if role == "chief":
         cluster.check_port_free()
+    fit_args, fit_kwargs, data_text, dataset = (), {}, "none: the chief trains nothing", None
+    if role != "chief":  # bad data is refused before anything is written, the project's lock included
+        dataset, selection, source = _dataset(x, y, validation_data, data, hypermodel)
+        data_text = data_line(data_source or source, dataset)
+        if trials_per_step > 1:
+            fit_args, fit_kwargs = (dataset,), {"selection": selection, "epochs": epochs}
+        else:
+            splits = prepare_splits(dataset, hypermodel.recipe.replace(selection=selection), hypermodel.base)
+            fit_args = (splits.x_train, splits.y_train)
+            fit_kwargs = {"validation_data": (splits.x_val, splits.y_val), "epochs": epochs}
     with project.lock(directory, project_name) if role != "worker" else contextlib.nullcontext():
-        fit_args, fit_kwargs, data_text, dataset = (), {}, "none: the chief trains nothing", None
-        if role != "chief":
-            dataset, selection, source = _dataset(x, y, validation_data, data, hypermodel)
-            data_text = data_line(data_source or source, dataset)
-            if trials_per_step > 1:
-                fit_args, fit_kwargs = (dataset,), {"selection": selection, "epochs": epochs}
-            else:
-                splits = prepare_splits(dataset, hypermodel.recipe.replace(selection=selection), hypermodel.base)
-                fit_args = (splits.x_train, splits.y_train)
-                fit_kwargs = {"validation_data": (splits.x_val, splits.y_val), "epochs": epochs}
         identity = search_identity(hypermodel, epochs, tuner_class.__name__, OBJECTIVE, dataset)
         # Keras Tuner names the tuner's own state file after its id, "tuner0" outside a distributed search.
         resumed = None if role == "worker" or overwrite else project.check_resume(
