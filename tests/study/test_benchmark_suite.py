@@ -154,13 +154,13 @@ def test_speed_benchmark_writes_its_table(tmp_path):
 def test_conv_benchmark_checks_and_times_every_formulation(tmp_path):
     result = _pytest("benchmarks/bench_conv.py", "-m", "speed", "--kt-results", str(tmp_path),
                      env={"KT_CONV_MEMBERS": "3", "KT_CONV_BATCH": "2", "KT_CONV_WIDTHS": "4,8,8",
-                          "KT_CONV_REPEATS": "2"})
+                          "KT_CONV_REPEATS": "2", "KT_CONV_DTYPES": "float32"})  # bf16: the same code, twice the cost
     assert result.returncode == 0, result.stdout + result.stderr
     conv = json.loads((tmp_path / "conv.json").read_text())
-    assert conv["finished"] and len(conv["rows"]) == 12  # six layers, two dtypes
+    assert conv["finished"] and len(conv["rows"]) == 6  # six layers
     assert set(conv["rows"][0]["seconds"]) == {"grouped", "grouped_nchw", "vmap", "im2col", "shifts", "one_member",
                                                "big_batch"}
-    assert "| float32  | all layers" in (tmp_path / "conv.md").read_text()
+    assert re.search(r"\| float32 +\| all layers", (tmp_path / "conv.md").read_text())
 
 
 # --- The suite can fail: test_post's tests run in-process against a study of hand-made runs --------------
