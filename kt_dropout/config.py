@@ -45,9 +45,10 @@ def check_positive_int(field: str, value: Any) -> int:
 
 
 def parse_positive_ints(field: str, text: str) -> list[int]:
-    """Comma-separated positive integers from a flag or environment variable ("4,12,20"); 0 is an error."""
+    """Comma-separated positive integers from a flag or environment variable ("4,12,20"; "" is none); 0 is an
+    error."""
     numbers = _integers(text)
-    if not numbers or min(numbers) <= 0:
+    if numbers is None or any(number <= 0 for number in numbers):
         raise ValueError(f"{field}: expected positive integers, got {text!r}")
     return numbers
 
@@ -55,17 +56,17 @@ def parse_positive_ints(field: str, text: str) -> list[int]:
 def parse_positive_int(field: str, text: str) -> int:
     """One positive integer from a flag or environment variable; "0", "" and "2,3" are errors."""
     numbers = _integers(text)
-    if len(numbers) != 1 or numbers[0] <= 0:
+    if numbers is None or len(numbers) != 1 or numbers[0] <= 0:
         raise ValueError(f"{field}: expected a positive integer, got {text!r}")
     return numbers[0]
 
 
-def _integers(text: str) -> list[int]:
-    """The integers of "4, 12,20"; [] when any part is not one."""
+def _integers(text: str) -> list[int] | None:
+    """The integers of "4, 12,20"; None when a part is not one."""
     try:
         return [int(part) for part in str(text).split(",") if part.strip()]
     except ValueError:
-        return []
+        return None
 
 
 def check_positive_number(field: str, value: Any) -> float:
