@@ -14,14 +14,16 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import errno
 import json
 import os
 import socket
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from kt_dropout.atomic import create_text
 
 
 class LockHeld(OSError):
@@ -87,31 +89,15 @@ class Lock:
             "expires": None if self.seconds is None else now + self.seconds, "token": self._token,
         }
 
-    def _write_holder(self, tmp: Path, replace: bool) -> bool:
-        with open(tmp, "w", encoding="utf-8") as file:
-            json.dump(self._holder(), file)
-            file.flush()
-            os.fsync(file.fileno())
-        try:
-            if replace:
-                os.replace(tmp, self.path)
-                return True
-            os.link(tmp, self.path)
-            return True
-        except FileExistsError:
-            return False
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-
-    def _temp(self) -> Path:
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".tmp")
-        os.close(fd)
-        return Path(tmp)
-
     def _create(self) -> bool:
+        """Creates the lock file whole (`atomic.create_text`); False when one exists already."""
         self._token, self._since = uuid.uuid4().hex, time.time()
-        return self._write_holder(self._temp(), replace=False)
+        if create_text(self.path, json.dumps(self._holder())):
+            return True
+        if not self.path.exists():  # create_text makes nothing where the filesystem has no hard links
+            raise OSError(errno.EOPNOTSUPP, f"{self.what}: cannot create the lock file {self.path}: its "
+                                            "filesystem has no hard links")
+        return False
 
     def _read(self, strict: bool = False) -> dict | None:
         """The holder, or None when there is no lock. A lock file this module did not write (this module
