@@ -86,6 +86,14 @@ def _folder_error(error: OSError, what: str, folder: Path) -> OSError:
     return OSError(error.errno or errno.EIO, f"cannot {what} results store folder {folder}: {error.strerror or error}")
 
 
+def check_mergeable(stores: Iterable["ResultStore"]) -> None:
+    """Refuses stores holding a bad run file (`ResultStore.problems`), naming every one, before anything is
+    merged from any of them."""
+    problems = [problem for store in stores for problem in store.problems()]
+    if problems:
+        raise ValueError(f"{len(problems)} bad run file(s), nothing merged: {'; '.join(problems)}")
+
+
 class ResultStore:
     """A folder of run records plus a `store.json` manifest.
 
@@ -228,9 +236,7 @@ class ResultStore:
         before anything is copied.
         """
         source = ResultStore(other_root, create=False)
-        problems = source.problems()
-        if problems:
-            raise ValueError(f"{source.root}: {len(problems)} bad run file(s), nothing merged: {'; '.join(problems)}")
+        check_mergeable([source])
         copied, conflicts = 0, []
         for record in source.records():
             key = record.key.digest()
