@@ -403,8 +403,7 @@ def cmd_reproduce(args) -> int:
     except AcceleratorRequired as error:
         raise UsageError(f"{error}; --allow-cpu trains here anyway") from None
     study.announce(f"{PROG} reproduce: {', '.join(experiments)}")
-    configs = list(dict.fromkeys(n for name in experiments for n in EXPERIMENTS[name].configs))
-    records = [run for runs in study.runs(configs).values() for run in runs]  # trains only what is missing
+    records = [run for runs in study.runs(study.configs()).values() for run in runs]  # trains only what is missing
     claims = [c for name in experiments for c in claims_for(name)]
     decided = {v.claim.id: v for v in decide_all(records, [c for c in claims if c.id in profile.claims])}
     print(f"Claims ({profile.name} profile, {study.epochs} epochs, {len(study.seeds)} seeds):")
@@ -487,12 +486,10 @@ def cmd_report(args) -> int:
 
 def cmd_merge(args) -> int:
     """Copies into RESULTS the runs that another results folder or store holds (e.g. one from a GPU machine)."""
-    from kt_dropout.study.results import ResultStore
+    from kt_dropout.study.results import ResultStore, check_mergeable
 
     sources = [_open_store(Path(source)) for source in args.sources]  # all checked before RESULTS is made
-    bad = [problem for source in sources for problem in source.problems()]
-    if bad:
-        raise UsageError(f"{len(bad)} bad run file(s), nothing merged: {'; '.join(bad)}")
+    check_mergeable(sources)
     target = ResultStore(_store_root(Path(args.results)))
     copied = sum(target.merge(source.root) for source in sources)
     print(f"{copied} run(s) merged into {target.root}; it holds {len(target)}")

@@ -84,13 +84,13 @@ class Study:
 
     def to_train(self, names: Iterable[str] | None = None) -> list[Member]:
         """The runs of the named configurations (default: the study's experiments') that the store lacks."""
-        wanted = self.members(list(dict.fromkeys(names)) if names is not None else self._configs())
+        wanted = self.members(list(dict.fromkeys(names)) if names is not None else self.configs())
         return [m for m in wanted
                 if self._key(m) not in self._attempted and self.store.get(self._key(m), ok_only=True) is None]
 
-    def _configs(self) -> list[str]:
-        """The configurations of the study's experiments, each once (experiments share some)."""
-        return list(dict.fromkeys(n for e in self.experiments for n in EXPERIMENTS[e].configs))
+    def configs(self) -> list[str]:
+        """The configurations of the study's experiments, each once."""
+        return _configs_of(self.experiments)
 
     def announce(self, title: str) -> None:
         """Prints the banner: backend, devices, precision, data, profile and what is left to train."""
@@ -99,7 +99,7 @@ class Study:
             title, self.progress, precision=self.recipe.precision, data=data_line(self.data_source, self.data),
             profile=f"{self.profile.name} ({self.profile.description})",
             plan=f"{plan_line(missing, self.epochs)} to train; "
-                 f"{len(self.members(self._configs())) - missing} runs already stored",
+                 f"{len(self.members(self.configs())) - missing} runs already stored",
         )
 
     def runs(self, names: Iterable[str], *, along: Iterable[str] = ()) -> dict[str, list[RunRecord]]:
@@ -128,7 +128,7 @@ class Study:
 
     def experiment_runs(self, experiment: str) -> dict[str, list[RunRecord]]:
         """An experiment's runs; the first call trains every missing run of the study's experiments."""
-        return self.runs(EXPERIMENTS[experiment].configs, along=self._configs())
+        return self.runs(EXPERIMENTS[experiment].configs, along=self.configs())
 
     def records(self) -> list[RunRecord]:
         """Every stored run of this study (`StudyKey`: its recipe, epochs, backend and data)."""
@@ -168,6 +168,11 @@ class Study:
         low, high = min(accuracies), max(accuracies)
         span = f"{low:.4f}" if low == high else f"{low:.4f}-{high:.4f}"
         return f"epoch {epoch}/{self.epochs} val_accuracy {span}"
+
+
+def _configs_of(experiments: Iterable[str]) -> list[str]:
+    """The configurations of the named experiments, each once (experiments share some)."""
+    return list(dict.fromkeys(n for e in experiments for n in EXPERIMENTS[e].configs))
 
 
 def _members(profile: Profile, names: Iterable[str], seeds: list[int]) -> list[Member]:
@@ -245,8 +250,8 @@ def open_study(
             check_positive_int(name, count)
     pack_size = DEFAULT_PACK_SIZE if pack_size is None else pack_size
     recipe = Recipe(selection=selection, holdout=64 if chosen.synthetic else Recipe().holdout, precision=precision)
-    names = [n for e in resolve_experiments(list(experiments or chosen.experiments)) for n in EXPERIMENTS[e.name].configs]
-    members = _members(chosen, dict.fromkeys(names), list(range(chosen.seeds if seeds is None else seeds)))
+    names = _configs_of(e.name for e in resolve_experiments(list(experiments or chosen.experiments)))
+    members = _members(chosen, names, list(range(chosen.seeds if seeds is None else seeds)))
     if not allow_cpu:  # before the store is made and the data read
         length = chosen.epochs if epochs is None else epochs
         check_accelerator(chosen, len(_unstored(results, members, recipe, length)) * length)
