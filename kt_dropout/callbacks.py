@@ -84,7 +84,7 @@ def check_finite(history: dict[str, list[float]]) -> None:
     being finite."""
     epochs = max(len(history.get(name, ())) for name in DIVERGENCE_METRICS)
     for epoch in range(epochs):
-        for name in DIVERGENCE_METRICS:
-            values = history.get(name, ())
-            if epoch < len(values) and not math.isfinite(values[epoch]):
-                raise TrainingDiverged(f"{name} became {values[epoch]} in epoch {epoch + 1}; training was stopped there")
+        name = diverged({key: values[epoch] for key, values in history.items() if epoch < len(values)})
+        if name is not None:
+            raise TrainingDiverged(f"{name} became {history[name][epoch]} in epoch {epoch + 1}; training was "
+                                   "stopped there")
