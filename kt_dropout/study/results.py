@@ -32,6 +32,10 @@ MANIFEST_NAME = "store.json"
 MANIFEST = {"format": "kt-dropout-results", "version": 1}
 
 _RUN_FILE = re.compile(rf"[0-9a-f]{{{KEY_LENGTH}}}\.json")
+# Folders a store keeps beside its run files: epoch checkpoints of unfinished runs and packs, leases on the
+# runs being trained, and the plans of the studies trained into it.
+CHECKPOINTS_FOLDER, LEASES_FOLDER, STUDIES_FOLDER = "checkpoints", "leases", "studies"
+STORE_FOLDERS = (CHECKPOINTS_FOLDER, LEASES_FOLDER, STUDIES_FOLDER)
 
 
 class StudyKey(NamedTuple):
@@ -130,7 +134,8 @@ class ResultStore:
             )
 
     def _check_contents(self) -> None:
-        strangers = sorted(p.name for p in self.root.iterdir() if not (p.is_file() and _is_store_file(p.name)))
+        strangers = sorted(p.name for p in self.root.iterdir()
+                           if not (p.is_file() and _is_store_file(p.name) or p.is_dir() and p.name in STORE_FOLDERS))
         if strangers:
             shown = ", ".join(strangers[:5]) + (", ..." if len(strangers) > 5 else "")
             raise ValueError(
