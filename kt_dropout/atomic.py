@@ -15,6 +15,7 @@ import os
 import re
 import tempfile
 from pathlib import Path
+from typing import BinaryIO, Callable
 
 from kt_dropout import _compat
 
@@ -32,8 +33,14 @@ def write_text(path, text: str) -> None:
         with _compat.keras_tuner_file(str(path), "w") as file:
             file.write(text)
         return
+    write_with(path, lambda file: file.write(text.encode("utf-8")))
+
+
+def write_with(path, write: Callable[[BinaryIO], object]) -> None:
+    """Writes `path` whole or not at all: `write(file)` fills a temp file in the same folder, which is synced
+    and renamed over `path` (a local path, not a URL). Large binary files (epoch checkpoints) go this way."""
     path = Path(path)
-    tmp = _synced_temp(path, text)
+    tmp = _synced_temp(path, write)
     try:
         os.replace(tmp, path)
     except BaseException:
@@ -51,7 +58,7 @@ def create_text(path, text: str) -> bool:
     is never replaced. False also where the filesystem has no hard links; nothing is written then.
     """
     path = Path(path)
-    tmp = _synced_temp(path, text)
+    tmp = _synced_temp(path, lambda file: file.write(text.encode("utf-8")))
     try:
         os.link(tmp, path)
     except FileExistsError:
@@ -71,12 +78,12 @@ def create_text(path, text: str) -> bool:
 _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
 
 
-def _synced_temp(path: Path, text: str) -> str:
-    """A temp file beside `path` holding `text`, flushed to disk; removed again if writing fails."""
+def _synced_temp(path: Path, write: Callable[[BinaryIO], object]) -> str:
+    """A temp file beside `path` that `write` filled, flushed to disk; removed again if writing fails."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
+        with os.fdopen(fd, "wb") as file:
+            write(file)
             file.flush()
             os.fsync(file.fileno())
     except BaseException:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from typing import Any, Callable
 
 NUM_BLOCKS = 3
@@ -67,6 +68,19 @@ def _integers(text: str) -> list[int] | None:
         return [int(part) for part in str(text).split(",") if part.strip()]
     except ValueError:
         return None
+
+
+_DURATION = re.compile(r"(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>[smhd]?)")
+_UNIT_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(field: str, text: str) -> float:
+    """Seconds from "90", "90s", "9m", "1.5h" or "2d" (a flag or an environment variable); must be positive."""
+    match = _DURATION.fullmatch(str(text).strip().lower())
+    seconds = float(match["number"]) * _UNIT_SECONDS[match["unit"]] if match else 0.0
+    if seconds <= 0:
+        raise ValueError(f"{field}: expected a positive duration such as 90s, 9m, 1.5h or 2d, got {text!r}")
+    return seconds
 
 
 def check_positive_number(field: str, value: Any) -> float:
