@@ -5,6 +5,7 @@
     kt-dropout search --max-trials 20      Keras Tuner search over the dropout rates
     kt-dropout reproduce batchnorm         train an experiment (resumable), decide its claims, report
     kt-dropout report kt_results           rewrite the report from stored runs
+    kt-dropout status kt_results           what is done, being trained and left, with an ETA
     kt-dropout compare REF OTHER           pair two studies' runs: do their accuracies and verdicts agree?
 
 Every error is one line on stderr, `kt-dropout <command>: error: ...`, and exit
@@ -484,6 +485,15 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    """Prints where the studies in a results store stand (`study.status`): as text, or as JSON with --json."""
+    from kt_dropout.study.status import format_status, store_status
+
+    document = store_status(_open_store(Path(args.results)))
+    sys.stdout.write(json.dumps(document, indent=1) + "\n" if args.json else format_status(document))
+    return 0
+
+
 def cmd_merge(args) -> int:
     """Copies into RESULTS the runs that another results folder or store holds (e.g. one from a GPU machine)."""
     from kt_dropout.study.results import ResultStore, check_mergeable
@@ -631,6 +641,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--profile", metavar="NAME", help="the profile that trained the runs, for the header")
     report.add_argument("--data-source", metavar="TEXT",
                         help="where the data came from, for the header (runs record only its fingerprint)")
+
+    status = command("status", cmd_status, "what a study has done, is training and has left, with an ETA",
+                     "For each study trained into RESULTS (its plan, written by reproduce and the suite): per "
+                     "experiment and configuration the seeds done, partial (epochs checkpointed), being trained "
+                     "now (by which host and process), failed and missing; the model-epochs done and remaining; "
+                     "the measured seconds per model-epoch and the time the rest takes at that speed; which "
+                     "claims can be decided already, with their verdicts. Then the stored runs of every study, "
+                     "planned or not. Reads files only: safe while other processes train into the store.")
+    status.add_argument("results", metavar="RESULTS",
+                        help="a results folder (holding store/) or a results store (holding store.json)")
+    status.add_argument("--json", action="store_true",
+                        help="print the same as one JSON document (keys: kt_dropout/study/status.py, README)")
 
     merge = command("merge", cmd_merge, "merge stored runs from other results folders",
                     "Copies into RESULTS every run that the SOURCE stores hold and RESULTS lacks (a successful run "

@@ -32,6 +32,7 @@ from kt_dropout.progress import (
 )
 from kt_dropout.record import RunKey, RunRecord
 from kt_dropout.study.experiments import CONFIGS, EXPERIMENTS, resolve_experiments
+from kt_dropout.study.plans import plan_of, write_plan
 from kt_dropout.study.profiles import DEFAULT_PACK_SIZE, Profile, get_profile
 from kt_dropout.study.results import MANIFEST_NAME, ResultStore, StudyKey, by_study
 from kt_dropout.training import train
@@ -93,7 +94,9 @@ class Study:
         return _configs_of(self.experiments)
 
     def announce(self, title: str) -> None:
-        """Prints the banner: backend, devices, precision, data, profile and what is left to train."""
+        """Prints the banner: backend, devices, precision, data, profile and what is left to train; writes the
+        study's plan into the store, for `kt-dropout status`."""
+        write_plan(self.store.root, plan_of(self))
         missing = len(self.to_train())
         print_banner(
             title, self.progress, precision=self.recipe.precision, data=data_line(self.data_source, self.data),
