@@ -124,6 +124,13 @@ PRECISION_HELP = (
 )
 
 
+DETERMINISTIC_HELP = (
+    "deterministic kernels (TensorFlow op determinism, XLA's deterministic ops, PyTorch's deterministic "
+    "algorithms), so a replay on the same GPU gives the same history; slower on GPUs, recorded in the run (its "
+    "key), and unneeded on CPUs, whose runs replay exactly anyway [off]"
+)
+
+
 def _add_recipe_flags(parser: argparse.ArgumentParser, epochs_help: str) -> None:
     """The Recipe fields; unset ones keep the post's recipe."""
     default = Recipe()
@@ -139,6 +146,7 @@ def _add_recipe_flags(parser: argparse.ArgumentParser, epochs_help: str) -> None
     group.add_argument("--holdout", type=_positive_int, metavar="N",
                        help=f"size of the holdout split, with --selection holdout [{default.holdout}]")
     group.add_argument("--precision", choices=Recipe.PRECISIONS, help=PRECISION_HELP)
+    group.add_argument("--deterministic", action="store_true", default=None, help=DETERMINISTIC_HELP)
 
 
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
@@ -399,7 +407,7 @@ def cmd_reproduce(args) -> int:
             profile.name, results / STORE_FOLDER, data_path=args.data, epochs=args.epochs, seeds=args.seeds,
             selection=args.selection, precision=args.precision, experiments=experiments, allow_cpu=args.allow_cpu,
             pack_size=1 if args.no_pack else args.pack_size, train_size=args.train_size,
-            test_size=args.test_size,
+            test_size=args.test_size, deterministic=args.deterministic,
         )
     except AcceleratorRequired as error:
         raise UsageError(f"{error}; --allow-cpu trains here anyway") from None
@@ -520,11 +528,15 @@ def cmd_compare(args) -> int:
 
 
 def _with_keras(run):
-    """`run` after Keras has started quietly (`startup.start_keras`): every command but `experiments` uses it."""
+    """`run` after Keras has started quietly (`startup.start_keras`), with the environment `--deterministic` needs
+    set first: every command but `experiments` uses it."""
     @functools.wraps(run)
     def with_keras(args) -> int:
+        from kt_dropout.determinism import prepare_environment
         from kt_dropout.startup import start_keras
 
+        if getattr(args, "deterministic", None):  # JAX reads XLA_FLAGS once, as it starts
+            prepare_environment()
         start_keras()
         return run(args)
 
@@ -623,6 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--selection", choices=Recipe.SELECTIONS, default="test",
                            help="pick the best epoch on the test set (as the post) or a holdout split [test]")
     reproduce.add_argument("--precision", choices=Recipe.PRECISIONS, default="float32", help=PRECISION_HELP)
+    reproduce.add_argument("--deterministic", action="store_true", help=DETERMINISTIC_HELP)
     reproduce.add_argument("--pack-size", type=_positive_int, metavar="N",
                            help=f"most runs of one shape trained together as one packed model [{DEFAULT_PACK_SIZE}]")
     reproduce.add_argument("--no-pack", action="store_true", help="train each run alone with keras fit (pack size 1)")
