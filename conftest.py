@@ -33,6 +33,10 @@ def pytest_addoption(parser):
     group.addoption("--kt-allow-cpu", action="store_true", default=os.environ.get("KT_ALLOW_CPU", "0") not in ("", "0"),
                     help="train the quick or full profile without a GPU or TPU, which is otherwise refused with the "
                          "estimated time [env KT_ALLOW_CPU=1]")
+    group.addoption("--kt-deterministic", action="store_true",
+                    default=os.environ.get("KT_DETERMINISTIC", "0") not in ("", "0"),
+                    help="deterministic kernels (Recipe.deterministic): replays on the same GPU agree, slower; a "
+                         "study of its own [env KT_DETERMINISTIC=1]")
 
 
 def pytest_configure(config):
@@ -42,6 +46,10 @@ def pytest_configure(config):
     if getattr(config.option, "numprocesses", None) and config.option.dist == "load":
         config.option.dist = "loadgroup"
     _share_jax_compilations(config)
+    if config.getoption("--kt-deterministic"):  # before JAX starts its backend, which reads XLA_FLAGS once
+        from kt_dropout.determinism import prepare_environment
+
+        prepare_environment()
 
 
 def _share_jax_compilations(config):

@@ -75,6 +75,7 @@ def pytest_collection_finish(session):
             test_size=_int_option(config, "--kt-test-size"),
             experiments=_planned(get_profile(config.getoption("--kt-profile")), session.items),
             allow_cpu=config.getoption("--kt-allow-cpu"),
+            deterministic=config.getoption("--kt-deterministic"),
             progress=_Terminal(config),
         )
     except AcceleratorRequired as error:

@@ -3,7 +3,6 @@
 Each entry says which public API is missing and the versions it was checked
 on; `pyproject.toml` caps those libraries at the versions checked, and
 `.ci/newest` runs the tests against the newest releases so a break is seen.
-None of JAX's internals is used today.
 """
 
 from __future__ import annotations
@@ -24,6 +23,31 @@ def tf_gradient_registry() -> dict:
     from tensorflow.python.framework import ops
 
     return ops._gradient_registry._registry
+
+
+def tf_op_determinism(on: bool) -> None:
+    """Turns TensorFlow's op determinism on or off for what runs next.
+
+    `tf.config.experimental.enable_op_determinism` has no public counterpart to turn it off again, which a
+    process training runs of both kinds (a test session) needs. `tensorflow.python.framework.config
+    .disable_op_determinism`, checked on TensorFlow 2.21.
+    """
+    from tensorflow.python.framework import config
+
+    config.enable_op_determinism() if on else config.disable_op_determinism()
+
+
+# JAX
+
+
+def jax_backend_started() -> bool:
+    """Whether JAX has started its backend, after which it no longer reads `XLA_FLAGS`.
+
+    No public API says so. `jax._src.xla_bridge.backends_are_initialized`, checked on JAX 0.10.2.
+    """
+    from jax._src import xla_bridge
+
+    return xla_bridge.backends_are_initialized()
 
 
 # Keras

@@ -5,6 +5,7 @@
     kt-dropout search --max-trials 20      Keras Tuner search over the dropout rates
     kt-dropout reproduce batchnorm         train an experiment (resumable), decide its claims, report
     kt-dropout report kt_results           rewrite the report from stored runs
+    kt-dropout status kt_results           what is done, being trained and left, with an ETA
     kt-dropout compare REF OTHER           pair two studies' runs: do their accuracies and verdicts agree?
 
 Every error is one line on stderr, `kt-dropout <command>: error: ...`, and exit
@@ -123,6 +124,13 @@ PRECISION_HELP = (
 )
 
 
+DETERMINISTIC_HELP = (
+    "deterministic kernels (TensorFlow op determinism, XLA's deterministic ops, PyTorch's deterministic "
+    "algorithms), so a replay on the same GPU gives the same history; slower on GPUs, recorded in the run (its "
+    "key), and unneeded on CPUs, whose runs replay exactly anyway [off]"
+)
+
+
 def _add_recipe_flags(parser: argparse.ArgumentParser, epochs_help: str) -> None:
     """The Recipe fields; unset ones keep the post's recipe."""
     default = Recipe()
@@ -138,6 +146,7 @@ def _add_recipe_flags(parser: argparse.ArgumentParser, epochs_help: str) -> None
     group.add_argument("--holdout", type=_positive_int, metavar="N",
                        help=f"size of the holdout split, with --selection holdout [{default.holdout}]")
     group.add_argument("--precision", choices=Recipe.PRECISIONS, help=PRECISION_HELP)
+    group.add_argument("--deterministic", action="store_true", default=None, help=DETERMINISTIC_HELP)
 
 
 def _add_data_flags(parser: argparse.ArgumentParser) -> None:
@@ -398,7 +407,7 @@ def cmd_reproduce(args) -> int:
             profile.name, results / STORE_FOLDER, data_path=args.data, epochs=args.epochs, seeds=args.seeds,
             selection=args.selection, precision=args.precision, experiments=experiments, allow_cpu=args.allow_cpu,
             pack_size=1 if args.no_pack else args.pack_size, train_size=args.train_size,
-            test_size=args.test_size,
+            test_size=args.test_size, deterministic=args.deterministic,
         )
     except AcceleratorRequired as error:
         raise UsageError(f"{error}; --allow-cpu trains here anyway") from None
@@ -484,6 +493,15 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_status(args) -> int:
+    """Prints where the studies in a results store stand (`study.status`): as text, or as JSON with --json."""
+    from kt_dropout.study.status import format_status, store_status
+
+    document = store_status(_open_store(Path(args.results)))
+    sys.stdout.write(json.dumps(document, indent=1) + "\n" if args.json else format_status(document))
+    return 0
+
+
 def cmd_merge(args) -> int:
     """Copies into RESULTS the runs that another results folder or store holds (e.g. one from a GPU machine)."""
     from kt_dropout.study.results import ResultStore, check_mergeable
@@ -510,11 +528,15 @@ def cmd_compare(args) -> int:
 
 
 def _with_keras(run):
-    """`run` after Keras has started quietly (`startup.start_keras`): every command but `experiments` uses it."""
+    """`run` after Keras has started quietly (`startup.start_keras`), with the environment `--deterministic` needs
+    set first: every command but `experiments` uses it."""
     @functools.wraps(run)
     def with_keras(args) -> int:
+        from kt_dropout.determinism import prepare_environment
         from kt_dropout.startup import start_keras
 
+        if getattr(args, "deterministic", None):  # JAX reads XLA_FLAGS once, as it starts
+            prepare_environment()
         start_keras()
         return run(args)
 
@@ -613,6 +635,7 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--selection", choices=Recipe.SELECTIONS, default="test",
                            help="pick the best epoch on the test set (as the post) or a holdout split [test]")
     reproduce.add_argument("--precision", choices=Recipe.PRECISIONS, default="float32", help=PRECISION_HELP)
+    reproduce.add_argument("--deterministic", action="store_true", help=DETERMINISTIC_HELP)
     reproduce.add_argument("--pack-size", type=_positive_int, metavar="N",
                            help=f"most runs of one shape trained together as one packed model [{DEFAULT_PACK_SIZE}]")
     reproduce.add_argument("--no-pack", action="store_true", help="train each run alone with keras fit (pack size 1)")
@@ -631,6 +654,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--profile", metavar="NAME", help="the profile that trained the runs, for the header")
     report.add_argument("--data-source", metavar="TEXT",
                         help="where the data came from, for the header (runs record only its fingerprint)")
+
+    status = command("status", cmd_status, "what a study has done, is training and has left, with an ETA",
+                     "For each study trained into RESULTS (its plan, written by reproduce and the suite): per "
+                     "experiment and configuration the seeds done, partial (epochs checkpointed), being trained "
+                     "now (by which host and process), failed and missing; the model-epochs done and remaining; "
+                     "the measured seconds per model-epoch and the time the rest takes at that speed; which "
+                     "claims can be decided already, with their verdicts. Then the stored runs of every study, "
+                     "planned or not. Reads files only: safe while other processes train into the store.")
+    status.add_argument("results", metavar="RESULTS",
+                        help="a results folder (holding store/) or a results store (holding store.json)")
+    status.add_argument("--json", action="store_true",
+                        help="print the same as one JSON document (keys: kt_dropout/study/status.py, README)")
 
     merge = command("merge", cmd_merge, "merge stored runs from other results folders",
                     "Copies into RESULTS every run that the SOURCE stores hold and RESULTS lacks (a successful run "

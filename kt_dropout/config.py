@@ -193,6 +193,8 @@ class Recipe:
         precision: Keras dtype policy the network is built under: "float32" (the post's)
             or "mixed_bfloat16" (bfloat16 arithmetic, float32 weights and softmax), faster
             on GPUs but a different recipe, so its runs are stored apart.
+        deterministic: deterministic kernels (`kt_dropout.determinism`), so that a replay on the same GPU,
+            backend and versions gives the same history; slower on GPUs. CPU runs replay exactly without it.
     """
 
     learning_rate: float = 1e-3
@@ -202,6 +204,7 @@ class Recipe:
     selection: str = "test"
     holdout: int = 5000
     precision: str = "float32"
+    deterministic: bool = False
 
     SELECTIONS = ("test", "holdout")
     PRECISIONS = ("float32", "mixed_bfloat16")
@@ -214,6 +217,7 @@ class Recipe:
         check_choice("selection", self.selection, self.SELECTIONS)
         check_positive_int("holdout", self.holdout)
         check_choice("precision", self.precision, self.PRECISIONS)
+        check_bool("deterministic", self.deterministic)
         object.__setattr__(self, "learning_rate", learning_rate)
         object.__setattr__(self, "pixel_scale", pixel_scale)
 
@@ -221,10 +225,13 @@ class Recipe:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        """The fields, less `precision` when it is the post's float32: runs stored before it existed keep their keys."""
+        """The fields, less `precision` when it is the post's float32 and `deterministic` when off: runs stored
+        before they existed keep their keys."""
         fields = dataclasses.asdict(self)
         if fields["precision"] == "float32":
             del fields["precision"]
+        if not fields["deterministic"]:
+            del fields["deterministic"]
         return fields
 
     @classmethod

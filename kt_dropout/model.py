@@ -6,6 +6,7 @@ import contextlib
 
 import keras
 
+from kt_dropout import determinism
 from kt_dropout.config import NUM_BLOCKS, Recipe, VGGConfig
 from kt_dropout.objectives import accuracy, crossentropy
 
@@ -62,7 +63,9 @@ def build_model(
 
 
 def build_compiled(config: VGGConfig, recipe: Recipe) -> keras.Model:
-    """`build_model(config)` under the recipe's precision and pixel scale, compiled with the recipe."""
+    """`build_model(config)` under the recipe's precision and pixel scale, compiled with the recipe; the
+    backend's kernels deterministic or not as the recipe says (`determinism.use`)."""
+    determinism.use(recipe.deterministic)
     with precision_scope(recipe.precision):
         model = build_model(config, pixel_scale=recipe.pixel_scale)
     return compile_model(model, recipe)

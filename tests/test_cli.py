@@ -304,7 +304,7 @@ def test_reproduce_trains_decides_and_reports(reproduced):
     assert re.search(r"^\[1/2\] epoch 1/1 val_accuracy [\d.-]+ \| 2/4 model-epochs, ETA [\d:]+ "
                      r"\(first epoch includes compile\)$", result.stderr, re.MULTILINE), result.stderr
     assert re.search(r"^\[2/2\] done in [\d.]+ s \| 4/4 model-epochs$", result.stderr, re.MULTILINE)
-    runs = [p for p in (cwd / "tmp" / "store").iterdir() if p.name != "store.json"]
+    runs = [p for p in (cwd / "tmp" / "store").glob("*.json") if p.name != "store.json"]
     assert len(runs) == 4
     assert "C1 not decided in this profile" in result.stdout
     report = cwd / "tmp" / "report-smoke" / "report.md"
@@ -324,7 +324,22 @@ def test_reproduce_again_trains_nothing(reproduced):
     assert "training" not in result.stderr
     assert "0 model-epochs to train; 4 runs already stored" in result.stderr
     assert {p.name: p.stat().st_mtime_ns for p in (cwd / "tmp" / "store").iterdir()} == mtimes
-    assert len(list((cwd / "tmp" / "store").iterdir())) == 5
+    assert len(list((cwd / "tmp" / "store").glob("*.json"))) == 5
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("reproduced")  # one worker builds the module's smoke study once
+def test_status_of_a_reproduced_study(reproduced):
+    cwd, first = reproduced
+    assert first.returncode == 0, first.stderr
+    result = run_cli("status", "tmp", "--json", cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    (study,) = json.loads(result.stdout)["studies"]
+    assert (study["profile"], study["epochs"], study["seeds"]) == ("smoke", 1, [0, 1])
+    assert [(c["name"], c["done"]) for c in study["experiments"][0]["configurations"]] == [
+        ("vanilla", [0, 1]), ("bn", [0, 1])]
+    assert study["model_epochs"] == {"total": 4, "done": 4, "remaining": 0} and study["claims"] == []  # smoke
+    assert study["speed"]["source"] == "runs" and study["speed"]["seconds_per_model_epoch"] > 0
 
 
 def _copy_study(reproduced, tmp_path) -> None:

@@ -17,6 +17,7 @@ from typing import Callable, Iterable
 import keras
 import numpy as np
 
+from kt_dropout import determinism
 from kt_dropout.callbacks import diverged
 from kt_dropout.config import Recipe, VGGConfig, check_positive_int
 from kt_dropout.packing.device_epochs import DeviceEpochs
@@ -107,6 +108,7 @@ class PackTrainer:
     def __init__(self, members: list[Member], data, recipe: Recipe, *, steps_per_execution: int = 1,
                  device_data: bool | None = None, conv_implementation: str = "grouped"):
         check_packable([m.config for m in members])
+        determinism.use(recipe.deterministic)
         self.members, self.recipe = list(members), recipe
         self.seeds = sorted({m.seed for m in members})
         self.groups = [self.seeds.index(m.seed) for m in members]

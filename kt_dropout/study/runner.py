@@ -32,6 +32,7 @@ from kt_dropout.progress import (
 )
 from kt_dropout.record import RunKey, RunRecord
 from kt_dropout.study.experiments import CONFIGS, EXPERIMENTS, resolve_experiments
+from kt_dropout.study.plans import plan_of, write_plan
 from kt_dropout.study.profiles import DEFAULT_PACK_SIZE, Profile, get_profile
 from kt_dropout.study.results import MANIFEST_NAME, ResultStore, StudyKey, by_study
 from kt_dropout.training import train
@@ -93,7 +94,9 @@ class Study:
         return _configs_of(self.experiments)
 
     def announce(self, title: str) -> None:
-        """Prints the banner: backend, devices, precision, data, profile and what is left to train."""
+        """Prints the banner: backend, devices, precision, data, profile and what is left to train; writes the
+        study's plan into the store, for `kt-dropout status`."""
+        write_plan(self.store.root, plan_of(self))
         missing = len(self.to_train())
         print_banner(
             title, self.progress, precision=self.recipe.precision, data=data_line(self.data_source, self.data),
@@ -225,14 +228,14 @@ def open_study(
     profile: str, results, *, data_path=None, epochs: int | None = None, seeds: int | None = None,
     selection: str = "test", precision: str = "float32", pack_size: int | None = None,
     experiments: Iterable[str] | None = None, train_size: int | None = None, test_size: int | None = None,
-    allow_cpu: bool = False, progress=STDERR,
+    allow_cpu: bool = False, progress=STDERR, deterministic: bool = False,
 ) -> Study:
     """A `Study` from plain settings, as the CLI and the pytest options give them.
 
     A smoke profile trains on `synthetic_cifar10`; the others load CIFAR-10 the
     standard way (`load_cifar10`). `train_size`/`test_size` keep the first images
     of each class (`first_per_class`): a study of its own, since the data's
-    fingerprint differs. `pack_size=1` trains each run with `keras.fit` (None: `DEFAULT_PACK_SIZE`).
+    fingerprint differs. `deterministic` is `Recipe.deterministic`. `pack_size=1` trains each run with `keras.fit` (None: `DEFAULT_PACK_SIZE`).
     Every count given (epochs, seeds, pack_size, train_size, test_size) must be a positive integer:
     0 is an error, not "the default", and is refused before anything is made or read.
     Without a GPU or TPU, a profile other than smoke raises `AcceleratorRequired`
@@ -249,7 +252,8 @@ def open_study(
         if count is not None:
             check_positive_int(name, count)
     pack_size = DEFAULT_PACK_SIZE if pack_size is None else pack_size
-    recipe = Recipe(selection=selection, holdout=64 if chosen.synthetic else Recipe().holdout, precision=precision)
+    recipe = Recipe(selection=selection, holdout=64 if chosen.synthetic else Recipe().holdout, precision=precision,
+                    deterministic=deterministic)
     names = _configs_of(e.name for e in resolve_experiments(list(experiments or chosen.experiments)))
     members = _members(chosen, names, list(range(chosen.seeds if seeds is None else seeds)))
     if not allow_cpu:  # before the store is made and the data read
