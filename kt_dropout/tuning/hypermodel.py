@@ -10,7 +10,7 @@ from __future__ import annotations
 import keras_tuner
 import numpy as np
 
-from kt_dropout import resumable
+from kt_dropout import _compat, checkpoints, resumable
 from kt_dropout.callbacks import check_finite
 from kt_dropout.config import Recipe, VGGConfig, check_choice, check_positive_int, check_positive_number
 from kt_dropout.data import DataError
@@ -108,6 +108,8 @@ class DropoutVGGHyperModel(keras_tuner.HyperModel):
             x, y, validation_data = self._checked(x, y, validation_data)
         epochs = self.recipe.epochs if epochs is None else check_positive_int("epochs", epochs)
         batch_size = kwargs.pop("batch_size", self.recipe.batch_size)
+        if checkpointing is not None and checkpointing.path.exists():
+            _compat.continue_best_epoch(callbacks, checkpoints.read_state(checkpointing.path)["best"])
         with releasing_traced_gradients():  # else TensorFlow keeps every trial's model
             history, _ = resumable.fit(
                 model, x, y, batch_size=batch_size, epochs=epochs, seed=np.random.randint(2**31),
