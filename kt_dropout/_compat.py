@@ -100,6 +100,20 @@ def checkpoint_path(tuner, trial_id: str) -> str:
     return tuner._get_checkpoint_fname(trial_id)
 
 
+def continue_best_epoch(callbacks, best: float | None) -> None:
+    """Tells the Keras Tuner callback that saves a trial's best epoch (for `load_model`) the best value the
+    trial reached before it was resumed, so a worse later epoch does not overwrite that epoch's weights.
+
+    `keras_tuner.engine.tuner_utils.SaveBestEpoch`, which `Tuner.run_trial` adds, starts from -inf at every
+    `fit`; its `best_value`, checked on Keras Tuner 1.4.8.
+    """
+    from keras_tuner.src.engine import tuner_utils
+
+    for callback in callbacks:
+        if isinstance(callback, tuner_utils.SaveBestEpoch) and best is not None:
+            callback.best_value = best
+
+
 def tuner_state_path(tuner) -> str:
     """The tuner's own state file (`<project>/<tuner_id>.json`), which `BaseTuner.save` writes and
     `BaseTuner.reload` reads.

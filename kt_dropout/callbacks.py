@@ -50,15 +50,36 @@ class StopOnDivergence(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def recipe_callbacks(epochs: int) -> list[keras.callbacks.Callback]:
-    """Keep the weights of the best validation-accuracy epoch; stop a diverged run at once."""
-    return [
-        keras.callbacks.TerminateOnNaN(),
-        StopOnDivergence(),
-        keras.callbacks.EarlyStopping(
-            monitor="val_accuracy", mode="max", patience=epochs + 1, restore_best_weights=True
-        ),
-    ]
+class BestWeights(keras.callbacks.Callback):
+    """Keeps the weights of the best `val_accuracy` epoch and puts them back when training ends.
+
+    What `EarlyStopping(restore_best_weights=True)` did for the recipe (the first epoch with a value, then
+    each strictly better one), with a state a checkpoint can hold and `restore` give back: EarlyStopping
+    forgets its best at every `fit`'s start.
+    """
+
+    monitor = "val_accuracy"
+
+    def __init__(self):
+        super().__init__()
+        self.best, self.best_epoch, self.weights = None, None, None
+
+    def restore(self, best: float | None, best_epoch: int | None, weights: list | None) -> None:
+        self.best, self.best_epoch, self.weights = best, best_epoch, weights or None
+
+    def on_epoch_end(self, epoch, logs=None):
+        value = (logs or {}).get(self.monitor)
+        if value is not None and (self.best is None or value > self.best):
+            self.best, self.best_epoch, self.weights = float(value), epoch, self.model.get_weights()
+
+    def on_train_end(self, logs=None):
+        if self.weights is not None:
+            self.model.set_weights(self.weights)
+
+
+def recipe_callbacks(best: BestWeights) -> list[keras.callbacks.Callback]:
+    """Stop a diverged run at once; keep the weights of the best validation-accuracy epoch in `best`."""
+    return [keras.callbacks.TerminateOnNaN(), StopOnDivergence(), best]
 
 
 class TrainingDiverged(RuntimeError, keras_tuner.errors.FailedTrialError):

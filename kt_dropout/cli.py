@@ -29,7 +29,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from kt_dropout.config import Recipe, VGGConfig
+from kt_dropout.config import Recipe, VGGConfig, parse_duration
 from kt_dropout.console import eprint
 from kt_dropout.study.experiments import CLAIMS, CONFIGS, EXPERIMENTS, claims_for, resolve_experiments
 from kt_dropout.study.profiles import DEFAULT_PACK_SIZE, PROFILES, get_profile
@@ -89,6 +89,25 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _every(text: str) -> str:
+    """--checkpoint-every: N epochs or a duration; checked here, parsed by `checkpoints.parse_every`."""
+    if text.strip().isdigit():
+        return str(_positive_int(text))
+    try:
+        parse_duration("", text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of epochs or a duration such as 90s, 10m, 1h, "
+                                         f"got {text!r}") from None
+    return text
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration("", text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a duration such as 90s, 9m, 1.5h, got {text!r}") from None
 
 
 def _experiment(name: str) -> str:
@@ -170,6 +189,15 @@ def _add_size_flags(group) -> None:
                            help=f"use only the first N {split} images, taken class by class in turn (balanced), "
                                 f"e.g. to try a GPU setup quickly; runs on them are stored apart [all: CIFAR-10 has "
                                 f"{whole}]")
+
+
+DEFAULT_CHECKPOINT_EVERY = "10m"  # checkpoints.DEFAULT_EVERY, without importing Keras here
+
+
+def _add_checkpoint_flag(parser: argparse.ArgumentParser, where: str) -> None:
+    parser.add_argument("--checkpoint-every", type=_every, default=DEFAULT_CHECKPOINT_EVERY, metavar="N|DURATION",
+                        help=f"save an epoch checkpoint every N epochs or every DURATION (e.g. 5, 10m): {where} "
+                             f"[{DEFAULT_CHECKPOINT_EVERY}]")
 
 
 def _given(args, cls) -> dict:
@@ -268,8 +296,15 @@ def _write_record(path: Path, record) -> None:
     os.chmod(path, 0o666 & ~umask)
 
 
+def checkpoint_of(output: Path) -> Path:
+    """Where `kt-dropout train -o OUTPUT` keeps its epoch checkpoint until the record is written."""
+    return output.with_name(output.name + ".checkpoint.npz")
+
+
 def cmd_train(args) -> int:
-    """Trains one configuration and writes its run record as JSON."""
+    """Trains one configuration (continuing its checkpoint, if any) and writes its run record as JSON."""
+    from kt_dropout.budget import EXIT_INCOMPLETE as STOPPED, TimeBudget
+    from kt_dropout.checkpoints import Checkpointing, TrainingIncomplete, parse_every
     from kt_dropout.data import data_fingerprint
     from kt_dropout.locks import Lock
     from kt_dropout.progress import Progress, data_line, plan_line, print_banner
@@ -278,23 +313,46 @@ def cmd_train(args) -> int:
     config, recipe = _config(args), _recipe(args)
     output = Path(args.output)
     _check_output(output, "--output", args.force)
+    budget = TimeBudget(args.time_budget) if args.time_budget else None
+    checkpointing = Checkpointing(checkpoint_of(output), **parse_every(args.checkpoint_every),
+                                  stop=budget and budget.stop, reason="time budget spent")
     with Lock(output, f"the run record {output}"):  # a second train into it is refused, not overwritten
         data, source = _data(args, config)
         print_banner(f"{PROG} train", precision=recipe.precision, data=data_line(source, data),
                      plan=plan_line(1, recipe.epochs, "run"))
-        with Progress(recipe.epochs, epoch_lines=not args.verbose) as progress:
-            record = train(
-                config, data, recipe=recipe, seed=args.seed, name=_config_name(config),
-                data_fingerprint=data_fingerprint(data), verbose=1 if args.verbose else 0,
-                callbacks=[progress.keras_callback()], distributed=args.data_parallel,
-            )
+        try:
+            with Progress(recipe.epochs, epoch_lines=not args.verbose) as progress:
+                record = train(
+                    config, data, recipe=recipe, seed=args.seed, name=_config_name(config),
+                    data_fingerprint=data_fingerprint(data), verbose=1 if args.verbose else 0,
+                    callbacks=[progress.keras_callback()], distributed=args.data_parallel,
+                    checkpointing=checkpointing,
+                )
+        except TrainingIncomplete as stopped:
+            _print_incomplete(stopped)
+            return STOPPED
         _write_record(output, record)
+        checkpointing.path.unlink(missing_ok=True)
     best = record.best_val_accuracy
     print(f"{record.name} seed {record.key.seed}: {record.status}" + (f" ({record.error})" if record.error else ""))
     print(f"best val_accuracy {best:.4f} at epoch {record.best_epoch}/{record.epochs_run}, "
           f"{record.seconds_per_epoch:.2f} s/epoch" if best is not None else "no finite val_accuracy")
     print(f"record written to {output}")
     return 0 if record.status == "ok" else 1
+
+
+def _print_incomplete(stopped) -> None:
+    """What a stopped run did and has left: epochs, the time they should take at this run's pace."""
+    from statistics import median
+
+    from kt_dropout.checkpoints import read_state
+
+    seconds = read_state(stopped.checkpoint)["epoch_seconds"]
+    left = stopped.epochs - stopped.epochs_done
+    pace = median(seconds[1:] or seconds)
+    print(f"{stopped.reason}: {stopped.epochs_done} of {stopped.epochs} epochs done, {left} to go "
+          f"(about {left * pace:.0f} s at {pace:.2f} s/epoch); checkpoint {stopped.checkpoint}")
+    print("incomplete: rerun the same command to continue")
 
 
 # --- search ----------------------------------------------------------------------------------------
@@ -359,7 +417,7 @@ def cmd_search(args) -> int:
             verbose=1 if args.verbose else 0, distributed=role is not None, lost_worker_seconds=args.lost_worker_seconds,
             connect_timeout=args.connect_timeout,
             trials_per_step=args.trials_per_step, data_parallel=args.data_parallel, progress=STDERR,
-            data_source=source,
+            data_source=source, checkpoint_every=args.checkpoint_every,
         )
     except SearchFailedError as error:
         lines = str(error).splitlines()
@@ -573,6 +631,12 @@ def build_parser() -> argparse.ArgumentParser:
                                 "tf.distribute.MirroredStrategy on TensorFlow); --batch-size stays the global batch")
     train_cmd.add_argument("--verbose", "-v", action="store_true",
                            help="Keras's progress bar instead of one line per epoch")
+    _add_checkpoint_flag(train_cmd, "the run saves its checkpoint FILE.json.checkpoint.npz (beside --output; "
+                                    "rerunning the command continues from it; deleted once the record is written)")
+    train_cmd.add_argument("--time-budget", type=_duration, metavar="DURATION",
+                           help="stop at the last epoch that ends within this time (e.g. 9m, 1.5h), checkpoint, "
+                                "print what is done and left, and exit with status 75 (incomplete: rerun the "
+                                "command to continue)")
 
     search_cmd = command("search", cmd_search, "Keras Tuner search over the dropout rates",
                          "Searches the dropout rates (or what --space tunes) of the network the network flags "
@@ -596,6 +660,8 @@ def build_parser() -> argparse.ArgumentParser:
     search_cmd.add_argument("--data-parallel", action="store_true",
                             help="train each trial over every local GPU (as train --data-parallel)")
     search_cmd.add_argument("--csv", metavar="FILE", help="also write the trials table as CSV")
+    _add_checkpoint_flag(search_cmd, "each trial saves its checkpoint PROJECT/trial_ID/checkpoint.npz; a trial "
+                                     "interrupted mid-way continues from it when the search is resumed")
     search_cmd.add_argument("--verbose", "-v", action="store_true", help="Keras Tuner's and Keras's progress output")
     cluster_flags = search_cmd.add_argument_group(
         "distributed search (Keras Tuner's chief/worker engine; every process gets the same search flags)")

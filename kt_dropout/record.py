@@ -257,6 +257,12 @@ def summarize_history(history: dict[str, list[float]], selection: str) -> dict:
     }
 
 
+def run_key(config: VGGConfig, recipe: Recipe, seed: int, epochs: int, data_fingerprint: str) -> RunKey:
+    """The key of a run of `config` on this backend: known before it trains (its checkpoint is named by it)."""
+    return RunKey(config=config, recipe=recipe, seed=int(seed), epochs=int(epochs), backend=keras.backend.backend(),
+                  data=data_fingerprint)
+
+
 def make_record(
     *, name: str, config: VGGConfig, recipe: Recipe, seed: int, epochs: int, data_fingerprint: str,
     history: dict, epoch_seconds: list[float], status: str = "ok", error: str | None = None, pack_size: int = 1,
@@ -273,10 +279,7 @@ def make_record(
             status, error = "failed", str(diverged)
     env = environment()
     return RunRecord(
-        key=RunKey(
-            config=config, recipe=recipe, seed=int(seed), epochs=int(epochs), backend=env["backend"],
-            data=data_fingerprint,
-        ),
+        key=run_key(config, recipe, seed, epochs, data_fingerprint),
         name=name,
         status=status,
         error=error,

@@ -7,12 +7,14 @@ from typing import Callable
 
 import keras
 
-from kt_dropout.callbacks import EpochTimer, TestScorer, recipe_callbacks
+from kt_dropout import resumable
+from kt_dropout.callbacks import TestScorer
+from kt_dropout.checkpoints import Checkpointing
 from kt_dropout.config import Recipe, VGGConfig, check_positive_int
 from kt_dropout.distribution import data_parallel, describe
 from kt_dropout.memory import releasing_traced_gradients
 from kt_dropout.model import build_compiled
-from kt_dropout.record import RunRecord, make_record
+from kt_dropout.record import RunRecord, make_record, run_key
 from kt_dropout.splits import prepare_splits
 
 
@@ -29,6 +31,7 @@ def train(
     verbose: int | str = "auto",
     on_model: Callable[[keras.Model], None] | None = None,
     distributed: bool = False,
+    checkpointing: Checkpointing | None = None,
 ) -> RunRecord:
     """Trains one configuration with `keras.Model.fit` and returns its `RunRecord`.
 
@@ -46,6 +49,10 @@ def train(
             images and labels as `data` holds them.
         distributed: build and train data-parallel over every local device
             (`kt_dropout.distribution.data_parallel`); the batch size stays the global one.
+        checkpointing: where and how often to checkpoint the run, and when to stop it early; a run whose
+            checkpoint exists continues from it (`resumable.fit`: the same history, best epoch and weights
+            as a run never stopped). Stopping early raises `checkpoints.TrainingIncomplete`. The caller
+            deletes the checkpoint once it has stored the record.
     """
     recipe = recipe or Recipe()
     epochs = recipe.epochs if epochs is None else check_positive_int("epochs", epochs)
@@ -53,20 +60,23 @@ def train(
     with (data_parallel() if distributed else contextlib.nullcontext()) as distribution:
         keras.utils.set_random_seed(seed)
         model = build_compiled(config, recipe)
-        timer = EpochTimer()
         extra = [TestScorer(splits.x_test, splits.y_test, recipe.batch_size)] if splits.x_test is not None else []
+        key = run_key(config, recipe, seed, epochs, data_fingerprint)
         with releasing_traced_gradients():
-            history = model.fit(
-                splits.x_train, splits.y_train,
+            history, epoch_seconds = resumable.fit(
+                model, splits.x_train, splits.y_train,
                 batch_size=recipe.batch_size,
                 epochs=epochs,
+                seed=seed,
                 validation_data=(splits.x_val, splits.y_val),
-                callbacks=[timer, *extra, *recipe_callbacks(epochs), *(callbacks or [])],
+                callbacks=[*extra, *(callbacks or [])],
                 verbose=verbose,
+                checkpointing=checkpointing,
+                identity={"run_keys": [key.digest()], "names": [name], "seeds": [int(seed)]},
             )
     record = make_record(
         name=name, config=config, recipe=recipe, seed=seed, epochs=epochs, data_fingerprint=data_fingerprint,
-        history=history.history, epoch_seconds=timer.seconds,
+        history=history.history, epoch_seconds=epoch_seconds,
         distribution=describe(distribution) if distribution is not None else None,
     )
     if on_model is not None:

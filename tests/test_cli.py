@@ -110,20 +110,28 @@ def test_experiments_lists_everything(tmp_path):
 def test_train_writes_a_record_and_refuses_to_overwrite_it(tmp_path):
     (tmp_path / "tmp").mkdir()
     args = ["train", *TINY, "--epochs", "2", "--precision", "mixed_bfloat16", "--output", "tmp/run.json",
-            "--train-size", "96"]
+            "--train-size", "96", "--time-budget", "1s"]  # the first epoch (compiling) takes longer
     result = run_cli(*args, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 75, result.stderr
+    assert re.search(r"^time budget spent: 1 of 2 epochs done, 1 to go \(about \d+ s at [\d.]+ s/epoch\); "
+                     r"checkpoint tmp/run.json.checkpoint.npz\nincomplete: rerun the same command to continue$",
+                     result.stdout, re.MULTILINE), result.stdout
+    assert sorted(os.listdir(tmp_path / "tmp")) == ["run.json.checkpoint.npz"]
+    resumed = run_cli(*args, cwd=tmp_path)  # the last epoch is never refused for the budget
+    assert resumed.returncode == 0, resumed.stderr
+    assert [line.split(" accuracy")[0] for line in resumed.stderr.splitlines() if line.startswith("epoch ")] == [
+        "epoch 2/2"]
     banner = ["kt-dropout train", r"  backend +jax on CPU only", r"  precision +mixed_bfloat16",
               r"  data +synthetic_cifar10 \(--synthetic\), first 96 of 128 train images, balanced over classes: "
               r"96 train / 64 test images",
               r"  plan +1 run x 2 epochs = 2 model-epochs"]
     assert all(re.search(f"^{line}$", result.stderr, re.MULTILINE) for line in banner), result.stderr
-    epochs = [line for line in result.stderr.splitlines() if line.startswith("epoch ")]
+    epochs = [line for line in (result.stderr + resumed.stderr).splitlines() if line.startswith("epoch ")]
     assert len(epochs) == 2 and all("val_accuracy" in line for line in epochs)
     assert re.fullmatch(r"epoch 1/2 .* \| 1/2 model-epochs, ETA [\d:]+ \(first epoch includes compile\)", epochs[0])
-    assert re.fullmatch(r"epoch 2/2 .* \| 2/2 model-epochs", epochs[1])
+    assert re.fullmatch(r"epoch 2/2 .* \| 1/2 model-epochs, ETA [\d:]+ \(first epoch includes compile\)", epochs[1])
     assert not START_UP_NOISE.search(result.stderr), result.stderr  # JAX, with TensorFlow installed or not
-    assert "best val_accuracy" in result.stdout
+    assert "best val_accuracy" in resumed.stdout
     output = tmp_path / "tmp" / "run.json"
     record = RunRecord.from_json(json.loads(output.read_text()), source=output)
     assert record.status == "ok"

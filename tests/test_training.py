@@ -1,12 +1,14 @@
 """One configuration trained with the post's recipe: the record it leaves."""
 
+import functools
 import re
 
 import keras
 import numpy as np
 import pytest
 
-from kt_dropout import Recipe, VGGConfig, train
+from kt_dropout import Recipe, VGGConfig, checkpoints, train
+from kt_dropout.checkpoints import Checkpointing, TrainingIncomplete
 from kt_dropout.data import DataError, synthetic_cifar10
 from kt_dropout.record import summarize_history
 from kt_dropout.splits import prepare_splits
@@ -145,3 +147,29 @@ def test_train_learns_and_hands_over_the_best_epochs_weights(learnable):
     for labels in (y, y[:, None].astype(np.uint8), keras.utils.to_categorical(y, 10)):
         scores = models[0].evaluate(x, labels, batch_size=learnable.recipe.batch_size, verbose=0, return_dict=True)
         assert scores["accuracy"] == pytest.approx(record.best_val_accuracy, abs=1e-6)
+
+
+def test_a_run_stopped_at_an_epoch_boundary_resumes_to_the_uninterrupted_runs_record(learnable, tmp_path):
+    """The order of every epoch, the dropout masks, the optimizer's moments and the best epoch carry over a
+    stop and a resume in another `train` call: history, best epoch and weights are bit-identical."""
+    config, epochs = learnable.config.replace(dropout_dense=0.3), 4
+    run = functools.partial(train, config, learnable.data, recipe=learnable.recipe.replace(batch_size=64),
+                            epochs=epochs, seed=5, verbose=0, data_fingerprint="learnable")
+    straight, resumed = [], []
+    expected = run(on_model=lambda model: straight.append(model.get_weights()))
+    path = tmp_path / "run.checkpoint.npz"
+    with pytest.raises(TrainingIncomplete) as stopped:
+        run(checkpointing=Checkpointing(path, every_seconds=None, stop=lambda seconds: len(seconds) == 2,
+                                        reason="time budget spent"))
+    assert (stopped.value.epochs_done, stopped.value.epochs, stopped.value.reason) == (2, 4, "time budget spent")
+    state = checkpoints.read_state(path)
+    assert state["run_keys"] == [expected.key.digest()] and state["epochs_done"] == 2 and state["epochs"] == epochs
+    assert state["seeds"] == [5] and len(state["epoch_seconds"]) == 2 and state["names"] == ["model"]
+    record = run(checkpointing=Checkpointing(path, every_seconds=None),
+                 on_model=lambda model: resumed.append(model.get_weights()))
+    assert record.history == expected.history and len(record.history["loss"]) == epochs
+    assert record.best_epoch == expected.best_epoch and record.key == expected.key
+    assert all(np.array_equal(a, b) for a, b in zip(straight[0], resumed[0]))
+    assert record.history["val_accuracy"] != (record.history["val_accuracy"][0],) * epochs  # it learned something
+    with pytest.raises(ValueError, match="run.checkpoint.npz: the checkpoint of another run"):
+        run(seed=6, checkpointing=Checkpointing(path, every_seconds=None))

@@ -10,9 +10,11 @@ from __future__ import annotations
 import keras_tuner
 import numpy as np
 
-from kt_dropout.callbacks import check_finite, recipe_callbacks
+from kt_dropout import _compat, checkpoints, resumable
+from kt_dropout.callbacks import check_finite
 from kt_dropout.config import Recipe, VGGConfig, check_choice, check_positive_int, check_positive_number
 from kt_dropout.data import DataError
+from kt_dropout.checkpoints import Checkpointing
 from kt_dropout.memory import releasing_traced_gradients
 from kt_dropout.model import build_compiled
 from kt_dropout.splits import check_data, check_split
@@ -86,26 +88,33 @@ class DropoutVGGHyperModel(keras_tuner.HyperModel):
         """A compiled model for `hp`: `build_compiled(config, recipe)` with both from `hp`."""
         return build_compiled(self.config_from_hp(hp), self.recipe_from_hp(hp))
 
-    def fit(self, hp, model, x, y=None, validation_data=None, callbacks=(), epochs=None, **kwargs):
+    def fit(self, hp, model, x, y=None, validation_data=None, callbacks=(), epochs=None,
+            checkpointing: Checkpointing | None = None, identity: dict | None = None, **kwargs):
         """Trains with the recipe: its batch size and epochs unless given, its best-epoch and NaN callbacks.
 
         Takes data as users have it, e.g. straight from `keras.datasets.cifar10.load_data()`:
         images with pixels in 0..255 (uint8 or float; the network scales them), labels as class
         indices (N,) or (N, 1) or one-hot rows. Arrays are checked as `kt_dropout.search()` checks
         its data (`splits.check_data`); bad data raises `keras_tuner.errors.FatalValueError`, which
-        stops a search at once instead of failing every trial alike. Datasets and generators go to
-        `model.fit` as they are. Hyperband's `epochs` and `initial_epoch` pass through. Returns the
-        `History`, which Keras Tuner scores on `val_accuracy`; a run whose loss diverged raises
+        stops a search at once instead of failing every trial alike. Arrays train in an order drawn
+        from NumPy's global generator (which the search's seed seeds) for each epoch (`resumable.fit`);
+        datasets and generators go to `model.fit` as they are. Hyperband's `epochs` and `initial_epoch`
+        pass through. `checkpointing` and `identity` (`resumable.fit`'s) make the trial resumable:
+        `kt_dropout.search()` gives each trial its own. Returns the `History` (of the whole trial, when
+        resumed), which Keras Tuner scores on `val_accuracy`; a run whose loss diverged raises
         `TrainingDiverged`, a `keras_tuner.errors.FailedTrialError`, so its trial fails without retries.
         """
         if isinstance(x, np.ndarray):
             x, y, validation_data = self._checked(x, y, validation_data)
         epochs = self.recipe.epochs if epochs is None else check_positive_int("epochs", epochs)
-        kwargs.setdefault("batch_size", self.recipe.batch_size)
+        batch_size = kwargs.pop("batch_size", self.recipe.batch_size)
+        if checkpointing is not None and checkpointing.path.exists():
+            _compat.continue_best_epoch(callbacks, checkpoints.read_state(checkpointing.path)["best"])
         with releasing_traced_gradients():  # else TensorFlow keeps every trial's model
-            history = model.fit(
-                x, y, validation_data=validation_data, epochs=epochs,
-                callbacks=[*callbacks, *recipe_callbacks(epochs)], **kwargs,
+            history, _ = resumable.fit(
+                model, x, y, batch_size=batch_size, epochs=epochs, seed=np.random.randint(2**31),
+                validation_data=validation_data, callbacks=callbacks, checkpointing=checkpointing,
+                identity=identity, **kwargs,
             )
         check_finite(history.history)
         return history

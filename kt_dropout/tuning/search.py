@@ -12,10 +12,12 @@ import contextlib
 import csv
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import time
 import warnings
+from pathlib import Path
 
 import keras
 import keras_tuner
@@ -25,6 +27,7 @@ from kt_dropout import _compat, distribution
 from kt_dropout.progress import Progress, data_line, format_logs, plan_line, print_banner
 from kt_dropout.tuning import cluster, project
 from kt_dropout.atomic import atomic_saves, write_text
+from kt_dropout.checkpoints import DEFAULT_EVERY, Checkpointing, parse_every
 from kt_dropout.tuning.cluster import LeasedOracle
 
 from kt_dropout.config import Recipe, VGGConfig, check_positive_int, check_positive_number
@@ -158,6 +161,7 @@ def search(
     data_parallel: bool = False,
     progress=None,
     data_source: str | None = None,
+    checkpoint_every: str | int | None = DEFAULT_EVERY,
     **tuner_kwargs,
 ) -> SearchResult:
     """Searches dropout rates (or whatever `space` tunes) of the post's network, maximizing `val_accuracy`.
@@ -202,6 +206,12 @@ def search(
             then each epoch (a bar on a terminal; none with `verbose`, which prints Keras's own) and each
             trial as it ends, with an ETA for the remaining trials (`kt_dropout.progress`); None: silent.
         data_source: where `data` came from, in words, for the banner.
+        checkpoint_every: how often a trial saves its epoch checkpoint (`<project>/trial_<id>/checkpoint.npz`):
+            every N epochs (an int, or "5") or every so long ("10m", "90s"); None: never. A trial that was
+            interrupted (killed, preempted) is rerun by Keras Tuner when the search is resumed; it continues
+            from its checkpoint, with the history, best epoch and weights it would have had uninterrupted.
+            The checkpoint is deleted when the trial ends. Not for Hyperband, `executions_per_trial` > 1
+            or a `directory` URL, whose trials restart.
         distributed: run as the chief or a worker of a distributed search;
             without it, Keras Tuner's environment variables are an error rather
             than silently turning the search distributed.
@@ -255,6 +265,7 @@ def search(
     if "executions_per_trial" in tuner_kwargs:
         check_positive_int("executions_per_trial", tuner_kwargs["executions_per_trial"])
     epochs = check_positive_int("epochs", hypermodel.recipe.epochs if epochs is None else epochs)
+    trial_checkpoints = None if checkpoint_every is None else parse_every(str(checkpoint_every))
     budget = {"max_epochs": epochs} if issubclass(tuner_class, keras_tuner.Hyperband) else {"max_trials": max_trials}
     if data_parallel and "distribution_strategy" in tuner_kwargs:
         raise ValueError("data_parallel=True chooses the distribution_strategy: give one or the other")
@@ -283,12 +294,13 @@ def search(
                 tuner_kwargs["distribution_strategy"] = strategy
             built = _build(tuner_class, resumed is not None, hypermodel=hypermodel, objective=OBJECTIVE,
                            directory=str(directory), project_name=project_name, overwrite=overwrite,
-                           seed=_oracle_seed(seed), trial_seed=seed, **budget, **packing, **tuner_kwargs)
+                           seed=_oracle_seed(seed), trial_seed=seed, trial_checkpoints=trial_checkpoints, **budget, **packing, **tuner_kwargs)
             if role == "worker":  # a worker's oracle is the chief's, which it first tells its identity
                 cluster.introduce(built.oracle, identity, connect_timeout)
             else:
                 project.save_identity(directory, project_name, identity)
                 atomic_saves(built.oracle)
+                built.save()  # now, not after the first trial: a search killed in it can then resume it
             if role == "chief":
                 built.oracle = LeasedOracle(built.oracle, lost_worker_seconds, identity, on_identity=functools.partial(
                     project.save_identity, directory, project_name))
@@ -359,8 +371,8 @@ class _TrialHooks:
     trial runs, and keeps its own copy of each trial with what it reported.
     """
 
-    def __init__(self, *args, trial_seed: int | None = None, **kwargs):
-        self.trial_seed = trial_seed
+    def __init__(self, *args, trial_seed: int | None = None, trial_checkpoints: dict | None = None, **kwargs):
+        self.trial_seed, self.trial_checkpoints = trial_seed, trial_checkpoints
         self.ran_trials: dict[str, keras_tuner.engine.trial.Trial] = {}
         self._running: dict[str, tuple[float, cluster.Heartbeat | None]] = {}
         self._epochs: dict[str, int] = {}
@@ -403,14 +415,33 @@ class _TrialHooks:
 
     def run_trial(self, trial, *args, **kwargs):
         """Keras Tuner's (or `PackedTrials`'); a worker keeps what Keras Tuner reports of the results to the
-        chief, so the worker can tell what it reported."""
-        results = super().run_trial(trial, *args, **kwargs)
+        chief, so the worker can tell what it reported. A trial trained alone gets its epoch checkpoint
+        (`_checkpointing`), which is deleted once the trial has trained (or diverged)."""
+        checkpointing = self._checkpointing(trial)
+        if checkpointing is not None:
+            kwargs.update(checkpointing=checkpointing, identity=_trial_identity(trial, self.trial_seed))
+        try:
+            results = super().run_trial(trial, *args, **kwargs)
+        except keras_tuner.errors.FailedTrialError:  # never retried: its checkpoint would never be read
+            if checkpointing is not None:
+                checkpointing.path.unlink(missing_ok=True)
+            raise
+        if checkpointing is not None:
+            checkpointing.path.unlink(missing_ok=True)
         if self._worker:
             metrics, step = _compat.trial_report(results, OBJECTIVE)
             for name, value in metrics.items():
                 trial.metrics.update(name, value, step=step)
             trial.score, trial.best_step = trial.metrics.get_best_value(OBJECTIVE.name), step
         return results
+
+    def _checkpointing(self, trial) -> Checkpointing | None:
+        """Where trial `trial` keeps its epoch checkpoint, `<project>/trial_<id>/checkpoint.npz`; None for
+        trials that cannot resume from one (see `search`'s `checkpoint_every`) or when it is off."""
+        one_fit = not isinstance(self, (PackedTrials, keras_tuner.Hyperband)) and self.executions_per_trial == 1
+        if self.trial_checkpoints is None or not one_fit or "://" in str(self.project_dir):
+            return None
+        return Checkpointing(Path(self.get_trial_dir(trial.trial_id)) / TRIAL_CHECKPOINT, **self.trial_checkpoints)
 
     def save(self):
         """Keras Tuner's `save`, with this tuner's own file written atomically too."""
@@ -433,6 +464,16 @@ class _TrialHooks:
             ended = "" if self._worker or not self.oracle.max_trials else (
                 f"{len(self.oracle.end_order)}/{self.oracle.max_trials} trials ended, ")
             self.progress.line(f"{_trial_line(_row(trial))} | {ended}{self.progress.status()}")
+
+
+TRIAL_CHECKPOINT = "checkpoint.npz"
+
+
+def _trial_identity(trial, seed: int | None) -> dict:
+    """A trial's checkpoint contract fields: its "run key" hashes its id and hyperparameters."""
+    values = {"trial_id": trial.trial_id, "hyperparameters": trial.hyperparameters.values}
+    digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:20]
+    return {"run_keys": [digest], "names": [f"trial_{trial.trial_id}"], "seeds": [seed]}
 
 
 def _hypermodel(hypermodel, space, base, recipe) -> DropoutVGGHyperModel:
