@@ -32,6 +32,7 @@ from kt_dropout.progress import (
 )
 from kt_dropout.record import RunKey, RunRecord
 from kt_dropout.study.experiments import CONFIGS, EXPERIMENTS, resolve_experiments
+from kt_dropout.study.leases import Claims, claimed_packs, held_line
 from kt_dropout.study.profiles import DEFAULT_PACK_SIZE, Profile, get_profile
 from kt_dropout.study.results import MANIFEST_NAME, ResultStore, StudyKey, by_study
 from kt_dropout.training import train
@@ -113,7 +114,6 @@ class Study:
         names = list(dict.fromkeys(names))
         missing = self.to_train([*names, *along])
         if missing:
-            self._attempted.update(self._key(m) for m in missing)
             self._train(missing)
         return self.stored_runs(names)
 
@@ -136,10 +136,23 @@ class Study:
         return by_study(self.store.records()).get(key, [])
 
     def _train(self, missing: list[Member]) -> None:
-        packs = plan_packs(missing, self.max_pack_size) if self.pack else [[m] for m in missing]
-        with Progress(len(missing) * self.epochs, self.progress) as progress:
-            for number, pack in enumerate(packs, 1):
-                label = f"[{number}/{len(packs)}]"
+        """Trains the packs of `missing` that this process claims (`leases`), storing each pack's runs as it ends;
+        runs that other processes store or hold meanwhile are left to them, and named at the end."""
+        failed_before = {self._key(m) for m in missing if self.store.get(self._key(m)) is not None}
+
+        def done(member: Member) -> bool:  # stored meanwhile (a run that had failed before: once it succeeds)
+            record = self.store.get(self._key(member))
+            return record is not None and (record.status == "ok" or self._key(member) not in failed_before)
+
+        def plan(members: list[Member]) -> list[list[Member]]:
+            return plan_packs(members, self.max_pack_size) if self.pack else [[m] for m in members]
+
+        with Progress(len(missing) * self.epochs, self.progress) as progress, Claims(self.store.root) as claims:
+            packs = claimed_packs(claims, missing, key=self._key, done=done, plan=plan,
+                                  gone=lambda members: progress.skip(len(members) * self.epochs))
+            for number, (pack, planned) in enumerate(packs, 1):
+                self._attempted.update(self._key(m) for m in pack)
+                label = f"[{number}/{number - 1 + planned}]"
                 progress.line(f"{label} {', '.join(f'{m.name}/seed{m.seed}' for m in pack)}: training {self.epochs} epochs")
                 progress.begin(label)
                 start = time.perf_counter()
@@ -162,6 +175,10 @@ class Study:
                     self.store.put(record)
                 progress.skip((self.epochs - max(r.epochs_run for r in records)) * len(pack))  # all diverged: stopped
                 progress.line(f"{label} done in {time.perf_counter() - start:.1f} s | {progress.status()}")
+            held = held_line(claims, [m for m in missing if self._key(m) not in self._attempted and not done(m)],
+                             self._key)
+            if held:
+                progress.line(held)
 
     def _epoch_text(self, epoch: int, accuracies) -> str:
         """An epoch's line: the range of the pack's validation accuracies (one value alone)."""
