@@ -16,6 +16,7 @@ import pytest
 from kt_dropout.config import parse_positive_int
 from kt_dropout.study.profiles import get_profile
 from kt_dropout.study.runner import AcceleratorRequired, open_study
+from kt_dropout.study.shards import parse_shard
 
 
 def _int_option(config, name):
@@ -26,6 +27,12 @@ def _int_option(config, name):
         return None
     env = name.removeprefix("--").upper().replace("-", "_")
     return parse_positive_int(f"{name} (env {env})", value)
+
+
+def _shard_option(config):
+    """`--kt-shard I/N` as (I, N), None when not given."""
+    value = config.getoption("--kt-shard")
+    return None if value in (None, "") else parse_shard("--kt-shard (env KT_SHARD)", value)
 
 
 STUDY = pytest.StashKey()
@@ -76,6 +83,7 @@ def pytest_collection_finish(session):
             experiments=_planned(get_profile(config.getoption("--kt-profile")), session.items),
             allow_cpu=config.getoption("--kt-allow-cpu"),
             progress=_Terminal(config),
+            shard=_shard_option(config),
         )
     except AcceleratorRequired as error:
         raise pytest.UsageError(f"{error}; --kt-allow-cpu (or KT_ALLOW_CPU=1) trains here anyway") from None

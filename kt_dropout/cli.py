@@ -90,6 +90,15 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _shard(text: str) -> tuple[int, int]:
+    from kt_dropout.study.shards import parse_shard
+
+    try:
+        return parse_shard("shard", text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("shard: ")) from None
+
+
 def _experiment(name: str) -> str:
     if name not in EXPERIMENTS:
         raise argparse.ArgumentTypeError(
@@ -398,7 +407,7 @@ def cmd_reproduce(args) -> int:
             profile.name, results / STORE_FOLDER, data_path=args.data, epochs=args.epochs, seeds=args.seeds,
             selection=args.selection, precision=args.precision, experiments=experiments, allow_cpu=args.allow_cpu,
             pack_size=1 if args.no_pack else args.pack_size, train_size=args.train_size,
-            test_size=args.test_size,
+            test_size=args.test_size, shard=args.shard,
         )
     except AcceleratorRequired as error:
         raise UsageError(f"{error}; --allow-cpu trains here anyway") from None
@@ -619,6 +628,12 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--allow-cpu", action="store_true",
                            help="train quick or full on a machine without a GPU or TPU, which is otherwise refused "
                                 "with the estimated time (hours to weeks)")
+    spread = reproduce.add_argument_group("one study over several processes (all may share one RESULTS: each "
+                                          "run is leased in RESULTS/store/leases/ while it trains)")
+    spread.add_argument("--shard", type=_shard, metavar="I/N",
+                        help="train only shard I of N (1 <= I <= N): the study's packs are planned over all of its "
+                             "runs and shard I takes every N-th from the I-th, the same share on every machine "
+                             "(give all shards the same flags); for a Slurm job array. Then merge and report")
 
     report = command("report", cmd_report, "write the report from stored runs",
                      "Writes report.md and PNG figures from the runs in a results store. When the store holds "
