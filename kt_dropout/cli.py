@@ -389,6 +389,28 @@ REPRODUCE_EXIT_CODES = (
 
 
 def cmd_reproduce(args) -> int:
+    """With --devices, the same command once per device (`devices.run_per_device`); else `_reproduce`."""
+    from kt_dropout import devices
+
+    if args.devices is None:
+        return _with_keras(_reproduce)(args)
+    try:
+        chosen = devices.choose("--devices", args.devices)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return devices.run_per_device(devices.without_flag(args.argv, "--devices"), chosen)
+
+
+def _devices(text: str):
+    from kt_dropout.devices import parse_devices
+
+    try:
+        return parse_devices("devices", text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("devices: ")) from None
+
+
+def _reproduce(args) -> int:
     """Trains what the experiments need (reusing stored runs), decides their claims, writes the report."""
     from kt_dropout.atomic import check_writable_folder
     from kt_dropout.study.report import write_report
@@ -538,7 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, run, help_text: str, description: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=description)
-        sub.set_defaults(run=run if run is cmd_experiments else _with_keras(run))
+        sub.set_defaults(run=run if run in (cmd_experiments, cmd_reproduce) else _with_keras(run))
         return sub
 
     command("experiments", cmd_experiments, "list the post's experiments, claims and profiles",
@@ -634,6 +656,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="train only shard I of N (1 <= I <= N): the study's packs are planned over all of its "
                              "runs and shard I takes every N-th from the I-th, the same share on every machine "
                              "(give all shards the same flags); for a Slurm job array. Then merge and report")
+    spread.add_argument("--devices", type=_devices, metavar="all|N|i,j",
+                        help="run this command once per local GPU (all, the first N, or those listed), each process "
+                             "pinned to its GPU (CUDA_VISIBLE_DEVICES), all into RESULTS; lines are prefixed with "
+                             "the device; exits with the worst status. On a CPU an explicit list runs that many CPU "
+                             "processes (pinning does nothing there)")
 
     report = command("report", cmd_report, "write the report from stored runs",
                      "Writes report.md and PNG figures from the runs in a results store. When the store holds "
@@ -679,6 +706,7 @@ INTERRUPTED = {
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the children of reproduce --devices
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warnings(args.command)
         return _run(args)

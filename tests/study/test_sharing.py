@@ -1,6 +1,10 @@
 """One study shared by several processes: `--shard` shares, leases between concurrent processes, `--devices`."""
 
+import os
 import re
+import subprocess
+import sys
+from collections import Counter
 
 import pytest
 
@@ -36,3 +40,44 @@ def test_a_bad_shard_is_refused_naming_the_flag(text):
     with pytest.raises(ValueError, match=rf"^--kt-shard \(env KT_SHARD\): expected I/N.*got '{re.escape(text)}'$"):
         parse_shard("--kt-shard (env KT_SHARD)", text)
     assert parse_shard("--shard", " 2/3 ") == (2, 3)
+
+
+ENV = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+def _cli(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "kt_dropout.cli", *args], cwd=cwd, env=ENV, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.mark.slow
+def test_two_processes_on_one_store_train_every_run_exactly_once(tmp_path):
+    """`--devices 0,1` on a CPU: two real `reproduce` processes started at once into one store (pinning does
+    nothing here); the leases share the runs out, each trained by one of them, none lost."""
+    result = _cli("reproduce", "batchnorm", "--profile", "smoke", "--epochs", "1", "--pack-size", "1",
+                  "--results", "r", "--devices", "0,1", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    trained = re.findall(r"^\[device (\d)\] \[\d+/\d+\] (\S+): training 1 epochs$", result.stderr, re.MULTILINE)
+    runs = Counter(run for _, run in trained)
+    assert sorted(runs) == ["bn/seed0", "bn/seed1", "vanilla/seed0", "vanilla/seed1"] and set(runs.values()) == {1}, \
+        result.stderr  # each run trained once, by one process
+    assert {device for device, _ in trained} == {"0", "1"}, result.stderr  # both processes got work
+    assert re.search(r"^\[device 0\] exit status 0\n\[device 1\] exit status 0$", result.stderr, re.MULTILINE)
+    store = ResultStore(tmp_path / "r" / "store", create=False)
+    assert len(store.records()) == 4 and all(r.status == "ok" for r in store.records())
+    assert not (store.root / "leases").exists()  # every lease released, the emptied folder removed
+    assert result.stdout.count("report written to r/report-smoke/report.md") == 2
+    report = (tmp_path / "r" / "report-smoke" / "report.md").read_text()  # the last one written: every run
+    assert re.search(r"^\| vanilla +\| 0 +\| 0 +\| — +\| 0\.\d+", report, re.MULTILINE), report
+    assert re.search(r"^\| bn +\| 0 +\| 0 +\| — +\| 0\.\d+", report, re.MULTILINE), report
+
+
+def test_devices_all_on_a_cpu_and_bad_device_lists_are_usage_errors(tmp_path):
+    for value, message in [("all", "--devices all: no GPU found (CPU only); an explicit list such as --devices 0,1 "
+                                    "runs one CPU process per index"),
+                           ("0,x", "argument --devices: expected all, a number of GPUs or a list of device indices"),
+                           ("1,1", "argument --devices: a device is listed twice in '1,1'")]:
+        result = _cli("reproduce", "--profile", "smoke", "--results", "r", "--devices", value, cwd=tmp_path)
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert f"kt-dropout reproduce: error: {message}" in result.stderr, result.stderr
+    assert os.listdir(tmp_path) == []
