@@ -24,6 +24,8 @@ OPTIONS = {
     "--kt-pack-size": ("KT_PACK_SIZE", "20", "most runs trained together in one pack; 1 turns packing off"),
     "--kt-precision": ("KT_PRECISION", "float32", "float32 (post) or mixed_bfloat16, stored as a study apart"),
     "--kt-shard": ("KT_SHARD", None, "train only shard I/N of the study's packs, as reproduce --shard"),
+    "--kt-devices": ("KT_DEVICES", None, ("train first in one kt-dropout reproduce process per GPU (all, N or i,j), "
+                                          "as reproduce --devices")),
 }
 
 

@@ -394,6 +394,8 @@ def cmd_reproduce(args) -> int:
 
     if args.devices is None:
         return _with_keras(_reproduce)(args)
+    if os.environ.get(devices.CHILD):
+        raise UsageError(f"--devices in a process that --devices started ({devices.CHILD} is set)")
     try:
         chosen = devices.choose("--devices", args.devices)
     except ValueError as error:

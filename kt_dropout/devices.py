@@ -23,11 +23,12 @@ import threading
 from kt_dropout.budget import EXIT_INCOMPLETE
 
 PIN = "CUDA_VISIBLE_DEVICES"
+CHILD = "KT_DROPOUT_DEVICE"  # set in each child: a child never starts children of its own
 STOP_SECONDS = 60  # how long Ctrl-C waits for the children to stop on their own before killing them
 
-# The exit statuses a child reports in order of severity; any other (a usage error, an interruption, a crash,
-# a signal) is worse than all of them.
-_ORDER = (0, 1, 3, EXIT_INCOMPLETE)
+# The exit statuses of a `reproduce` that ran, by severity (a run failed or a claim insufficient, contradicted,
+# time budget spent); any other (a usage error, an interruption, a crash, a signal) is worse than all of them.
+RESULT_STATUSES = (0, 1, 3, EXIT_INCOMPLETE)
 
 
 def parse_devices(field: str, text: str) -> str | int | list[int]:
@@ -112,7 +113,7 @@ def run_per_device(argv: list[str], devices: list[str], out=None, err=None) -> i
     try:
         for device in devices:
             child = subprocess.Popen(
-                [sys.executable, "-m", "kt_dropout.cli", *argv], env={**os.environ, PIN: device,
+                [sys.executable, "-m", "kt_dropout.cli", *argv], env={**os.environ, PIN: device, CHILD: device,
                                                                         "PYTHONUNBUFFERED": "1"},
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
             )
@@ -143,5 +144,10 @@ def run_per_device(argv: list[str], devices: list[str], out=None, err=None) -> i
 
 
 def worst(statuses: list[int]) -> int:
-    """The most severe exit status: any not in `_ORDER` (usage error, interruption, crash), then 75, 3, 1, 0."""
-    return max(statuses, key=lambda s: (s not in _ORDER, _ORDER.index(s) if s in _ORDER else s), default=0)
+    """The most severe exit status: any not in `RESULT_STATUSES` (usage error, interruption, crash), then 75, 3,
+    1, 0."""
+    def severity(status: int) -> tuple:
+        known = status in RESULT_STATUSES
+        return (not known, RESULT_STATUSES.index(status) if known else status)
+
+    return max(statuses, key=severity, default=0)
