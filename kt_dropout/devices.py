@@ -19,12 +19,14 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 from kt_dropout.budget import EXIT_INCOMPLETE
 
 PIN = "CUDA_VISIBLE_DEVICES"
 CHILD = "KT_DROPOUT_DEVICE"  # set in each child: a child never starts children of its own
 STOP_SECONDS = 60  # how long Ctrl-C waits for the children to stop on their own before killing them
+RESEND_SECONDS = 2.0
 
 # The exit statuses of a `reproduce` that ran, by severity (a run failed or a claim insufficient, contradicted,
 # time budget spent); any other (a usage error, an interruption, a crash, a signal) is worse than all of them.
@@ -124,15 +126,7 @@ def run_per_device(argv: list[str], devices: list[str], out=None, err=None) -> i
         for _, child in children:
             child.wait()
     except BaseException:  # Ctrl-C (or an error starting one): stop every child started
-        for _, child in children:
-            if child.poll() is None:
-                child.send_signal(signal.SIGINT)
-        for _, child in children:
-            try:
-                child.wait(timeout=STOP_SECONDS)
-            except subprocess.TimeoutExpired:
-                child.kill()
-                child.wait()
+        _stop([child for _, child in children])
         raise
     finally:
         for thread in relays:
@@ -141,6 +135,24 @@ def run_per_device(argv: list[str], devices: list[str], out=None, err=None) -> i
     for (device, _), status in zip(children, statuses):
         err.write(f"[device {device}] exit status {status}\n")
     return worst(statuses)
+
+
+def _stop(children: list[subprocess.Popen]) -> None:
+    """Stops the children as Ctrl-C stops one: SIGINT, again every `RESEND_SECONDS` (a KeyboardInterrupt that
+    lands while JAX copies an array to NumPy is lost: keras.fit's JAX trainer goes on), then SIGKILL to those
+    still running after `STOP_SECONDS`, or at once at a second Ctrl-C."""
+    deadline = time.monotonic() + STOP_SECONDS
+    try:
+        while any(child.poll() is None for child in children) and time.monotonic() < deadline:
+            for child in children:
+                if child.poll() is None:
+                    child.send_signal(signal.SIGINT)
+            time.sleep(RESEND_SECONDS)
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+            child.wait()
 
 
 def worst(statuses: list[int]) -> int:
