@@ -48,7 +48,7 @@ class Claims:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._renewer.join()
-        self.release(list(self._held))
+        self.release(self._held)
         with contextlib.suppress(OSError):  # not empty: another process holds leases
             self.folder.rmdir()
 
@@ -76,7 +76,7 @@ class Claims:
 
     def release(self, keys: Iterable[str]) -> None:
         with self._mutex:
-            for key in keys:
+            for key in list(keys):
                 lock = self._held.pop(key, None)
                 if lock is not None:
                     lock.release()

@@ -1,13 +1,16 @@
 """One study shared by several processes: `--shard` shares, leases between concurrent processes, `--devices`."""
 
+import json
 import os
 import re
 import subprocess
 import sys
+import time
 from collections import Counter
 
 import pytest
 
+from kt_dropout.study.leases import Claims, claimed_packs, held_line
 from kt_dropout.study.profiles import PROFILES
 from kt_dropout.study.results import ResultStore
 from kt_dropout.study.runner import Study
@@ -42,6 +45,26 @@ def test_a_bad_shard_is_refused_naming_the_flag(text):
     assert parse_shard("--shard", " 2/3 ") == (2, 3)
 
 
+def test_a_run_another_live_process_holds_is_left_to_it_and_named_and_held_leases_are_renewed(tmp_path):
+    study = _study(ResultStore(tmp_path / "store"), pack_size=2)
+    missing = study.to_train(["bn"])  # bn/seed0, bn/seed1: one pack of two
+    with Claims(study.store.root, seconds=3600) as other:  # another process: it holds bn/seed1
+        assert other.claim({study._key(missing[1]): "the run bn/seed1"}) == [study._key(missing[1])]
+        with Claims(study.store.root, seconds=0.5) as claims:
+            packs = claimed_packs(claims, missing, key=study._key, done=lambda m: False, plan=study._plan)
+            pack, planned = next(packs)
+            assert (pack, planned) == ([missing[0]], 1)
+            lease = study.store.root / "leases" / f"{study._key(missing[0])}.lock"
+            expires = json.loads(lease.read_text())["expires"]
+            time.sleep(0.3)  # past a renewal (every fifth of the lease)
+            assert json.loads(lease.read_text())["expires"] > expires
+            assert next(packs, None) is None  # bn/seed1 stays with its holder
+            assert not lease.exists()  # released once the caller moved on (its runs stored)
+            assert re.fullmatch(rf"1 run\(s\) still held by other processes: bn/seed1 \(pid {os.getpid()} on host .*\)",
+                                held_line(claims, [missing[1]], study._key))
+    assert not (study.store.root / "leases").exists()
+
+
 ENV = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
@@ -61,7 +84,6 @@ def test_two_processes_on_one_store_train_every_run_exactly_once(tmp_path):
     runs = Counter(run for _, run in trained)
     assert sorted(runs) == ["bn/seed0", "bn/seed1", "vanilla/seed0", "vanilla/seed1"] and set(runs.values()) == {1}, \
         result.stderr  # each run trained once, by one process
-    assert {device for device, _ in trained} == {"0", "1"}, result.stderr  # both processes got work
     assert re.search(r"^\[device 0\] exit status 0\n\[device 1\] exit status 0$", result.stderr, re.MULTILINE)
     store = ResultStore(tmp_path / "r" / "store", create=False)
     assert len(store.records()) == 4 and all(r.status == "ok" for r in store.records())
