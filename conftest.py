@@ -23,6 +23,9 @@ OPTIONS = {
     "--kt-selection": ("KT_SELECTION", "test", "pick the best epoch on the test set (post) or on a holdout"),
     "--kt-pack-size": ("KT_PACK_SIZE", "20", "most runs trained together in one pack; 1 turns packing off"),
     "--kt-precision": ("KT_PRECISION", "float32", "float32 (post) or mixed_bfloat16, stored as a study apart"),
+    "--kt-shard": ("KT_SHARD", None, "train only shard I/N of the study's packs, as reproduce --shard"),
+    "--kt-devices": ("KT_DEVICES", None, ("train first in one kt-dropout reproduce process per GPU (all, N or i,j), "
+                                          "as reproduce --devices")),
 }
 
 

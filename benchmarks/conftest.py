@@ -16,6 +16,7 @@ import pytest
 from kt_dropout.config import parse_positive_int
 from kt_dropout.study.profiles import get_profile
 from kt_dropout.study.runner import AcceleratorRequired, open_study
+from kt_dropout.study.shards import parse_shard
 
 
 def _int_option(config, name):
@@ -26,6 +27,12 @@ def _int_option(config, name):
         return None
     env = name.removeprefix("--").upper().replace("-", "_")
     return parse_positive_int(f"{name} (env {env})", value)
+
+
+def _shard_option(config):
+    """`--kt-shard I/N` as (I, N), None when not given."""
+    value = config.getoption("--kt-shard")
+    return None if value in (None, "") else parse_shard("--kt-shard (env KT_SHARD)", value)
 
 
 STUDY = pytest.StashKey()
@@ -62,6 +69,7 @@ def pytest_collection_finish(session):
     ):
         return
     try:
+        _train_per_device(config, session.items)
         chosen = open_study(
             config.getoption("--kt-profile"),
             Path(config.getoption("--kt-results")) / "store",
@@ -77,6 +85,7 @@ def pytest_collection_finish(session):
             allow_cpu=config.getoption("--kt-allow-cpu"),
             deterministic=config.getoption("--kt-deterministic"),
             progress=_Terminal(config),
+            shard=_shard_option(config),
         )
     except AcceleratorRequired as error:
         raise pytest.UsageError(f"{error}; --kt-allow-cpu (or KT_ALLOW_CPU=1) trains here anyway") from None
@@ -89,6 +98,33 @@ def pytest_collection_finish(session):
 @pytest.fixture(scope="session")
 def study(pytestconfig):
     return pytestconfig.stash[STUDY]
+
+
+# The suite's options that `kt-dropout reproduce` takes too, by its flag.
+REPRODUCE_FLAGS = {"--kt-profile": "--profile", "--kt-epochs": "--epochs", "--kt-seeds": "--seeds",
+                   "--kt-results": "--results", "--kt-data": "--data", "--kt-train-size": "--train-size",
+                   "--kt-test-size": "--test-size", "--kt-selection": "--selection", "--kt-precision": "--precision",
+                   "--kt-pack-size": "--pack-size", "--kt-shard": "--shard"}
+
+
+def _train_per_device(config, items):
+    """With `--kt-devices`, the study's runs are trained first by `kt-dropout reproduce --devices` (one process per
+    GPU, into the session's store; its lines on the terminal), so that the session then finds them stored."""
+    spec = config.getoption("--kt-devices")
+    if spec in (None, ""):
+        return
+    from kt_dropout import devices
+
+    field = "--kt-devices (env KT_DEVICES)"
+    chosen = devices.choose(field, devices.parse_devices(field, spec))
+    planned = _planned(get_profile(config.getoption("--kt-profile")), items) or []
+    argv = ["reproduce", *planned, *(f"{flag}={config.getoption(option)}" for option, flag in REPRODUCE_FLAGS.items()
+                                     if config.getoption(option) not in (None, ""))]
+    argv += ["--allow-cpu"] if config.getoption("--kt-allow-cpu") else []
+    terminal = _Terminal(config)
+    status = devices.run_per_device(argv, chosen, out=terminal, err=terminal)
+    if status not in devices.RESULT_STATUSES:  # a verdict or a failed run is the session's to report
+        raise pytest.UsageError(f"{field}: a training process exited with status {status}")
 
 
 def _planned(profile, items):

@@ -108,6 +108,13 @@ def _duration(text: str) -> float:
         return parse_duration("", text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a duration such as 90s, 9m, 1.5h, got {text!r}") from None
+def _shard(text: str) -> tuple[int, int]:
+    from kt_dropout.study.shards import parse_shard
+
+    try:
+        return parse_shard("shard", text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("shard: ")) from None
 
 
 def _experiment(name: str) -> str:
@@ -447,6 +454,30 @@ REPRODUCE_EXIT_CODES = (
 
 
 def cmd_reproduce(args) -> int:
+    """With --devices, the same command once per device (`devices.run_per_device`); else `_reproduce`."""
+    from kt_dropout import devices
+
+    if args.devices is None:
+        return _with_keras(_reproduce)(args)
+    if os.environ.get(devices.CHILD):
+        raise UsageError(f"--devices in a process that --devices started ({devices.CHILD} is set)")
+    try:
+        chosen = devices.choose("--devices", args.devices)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    return devices.run_per_device(devices.without_flag(args.argv, "--devices"), chosen)
+
+
+def _devices(text: str):
+    from kt_dropout.devices import parse_devices
+
+    try:
+        return parse_devices("devices", text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix("devices: ")) from None
+
+
+def _reproduce(args) -> int:
     """Trains what the experiments need (reusing stored runs), decides their claims, writes the report."""
     from kt_dropout.atomic import check_writable_folder
     from kt_dropout.study.report import write_report
@@ -465,7 +496,7 @@ def cmd_reproduce(args) -> int:
             profile.name, results / STORE_FOLDER, data_path=args.data, epochs=args.epochs, seeds=args.seeds,
             selection=args.selection, precision=args.precision, experiments=experiments, allow_cpu=args.allow_cpu,
             pack_size=1 if args.no_pack else args.pack_size, train_size=args.train_size,
-            test_size=args.test_size, deterministic=args.deterministic,
+            test_size=args.test_size, deterministic=args.deterministic, shard=args.shard,
         )
     except AcceleratorRequired as error:
         raise UsageError(f"{error}; --allow-cpu trains here anyway") from None
@@ -609,7 +640,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def command(name: str, run, help_text: str, description: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help_text, description=description)
-        sub.set_defaults(run=run if run is cmd_experiments else _with_keras(run))
+        sub.set_defaults(run=run if run in (cmd_experiments, cmd_reproduce) else _with_keras(run))
         return sub
 
     command("experiments", cmd_experiments, "list the post's experiments, claims and profiles",
@@ -708,6 +739,17 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--allow-cpu", action="store_true",
                            help="train quick or full on a machine without a GPU or TPU, which is otherwise refused "
                                 "with the estimated time (hours to weeks)")
+    spread = reproduce.add_argument_group("one study over several processes (all may share one RESULTS: each "
+                                          "run is leased in RESULTS/store/leases/ while it trains)")
+    spread.add_argument("--shard", type=_shard, metavar="I/N",
+                        help="train only shard I of N (1 <= I <= N): the study's packs are planned over all of its "
+                             "runs and shard I takes every N-th from the I-th, the same share on every machine "
+                             "(give all shards the same flags); for a Slurm job array. Then merge and report")
+    spread.add_argument("--devices", type=_devices, metavar="all|N|i,j",
+                        help="run this command once per local GPU (all, the first N, or those listed), each process "
+                             "pinned to its GPU (CUDA_VISIBLE_DEVICES), all into RESULTS; lines are prefixed with "
+                             "the device; exits with the worst status. On a CPU an explicit list runs that many CPU "
+                             "processes (pinning does nothing there)")
 
     report = command("report", cmd_report, "write the report from stored runs",
                      "Writes report.md and PNG figures from the runs in a results store. When the store holds "
@@ -765,6 +807,7 @@ INTERRUPTED = {
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for the children of reproduce --devices
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warnings(args.command)
         return _run(args)

@@ -23,7 +23,7 @@ import time
 import uuid
 from pathlib import Path
 
-from kt_dropout.atomic import create_text
+from kt_dropout.atomic import create_text, write_text
 
 
 class LockHeld(OSError):
@@ -64,6 +64,28 @@ class Lock:
                                             "(remove it only if that process is gone)")
             self._take_over(holder)
         raise LockHeld(f"{self.what}: could not take the lock {self.path} (others keep taking it)")
+
+    def renew(self) -> bool:
+        """Moves a lease's `expires` on by `seconds` from now, if the lock is still ours: False when it is not.
+
+        The holder is rewritten whole (`atomic.write_text`: temp file and rename), so a reader sees the old
+        expiry or the new one, never a part. Only a lease that has not expired is renewed: once expired,
+        another host may be taking it over, and a rewrite could hide its claim.
+        """
+        holder = self._read()
+        if (self._token is None or holder is None or holder.get("token") != self._token
+                or self._stale(holder)):
+            return False
+        if self.seconds is not None:
+            write_text(self.path, json.dumps({**holder, "expires": time.time() + self.seconds}))
+        return True
+
+    def held_by(self) -> dict | None:
+        """The holder when another live process holds the lock (it is neither ours nor stale), else None."""
+        holder = self._read()
+        if holder is None or holder.get("token") == self._token or self._stale(holder):
+            return None
+        return holder
 
     def release(self) -> None:
         """Removes the lock if it is still ours."""

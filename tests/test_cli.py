@@ -85,7 +85,7 @@ def assert_usage_error(result, command, *fragments):
                   "--dropout-dense", "--csv", "--trials-per-step", "--chief", "--worker", "--tuner-id",
                   "--lost-worker-seconds", "--connect-timeout", "--train-size", "--test-size"]),
     (["reproduce"], ["--profile", "--seeds", "--epochs", "--results", "--data", "--selection", "--precision", "--pack-size",
-                     "--no-pack", "--train-size", "--test-size", "--allow-cpu"]),
+                     "--no-pack", "--train-size", "--test-size", "--allow-cpu", "--shard", "--devices"]),
     (["report"], ["RESULTS", "--out", "--epochs", "--profile", "--data-source"]),
     (["merge"], ["RESULTS", "SOURCE"]),
     (["compare"], ["REF", "OTHER", "--claims"]),

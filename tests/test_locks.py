@@ -72,3 +72,33 @@ def test_taking_over_a_stale_lock_never_removes_one_that_replaced_it_meanwhile(t
     with Lock(tmp_path / "thing", "the thing") as first:  # took it over first
         Lock(tmp_path / "thing", "the thing")._take_over(stale)  # the second one's late take-over
         assert json.loads(first.path.read_text())["pid"] == os.getpid()
+
+
+def test_a_lease_is_renewed_while_ours_and_not_once_lost(tmp_path):
+    lease = Lock(tmp_path / "run", "the run", seconds=60)
+    with lease:
+        first = json.loads(lease.path.read_text())
+        time.sleep(0.01)
+        assert lease.renew()
+        renewed = json.loads(lease.path.read_text())
+        assert renewed["expires"] > first["expires"] and {**renewed, "expires": 0} == {**first, "expires": 0}
+        assert lease.held_by() is None  # ours
+        other = Lock(tmp_path / "run", "the run", seconds=60)
+        assert other.held_by()["token"] == first["token"]
+        with pytest.raises(LockHeld, match="the run is in use by pid"):  # a live holder is refused
+            other.acquire()
+        lease.path.write_text(json.dumps({**renewed, "host": "another-host", "token": "theirs"}))  # taken over
+        assert not lease.renew()
+        assert json.loads(lease.path.read_text())["token"] == "theirs"
+
+
+def test_an_expired_lease_is_taken_over_by_another_host_and_its_holder_cannot_renew_it(tmp_path):
+    lease = Lock(tmp_path / "run", "the run", seconds=60)
+    lease.acquire()
+    holder = json.loads(lease.path.read_text())
+    lease.path.write_text(json.dumps({**holder, "host": "another-host", "expires": time.time() - 1}))  # its host died
+    assert not lease.renew()  # expired: never rewritten, another process may be taking it over
+    assert Lock(tmp_path / "run", "the run", seconds=60).held_by() is None  # stale: free to take
+    with Lock(tmp_path / "run", "the run", seconds=60) as taker:
+        assert json.loads(taker.path.read_text())["host"] == socket.gethostname()
+        assert not lease.renew()

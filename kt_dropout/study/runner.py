@@ -32,9 +32,11 @@ from kt_dropout.progress import (
 )
 from kt_dropout.record import RunKey, RunRecord
 from kt_dropout.study.experiments import CONFIGS, EXPERIMENTS, resolve_experiments
+from kt_dropout.study.leases import Claims, claimed_packs, held_line
 from kt_dropout.study.plans import plan_of, write_plan
 from kt_dropout.study.profiles import DEFAULT_PACK_SIZE, Profile, get_profile
 from kt_dropout.study.results import MANIFEST_NAME, ResultStore, StudyKey, by_study
+from kt_dropout.study.shards import share
 from kt_dropout.training import train
 
 
@@ -53,13 +55,14 @@ class Study:
         pack_options: for `train_pack`; `conv_implementation` defaults to the profile's for this backend.
         progress: the stream that progress goes to (`kt_dropout.progress`): a banner, then a bar on a
             terminal, else a line per epoch and per pack; None is silent.
+        shard: (I, N): train only shard I of N of the study's packs (`shards.share`); None: all of them.
     """
 
     def __init__(
         self, profile: Profile, data, data_fingerprint: str, store: ResultStore, *, recipe: Recipe | None = None,
         epochs: int | None = None, seeds: int | None = None, experiments: Iterable[str] | None = None,
         pack: bool = True, max_pack_size: int = DEFAULT_PACK_SIZE, progress=STDERR,
-        data_source: str = "", **pack_options,
+        data_source: str = "", shard: tuple[int, int] | None = None, **pack_options,
     ):
         self.profile, self.data, self.fingerprint, self.store = profile, data, data_fingerprint, store
         self.data_source = data_source
@@ -73,6 +76,7 @@ class Study:
         conv = profile.conv_implementation(keras.backend.backend())
         self.pack_options = {"conv_implementation": conv, **pack_options}
         self.progress = progress
+        self.shard = shard
 
     def _key(self, member: Member) -> str:
         return RunKey(
@@ -84,10 +88,21 @@ class Study:
         return _members(self.profile, names, self.seeds)
 
     def to_train(self, names: Iterable[str] | None = None) -> list[Member]:
-        """The runs of the named configurations (default: the study's experiments') that the store lacks."""
-        wanted = self.members(list(dict.fromkeys(names)) if names is not None else self.configs())
+        """The runs of the named configurations (default: the study's experiments') that the store lacks, in
+        this study's shard."""
+        wanted = self._shared(self.members(list(dict.fromkeys(names)) if names is not None else self.configs()))
         return [m for m in wanted
                 if self._key(m) not in self._attempted and self.store.get(self._key(m), ok_only=True) is None]
+
+    def _shared(self, members: list[Member]) -> list[Member]:
+        """`members` that are in this study's shard (all of them without one)."""
+        if self.shard is None:
+            return members
+        mine = set(share(self._plan(self.members(self.configs())), self.shard))
+        return [m for m in members if m in mine]
+
+    def _plan(self, members: list[Member]) -> list[list[Member]]:
+        return plan_packs(members, self.max_pack_size) if self.pack else [[m] for m in members]
 
     def configs(self) -> list[str]:
         """The configurations of the study's experiments, each once."""
@@ -102,7 +117,8 @@ class Study:
             title, self.progress, precision=self.recipe.precision, data=data_line(self.data_source, self.data),
             profile=f"{self.profile.name} ({self.profile.description})",
             plan=f"{plan_line(missing, self.epochs)} to train; "
-                 f"{len(self.members(self.configs())) - missing} runs already stored",
+                 f"{len(self._shared(self.members(self.configs()))) - missing} runs already stored"
+                 + (f" (shard {self.shard[0]}/{self.shard[1]} of the study's packs)" if self.shard else ""),
         )
 
     def runs(self, names: Iterable[str], *, along: Iterable[str] = ()) -> dict[str, list[RunRecord]]:
@@ -139,10 +155,21 @@ class Study:
         return by_study(self.store.records()).get(key, [])
 
     def _train(self, missing: list[Member]) -> None:
-        packs = plan_packs(missing, self.max_pack_size) if self.pack else [[m] for m in missing]
-        with Progress(len(missing) * self.epochs, self.progress) as progress:
-            for number, pack in enumerate(packs, 1):
-                label = f"[{number}/{len(packs)}]"
+        """Trains the packs of `missing` that this process claims (`leases`), storing each pack's runs as it ends;
+        runs that other processes store or hold meanwhile are left to them, and named at the end."""
+        failed_before = {self._key(m) for m in missing if self.store.get(self._key(m)) is not None}
+
+        def done(member: Member) -> bool:  # stored meanwhile (a run that had failed before: once it succeeds)
+            record = self.store.get(self._key(member))
+            return record is not None and (record.status == "ok" or self._key(member) not in failed_before)
+
+        trained: set[Member] = set()
+        with Progress(len(missing) * self.epochs, self.progress) as progress, Claims(self.store.root) as claims:
+            packs = claimed_packs(claims, missing, key=self._key, done=done, plan=self._plan,
+                                  gone=lambda members: progress.skip(len(members) * self.epochs))
+            for number, (pack, planned) in enumerate(packs, 1):
+                trained.update(pack)
+                label = f"[{number}/{number - 1 + planned}]"
                 progress.line(f"{label} {', '.join(f'{m.name}/seed{m.seed}' for m in pack)}: training {self.epochs} epochs")
                 progress.begin(label)
                 start = time.perf_counter()
@@ -165,6 +192,11 @@ class Study:
                     self.store.put(record)
                 progress.skip((self.epochs - max(r.epochs_run for r in records)) * len(pack))  # all diverged: stopped
                 progress.line(f"{label} done in {time.perf_counter() - start:.1f} s | {progress.status()}")
+            left = [m for m in missing if m not in trained and not done(m)]
+            self._attempted.difference_update(map(self._key, left))  # a later call takes them if their holder stops
+            held = held_line(claims, left, self._key)
+            if held:
+                progress.line(held)
 
     def _epoch_text(self, epoch: int, accuracies) -> str:
         """An epoch's line: the range of the pack's validation accuracies (one value alone)."""
@@ -228,7 +260,7 @@ def open_study(
     profile: str, results, *, data_path=None, epochs: int | None = None, seeds: int | None = None,
     selection: str = "test", precision: str = "float32", pack_size: int | None = None,
     experiments: Iterable[str] | None = None, train_size: int | None = None, test_size: int | None = None,
-    allow_cpu: bool = False, progress=STDERR, deterministic: bool = False,
+    allow_cpu: bool = False, progress=STDERR, deterministic: bool = False, shard: tuple[int, int] | None = None,
 ) -> Study:
     """A `Study` from plain settings, as the CLI and the pytest options give them.
 
@@ -267,7 +299,7 @@ def open_study(
     study = Study(
         chosen, data, data_fingerprint(data), store, recipe=recipe, epochs=epochs, seeds=seeds,
         experiments=experiments, pack=pack_size > 1, max_pack_size=pack_size, progress=progress,
-        data_source=f"{source} ({subset})" if subset else source,
+        data_source=f"{source} ({subset})" if subset else source, shard=shard,
     )
     if not allow_cpu:
         check_accelerator(chosen, len(study.to_train()) * study.epochs, len(data[0][0]))
