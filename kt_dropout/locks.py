@@ -172,9 +172,3 @@ class Lock:
                 os.link(mine, self.path)
         mine.unlink()
 
-
-def live_holder(lock_file) -> dict | None:
-    """The holder written in the lock file `lock_file` (a `Lock`'s `<path>.lock`) while its claim is live; None
-    when there is no such file, or it is stale or unreadable (what `kt-dropout status` shows of a lease)."""
-    holder = Lock(Path(lock_file).with_suffix(""), str(lock_file))._read()
-    return holder if holder is not None and not Lock._stale(holder) else None

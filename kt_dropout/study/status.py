@@ -2,7 +2,7 @@
 the rest will be done (`kt-dropout status`).
 
 It reads only files: the store's run records, its study plans (`plans`), the JSON state of its epoch checkpoints
-(`checkpoints.read_state`, never the arrays) and its live leases (`locks.live_holder`), so it answers at once,
+(`checkpoints.read_state`, never the arrays) and its live leases (`locks.Lock.held_by`), so it answers at once,
 from any machine that sees the store, while other processes train into it.
 
 `store_status` returns one JSON document (what `--json` prints):
@@ -36,7 +36,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from kt_dropout.checkpoints import read_state
-from kt_dropout.locks import holder_line, live_holder
+from kt_dropout.locks import Lock, holder_line
 from kt_dropout.study.experiments import CLAIMS, EXPERIMENTS
 from kt_dropout.study.plans import Plan, read_plans
 from kt_dropout.study.profiles import PROFILES
@@ -67,7 +67,7 @@ def live_leases(root: Path) -> dict[str, dict]:
     """Run key -> the holder of its live lease (`<store>/leases/<key>.lock`)."""
     leases = {}
     for path in sorted((root / LEASES_FOLDER).glob("*.lock")):
-        holder = live_holder(path)
+        holder = Lock(path.with_suffix(""), str(path)).held_by()
         if holder is not None:
             leases[path.name.removesuffix(".lock")] = {k: v for k, v in holder.items() if k != "token"}
     return leases
