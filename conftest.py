@@ -23,6 +23,11 @@ OPTIONS = {
     "--kt-selection": ("KT_SELECTION", "test", "pick the best epoch on the test set (post) or on a holdout"),
     "--kt-pack-size": ("KT_PACK_SIZE", "20", "most runs trained together in one pack; 1 turns packing off"),
     "--kt-precision": ("KT_PRECISION", "float32", "float32 (post) or mixed_bfloat16, stored as a study apart"),
+    "--kt-checkpoint-every": ("KT_CHECKPOINT_EVERY", None, (
+        "save each pack's epoch checkpoint every N epochs or every DURATION (90s, 10m, 1h) [10m]")),
+    "--kt-time-budget": ("KT_TIME_BUDGET", None, (
+        "stop training at the last epoch boundary within DURATION (9m, 1.5h), checkpointed; experiments left "
+        "incomplete are skipped")),
 }
 
 

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from kt_dropout.config import parse_positive_int
+from kt_dropout.budget import TimeBudget
+from kt_dropout.checkpoints import DEFAULT_EVERY, parse_every
+from kt_dropout.config import parse_duration, parse_positive_int
 from kt_dropout.study.profiles import get_profile
 from kt_dropout.study.runner import AcceleratorRequired, open_study
 
@@ -24,8 +26,18 @@ def _int_option(config, name):
     value = config.getoption(name)
     if value in (None, ""):
         return None
-    env = name.removeprefix("--").upper().replace("-", "_")
-    return parse_positive_int(f"{name} (env {env})", value)
+    return parse_positive_int(_named(name), value)
+
+
+def _named(option):
+    """The option and its environment variable, as errors name them: "--kt-epochs (env KT_EPOCHS)"."""
+    return f"{option} (env {option.removeprefix('--').upper().replace('-', '_')})"
+
+
+def _time_budget(config):
+    """The `--kt-time-budget` (from now: the session's start), None when not given."""
+    value = config.getoption("--kt-time-budget")
+    return TimeBudget(parse_duration(_named("--kt-time-budget"), value)) if value not in (None, "") else None
 
 
 STUDY = pytest.StashKey()
@@ -62,6 +74,8 @@ def pytest_collection_finish(session):
     ):
         return
     try:
+        every = config.getoption("--kt-checkpoint-every") or DEFAULT_EVERY
+        parse_every(every, _named("--kt-checkpoint-every"))
         chosen = open_study(
             config.getoption("--kt-profile"),
             Path(config.getoption("--kt-results")) / "store",
@@ -76,6 +90,8 @@ def pytest_collection_finish(session):
             experiments=_planned(get_profile(config.getoption("--kt-profile")), session.items),
             allow_cpu=config.getoption("--kt-allow-cpu"),
             progress=_Terminal(config),
+            checkpoint_every=every,
+            time_budget=_time_budget(config),
         )
     except AcceleratorRequired as error:
         raise pytest.UsageError(f"{error}; --kt-allow-cpu (or KT_ALLOW_CPU=1) trains here anyway") from None

@@ -28,7 +28,8 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from kt_dropout.config import Recipe, VGGConfig
+from kt_dropout import budget
+from kt_dropout.config import Recipe, VGGConfig, parse_duration
 from kt_dropout.console import eprint
 from kt_dropout.study.experiments import CLAIMS, CONFIGS, EXPERIMENTS, claims_for, resolve_experiments
 from kt_dropout.study.profiles import DEFAULT_PACK_SIZE, PROFILES, get_profile
@@ -41,6 +42,7 @@ PROG = "kt-dropout"
 DEFAULT_OUTPUT = "kt-dropout-run.json"
 DEFAULT_RESULTS = "kt_results"
 STORE_FOLDER = "store"
+DEFAULT_CHECKPOINT_EVERY = "10m"  # checkpoints.DEFAULT_EVERY, which needs Keras to import
 
 
 class UsageError(Exception):
@@ -375,17 +377,21 @@ REPRODUCE_EXIT_CODES = (
     "exit status: 0 every run succeeded and no claim the profile decides is contradicted or insufficient "
     "(supported, unresolved, or not decidable at these epochs); "
     f"{EXIT_INCOMPLETE} a run failed, or a claim the profile decides is insufficient; "
-    f"{EXIT_CONTRADICTED} a claim the profile decides is contradicted (before {EXIT_INCOMPLETE}); 2 a usage error"
+    f"{EXIT_CONTRADICTED} a claim the profile decides is contradicted (before {EXIT_INCOMPLETE}); 2 a usage error; "
+    f"{budget.EXIT_INCOMPLETE} the time budget was spent before the study was trained (checkpointed: rerun to continue)"
 )
 
 
 def cmd_reproduce(args) -> int:
     """Trains what the experiments need (reusing stored runs), decides their claims, writes the report."""
     from kt_dropout.atomic import check_writable_folder
+    from kt_dropout.checkpoints import parse_every
     from kt_dropout.study.report import write_report
-    from kt_dropout.study.runner import AcceleratorRequired, open_study
+    from kt_dropout.study.runner import AcceleratorRequired, StudyIncomplete, open_study
     from kt_dropout.study.verdicts import decide_all
 
+    time_budget = budget.TimeBudget(parse_duration("--time-budget", args.time_budget)) if args.time_budget else None
+    parse_every(args.checkpoint_every, "--checkpoint-every")
     if args.no_pack and args.pack_size is not None and args.pack_size > 1:
         raise UsageError(f"--no-pack conflicts with --pack-size {args.pack_size}")
     profile = get_profile(args.profile)
@@ -398,12 +404,19 @@ def cmd_reproduce(args) -> int:
             profile.name, results / STORE_FOLDER, data_path=args.data, epochs=args.epochs, seeds=args.seeds,
             selection=args.selection, precision=args.precision, experiments=experiments, allow_cpu=args.allow_cpu,
             pack_size=1 if args.no_pack else args.pack_size, train_size=args.train_size,
-            test_size=args.test_size,
+            test_size=args.test_size, checkpoint_every=args.checkpoint_every, time_budget=time_budget,
         )
     except AcceleratorRequired as error:
         raise UsageError(f"{error}; --allow-cpu trains here anyway") from None
     study.announce(f"{PROG} reproduce: {', '.join(experiments)}")
-    records = [run for runs in study.runs(study.configs()).values() for run in runs]  # trains only what is missing
+    try:
+        records = [run for runs in study.runs(study.configs()).values() for run in runs]  # trains only what is missing
+    except StudyIncomplete:
+        print(f"time budget spent ({args.time_budget}): stopped at an epoch boundary, checkpoint saved")
+        for line in study.remaining():
+            print(f"  {line}")
+        print("rerun the same command to continue")
+        return budget.EXIT_INCOMPLETE
     claims = [c for name in experiments for c in claims_for(name)]
     decided = {v.claim.id: v for v in decide_all(records, [c for c in claims if c.id in profile.claims])}
     print(f"Claims ({profile.name} profile, {study.epochs} epochs, {len(study.seeds)} seeds):")
@@ -619,6 +632,12 @@ def build_parser() -> argparse.ArgumentParser:
     reproduce.add_argument("--allow-cpu", action="store_true",
                            help="train quick or full on a machine without a GPU or TPU, which is otherwise refused "
                                 "with the estimated time (hours to weeks)")
+    reproduce.add_argument("--checkpoint-every", default=DEFAULT_CHECKPOINT_EVERY, metavar="N|DURATION",
+                           help="save each pack's (or run's) epoch checkpoint in RESULTS/store/checkpoints every N "
+                                f"epochs or every DURATION (90s, 10m, 1h) [{DEFAULT_CHECKPOINT_EVERY}]")
+    reproduce.add_argument("--time-budget", metavar="DURATION",
+                           help="stop at the last epoch boundary within DURATION (9m, 1.5h) from the start, "
+                                f"checkpoint, print what remains and exit {budget.EXIT_INCOMPLETE}; rerun to continue")
 
     report = command("report", cmd_report, "write the report from stored runs",
                      "Writes report.md and PNG figures from the runs in a results store. When the store holds "

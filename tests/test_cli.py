@@ -85,7 +85,8 @@ def assert_usage_error(result, command, *fragments):
                   "--dropout-dense", "--csv", "--trials-per-step", "--chief", "--worker", "--tuner-id",
                   "--lost-worker-seconds", "--connect-timeout", "--train-size", "--test-size"]),
     (["reproduce"], ["--profile", "--seeds", "--epochs", "--results", "--data", "--selection", "--precision", "--pack-size",
-                     "--no-pack", "--train-size", "--test-size", "--allow-cpu"]),
+                     "--no-pack", "--train-size", "--test-size", "--allow-cpu", "--checkpoint-every", "--time-budget",
+                     "exit 75"]),
     (["report"], ["RESULTS", "--out", "--epochs", "--profile", "--data-source"]),
     (["merge"], ["RESULTS", "SOURCE"]),
     (["compare"], ["REF", "OTHER", "--claims"]),
@@ -444,7 +445,17 @@ def test_reproduce_rejects_unknown_experiments_and_conflicting_packing(tmp_path)
     assert_usage_error(
         run_cli("reproduce", "batchnorm", "--no-pack", "--pack-size", "4", cwd=tmp_path), "reproduce", "--no-pack"
     )
+    assert_usage_error(run_cli("reproduce", "--time-budget", "soon", cwd=tmp_path), "reproduce",
+                       "--time-budget: expected a positive duration such as 90s, 9m, 1.5h or 2d, got 'soon'")
+    assert_usage_error(run_cli("reproduce", "--checkpoint-every", "0", cwd=tmp_path), "reproduce",
+                       "--checkpoint-every: expected a positive integer, got '0'")
     assert os.listdir(tmp_path) == []
+
+
+def test_reproduce_checkpoints_by_default_as_often_as_every_checkpointing_trainer():
+    from kt_dropout import checkpoints, cli
+
+    assert cli.DEFAULT_CHECKPOINT_EVERY == checkpoints.DEFAULT_EVERY
 
 
 def _run(seed, epochs, precision="float32"):
