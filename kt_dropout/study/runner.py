@@ -166,16 +166,20 @@ class Study:
                 self._attempted.difference_update(k for k in map(self._key, missing) if self.store.get(k) is None)
                 raise
             finally:
-                self.rate = (progress.seconds_per_model_epoch() or (self.rate, None))[0]
+                measured = progress.seconds_per_model_epoch()
+                if measured is not None:
+                    self.rate = measured[0]
 
     def _train_pack(self, pack: list[Member], label: str, progress: Progress) -> None:
         """Trains one pack (or run) from its checkpoint if it has one, stores its runs, deletes the checkpoint."""
         path = self._checkpoint_path(pack)
         done = _epochs_done(path)
         first = progress.first_epoch_seconds(len(pack))
-        if self.time_budget is not None and first is not None and not self.time_budget.fits(first):
-            raise StudyIncomplete(self.model_epochs())
         names = ", ".join(f"{m.name}/seed{m.seed}" for m in pack)
+        if self.time_budget is not None and first is not None and not self.time_budget.fits(first):
+            progress.line(f"{label} {names}: not started, its first epoch (~{first:.0f} s as measured) would not "
+                          f"fit in the time budget left ({max(0.0, self.time_budget.remaining()):.0f} s)")
+            raise StudyIncomplete(self.model_epochs())
         progress.line(f"{label} {names}: training {self.epochs} epochs"
                       + (f" from the checkpoint after epoch {done}" if done else ""))
         progress.begin(label)
@@ -193,7 +197,7 @@ class Study:
         for record in records:
             self.store.put(record)
         _delete_checkpoint(path)
-        progress.skip((self.epochs - done - max(r.epochs_run - done for r in records)) * len(pack))  # all diverged
+        progress.skip((self.epochs - max(r.epochs_run for r in records)) * len(pack))  # all diverged: stopped
         progress.line(f"{label} done in {time.perf_counter() - start:.1f} s | {progress.status()}")
 
     def _fit(self, pack: list[Member], progress: Progress, path: Path) -> list[RunRecord]:

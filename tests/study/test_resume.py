@@ -84,8 +84,11 @@ def test_stopped_and_killed_reproduce_resumes_from_its_checkpoints(tmp_path):
     finished = _runs(tmp_path)
     mtimes = _mtimes(tmp_path, finished)
 
+    damaged = tmp_path / "results" / "store" / "checkpoints" / f"{'0' * 20}.npz"
+    damaged.write_bytes(b"not a checkpoint")
     again = _reproduce(tmp_path)
     assert again.returncode == 0, again.stderr
+    assert f"kt-dropout reproduce: warning: {damaged.relative_to(tmp_path)}: not a readable checkpoint" in again.stderr
     assert not set(_trained(again.stderr)) & {f"{r.name}/seed0, {r.name}/seed1" for r in finished.values()}
     after, expected = _runs(tmp_path), _runs(reference)
     assert set(after) == set(expected) and len(after) == 4
