@@ -38,7 +38,9 @@ class CheckpointError(ValueError):
 
 
 def save(path, arrays: dict[str, np.ndarray], state: dict) -> None:
-    """Writes `arrays` and the JSON-able `state` to `path` whole (temp file, fsync, rename)."""
+    """Writes `arrays` and the JSON-able `state` to `path` whole (temp file, fsync, rename), making its folder
+    if need be (so that a store holds a checkpoints folder only once something was checkpointed)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     document = json.dumps({"format": FORMAT, "version": VERSION, **state}, sort_keys=True)
     entries = {name: np.asarray(value) for name, value in arrays.items()}
     entries[STATE_ENTRY] = np.frombuffer(document.encode("utf-8"), dtype=np.uint8)

@@ -204,7 +204,6 @@ class Study:
         budget = self.time_budget
         checkpointing = Checkpointing(path, **self.checkpoint_every, stop=budget.stop if budget else None,
                                       reason="time budget spent")
-        path.parent.mkdir(exist_ok=True)
         if self.pack:
             return train_pack(
                 pack, self.data, recipe=self.recipe, epochs=self.epochs, data_fingerprint=self.fingerprint,
