@@ -187,7 +187,7 @@ class Study:
         start = time.perf_counter()
         try:
             records = self._fit(pack, progress, path)
-        except CheckpointError as error:  # damaged, or another version's: it is of no use, training is
+        except CheckpointError as error:  # damaged, another version's, or other runs': of no use
             warnings.warn(f"{error}; training its runs from scratch")
             path.unlink(missing_ok=True)
             records = self._fit(pack, progress, path)
