@@ -26,6 +26,11 @@ OPTIONS = {
     "--kt-shard": ("KT_SHARD", None, "train only shard I/N of the study's packs, as reproduce --shard"),
     "--kt-devices": ("KT_DEVICES", None, ("train first in one kt-dropout reproduce process per GPU (all, N or i,j), "
                                           "as reproduce --devices")),
+    "--kt-checkpoint-every": ("KT_CHECKPOINT_EVERY", None, (
+        "save each pack's epoch checkpoint every N epochs or every DURATION (90s, 10m, 1h) [10m]")),
+    "--kt-time-budget": ("KT_TIME_BUDGET", None, (
+        "stop training at the last epoch boundary within DURATION (9m, 1.5h), checkpointed; experiments left "
+        "incomplete are skipped")),
 }
 
 

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from kt_dropout.config import parse_positive_int
+from kt_dropout.budget import TimeBudget
+from kt_dropout.checkpoints import DEFAULT_EVERY, parse_every
+from kt_dropout.config import parse_duration, parse_positive_int
 from kt_dropout.study.profiles import get_profile
 from kt_dropout.study.runner import AcceleratorRequired, open_study
 from kt_dropout.study.shards import parse_shard
@@ -25,8 +27,18 @@ def _int_option(config, name):
     value = config.getoption(name)
     if value in (None, ""):
         return None
-    env = name.removeprefix("--").upper().replace("-", "_")
-    return parse_positive_int(f"{name} (env {env})", value)
+    return parse_positive_int(_named(name), value)
+
+
+def _named(option):
+    """The option and its environment variable, as errors name them: "--kt-epochs (env KT_EPOCHS)"."""
+    return f"{option} (env {option.removeprefix('--').upper().replace('-', '_')})"
+
+
+def _time_budget(config):
+    """The `--kt-time-budget` (from now: the session's start), None when not given."""
+    value = config.getoption("--kt-time-budget")
+    return TimeBudget(parse_duration(_named("--kt-time-budget"), value)) if value not in (None, "") else None
 
 
 def _shard_option(config):
@@ -70,6 +82,8 @@ def pytest_collection_finish(session):
         return
     try:
         _train_per_device(config, session.items)
+        every = config.getoption("--kt-checkpoint-every") or DEFAULT_EVERY
+        parse_every(every, _named("--kt-checkpoint-every"))
         chosen = open_study(
             config.getoption("--kt-profile"),
             Path(config.getoption("--kt-results")) / "store",
@@ -86,6 +100,8 @@ def pytest_collection_finish(session):
             deterministic=config.getoption("--kt-deterministic"),
             progress=_Terminal(config),
             shard=_shard_option(config),
+            checkpoint_every=every,
+            time_budget=_time_budget(config),
         )
     except AcceleratorRequired as error:
         raise pytest.UsageError(f"{error}; --kt-allow-cpu (or KT_ALLOW_CPU=1) trains here anyway") from None
@@ -104,7 +120,8 @@ def study(pytestconfig):
 REPRODUCE_FLAGS = {"--kt-profile": "--profile", "--kt-epochs": "--epochs", "--kt-seeds": "--seeds",
                    "--kt-results": "--results", "--kt-data": "--data", "--kt-train-size": "--train-size",
                    "--kt-test-size": "--test-size", "--kt-selection": "--selection", "--kt-precision": "--precision",
-                   "--kt-pack-size": "--pack-size", "--kt-shard": "--shard"}
+                   "--kt-pack-size": "--pack-size", "--kt-shard": "--shard",
+                   "--kt-checkpoint-every": "--checkpoint-every", "--kt-time-budget": "--time-budget"}
 
 
 def _train_per_device(config, items):
@@ -120,7 +137,8 @@ def _train_per_device(config, items):
     planned = _planned(get_profile(config.getoption("--kt-profile")), items) or []
     argv = ["reproduce", *planned, *(f"{flag}={config.getoption(option)}" for option, flag in REPRODUCE_FLAGS.items()
                                      if config.getoption(option) not in (None, ""))]
-    argv += ["--allow-cpu"] if config.getoption("--kt-allow-cpu") else []
+    argv += [flag for option, flag in (("--kt-allow-cpu", "--allow-cpu"), ("--kt-deterministic", "--deterministic"))
+             if config.getoption(option)]
     terminal = _Terminal(config)
     status = devices.run_per_device(argv, chosen, out=terminal, err=terminal)
     if status not in devices.RESULT_STATUSES:  # a verdict or a failed run is the session's to report

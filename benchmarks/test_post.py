@@ -9,11 +9,18 @@ diverged, naming it. `test_claim` decides one claim from the stored runs
 - insufficient (missing or failed runs) in a profile meant to decide it -> fails;
 - unresolved (the interval straddles the threshold) -> xfail, with the numbers;
 - not decidable at the study's epochs, or not decided by the profile -> skip, with the reason.
+
+Both skip, never pass nor fail, when the time budget (`--kt-time-budget`) stopped
+the training of runs they need: "incomplete: N of M model-epochs done, rerun to
+continue".
 """
+
+import contextlib
 
 import pytest
 
 from kt_dropout.study.experiments import CLAIMS, EXPERIMENTS
+from kt_dropout.study.runner import StudyIncomplete, incomplete
 from kt_dropout.study.verdicts import CONTRADICTED, INSUFFICIENT, NOT_DECIDABLE, SUPPORTED, decide, summarize_config
 
 pytestmark = pytest.mark.gpu
@@ -23,7 +30,8 @@ pytestmark = pytest.mark.gpu
 def test_experiment(experiment, study, benchmark):
     if experiment not in study.profile.experiments:
         pytest.skip(f"{experiment}: not trained by the {study.profile.name} profile ({study.profile.description})")
-    runs = benchmark.pedantic(study.experiment_runs, args=(experiment,), rounds=1, iterations=1)
+    with _skipped_if_incomplete(study, EXPERIMENTS[experiment].configs):
+        runs = benchmark.pedantic(study.experiment_runs, args=(experiment,), rounds=1, iterations=1)
     for name, config_runs in runs.items():
         summary = summarize_config(config_runs)
         benchmark.extra_info[f"{name} seconds_per_epoch"] = summary["seconds_per_epoch_mean"]
@@ -42,10 +50,20 @@ def test_claim(claim_id, study):
     if claim_id not in study.profile.claims:
         verdict = decide(claim, study.stored_runs(claim.configs))  # what is there; trains nothing
         pytest.skip(f"not decided in the {study.profile.name} profile ({study.profile.description}): {verdict.summary()}")
-    verdict = decide(claim, study.runs(claim.configs))
+    with _skipped_if_incomplete(study, claim.configs):
+        verdict = decide(claim, study.runs(claim.configs))
     if verdict.status == NOT_DECIDABLE:
         pytest.skip(verdict.summary())
     if verdict.status in (CONTRADICTED, INSUFFICIENT):
         pytest.fail(verdict.summary())
     if verdict.status != SUPPORTED:
         pytest.xfail(verdict.summary())
+
+
+@contextlib.contextmanager
+def _skipped_if_incomplete(study, configs):
+    """Skips the test, counting the model-epochs of `configs`' runs, when the time budget stopped their training."""
+    try:
+        yield
+    except StudyIncomplete:
+        pytest.skip(incomplete(*study.model_epochs(configs)))

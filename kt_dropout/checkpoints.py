@@ -32,8 +32,15 @@ VERSION = 1
 DEFAULT_EVERY = "10m"  # a preempted machine loses at most ten minutes of training
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be continued from (damaged, another format or version, written for other
+    runs); the message names the file. Whoever owns the file may delete it and train from scratch."""
+
+
 def save(path, arrays: dict[str, np.ndarray], state: dict) -> None:
-    """Writes `arrays` and the JSON-able `state` to `path` whole (temp file, fsync, rename)."""
+    """Writes `arrays` and the JSON-able `state` to `path` whole (temp file, fsync, rename), making its folder
+    if need be (so that a store holds a checkpoints folder only once something was checkpointed)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     document = json.dumps({"format": FORMAT, "version": VERSION, **state}, sort_keys=True)
     entries = {name: np.asarray(value) for name, value in arrays.items()}
     entries[STATE_ENTRY] = np.frombuffer(document.encode("utf-8"), dtype=np.uint8)
@@ -41,12 +48,12 @@ def save(path, arrays: dict[str, np.ndarray], state: dict) -> None:
 
 
 def load(path) -> tuple[dict[str, np.ndarray], dict]:
-    """The arrays and the state that `save` wrote to `path`; a ValueError naming the file when it is not one."""
+    """The arrays and the state that `save` wrote to `path`; a `CheckpointError` naming the file when it is not one."""
     try:
         with np.load(path, allow_pickle=False) as entries:
             arrays = {name: entries[name] for name in entries.files}
     except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise ValueError(f"{path}: not a readable checkpoint ({error})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({error})") from None
     return arrays, _state(arrays.pop(STATE_ENTRY, None), path)
 
 
@@ -56,7 +63,7 @@ def read_state(path) -> dict:
         with np.load(path, allow_pickle=False) as entries:
             document = entries[STATE_ENTRY] if STATE_ENTRY in entries.files else None
     except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise ValueError(f"{path}: not a readable checkpoint ({error})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({error})") from None
     return _state(document, path)
 
 
@@ -66,9 +73,9 @@ def _state(document, path) -> dict:
     except (UnicodeDecodeError, ValueError):
         state = None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a {FORMAT} file (no {STATE_ENTRY})")
+        raise CheckpointError(f"{path}: not a {FORMAT} file (no {STATE_ENTRY})")
     if state.get("version") != VERSION:
-        raise ValueError(f"{path}: checkpoint version {state.get('version')!r}; this code reads {VERSION}")
+        raise CheckpointError(f"{path}: checkpoint version {state.get('version')!r}; this code reads {VERSION}")
     return state
 
 
@@ -84,7 +91,7 @@ def assign_from(prefix: str, variables, arrays: dict[str, np.ndarray], path) -> 
     variables = list(variables)
     shapes = [tuple(arrays[name].shape) for name in stored]
     if shapes != [tuple(v.shape) for v in variables]:
-        raise ValueError(f"{path}: the checkpoint's {prefix} arrays ({len(shapes)}) do not fit the "
+        raise CheckpointError(f"{path}: the checkpoint's {prefix} arrays ({len(shapes)}) do not fit the "
                          f"{len(variables)} variables being restored; it was written for another network")
     for variable, name in zip(variables, stored):
         variable.assign(arrays[name])
@@ -150,9 +157,9 @@ class Checkpointing:
         self._last_save = time.monotonic()
 
 
-def parse_every(text: str) -> dict:
-    """`Checkpointing`'s `every_epochs` / `every_seconds` from a flag: "5" (epochs) or "10m", "90s", "1h"."""
-    field = "checkpoint_every"
+def parse_every(text: str, field: str = "checkpoint_every") -> dict:
+    """`Checkpointing`'s `every_epochs` / `every_seconds` from a flag: "5" (epochs) or "10m", "90s", "1h";
+    `field` (the flag or option) names it in the error."""
     if str(text).strip().isdigit():
         return {"every_epochs": parse_positive_int(field, text), "every_seconds": None}
     return {"every_epochs": None, "every_seconds": parse_duration(field, text)}

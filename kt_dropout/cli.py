@@ -29,6 +29,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
+from kt_dropout import budget
 from kt_dropout.config import Recipe, VGGConfig, parse_duration
 from kt_dropout.console import eprint
 from kt_dropout.study.experiments import CLAIMS, CONFIGS, EXPERIMENTS, claims_for, resolve_experiments
@@ -42,6 +43,7 @@ PROG = "kt-dropout"
 DEFAULT_OUTPUT = "kt-dropout-run.json"
 DEFAULT_RESULTS = "kt_results"
 STORE_FOLDER = "store"
+DEFAULT_CHECKPOINT_EVERY = "10m"  # checkpoints.DEFAULT_EVERY, which needs Keras to import
 
 
 class UsageError(Exception):
@@ -198,13 +200,17 @@ def _add_size_flags(group) -> None:
                                 f"{whole}]")
 
 
-DEFAULT_CHECKPOINT_EVERY = "10m"  # checkpoints.DEFAULT_EVERY, without importing Keras here
-
-
 def _add_checkpoint_flag(parser: argparse.ArgumentParser, where: str) -> None:
     parser.add_argument("--checkpoint-every", type=_every, default=DEFAULT_CHECKPOINT_EVERY, metavar="N|DURATION",
                         help=f"save an epoch checkpoint every N epochs or every DURATION (e.g. 5, 10m): {where} "
                              f"[{DEFAULT_CHECKPOINT_EVERY}]")
+
+
+def _add_budget_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--time-budget", type=_duration, metavar="DURATION",
+                        help="stop at the last epoch boundary within DURATION (e.g. 9m, 1.5h) from the start, "
+                             "checkpoint, print what is done and left, and exit with status "
+                             f"{budget.EXIT_INCOMPLETE} (incomplete: rerun the command to continue)")
 
 
 def _given(args, cls) -> dict:
@@ -310,7 +316,6 @@ def checkpoint_of(output: Path) -> Path:
 
 def cmd_train(args) -> int:
     """Trains one configuration (continuing its checkpoint, if any) and writes its run record as JSON."""
-    from kt_dropout.budget import EXIT_INCOMPLETE as STOPPED, TimeBudget
     from kt_dropout.checkpoints import Checkpointing, TrainingIncomplete, parse_every
     from kt_dropout.data import data_fingerprint
     from kt_dropout.locks import Lock
@@ -320,9 +325,9 @@ def cmd_train(args) -> int:
     config, recipe = _config(args), _recipe(args)
     output = Path(args.output)
     _check_output(output, "--output", args.force)
-    budget = TimeBudget(args.time_budget) if args.time_budget else None
+    time_budget = budget.TimeBudget(args.time_budget) if args.time_budget else None
     checkpointing = Checkpointing(checkpoint_of(output), **parse_every(args.checkpoint_every),
-                                  stop=budget and budget.stop, reason="time budget spent")
+                                  stop=time_budget and time_budget.stop, reason="time budget spent")
     with Lock(output, f"the run record {output}"):  # a second train into it is refused, not overwritten
         data, source = _data(args, config)
         print_banner(f"{PROG} train", precision=recipe.precision, data=data_line(source, data),
@@ -337,7 +342,7 @@ def cmd_train(args) -> int:
                 )
         except TrainingIncomplete as stopped:
             _print_incomplete(stopped)
-            return STOPPED
+            return budget.EXIT_INCOMPLETE
         _write_record(output, record)
         checkpointing.path.unlink(missing_ok=True)
     best = record.best_val_accuracy
@@ -444,12 +449,13 @@ def cmd_search(args) -> int:
 # --- reproduce -------------------------------------------------------------------------------------
 
 
-EXIT_INCOMPLETE, EXIT_CONTRADICTED = 1, 3
+EXIT_FAILED, EXIT_CONTRADICTED = 1, 3
 REPRODUCE_EXIT_CODES = (
     "exit status: 0 every run succeeded and no claim the profile decides is contradicted or insufficient "
     "(supported, unresolved, or not decidable at these epochs); "
-    f"{EXIT_INCOMPLETE} a run failed, or a claim the profile decides is insufficient; "
-    f"{EXIT_CONTRADICTED} a claim the profile decides is contradicted (before {EXIT_INCOMPLETE}); 2 a usage error"
+    f"{EXIT_FAILED} a run failed, or a claim the profile decides is insufficient; "
+    f"{EXIT_CONTRADICTED} a claim the profile decides is contradicted (before {EXIT_FAILED}); 2 a usage error; "
+    f"{budget.EXIT_INCOMPLETE} the time budget was spent before the study was trained (checkpointed: rerun to continue)"
 )
 
 
@@ -480,10 +486,12 @@ def _devices(text: str):
 def _reproduce(args) -> int:
     """Trains what the experiments need (reusing stored runs), decides their claims, writes the report."""
     from kt_dropout.atomic import check_writable_folder
+    from kt_dropout.progress import format_seconds
     from kt_dropout.study.report import write_report
-    from kt_dropout.study.runner import AcceleratorRequired, open_study
+    from kt_dropout.study.runner import AcceleratorRequired, StudyIncomplete, open_study
     from kt_dropout.study.verdicts import decide_all
 
+    time_budget = budget.TimeBudget(args.time_budget) if args.time_budget else None
     if args.no_pack and args.pack_size is not None and args.pack_size > 1:
         raise UsageError(f"--no-pack conflicts with --pack-size {args.pack_size}")
     profile = get_profile(args.profile)
@@ -497,11 +505,19 @@ def _reproduce(args) -> int:
             selection=args.selection, precision=args.precision, experiments=experiments, allow_cpu=args.allow_cpu,
             pack_size=1 if args.no_pack else args.pack_size, train_size=args.train_size,
             test_size=args.test_size, deterministic=args.deterministic, shard=args.shard,
+            checkpoint_every=args.checkpoint_every, time_budget=time_budget,
         )
     except AcceleratorRequired as error:
         raise UsageError(f"{error}; --allow-cpu trains here anyway") from None
     study.announce(f"{PROG} reproduce: {', '.join(experiments)}")
-    records = [run for runs in study.runs(study.configs()).values() for run in runs]  # trains only what is missing
+    try:
+        records = [run for runs in study.runs(study.configs()).values() for run in runs]  # trains only what is missing
+    except StudyIncomplete:
+        print(f"time budget spent ({format_seconds(args.time_budget)}): stopped at an epoch boundary, checkpoint saved")
+        for line in study.remaining():
+            print(f"  {line}")
+        print("rerun the same command to continue")
+        return budget.EXIT_INCOMPLETE
     claims = [c for name in experiments for c in claims_for(name)]
     decided = {v.claim.id: v for v in decide_all(records, [c for c in claims if c.id in profile.claims])}
     print(f"Claims ({profile.name} profile, {study.epochs} epochs, {len(study.seeds)} seeds):")
@@ -524,7 +540,7 @@ def reproduce_exit_status(records: list, verdicts) -> int:
     statuses = {v.status for v in verdicts}
     if CONTRADICTED in statuses:
         return EXIT_CONTRADICTED
-    return EXIT_INCOMPLETE if INSUFFICIENT in statuses or any(r.status != "ok" for r in records) else 0
+    return EXIT_FAILED if INSUFFICIENT in statuses or any(r.status != "ok" for r in records) else 0
 
 
 # --- report ----------------------------------------------------------------------------------------
@@ -664,10 +680,7 @@ def build_parser() -> argparse.ArgumentParser:
                            help="Keras's progress bar instead of one line per epoch")
     _add_checkpoint_flag(train_cmd, "the run saves its checkpoint FILE.json.checkpoint.npz (beside --output; "
                                     "rerunning the command continues from it; deleted once the record is written)")
-    train_cmd.add_argument("--time-budget", type=_duration, metavar="DURATION",
-                           help="stop at the last epoch that ends within this time (e.g. 9m, 1.5h), checkpoint, "
-                                "print what is done and left, and exit with status 75 (incomplete: rerun the "
-                                "command to continue)")
+    _add_budget_flag(train_cmd)
 
     search_cmd = command("search", cmd_search, "Keras Tuner search over the dropout rates",
                          "Searches the dropout rates (or what --space tunes) of the network the network flags "
@@ -750,6 +763,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "pinned to its GPU (CUDA_VISIBLE_DEVICES), all into RESULTS; lines are prefixed with "
                              "the device; exits with the worst status. On a CPU an explicit list runs that many CPU "
                              "processes (pinning does nothing there)")
+    _add_checkpoint_flag(reproduce, "each pack (or run) saves its checkpoint in RESULTS/store/checkpoints/ "
+                                    "(rerunning the command continues from it; deleted once its runs are stored)")
+    _add_budget_flag(reproduce)
 
     report = command("report", cmd_report, "write the report from stored runs",
                      "Writes report.md and PNG figures from the runs in a results store. When the store holds "

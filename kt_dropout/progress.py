@@ -170,6 +170,12 @@ class Progress:
         seconds, count = self._timed[True]
         return (seconds / count, True) if count else None
 
+    def first_epoch_seconds(self, model_epochs: int) -> float | None:
+        """What the first epoch of a run, pack or trial of `model_epochs` would take (compiling included), from
+        the first epochs measured; None before any."""
+        seconds, count = self._timed[True]
+        return seconds / count * model_epochs if count else None
+
     def _eta(self) -> str:
         """"ETA 1:02:03", counting down between epochs (", then compiling" while a later run, pack or trial
         has not finished its first epoch, which the rate leaves out); the rate alone when the total is not

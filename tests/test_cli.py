@@ -85,7 +85,8 @@ def assert_usage_error(result, command, *fragments):
                   "--dropout-dense", "--csv", "--trials-per-step", "--chief", "--worker", "--tuner-id",
                   "--lost-worker-seconds", "--connect-timeout", "--train-size", "--test-size"]),
     (["reproduce"], ["--profile", "--seeds", "--epochs", "--results", "--data", "--selection", "--precision", "--pack-size",
-                     "--no-pack", "--train-size", "--test-size", "--allow-cpu", "--shard", "--devices"]),
+                     "--no-pack", "--train-size", "--test-size", "--allow-cpu", "--shard", "--devices",
+                     "--checkpoint-every", "--time-budget", "exit 75"]),
     (["report"], ["RESULTS", "--out", "--epochs", "--profile", "--data-source"]),
     (["merge"], ["RESULTS", "SOURCE"]),
     (["compare"], ["REF", "OTHER", "--claims"]),
@@ -467,7 +468,17 @@ def test_reproduce_rejects_unknown_experiments_and_conflicting_packing(tmp_path)
     assert_usage_error(
         run_cli("reproduce", "batchnorm", "--no-pack", "--pack-size", "4", cwd=tmp_path), "reproduce", "--no-pack"
     )
+    assert_usage_error(run_cli("reproduce", "--time-budget", "soon", cwd=tmp_path), "reproduce",
+                       "--time-budget: expected a positive duration such as 90s, 9m, 1.5h or 2d, got 'soon'")
+    assert_usage_error(run_cli("reproduce", "--checkpoint-every", "0", cwd=tmp_path), "reproduce",
+                       "--checkpoint-every: expected a positive integer, got '0'")
     assert os.listdir(tmp_path) == []
+
+
+def test_reproduce_checkpoints_by_default_as_often_as_every_checkpointing_trainer():
+    from kt_dropout import checkpoints, cli
+
+    assert cli.DEFAULT_CHECKPOINT_EVERY == checkpoints.DEFAULT_EVERY
 
 
 def _run(seed, epochs, precision="float32"):
@@ -525,7 +536,7 @@ def test_merge_with_a_bad_source_creates_no_target(tmp_path):
 
 
 def test_reproduce_exit_status_says_what_went_wrong(tmp_path):
-    from kt_dropout.cli import EXIT_CONTRADICTED, EXIT_INCOMPLETE, reproduce_exit_status
+    from kt_dropout.cli import EXIT_CONTRADICTED, EXIT_FAILED, reproduce_exit_status
     from kt_dropout.study.verdicts import decide_all
 
     def runs(name, finals, status="ok"):
@@ -538,8 +549,8 @@ def test_reproduce_exit_status_says_what_went_wrong(tmp_path):
     for records, expected in [
         (runs("bn", good) + runs("vanilla", bad), 0),
         (runs("bn", bad) + runs("vanilla", good), EXIT_CONTRADICTED),
-        (runs("bn", good) + runs("vanilla", bad[:1]), EXIT_INCOMPLETE),  # insufficient
-        (runs("bn", good) + runs("vanilla", bad) + runs("conv0.5", [0.1], status="failed"), EXIT_INCOMPLETE),
+        (runs("bn", good) + runs("vanilla", bad[:1]), EXIT_FAILED),  # insufficient
+        (runs("bn", good) + runs("vanilla", bad) + runs("conv0.5", [0.1], status="failed"), EXIT_FAILED),
     ]:
         assert reproduce_exit_status(records, decide_all(records, c1)) == expected
     help_text = " ".join(run_cli("reproduce", "--help", cwd=tmp_path).stdout.split())

@@ -17,14 +17,15 @@ from typing import Callable, Iterable
 import keras
 import numpy as np
 
-from kt_dropout import determinism
+from kt_dropout import checkpoints, determinism
 from kt_dropout.callbacks import diverged
+from kt_dropout.checkpoints import CheckpointError, Checkpointing, TrainingIncomplete
 from kt_dropout.config import Recipe, VGGConfig, check_positive_int
 from kt_dropout.packing.device_epochs import DeviceEpochs
 from kt_dropout.model import build_model, precision_scope
 from kt_dropout.packing.model import build_packed_model, check_packable, member_weights, pack_weights
 from kt_dropout.memory import releasing_traced_gradients
-from kt_dropout.record import RunRecord, make_record
+from kt_dropout.record import RunKey, RunRecord, make_record
 from kt_dropout.splits import selection_split
 
 
@@ -103,13 +104,15 @@ class PackTrainer:
         device_data: keep the training images on the device and run each epoch as one compiled call
             (`device_epochs.DeviceEpochs`), instead of `fit` fed from host memory. The same steps on the
             same batches (tested). None (the default) does so on the JAX backend, the only one it supports.
+        data_fingerprint: identifies `data` in the members' run keys, which a checkpoint names its runs by.
     """
 
     def __init__(self, members: list[Member], data, recipe: Recipe, *, steps_per_execution: int = 1,
-                 device_data: bool | None = None, conv_implementation: str = "grouped"):
+                 device_data: bool | None = None, conv_implementation: str = "grouped",
+                 data_fingerprint: str = "unknown"):
         check_packable([m.config for m in members])
         determinism.use(recipe.deterministic)
-        self.members, self.recipe = list(members), recipe
+        self.members, self.recipe, self.data_fingerprint = list(members), recipe, data_fingerprint
         self.seeds = sorted({m.seed for m in members})
         self.groups = [self.seeds.index(m.seed) for m in members]
         shape = members[0].config  # the members share input shape and classes
@@ -194,20 +197,30 @@ class PackTrainer:
         self.last_epoch_seconds = {"fit": fit_done - start, "evaluate": time.perf_counter() - fit_done}
         return result
 
-    def train(self, epochs: int, on_epoch: Callable[[int, dict], None] | None = None) -> list[float]:
+    def train(self, epochs: int, on_epoch: Callable[[int, dict], None] | None = None,
+              checkpointing: Checkpointing | None = None) -> list[float]:
         """Up to `epochs` epochs; returns each epoch's seconds and fills `histories`, one per member.
 
         A member's history stops at the epoch its training or validation loss became NaN or infinite
         (the others train on: members never share weights); training stops when
         no member is left. `on_epoch(epoch, logs)` runs after every epoch (1-based).
+
+        With `checkpointing`, training continues from its checkpoint when there is one (the seconds
+        returned then include the checkpointed epochs'), saves one when it is due, and where its `stop`
+        says so saves one and raises `TrainingIncomplete`. A resumed pack ends exactly as one that ran
+        through: the checkpoint holds every variable, history and shuffling generator.
         """
         self.histories = [{key: [] for key in ("loss", "accuracy", "val_loss", "val_accuracy")} for _ in self.members]
         alive = [True] * len(self.members)
         seconds = []
-        for epoch in range(epochs):
+        if checkpointing is not None and checkpointing.path.exists():
+            alive, seconds = self._resume(checkpointing.path, epochs)
+        this_process = []  # what a time budget may estimate the next epoch from: no epoch of another machine
+        for epoch in range(len(seconds), epochs):
             start = time.perf_counter()
             logs = self.train_epoch()
             seconds.append(time.perf_counter() - start)
+            this_process.append(seconds[-1])
             for k, history in enumerate(self.histories):
                 if alive[k]:
                     for key, values in logs.items():
@@ -217,7 +230,39 @@ class PackTrainer:
                 on_epoch(epoch + 1, logs)
             if not any(alive):
                 break
+            if checkpointing is not None and epoch + 1 < epochs:
+                if checkpointing.stop is not None and checkpointing.stop(this_process):
+                    self._save(checkpointing, epochs, alive, seconds)
+                    raise TrainingIncomplete(epoch + 1, epochs, checkpointing.path, checkpointing.reason)
+                if checkpointing.due(epoch + 1):
+                    self._save(checkpointing, epochs, alive, seconds)
         return seconds
+
+    def run_keys(self, epochs: int) -> list[str]:
+        """The members' run key digests for a training of `epochs` epochs, in member order."""
+        return [RunKey(config=m.config, recipe=self.recipe, seed=m.seed, epochs=epochs,
+                       backend=keras.backend.backend(), data=self.data_fingerprint).digest() for m in self.members]
+
+    def _save(self, checkpointing: Checkpointing, epochs: int, alive: list[bool], seconds: list[float]) -> None:
+        checkpoints.save(checkpointing.path, checkpoints.model_arrays(self.model), {
+            "run_keys": self.run_keys(epochs), "names": [m.name for m in self.members],
+            "seeds": [m.seed for m in self.members], "epochs_done": len(seconds), "epochs": epochs,
+            "epoch_seconds": seconds, "histories": self.histories, "alive": alive,
+            "shuffling": [rng.bit_generator.state for rng in self._rngs],
+        })
+        checkpointing.saved()
+
+    def _resume(self, path, epochs: int) -> tuple[list[bool], list[float]]:
+        """Restores the checkpoint at `path`; returns the members' alive flags and the epochs' seconds."""
+        arrays, state = checkpoints.load(path)
+        if state.get("run_keys") != self.run_keys(epochs):
+            raise CheckpointError(f"{path}: a checkpoint of other runs than this pack's "
+                                  f"({', '.join(state.get('names') or ['?'])})")
+        checkpoints.restore_model(self.model, arrays, path)
+        self.histories = state["histories"]
+        for rng, generator_state in zip(self._rngs, state["shuffling"]):
+            rng.bit_generator.state = generator_state
+        return state["alive"], state["epoch_seconds"]
 
     def member_weights(self, k: int):
         return member_weights(self.model, k, len(self.members))
@@ -227,19 +272,21 @@ def train_pack(
     members: list[Member], data, *, recipe: Recipe | None = None, epochs: int | None = None,
     data_fingerprint: str = "unknown", on_epoch: Callable[[int, dict], None] | None = None,
     steps_per_execution: int = 1, device_data: bool | None = None, conv_implementation: str = "grouped",
+    checkpointing: Checkpointing | None = None,
 ) -> list[RunRecord]:
     """Trains a pack and returns one `RunRecord` per member, in order.
 
     A member whose training or validation loss turns NaN or infinite is
     recorded as failed at that epoch, with the reason; the others train on (members never share weights).
+    `checkpointing`: see `PackTrainer.train` (the checkpoint is left for the caller to delete).
     """
     recipe = recipe or Recipe()
     epochs = recipe.epochs if epochs is None else check_positive_int("epochs", epochs)
     trainer = PackTrainer(
         members, data, recipe, steps_per_execution=steps_per_execution, device_data=device_data,
-        conv_implementation=conv_implementation,
+        conv_implementation=conv_implementation, data_fingerprint=data_fingerprint,
     )
-    seconds = trainer.train(epochs, on_epoch)
+    seconds = trainer.train(epochs, on_epoch, checkpointing)
     per_member = [s / len(members) for s in seconds]  # the pack's time, shared by its members
     return [
         make_record(

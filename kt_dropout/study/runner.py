@@ -14,19 +14,24 @@ time it would take: the model-epochs to train times
 
 from __future__ import annotations
 
+import hashlib
 import time
+import warnings
 from pathlib import Path
 from typing import Iterable
 
 import keras
 
-from kt_dropout import distribution
+from kt_dropout import checkpoints, distribution
+from kt_dropout.budget import TimeBudget
+from kt_dropout.checkpoints import CheckpointError, Checkpointing, TrainingIncomplete
 from kt_dropout.config import Recipe, check_positive_int
 from kt_dropout.packing.trainer import Member, plan_packs, train_pack
 from kt_dropout.progress import (
     STDERR,
     Progress,
     data_line,
+    format_seconds,
     plan_line,
     print_banner,
 )
@@ -35,7 +40,7 @@ from kt_dropout.study.experiments import CONFIGS, EXPERIMENTS, resolve_experimen
 from kt_dropout.study.leases import Claims, claimed_packs, held_line
 from kt_dropout.study.plans import plan_of, write_plan
 from kt_dropout.study.profiles import DEFAULT_PACK_SIZE, Profile, get_profile
-from kt_dropout.study.results import MANIFEST_NAME, ResultStore, StudyKey, by_study
+from kt_dropout.study.results import CHECKPOINTS_FOLDER, MANIFEST_NAME, ResultStore, StudyKey, by_study
 from kt_dropout.study.shards import share
 from kt_dropout.training import train
 
@@ -56,13 +61,18 @@ class Study:
         progress: the stream that progress goes to (`kt_dropout.progress`): a banner, then a bar on a
             terminal, else a line per epoch and per pack; None is silent.
         shard: (I, N): train only shard I of N of the study's packs (`shards.share`); None: all of them.
+        checkpoint_every: how often a pack (or run) saves its epoch checkpoint in the store's
+            `checkpoints/` folder, as `checkpoints.parse_every` reads it: "5" (epochs) or "10m".
+        time_budget: stop at the last epoch boundary that fits it (and start no pack whose first epoch
+            would not fit), checkpoint and raise `StudyIncomplete`; training then stays stopped.
     """
 
     def __init__(
         self, profile: Profile, data, data_fingerprint: str, store: ResultStore, *, recipe: Recipe | None = None,
         epochs: int | None = None, seeds: int | None = None, experiments: Iterable[str] | None = None,
         pack: bool = True, max_pack_size: int = DEFAULT_PACK_SIZE, progress=STDERR,
-        data_source: str = "", shard: tuple[int, int] | None = None, **pack_options,
+        data_source: str = "", shard: tuple[int, int] | None = None, checkpoint_every: str = checkpoints.DEFAULT_EVERY,
+        time_budget: TimeBudget | None = None, **pack_options,
     ):
         self.profile, self.data, self.fingerprint, self.store = profile, data, data_fingerprint, store
         self.data_source = data_source
@@ -77,6 +87,10 @@ class Study:
         self.pack_options = {"conv_implementation": conv, **pack_options}
         self.progress = progress
         self.shard = shard
+        self.checkpoint_every = checkpoints.parse_every(checkpoint_every)
+        self.time_budget = time_budget
+        self._stopped = False  # the time budget is spent: nothing more trains in this session
+        self.rate: float | None = None  # seconds per model-epoch measured in this session
 
     def _key(self, member: Member) -> str:
         return RunKey(
@@ -156,53 +170,180 @@ class Study:
 
     def _train(self, missing: list[Member]) -> None:
         """Trains the packs of `missing` that this process claims (`leases`), storing each pack's runs as it ends;
-        runs that other processes store or hold meanwhile are left to them, and named at the end."""
+        packs a checkpoint holds come first, as they were. Runs that other processes store or hold meanwhile are
+        left to them, and named at the end."""
+        if self._stopped:
+            self._attempted.difference_update(self._key(m) for m in missing)
+            raise StudyIncomplete(self.model_epochs())
         failed_before = {self._key(m) for m in missing if self.store.get(self._key(m)) is not None}
 
         def done(member: Member) -> bool:  # stored meanwhile (a run that had failed before: once it succeeds)
             record = self.store.get(self._key(member))
             return record is not None and (record.status == "ok" or self._key(member) not in failed_before)
 
+        resumable = self._resumable(missing)
+
+        def plan(free: list[Member]) -> list[list[Member]]:  # the checkpointed packs still free whole, then the rest
+            packs = [pack for pack in resumable if all(m in free for m in pack)]
+            taken = {m for pack in packs for m in pack}
+            return packs + self._plan([m for m in free if m not in taken])
+
         trained: set[Member] = set()
         with Progress(len(missing) * self.epochs, self.progress) as progress, Claims(self.store.root) as claims:
-            packs = claimed_packs(claims, missing, key=self._key, done=done, plan=self._plan,
+            packs = claimed_packs(claims, missing, key=self._key, done=done, plan=plan,
                                   gone=lambda members: progress.skip(len(members) * self.epochs))
-            for number, (pack, planned) in enumerate(packs, 1):
-                trained.update(pack)
-                label = f"[{number}/{number - 1 + planned}]"
-                progress.line(f"{label} {', '.join(f'{m.name}/seed{m.seed}' for m in pack)}: training {self.epochs} epochs")
-                progress.begin(label)
-                start = time.perf_counter()
-                if self.pack:
-                    records = train_pack(
-                        pack, self.data, recipe=self.recipe, epochs=self.epochs, data_fingerprint=self.fingerprint,
-                        on_epoch=lambda epoch, logs: progress.epoch(len(logs["val_accuracy"]), self._epoch_text(
-                            epoch, logs["val_accuracy"])),
-                        **self.pack_options,
-                    )
-                else:
-                    m = pack[0]
-                    records = [train(
-                        m.config, self.data, recipe=self.recipe, seed=m.seed, epochs=self.epochs, name=m.name,
-                        data_fingerprint=self.fingerprint, verbose=0,
-                        callbacks=[progress.keras_callback(
-                            lambda epoch, epochs, logs: self._epoch_text(epoch, [logs["val_accuracy"]]))],
-                    )]
-                for record in records:
-                    self.store.put(record)
-                progress.skip((self.epochs - max(r.epochs_run for r in records)) * len(pack))  # all diverged: stopped
-                progress.line(f"{label} done in {time.perf_counter() - start:.1f} s | {progress.status()}")
+            try:
+                for number, (pack, planned) in enumerate(packs, 1):
+                    trained.update(pack)
+                    self._train_pack(pack, f"[{number}/{number - 1 + planned}]", progress)
+            except StudyIncomplete:
+                self._stopped = True  # unstored runs are not failed ones: a later call says they are incomplete
+                self._attempted.difference_update(k for k in map(self._key, missing) if self.store.get(k) is None)
+                raise
+            finally:
+                measured = progress.seconds_per_model_epoch()
+                if measured is not None:
+                    self.rate = measured[0]
             left = [m for m in missing if m not in trained and not done(m)]
             self._attempted.difference_update(map(self._key, left))  # a later call takes them if their holder stops
             held = held_line(claims, left, self._key)
             if held:
                 progress.line(held)
 
+    def _train_pack(self, pack: list[Member], label: str, progress: Progress) -> None:
+        """Trains one pack (or run) from its checkpoint if it has one, stores its runs, deletes the checkpoint."""
+        path = self._checkpoint_path(pack)
+        done = _epochs_done(path)
+        first = progress.first_epoch_seconds(len(pack))
+        names = ", ".join(f"{m.name}/seed{m.seed}" for m in pack)
+        if self.time_budget is not None and first is not None and not self.time_budget.fits(first):
+            progress.line(f"{label} {names}: not started, its first epoch (~{first:.0f} s as measured) would not "
+                          f"fit in the time budget left ({max(0.0, self.time_budget.remaining()):.0f} s)")
+            raise StudyIncomplete(self.model_epochs())
+        progress.line(f"{label} {names}: training {self.epochs} epochs"
+                      + (f" from the checkpoint after epoch {done}" if done else ""))
+        progress.begin(label)
+        progress.skip(done * len(pack))
+        start = time.perf_counter()
+        try:
+            records = self._fit(pack, progress, path)
+        except CheckpointError as error:  # damaged, another version's, or other runs': of no use
+            warnings.warn(f"{error}; training its runs from scratch")
+            path.unlink(missing_ok=True)
+            records = self._fit(pack, progress, path)
+        except TrainingIncomplete as stopped:
+            progress.line(f"{label} {stopped}")
+            raise StudyIncomplete(self.model_epochs()) from None
+        for record in records:
+            self.store.put(record)
+        _delete_checkpoint(path)
+        progress.skip((self.epochs - max(r.epochs_run for r in records)) * len(pack))  # all diverged: stopped
+        progress.line(f"{label} done in {time.perf_counter() - start:.1f} s | {progress.status()}")
+
+    def _fit(self, pack: list[Member], progress: Progress, path: Path) -> list[RunRecord]:
+        budget = self.time_budget
+        checkpointing = Checkpointing(path, **self.checkpoint_every, stop=budget.stop if budget else None,
+                                      reason="time budget spent")
+        if self.pack:
+            return train_pack(
+                pack, self.data, recipe=self.recipe, epochs=self.epochs, data_fingerprint=self.fingerprint,
+                on_epoch=lambda epoch, logs: progress.epoch(len(logs["val_accuracy"]), self._epoch_text(
+                    epoch, logs["val_accuracy"])),
+                checkpointing=checkpointing, **self.pack_options,
+            )
+        m = pack[0]
+        return [train(
+            m.config, self.data, recipe=self.recipe, seed=m.seed, epochs=self.epochs, name=m.name,
+            data_fingerprint=self.fingerprint, verbose=0, checkpointing=checkpointing,
+            callbacks=[progress.keras_callback(lambda epoch, epochs, logs: self._epoch_text(epoch, [logs["val_accuracy"]]))],
+        )]
+
+    def _checkpoint_path(self, pack: list[Member]) -> Path:
+        """`<store>/checkpoints/<id>.npz`, id: the first 20 hex digits of the sha256 of the sorted run keys."""
+        keys = ",".join(sorted(self._key(m) for m in pack))
+        return self.store.root / CHECKPOINTS_FOLDER / f"{hashlib.sha256(keys.encode()).hexdigest()[:20]}.npz"
+
+    def _checkpoints(self) -> dict[Path, dict]:
+        """The readable checkpoints in the store, by file, with their states; an unreadable one is reported
+        and deleted (its runs train from scratch)."""
+        states = {}
+        for path in sorted((self.store.root / CHECKPOINTS_FOLDER).glob("*.npz")):
+            try:
+                states[path] = checkpoints.read_state(path)
+            except CheckpointError as error:
+                warnings.warn(f"{error}; deleted, its runs train from scratch")
+                path.unlink(missing_ok=True)
+        return states
+
+    def _resumable(self, missing: list[Member]) -> list[list[Member]]:
+        """The packs of `missing` runs that a checkpoint holds, as they were (each run in one pack at most);
+        a checkpoint whose runs are all stored is deleted."""
+        by_key = {self._key(m): m for m in missing}
+        packs, taken = [], set()
+        for path, state in self._checkpoints().items():
+            keys = state.get("run_keys") or []
+            if all(self.store.get(key) is not None for key in keys):
+                _delete_checkpoint(path)  # its runs were stored, but it was not deleted yet
+            elif (self.pack or len(keys) == 1) and set(keys) <= by_key.keys() - taken:
+                packs.append([by_key[key] for key in keys])
+                taken.update(keys)
+        return packs
+
+    def remaining(self) -> list[str]:
+        """What a study stopped by its time budget says: what is done, what remains, and the time the rest
+        would take at the seconds per model-epoch measured in this session."""
+        done, total = self.model_epochs()
+        members = self.members(self.configs())
+        stored = sum(self.store.get(key) is not None for key in map(self._key, members))
+        rate = self.rate
+        eta = (f"about {format_seconds((total - done) * rate)} at {rate:.2f} s per model-epoch measured here"
+               if rate else "no epoch measured yet")
+        return [f"done: {stored} of {len(members)} runs stored, {done} of {total} model-epochs",
+                f"remaining: {len(members) - stored} runs, {total - done} model-epochs, {eta}"]
+
+    def model_epochs(self, names: Iterable[str] | None = None) -> tuple[int, int]:
+        """Model-epochs done (stored runs, and checkpointed epochs of unstored ones) and in all, of the named
+        configurations' runs (default: the study's)."""
+        members = self.members(list(dict.fromkeys(names)) if names is not None else self.configs())
+        checkpointed = {key: state.get("epochs_done", 0) for state in self._checkpoints().values()
+                        for key in state.get("run_keys") or []}
+        done = sum(self.epochs if self.store.get(key) is not None else checkpointed.get(key, 0)
+                   for key in map(self._key, members))
+        return done, len(members) * self.epochs
+
     def _epoch_text(self, epoch: int, accuracies) -> str:
         """An epoch's line: the range of the pack's validation accuracies (one value alone)."""
         low, high = min(accuracies), max(accuracies)
         span = f"{low:.4f}" if low == high else f"{low:.4f}-{high:.4f}"
         return f"epoch {epoch}/{self.epochs} val_accuracy {span}"
+
+
+class StudyIncomplete(Exception):
+    """The study's time budget is spent: training stopped at an epoch boundary after saving its checkpoint;
+    rerunning continues from there. `done`, `total`: the study's model-epochs."""
+
+    def __init__(self, model_epochs: tuple[int, int]):
+        self.done, self.total = model_epochs
+        super().__init__(incomplete(self.done, self.total))
+
+
+def incomplete(done: int, total: int) -> str:
+    """What a study (or an experiment of it) stopped by its time budget says, e.g. in the suite's skips."""
+    return f"incomplete: {done} of {total} model-epochs done, rerun to continue"
+
+
+def _epochs_done(path: Path) -> int:
+    """The epochs a checkpoint holds; 0 when there is none or it cannot be read (training starts over)."""
+    try:
+        return checkpoints.read_state(path)["epochs_done"] if path.exists() else 0
+    except CheckpointError:
+        return 0
+
+
+def _delete_checkpoint(path: Path) -> None:
+    """Deletes a checkpoint whose runs are stored, and the temp files of writes into it that were killed."""
+    for stale in [path, *path.parent.glob(f".{path.name}.*.tmp")]:
+        stale.unlink(missing_ok=True)
 
 
 def _configs_of(experiments: Iterable[str]) -> list[str]:
@@ -261,6 +402,7 @@ def open_study(
     selection: str = "test", precision: str = "float32", pack_size: int | None = None,
     experiments: Iterable[str] | None = None, train_size: int | None = None, test_size: int | None = None,
     allow_cpu: bool = False, progress=STDERR, deterministic: bool = False, shard: tuple[int, int] | None = None,
+    checkpoint_every: str = checkpoints.DEFAULT_EVERY, time_budget: TimeBudget | None = None,
 ) -> Study:
     """A `Study` from plain settings, as the CLI and the pytest options give them.
 
@@ -273,6 +415,7 @@ def open_study(
     Without a GPU or TPU, a profile other than smoke raises `AcceleratorRequired`
     unless `allow_cpu`: before the data is loaded, counting the runs the store
     holds on any data, and again after, counting those it holds on this data.
+    `checkpoint_every` and `time_budget`: see `Study`.
     """
     from kt_dropout.data import data_fingerprint, describe_subset, first_per_class, load_cifar10, synthetic_cifar10
     from kt_dropout.progress import cifar10_source
@@ -299,7 +442,8 @@ def open_study(
     study = Study(
         chosen, data, data_fingerprint(data), store, recipe=recipe, epochs=epochs, seeds=seeds,
         experiments=experiments, pack=pack_size > 1, max_pack_size=pack_size, progress=progress,
-        data_source=f"{source} ({subset})" if subset else source, shard=shard,
+        data_source=f"{source} ({subset})" if subset else source, shard=shard, checkpoint_every=checkpoint_every,
+        time_budget=time_budget,
     )
     if not allow_cpu:
         check_accelerator(chosen, len(study.to_train()) * study.epochs, len(data[0][0]))

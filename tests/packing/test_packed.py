@@ -1,9 +1,12 @@
 """Packed training must be K separate trainings, only faster."""
 
+import copy
+
 import keras
 import numpy as np
 import pytest
 
+from kt_dropout.checkpoints import CheckpointError, Checkpointing, TrainingIncomplete
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.model import build_model, compile_model
 from kt_dropout.packing.model import (
@@ -232,6 +235,31 @@ def test_epochs_on_the_device_train_as_fit_does():
         np.testing.assert_allclose(np.array(variable.value), np.array(reference.value), rtol=1e-3, atol=1e-8)
     for got, want in zip(_weights(device), _weights(host)):
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_pack_stopped_and_resumed_ends_as_one_that_ran_through(tmp_path):
+    """Stopped after epoch 1 (checkpoint saved, `TrainingIncomplete`), then resumed by the trainer that ran 3
+    epochs straight (so every variable, generator and history must come from the checkpoint), saving after
+    epoch 2: the same histories and weights, bit for bit -- with dropout, BatchNorm and two seeds' shufflings;
+    fed from the host on TensorFlow, held on the device on JAX."""
+    members = [Member("drop", TINY.replace(dropout_conv=(0.2, 0.2, 0.2), dropout_dense=0.5), 1), Member("bn", TINY, 2)]
+    data, recipe = _data(n_train=48, n_test=16), Recipe(batch_size=32)
+    options = {"data_fingerprint": "fp", "conv_implementation": "im2col"}  # TensorFlow's grouped convs are slow
+    trainer = PackTrainer(members, data, recipe, **options)
+    trainer.train(3)
+    straight, weights = copy.deepcopy(trainer.histories), _weights(trainer)
+    path = tmp_path / "pack.npz"
+    stopped = PackTrainer(members, data, recipe, **options)
+    with pytest.raises(TrainingIncomplete, match="budget: 1 of 3 epochs done"):
+        stopped.train(3, checkpointing=Checkpointing(path, every_seconds=None, stop=lambda s: True, reason="budget"))
+    epochs = []
+    seconds = trainer.train(3, lambda epoch, logs: epochs.append(epoch), Checkpointing(path, every_epochs=1))
+    assert epochs == [2, 3] and len(seconds) == 3
+    assert trainer.histories == straight
+    for got, want in zip(_weights(trainer), weights):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(CheckpointError, match="pack.npz: a checkpoint of other runs"):  # 4 epochs: other runs
+        stopped.train(4, checkpointing=Checkpointing(path))
 
 
 @pytest.mark.skipif(keras.backend.backend() == "jax", reason="the JAX backend keeps images on the device")

@@ -95,13 +95,21 @@ def test_smoke_profile_runs_end_to_end_and_resumes(tmp_path):
     args = ["benchmarks/test_post.py", "-m", "gpu", "--kt-profile", "smoke", "--kt-seeds", "2", "--kt-epochs", "2",
             "--kt-results", str(tmp_path), "-k", "batchnorm or C1 or C10 or C4", "-rs",
             "--benchmark-json", str(tmp_path / "bench.json")]
+    # Its time budget spent after the first epoch, the session skips what it could not finish, passing nothing.
+    stopped = _pytest(*args, env={"KT_TIME_BUDGET": "1s"})
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert re.search(r"^SKIPPED \[1\] .*: incomplete: 2 of 8 model-epochs done, rerun to continue$", stopped.stdout,
+                     re.MULTILINE), stopped.stdout
+    assert "passed" not in stopped.stdout.splitlines()[-1] and "failed" not in stopped.stdout.splitlines()[-1]
+
     first = _pytest(*args)
     assert first.returncode == 0, first.stdout + first.stderr
     # The banner and the progress reach the terminal while the tests train, past pytest's capture.
     assert first.stderr.startswith("kt-dropout suite (pytest benchmarks -m gpu)\n"), first.stderr
     assert re.search(r"^  plan +4 runs x 2 epochs = 8 model-epochs to train; 0 runs already stored$", first.stderr,
                      re.MULTILINE)
-    assert re.search(r"^\[1/2\] epoch 2/2 val_accuracy [\d.-]+ \| 4/8 model-epochs, ETA [\d:]+$", first.stderr,
+    assert "vanilla/seed0, vanilla/seed1: training 2 epochs from the checkpoint after epoch 1" in first.stderr
+    assert re.search(r"^\[1/2\] epoch 2/2 val_accuracy [\d.-]+ \| 2/6 model-epochs, ETA [\d:]+ \(first epoch includes compile\)$", first.stderr,
                      re.MULTILINE), first.stderr
     store = tmp_path / "store"
     runs = sorted(store.glob("*.json"))
@@ -246,6 +254,26 @@ def test_test_claim_outcomes(vanilla, bn, epochs, outcome):
         return
     with pytest.raises(outcome, match="C1 "):
         post.test_claim("C1", study)
+
+
+class _Stopped(_Study):
+    """A study whose time budget was spent before the runs asked for were trained."""
+
+    def runs(self, names, along=()):
+        from kt_dropout.study.runner import StudyIncomplete
+
+        raise StudyIncomplete((3, 40))
+
+    def model_epochs(self, names):
+        return 3, 12
+
+
+def test_tests_whose_runs_the_time_budget_left_incomplete_are_skipped_not_passed_nor_failed():
+    post = _load_test_post()
+    with pytest.raises(pytest.skip.Exception, match=r"^incomplete: 3 of 12 model-epochs done, rerun to continue$"):
+        post.test_claim("C1", _Stopped([]))
+    with pytest.raises(pytest.skip.Exception, match=r"^incomplete: 3 of 12 model-epochs done, rerun to continue$"):
+        post.test_experiment("batchnorm", _Stopped([]), _Benchmark())
 
 
 def test_a_failed_run_is_not_retrained_within_a_session(tmp_path, monkeypatch):

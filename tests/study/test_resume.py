@@ -1,8 +1,10 @@
-"""`kt-dropout reproduce` and `search` killed with SIGKILL and run again finish without redoing finished work."""
+"""`kt-dropout reproduce` and `search` killed with SIGKILL (or stopped by a time budget) and run again finish
+without redoing finished work."""
 
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -10,25 +12,36 @@ import time
 
 import pytest
 
+import kt_dropout.budget
 from kt_dropout.study.results import ResultStore
 
 ENV = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 COMMAND = [sys.executable, "-m", "kt_dropout.cli", "reproduce", "batchnorm", "--profile", "smoke", "--seeds", "2",
-           "--epochs", "2", "--pack-size", "2", "--results", "results"]
+           "--epochs", "3", "--pack-size", "2", "--results", "results"]
+BUDGET_SPENT = kt_dropout.budget.EXIT_INCOMPLETE
 
 
-def _kill_when(cwd, marker: str) -> str:
-    """Starts `reproduce` and kills it (SIGKILL, no clean-up) as soon as a line containing `marker` appears."""
-    process = subprocess.Popen(COMMAND, cwd=cwd, env=ENV, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
-    seen = []
-    for line in process.stderr:
-        seen.append(line)
-        if marker in line:
-            process.send_signal(signal.SIGKILL)
-            break
+def _reproduce(cwd, *flags) -> subprocess.CompletedProcess:
+    return subprocess.run([*COMMAND, *flags], cwd=cwd, env=ENV, capture_output=True, text=True, timeout=600)
+
+
+def _kill_during_a_checkpoint_write(cwd, *flags) -> str:
+    """Starts `reproduce` and kills it (SIGKILL, no clean-up) while it writes a checkpoint: once its temp file
+    is there, the process is stopped (SIGSTOP), and killed if the temp file is still there, else continued."""
+    log = cwd / "killed.log"
+    with open(log, "w") as stderr:
+        process = subprocess.Popen([*COMMAND, *flags], cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=stderr)
+    folder = cwd / "results" / "store" / "checkpoints"
+    while process.poll() is None:
+        if folder.is_dir() and any(name.endswith(".tmp") for name in os.listdir(folder)):
+            process.send_signal(signal.SIGSTOP)
+            if any(name.endswith(".tmp") for name in os.listdir(folder)):
+                process.send_signal(signal.SIGKILL)
+                break
+            process.send_signal(signal.SIGCONT)
     process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL, "".join(seen)
-    return "".join(seen)
+    assert process.returncode == -signal.SIGKILL, "never killed while writing a checkpoint:\n" + log.read_text()
+    return log.read_text()
 
 
 def _runs(cwd):
@@ -41,34 +54,49 @@ def _mtimes(cwd, names) -> dict:
     return {name: (cwd / "results" / "store" / name).stat().st_mtime_ns for name in names}
 
 
-def _retrained(stderr: str) -> set[str]:
-    """The packs a `reproduce` trained, by their members: "vanilla/seed0, vanilla/seed1"."""
-    return {line.split("]")[1].split(":")[0].strip() for line in stderr.splitlines() if line.endswith("training 2 epochs")}
+def _trained(stderr: str) -> dict[str, str]:
+    """The packs a `reproduce` trained, by their members ("vanilla/seed0, vanilla/seed1"): "" when from scratch,
+    else where their checkpoint left off ("from the checkpoint after epoch 1")."""
+    lines = (line.split("] ", 1)[1] for line in stderr.splitlines() if ": training 3 epochs" in line)
+    return dict(line.split(": training 3 epochs") for line in lines)
 
 
 @pytest.mark.slow
-def test_killed_reproduce_resumes_without_retraining(tmp_path):
-    """Killed in the middle of its first pack, then again as its second pack starts, then run to the end: each
-    session trains only what no earlier one finished, and a finished run is never rewritten."""
-    _kill_when(tmp_path, "[1/2] epoch 1/2 ")  # in the middle of the first pack (vanilla)
-    assert _runs(tmp_path) == {}
-    assert not list((tmp_path / "results" / "store").glob("*.tmp"))  # no half-written file became a run
+def test_stopped_and_killed_reproduce_resumes_from_its_checkpoints(tmp_path):
+    """Stopped by its time budget after its first epoch (exit 75, what is done and what remains), then killed
+    while writing a checkpoint, then run to the end: every run equals the one an uninterrupted `reproduce`
+    stores, bit for bit, and a run once stored is never retrained nor rewritten."""
+    reference = tmp_path / "reference"
+    reference.mkdir()
+    assert _reproduce(reference).returncode == 0
 
-    second = _kill_when(tmp_path, "[2/2] bn/seed0, bn/seed1: training")  # first pack stored, second started
-    assert _retrained(second) == {"vanilla/seed0, vanilla/seed1", "bn/seed0, bn/seed1"}
+    stopped = _reproduce(tmp_path, "--time-budget", "1s")
+    assert stopped.returncode == BUDGET_SPENT, stopped.stderr
+    assert _trained(stopped.stderr) == {"vanilla/seed0, vanilla/seed1": ""}
+    assert "time budget spent (1s): stopped at an epoch boundary, checkpoint saved" in stopped.stdout
+    assert "  done: 0 of 4 runs stored, 2 of 12 model-epochs\n" in stopped.stdout, stopped.stdout
+    assert re.search(r"^  remaining: 4 runs, 10 model-epochs, about [\d:]+ at [\d.]+ s per model-epoch measured "
+                     r"here\nrerun the same command to continue$", stopped.stdout, re.MULTILINE), stopped.stdout
+    assert _runs(tmp_path) == {} and len(list((tmp_path / "results" / "store" / "checkpoints").glob("*.npz"))) == 1
+
+    killed = _kill_during_a_checkpoint_write(tmp_path, "--checkpoint-every", "1")
+    assert _trained(killed)["vanilla/seed0, vanilla/seed1"] == " from the checkpoint after epoch 1"
     finished = _runs(tmp_path)
-    assert sorted((r.name, r.key.seed) for r in finished.values()) == [("vanilla", 0), ("vanilla", 1)]
     mtimes = _mtimes(tmp_path, finished)
 
-    again = subprocess.run(COMMAND, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    damaged = tmp_path / "results" / "store" / "checkpoints" / f"{'0' * 20}.npz"
+    damaged.write_bytes(b"not a checkpoint")
+    again = _reproduce(tmp_path)
     assert again.returncode == 0, again.stderr
-    assert _retrained(again.stderr) == {"bn/seed0, bn/seed1"}
-    after = _runs(tmp_path)
-    assert sorted((r.name, r.key.seed) for r in after.values()) == [
-        ("bn", 0), ("bn", 1), ("vanilla", 0), ("vanilla", 1)
-    ]
-    assert all(r.status == "ok" and r.epochs_run == 2 for r in after.values())
+    assert f"kt-dropout reproduce: warning: {damaged.relative_to(tmp_path)}: not a readable checkpoint" in again.stderr
+    assert not set(_trained(again.stderr)) & {f"{r.name}/seed0, {r.name}/seed1" for r in finished.values()}
+    after, expected = _runs(tmp_path), _runs(reference)
+    assert set(after) == set(expected) and len(after) == 4
+    for name, record in after.items():
+        assert (record.status, record.history, record.best_epoch) == (
+            expected[name].status, expected[name].history, expected[name].best_epoch), name
     assert _mtimes(tmp_path, finished) == mtimes  # finished runs were neither retrained nor rewritten
+    assert not any((tmp_path / "results" / "store" / "checkpoints").iterdir())  # deleted once stored, temp files too
     assert (tmp_path / "results" / "report-smoke" / "report.md").is_file()
 
 
