@@ -108,8 +108,8 @@ def _every(text: str) -> str:
 def _duration(text: str) -> float:
     try:
         return parse_duration("", text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a duration such as 90s, 9m, 1.5h, got {text!r}") from None
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error).removeprefix(": ")) from None
 def _shard(text: str) -> tuple[int, int]:
     from kt_dropout.study.shards import parse_shard
 
@@ -209,8 +209,8 @@ def _add_checkpoint_flag(parser: argparse.ArgumentParser, where: str) -> None:
 def _add_budget_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-budget", type=_duration, metavar="DURATION",
                         help="stop at the last epoch boundary within DURATION (e.g. 9m, 1.5h) from the start, "
-                             "checkpoint, print what is done and left, and exit with status "
-                             f"{budget.EXIT_INCOMPLETE} (incomplete: rerun the command to continue)")
+                             f"checkpoint, print what is done and left, and exit {budget.EXIT_INCOMPLETE} (incomplete: "
+                             "rerun the command to continue)")
 
 
 def _given(args, cls) -> dict:

@@ -407,8 +407,8 @@ def test_merge_copies_missing_runs_once(reproduced):
     result = run_cli("merge", "merged", "tmp", cwd=cwd)
     assert result.returncode == 0, result.stderr
     assert "4 run(s) merged" in result.stdout
-    assert sorted(p.name for p in (cwd / "merged" / "store").iterdir()) == sorted(
-        p.name for p in (cwd / "tmp" / "store").iterdir())
+    assert sorted(p.name for p in (cwd / "merged" / "store").glob("*.json")) == sorted(
+        p.name for p in (cwd / "tmp" / "store").glob("*.json"))
     again = run_cli("merge", "merged", "tmp/store", cwd=cwd)
     assert again.returncode == 0 and "0 run(s) merged" in again.stdout
     assert_usage_error(run_cli("merge", "merged", "nowhere", cwd=cwd), "merge", "nowhere")
