@@ -225,6 +225,19 @@ CLAIMS: dict[str, Claim] = {
     )
 }
 
+#: The order in which a study trains its runs: the configurations of C2 and C5 first, then those C6, C8, C7,
+#: C1/C10, C9, C3 and C4 still need, so that whole claims become decidable as a long study advances (the
+#: subtle, 100-epoch claims first; C1, C3 and C4 are decided by the quick profile already).
+CLAIM_PRIORITY = ("C2", "C5", "C6", "C8", "C7", "C1", "C10", "C9", "C3", "C4")
+
+
+def claim_priority(config: str) -> int:
+    """Where `config`'s runs come in a study's training order: the rank of the first claim in
+    `CLAIM_PRIORITY` that needs it (configurations no claim needs come last)."""
+    return next((rank for rank, claim in enumerate(CLAIM_PRIORITY) if config in CLAIMS[claim].configs),
+                len(CLAIM_PRIORITY))
+
+
 def claims_for(experiment: str) -> tuple[Claim, ...]:
     """The claims decided in `experiment`."""
     return tuple(c for c in CLAIMS.values() if c.experiment == experiment)

@@ -36,7 +36,7 @@ from kt_dropout.progress import (
     print_banner,
 )
 from kt_dropout.record import RunKey, RunRecord
-from kt_dropout.study.experiments import CONFIGS, EXPERIMENTS, resolve_experiments
+from kt_dropout.study.experiments import CONFIGS, EXPERIMENTS, claim_priority, resolve_experiments
 from kt_dropout.study.leases import Claims, claimed_packs, held_line
 from kt_dropout.study.plans import plan_of, write_plan
 from kt_dropout.study.profiles import DEFAULT_PACK_SIZE, Profile, get_profile
@@ -175,6 +175,7 @@ class Study:
         if self._stopped:
             self._attempted.difference_update(self._key(m) for m in missing)
             raise StudyIncomplete(self.model_epochs())
+        missing = sorted(missing, key=lambda m: claim_priority(m.name))  # whole claims first (`CLAIM_PRIORITY`)
         failed_before = {self._key(m) for m in missing if self.store.get(self._key(m)) is not None}
 
         def done(member: Member) -> bool:  # stored meanwhile (a run that had failed before: once it succeeds)

@@ -108,7 +108,8 @@ def test_smoke_profile_runs_end_to_end_and_resumes(tmp_path):
     assert first.stderr.startswith("kt-dropout suite (pytest benchmarks -m gpu)\n"), first.stderr
     assert re.search(r"^  plan +4 runs x 2 epochs = 8 model-epochs to train; 0 runs already stored$", first.stderr,
                      re.MULTILINE)
-    assert "vanilla/seed0, vanilla/seed1: training 2 epochs from the checkpoint after epoch 1" in first.stderr
+    # bn trains first, C2 needs it (CLAIM_PRIORITY): the session stopped by its budget left its pack checkpointed
+    assert "bn/seed0, bn/seed1: training 2 epochs from the checkpoint after epoch 1" in first.stderr
     assert re.search(r"^\[1/2\] epoch 2/2 val_accuracy [\d.-]+ \| 2/6 model-epochs, ETA [\d:]+ \(first epoch includes compile\)$", first.stderr,
                      re.MULTILINE), first.stderr
     store = tmp_path / "store"

@@ -55,7 +55,7 @@ def _mtimes(cwd, names) -> dict:
 
 
 def _trained(stderr: str) -> dict[str, str]:
-    """The packs a `reproduce` trained, by their members ("vanilla/seed0, vanilla/seed1"): "" when from scratch,
+    """The packs a `reproduce` trained, by their members ("bn/seed0, bn/seed1"): "" when from scratch,
     else where their checkpoint left off ("from the checkpoint after epoch 1")."""
     lines = (line.split("] ", 1)[1] for line in stderr.splitlines() if ": training 3 epochs" in line)
     return dict(line.split(": training 3 epochs") for line in lines)
@@ -72,15 +72,15 @@ def test_stopped_and_killed_reproduce_resumes_from_its_checkpoints(tmp_path):
 
     stopped = _reproduce(tmp_path, "--time-budget", "1s")
     assert stopped.returncode == BUDGET_SPENT, stopped.stderr
-    assert _trained(stopped.stderr) == {"vanilla/seed0, vanilla/seed1": ""}
-    assert "time budget spent (1s): stopped at an epoch boundary, checkpoint saved" in stopped.stdout
+    assert _trained(stopped.stderr) == {"bn/seed0, bn/seed1": ""}  # C2 needs bn first (CLAIM_PRIORITY)
+    assert "time budget spent (00:01): stopped at an epoch boundary, checkpoint saved" in stopped.stdout
     assert "  done: 0 of 4 runs stored, 2 of 12 model-epochs\n" in stopped.stdout, stopped.stdout
     assert re.search(r"^  remaining: 4 runs, 10 model-epochs, about [\d:]+ at [\d.]+ s per model-epoch measured "
                      r"here\nrerun the same command to continue$", stopped.stdout, re.MULTILINE), stopped.stdout
     assert _runs(tmp_path) == {} and len(list((tmp_path / "results" / "store" / "checkpoints").glob("*.npz"))) == 1
 
     killed = _kill_during_a_checkpoint_write(tmp_path, "--checkpoint-every", "1")
-    assert _trained(killed)["vanilla/seed0, vanilla/seed1"] == " from the checkpoint after epoch 1"
+    assert _trained(killed)["bn/seed0, bn/seed1"] == " from the checkpoint after epoch 1"
     finished = _runs(tmp_path)
     mtimes = _mtimes(tmp_path, finished)
 
