@@ -609,12 +609,16 @@ def cmd_status(args) -> int:
 
 def cmd_merge(args) -> int:
     """Copies into RESULTS the runs that another results folder or store holds (e.g. one from a GPU machine)."""
+    from kt_dropout.study.plans import read_plans, write_plan
     from kt_dropout.study.results import ResultStore, check_mergeable
 
     sources = [_open_store(Path(source)) for source in args.sources]  # all checked before RESULTS is made
     check_mergeable(sources)
+    plans = [plan for source in sources for plan in read_plans(source.root)]  # for `status`; read before writing
     target = ResultStore(_store_root(Path(args.results)))
     copied = sum(target.merge(source.root) for source in sources)
+    for plan in plans:
+        write_plan(target.root, plan)
     print(f"{copied} run(s) merged into {target.root}; it holds {len(target)}")
     return 0
 

@@ -407,8 +407,10 @@ def test_merge_copies_missing_runs_once(reproduced):
     result = run_cli("merge", "merged", "tmp", cwd=cwd)
     assert result.returncode == 0, result.stderr
     assert "4 run(s) merged" in result.stdout
-    assert sorted(p.name for p in (cwd / "merged" / "store").glob("*.json")) == sorted(
-        p.name for p in (cwd / "tmp" / "store").glob("*.json"))
+    for files in ("*.json", "studies/*.json"):  # the runs, and the study's plan for `status`
+        assert sorted(p.name for p in (cwd / "merged" / "store").glob(files)) == sorted(
+            p.name for p in (cwd / "tmp" / "store").glob(files))
+    assert list((cwd / "merged" / "store").glob("studies/*.json"))
     again = run_cli("merge", "merged", "tmp/store", cwd=cwd)
     assert again.returncode == 0 and "0 run(s) merged" in again.stdout
     assert_usage_error(run_cli("merge", "merged", "nowhere", cwd=cwd), "merge", "nowhere")
