@@ -55,11 +55,18 @@ for directory in sys.argv[2:]:
 """
 
 
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict:
+    """JAX, with a compilation cache that this module's processes share: the killed, resumed and
+    uninterrupted searches compile the same programs, and XLA on CPU takes most of their time to compile."""
+    return {**ENV, "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax-cache"))}
+
+
 @pytest.mark.slow
-def test_a_killed_trial_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(tmp_path):
+def test_a_killed_trial_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(tmp_path, env):
     checkpoint = tmp_path / "killed" / "p" / "trial_0" / "checkpoint.npz"
-    done = _kill_after_two_epochs(tmp_path, ONE_TRIAL, checkpoint)
-    (resumed,), (straight,) = _resume_and_search_straight(tmp_path, ONE_TRIAL)
+    done = _kill_after_two_epochs(tmp_path, env, ONE_TRIAL, checkpoint)
+    (resumed,), (straight,) = _resume_and_search_straight(tmp_path, env, ONE_TRIAL)
     assert resumed["status"] == straight["status"] == "COMPLETED"
     assert resumed["epochs"] == EPOCHS - done and straight["epochs"] == EPOCHS  # continued, not started over
     for field in ("val_accuracy", "best_epoch", "weights", "dropout_dense"):
@@ -68,10 +75,10 @@ def test_a_killed_trial_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted
 
 
 @pytest.mark.slow
-def test_a_killed_pack_of_trials_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(tmp_path):
+def test_a_killed_pack_of_trials_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(tmp_path, env):
     checkpoint = tmp_path / "killed" / "p" / "trial_0" / "pack_checkpoint.npz"
-    done = _kill_after_two_epochs(tmp_path, PACKED, checkpoint)
-    resumed, straight = _resume_and_search_straight(tmp_path, PACKED)
+    done = _kill_after_two_epochs(tmp_path, env, PACKED, checkpoint)
+    resumed, straight = _resume_and_search_straight(tmp_path, env, PACKED)
     assert len(resumed) == len(straight) == 2
     for again, through in zip(resumed, straight):
         assert again["status"] == through["status"] == "COMPLETED"
@@ -83,12 +90,12 @@ def test_a_killed_pack_of_trials_resumes_from_its_checkpoint_and_ends_as_an_unin
     assert not list((tmp_path / "killed").rglob("*checkpoint.npz"))  # deleted once the trials ended
 
 
-def _kill_after_two_epochs(tmp_path, flags, checkpoint) -> int:
+def _kill_after_two_epochs(tmp_path, env, flags, checkpoint) -> int:
     """Starts `kt-dropout search` into tmp_path/killed, `kill -9`s it once `checkpoint` holds at least two
     epochs; returns how many it holds."""
     log = open(tmp_path / "killed.log", "w")
     search = subprocess.Popen([sys.executable, "-m", "kt_dropout.cli", "search", *flags, "--directory", "killed"],
-                              cwd=tmp_path, env=ENV, stdout=log, stderr=subprocess.STDOUT)
+                              cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 240
     while _epochs_done(checkpoint) < 2 and search.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -100,10 +107,10 @@ def _kill_after_two_epochs(tmp_path, flags, checkpoint) -> int:
     return done
 
 
-def _resume_and_search_straight(tmp_path, flags) -> tuple[list[dict], list[dict]]:
+def _resume_and_search_straight(tmp_path, env, flags) -> tuple[list[dict], list[dict]]:
     """The trials of the killed search once resumed, and those of the same search uninterrupted."""
     result = subprocess.run([sys.executable, "-c", RESUME, json.dumps(flags), "killed", "straight"], cwd=tmp_path,
-                            env=ENV, capture_output=True, text=True, timeout=300)
+                            env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line[7:]) for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     return rows[:len(rows) // 2], rows[len(rows) // 2:]
