@@ -209,8 +209,9 @@ def search(
             every N epochs (an int, or "5") or every so long ("10m", "90s"); None: never. A trial that was
             interrupted (killed, preempted) is rerun by Keras Tuner when the search is resumed; it continues
             from its checkpoint, with the history, best epoch and weights it would have had uninterrupted.
-            The checkpoint is deleted when the trial ends. Not for Hyperband, `executions_per_trial` > 1
-            or a `directory` URL, whose trials restart.
+            The checkpoint is deleted when the trial ends. Packed trials share their pack's checkpoint
+            (`kt_dropout.tuning.trial_checkpoints`). Not for Hyperband, `executions_per_trial` > 1 or a
+            `directory` URL, whose trials restart.
         distributed: run as the chief or a worker of a distributed search;
             without it, Keras Tuner's environment variables are an error rather
             than silently turning the search distributed.

@@ -93,15 +93,14 @@ def test_a_killed_pack_of_trials_resumes_from_its_checkpoint_and_ends_as_an_unin
 def _kill_after_two_epochs(tmp_path, env, flags, checkpoint) -> int:
     """Starts `kt-dropout search` into tmp_path/killed, `kill -9`s it once `checkpoint` holds at least two
     epochs; returns how many it holds."""
-    log = open(tmp_path / "killed.log", "w")
-    search = subprocess.Popen([sys.executable, "-m", "kt_dropout.cli", "search", *flags, "--directory", "killed"],
-                              cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 240
-    while _epochs_done(checkpoint) < 2 and search.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    search.send_signal(signal.SIGKILL)
-    search.wait()
-    log.close()
+    with open(tmp_path / "killed.log", "w") as log:
+        search = subprocess.Popen([sys.executable, "-m", "kt_dropout.cli", "search", *flags, "--directory", "killed"],
+                                  cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 240
+        while _epochs_done(checkpoint) < 2 and search.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        search.send_signal(signal.SIGKILL)
+        search.wait()
     done = _epochs_done(checkpoint)
     assert 2 <= done < EPOCHS, (tmp_path / "killed.log").read_text()
     return done
@@ -110,7 +109,7 @@ def _kill_after_two_epochs(tmp_path, env, flags, checkpoint) -> int:
 def _resume_and_search_straight(tmp_path, env, flags) -> tuple[list[dict], list[dict]]:
     """The trials of the killed search once resumed, and those of the same search uninterrupted."""
     result = subprocess.run([sys.executable, "-c", RESUME, json.dumps(flags), "killed", "straight"], cwd=tmp_path,
-                            env=env, capture_output=True, text=True, timeout=300)
+                            env=env, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line[7:]) for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     return rows[:len(rows) // 2], rows[len(rows) // 2:]
