@@ -10,10 +10,18 @@ its status, judged by Keras Tuner's own rules for a sequential trial (a member
 whose loss turned NaN fails alone; a pack that crashed is retried up to
 `max_retries_per_trial`). In a distributed search each worker packs the trials
 it asks the chief for.
+
+A pack saves its epoch checkpoint (`PackTrainer.train`'s) in its first trial's
+folder (`trial_checkpoints.PACK_CHECKPOINT`). A search killed mid-step gets the
+step's running trials back from Keras Tuner in its next step (`Oracle.reload`
+queues them for retry, and each slot takes one), in reverse order: sorted by id
+again they make the same packs, which continue from their checkpoints with the
+seeds they started with, and end as they would have uninterrupted.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import keras
@@ -21,18 +29,22 @@ import keras_tuner
 import numpy as np
 
 from kt_dropout._compat import checkpoint_path, run_trial_and_judge
+from kt_dropout.callbacks import check_finite
+from kt_dropout.checkpoints import Checkpointing
 from kt_dropout.config import Recipe
 from kt_dropout.model import build_model
 from kt_dropout.packing.model import load_member
 from kt_dropout.packing.trainer import Member, PackTrainer, plan_packs
-from kt_dropout.callbacks import check_finite
+from kt_dropout.tuning import trial_checkpoints
 
 _HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 _Status = keras_tuner.engine.trial.TrialStatus
+_ENDED = (_Status.COMPLETED, _Status.FAILED)
 
 
 class PackedTrials:
-    """Mixed into a Keras Tuner tuner (before the tuner class): its `search` trains packs of trials."""
+    """Mixed into a Keras Tuner tuner (before the tuner class, after `search._TrialHooks`, whose
+    `trial_seed` and `trial_checkpoints` it uses): its `search` trains packs of trials."""
 
     def __init__(self, *args, trials_per_step: int, **kwargs):
         self.trials_per_step = trials_per_step
@@ -71,7 +83,7 @@ class PackedTrials:
     def _packs(self, trials, selection: str) -> list[tuple[Recipe, list, list[Member]]]:
         """The trials grouped into packs: same recipe (one optimizer per pack), then same weight shapes."""
         by_recipe: dict = {}
-        for trial in trials:
+        for trial in sorted(trials, key=lambda trial: trial.trial_id):  # a resumed step's come back reversed
             hp = trial.hyperparameters.copy()
             recipe = self.hypermodel.recipe_from_hp(hp).replace(selection=selection)
             member = Member(f"trial_{trial.trial_id}", self.hypermodel.config_from_hp(hp), self._seed())
@@ -90,13 +102,28 @@ class PackedTrials:
         for trial in trials:
             self.on_trial_begin(trial)
             trial.metrics.update("pack_size", len(trials))
+        checkpointing = self._pack_checkpointing(trials)
         try:
-            outcomes = self._train(members, data, recipe, epochs, trials)
+            outcomes = self._train(members, data, recipe, epochs, trials, checkpointing)
         except Exception as error:  # the pack as a whole failed (e.g. out of memory): so did each of its trials
             outcomes = [(error, error.__traceback__)] * len(trials)
-        for trial, outcome in zip(trials, outcomes):
-            run_trial_and_judge(self, trial, outcome)
-            self.on_trial_end(trial)
+        try:
+            for trial, outcome in zip(trials, outcomes):
+                run_trial_and_judge(self, trial, outcome)
+                self.on_trial_end(trial)
+        finally:  # kept for a retry (INVALID) or a rerun (a fatal error left the trials RUNNING)
+            if checkpointing is not None and all(trial.status in _ENDED for trial in trials):
+                checkpointing.path.unlink(missing_ok=True)
+
+    def _pack_checkpointing(self, trials: list) -> Checkpointing | None:
+        """Where the pack of `trials` keeps its epoch checkpoint; None when checkpoints are off or the project
+        is a URL. Deletes its trials' checkpoints of another grouping, which cannot be continued exactly."""
+        folders = [trial_checkpoints.trial_folder(self, trial.trial_id) for trial in trials]
+        if self.trial_checkpoints is None or folders[0] is None:
+            return None
+        path = folders[0] / trial_checkpoints.PACK_CHECKPOINT
+        trial_checkpoints.discard_others(folders, keep=path)
+        return Checkpointing(path, **self.trial_checkpoints)
 
     def run_trial(self, trial, outcome):
         """A member's share of its pack's training, returned or raised as `Tuner.run_trial` would for a trial
@@ -113,8 +140,13 @@ class PackedTrials:
         """Called after every epoch of a pack (1-based) with the trials still training and their metrics,
         one value each per name: the packed trials' counterpart of Keras Tuner's `on_epoch_end`."""
 
-    def _train(self, members, data, recipe, epochs, trials) -> list[dict]:
-        """Trains the pack; after every epoch, writes the checkpoint of each member whose val_accuracy rose."""
+    def _train(self, members, data, recipe, epochs, trials, checkpointing: Checkpointing | None) -> list[dict]:
+        """Trains the pack, continuing its `checkpointing` checkpoint with the seeds it holds if there is one;
+        after every epoch, writes the weights of each member whose val_accuracy rose (for `load_model`)."""
+        state = None if checkpointing is None else trial_checkpoints.resumable_state(
+            checkpointing.path, [member.name for member in members])
+        if state is not None:  # a search without a seed drew them when the pack started
+            members = [dataclasses.replace(member, seed=seed) for member, seed in zip(members, state["seeds"])]
         trainer = PackTrainer(members, data, recipe)
         singles = [build_model(member.config) for member in members]  # to write each member's checkpoint
 
@@ -129,7 +161,7 @@ class PackedTrials:
             self.on_pack_epoch_end([trials[k] for k in training], epoch,
                                    {name: [float(values[k]) for k in training] for name, values in logs.items()})
 
-        trainer.train(epochs, after_epoch)
+        trainer.train(epochs, after_epoch, checkpointing)
         return trainer.histories
 
 

@@ -17,7 +17,6 @@ import json
 import os
 import time
 import warnings
-from pathlib import Path
 
 import keras
 import keras_tuner
@@ -25,7 +24,7 @@ from tabulate import tabulate
 
 from kt_dropout import _compat, distribution
 from kt_dropout.progress import Progress, data_line, format_logs, plan_line, print_banner
-from kt_dropout.tuning import cluster, project
+from kt_dropout.tuning import cluster, project, trial_checkpoints
 from kt_dropout.atomic import atomic_saves, write_text
 from kt_dropout.checkpoints import DEFAULT_EVERY, Checkpointing, parse_every
 from kt_dropout.tuning.cluster import LeasedOracle
@@ -210,8 +209,9 @@ def search(
             every N epochs (an int, or "5") or every so long ("10m", "90s"); None: never. A trial that was
             interrupted (killed, preempted) is rerun by Keras Tuner when the search is resumed; it continues
             from its checkpoint, with the history, best epoch and weights it would have had uninterrupted.
-            The checkpoint is deleted when the trial ends. Not for Hyperband, `executions_per_trial` > 1
-            or a `directory` URL, whose trials restart.
+            The checkpoint is deleted when the trial ends. Packed trials share their pack's checkpoint
+            (`kt_dropout.tuning.trial_checkpoints`). Not for Hyperband, `executions_per_trial` > 1 or a
+            `directory` URL, whose trials restart.
         distributed: run as the chief or a worker of a distributed search;
             without it, Keras Tuner's environment variables are an error rather
             than silently turning the search distributed.
@@ -439,9 +439,12 @@ class _TrialHooks:
         """Where trial `trial` keeps its epoch checkpoint, `<project>/trial_<id>/checkpoint.npz`; None for
         trials that cannot resume from one (see `search`'s `checkpoint_every`) or when it is off."""
         one_fit = not isinstance(self, (PackedTrials, keras_tuner.Hyperband)) and self.executions_per_trial == 1
-        if self.trial_checkpoints is None or not one_fit or "://" in str(self.project_dir):
+        folder = trial_checkpoints.trial_folder(self, trial.trial_id)
+        if self.trial_checkpoints is None or not one_fit or folder is None:
             return None
-        return Checkpointing(Path(self.get_trial_dir(trial.trial_id)) / TRIAL_CHECKPOINT, **self.trial_checkpoints)
+        path = folder / trial_checkpoints.TRIAL_CHECKPOINT
+        trial_checkpoints.discard_others([folder], keep=path)  # a pack's, from a packed run of this search
+        return Checkpointing(path, **self.trial_checkpoints)
 
     def save(self):
         """Keras Tuner's `save`, with this tuner's own file written atomically too."""
@@ -464,9 +467,6 @@ class _TrialHooks:
             ended = "" if self._worker or not self.oracle.max_trials else (
                 f"{len(self.oracle.end_order)}/{self.oracle.max_trials} trials ended, ")
             self.progress.line(f"{_trial_line(_row(trial))} | {ended}{self.progress.status()}")
-
-
-TRIAL_CHECKPOINT = "checkpoint.npz"
 
 
 def _trial_identity(trial, seed: int | None) -> dict:

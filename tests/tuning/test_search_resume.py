@@ -13,51 +13,106 @@ from kt_dropout.checkpoints import read_state
 
 ENV = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
 EPOCHS = 4
-# One trial of a small network that learns on synthetic images, checkpointed after every epoch.
+# A small network that learns on synthetic images, checkpointed after every epoch.
 FLAGS = ["--synthetic", "256", "64", "--nfilters", "4", "4", "4", "--ndense", "16", "--no-batchnorm",
-         "--learning-rate", "0.003", "--batch-size", "32", "--epochs", str(EPOCHS), "--max-trials", "1",
-         "--seed", "3", "--checkpoint-every", "1", "--space", "dropout_dense=0.3", "--project-name", "p"]
-# Resumes the killed search in `killed`, then searches the same uninterrupted in `straight`; prints each
-# trial's row and a digest of its best model's weights.
+         "--learning-rate", "0.003", "--batch-size", "32", "--epochs", str(EPOCHS), "--seed", "3",
+         "--checkpoint-every", "1", "--project-name", "p"]
+ONE_TRIAL = [*FLAGS, "--max-trials", "1", "--space", "dropout_dense=0.3"]
+# Two trials trained as one pack.
+PACKED = [*FLAGS, "--max-trials", "2", "--trials-per-step", "2", "--space", "dropout_dense=0.0,0.3,0.5"]
+# Resumes the killed search in `killed`, then searches the same uninterrupted in `straight` (argv: the flags
+# as JSON, then the two folders); prints each trial's row, a digest of its best epoch's weights and, for a
+# packed trial, its whole history.
 RESUME = """
 import hashlib, json, sys
 import numpy as np
 from kt_dropout.cli import build_parser, _config, _recipe, _space
 from kt_dropout.data import synthetic_cifar10
+from kt_dropout.packing.trainer import PackTrainer
+from kt_dropout.tuning import packed_trials
 from kt_dropout.tuning.search import search
-for directory in sys.argv[1:]:
-    args = build_parser().parse_args(["search", *%r, "--directory", directory])
-    result = search(data=synthetic_cifar10(256, 64), max_trials=1, space=_space(args.space), base=_config(args),
-                    recipe=_recipe(args), directory=directory, project_name="p", seed=3, verbose=0,
-                    checkpoint_every=args.checkpoint_every)
-    weights = b"".join(np.ascontiguousarray(w).tobytes() for w in result.best_model().get_weights())
-    print("RESULT " + json.dumps({**result.trials[0], "weights": hashlib.sha256(weights).hexdigest()}))
-""" % (FLAGS,)
+
+histories = {}
+
+class Recording(PackTrainer):
+    def train(self, *args, **kwargs):
+        seconds = super().train(*args, **kwargs)
+        histories.update({member.name: history for member, history in zip(self.members, self.histories)})
+        return seconds
+
+packed_trials.PackTrainer = Recording
+flags = json.loads(sys.argv[1])
+for directory in sys.argv[2:]:
+    args = build_parser().parse_args(["search", *flags, "--directory", directory])
+    result = search(data=synthetic_cifar10(256, 64), max_trials=args.max_trials, space=_space(args.space),
+                    base=_config(args), recipe=_recipe(args), directory=directory, project_name="p", seed=3,
+                    verbose=0, checkpoint_every=args.checkpoint_every, trials_per_step=args.trials_per_step)
+    for row in sorted(result.trials, key=lambda row: row["trial_id"]):
+        model = result.tuner.load_model(result.tuner.oracle.get_trial(row["trial_id"]))
+        weights = b"".join(np.ascontiguousarray(w).tobytes() for w in model.get_weights())
+        print("RESULT " + json.dumps({**row, "weights": hashlib.sha256(weights).hexdigest(),
+                                      "history": histories.get("trial_" + row["trial_id"])}))
+"""
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict:
+    """JAX, with a compilation cache that this module's processes share: the killed, resumed and
+    uninterrupted searches compile the same programs, and XLA on CPU takes most of their time to compile."""
+    return {**ENV, "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax-cache"))}
 
 
 @pytest.mark.slow
-def test_a_killed_trial_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(tmp_path):
+def test_a_killed_trial_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(tmp_path, env):
     checkpoint = tmp_path / "killed" / "p" / "trial_0" / "checkpoint.npz"
-    log = open(tmp_path / "killed.log", "w")
-    search = subprocess.Popen([sys.executable, "-m", "kt_dropout.cli", "search", *FLAGS, "--directory", "killed"],
-                              cwd=tmp_path, env=ENV, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 240
-    while _epochs_done(checkpoint) < 2 and search.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.05)
-    search.send_signal(signal.SIGKILL)
-    search.wait()
-    log.close()
-    done = _epochs_done(checkpoint)
-    assert 2 <= done < EPOCHS, (tmp_path / "killed.log").read_text()
-    result = subprocess.run([sys.executable, "-c", RESUME, "killed", "straight"], cwd=tmp_path, env=ENV,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    resumed, straight = (json.loads(line[7:]) for line in result.stdout.splitlines() if line.startswith("RESULT "))
+    done = _kill_after_two_epochs(tmp_path, env, ONE_TRIAL, checkpoint)
+    (resumed,), (straight,) = _resume_and_search_straight(tmp_path, env, ONE_TRIAL)
     assert resumed["status"] == straight["status"] == "COMPLETED"
     assert resumed["epochs"] == EPOCHS - done and straight["epochs"] == EPOCHS  # continued, not started over
     for field in ("val_accuracy", "best_epoch", "weights", "dropout_dense"):
         assert resumed[field] == straight[field], field
     assert not checkpoint.exists()  # deleted once the trial ended
+
+
+@pytest.mark.slow
+def test_a_killed_pack_of_trials_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(tmp_path, env):
+    checkpoint = tmp_path / "killed" / "p" / "trial_0" / "pack_checkpoint.npz"
+    done = _kill_after_two_epochs(tmp_path, env, PACKED, checkpoint)
+    resumed, straight = _resume_and_search_straight(tmp_path, env, PACKED)
+    assert len(resumed) == len(straight) == 2
+    for again, through in zip(resumed, straight):
+        assert again["status"] == through["status"] == "COMPLETED"
+        assert again["pack_size"] == through["pack_size"] == 2
+        assert again["epochs"] == EPOCHS - done and through["epochs"] == EPOCHS  # continued, not started over
+        assert len(again["history"]["loss"]) == EPOCHS
+        for field in ("history", "val_accuracy", "best_epoch", "weights", "dropout_dense", "dropout_conv_1"):
+            assert again[field] == through[field], field
+    assert not list((tmp_path / "killed").rglob("*checkpoint.npz"))  # deleted once the trials ended
+
+
+def _kill_after_two_epochs(tmp_path, env, flags, checkpoint) -> int:
+    """Starts `kt-dropout search` into tmp_path/killed, `kill -9`s it once `checkpoint` holds at least two
+    epochs; returns how many it holds."""
+    with open(tmp_path / "killed.log", "w") as log:
+        search = subprocess.Popen([sys.executable, "-m", "kt_dropout.cli", "search", *flags, "--directory", "killed"],
+                                  cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 240
+        while _epochs_done(checkpoint) < 2 and search.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        search.send_signal(signal.SIGKILL)
+        search.wait()
+    done = _epochs_done(checkpoint)
+    assert 2 <= done < EPOCHS, (tmp_path / "killed.log").read_text()
+    return done
+
+
+def _resume_and_search_straight(tmp_path, env, flags) -> tuple[list[dict], list[dict]]:
+    """The trials of the killed search once resumed, and those of the same search uninterrupted."""
+    result = subprocess.run([sys.executable, "-c", RESUME, json.dumps(flags), "killed", "straight"], cwd=tmp_path,
+                            env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line[7:]) for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    return rows[:len(rows) // 2], rows[len(rows) // 2:]
 
 
 def _epochs_done(checkpoint) -> int:

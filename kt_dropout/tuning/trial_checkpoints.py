@@ -1,0 +1,58 @@
+"""Where a search's trials keep their epoch checkpoints, and which of those a trial may continue from.
+
+A trial trained alone keeps `TRIAL_CHECKPOINT` in its own folder; a pack of trials keeps one
+`PACK_CHECKPOINT` in the folder of its first trial (lowest id), naming its trials in member order. Keras
+Tuner hands the trials that were running when a search was killed back to the next step, so a pack
+normally comes back whole; when its trials come back otherwise (another `trials_per_step`, packed rather
+than alone or the reverse, a distributed search's lost worker), a checkpoint of the old grouping cannot be
+continued exactly, and is deleted with a warning: those trials start over.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+from kt_dropout.checkpoints import CheckpointError, read_state
+
+TRIAL_CHECKPOINT = "checkpoint.npz"
+PACK_CHECKPOINT = "pack_checkpoint.npz"
+
+
+def trial_folder(tuner, trial_id: str) -> Path | None:
+    """The folder of trial `trial_id` on this machine; None for a URL project (`gs://...`), whose trials
+    restart instead."""
+    folder = str(tuner.get_trial_dir(trial_id))
+    return None if "://" in folder else Path(folder)
+
+
+def resumable_state(path: Path, names: list[str]) -> dict | None:
+    """The state of the checkpoint at `path` if it is that of the runs `names` (in that order); else None,
+    deleting (with a warning) a checkpoint there that is unreadable or another grouping's."""
+    if not path.exists():
+        return None
+    try:
+        state = read_state(path)
+    except CheckpointError as error:
+        _discard(path, str(error))
+        return None
+    if state.get("names") != names:
+        _discard(path, f"{path}: the checkpoint of {', '.join(state.get('names') or ['?'])}, not of "
+                       f"{', '.join(names)}")
+        return None
+    return state
+
+
+def discard_others(folders, keep: Path) -> None:
+    """Deletes, with a warning, the checkpoints in `folders` other than `keep`: those of a grouping of the
+    trials that is no more."""
+    for folder in folders:
+        for path in (folder / TRIAL_CHECKPOINT, folder / PACK_CHECKPOINT):
+            if path != keep and path.exists():
+                _discard(path, f"{path}: written when its trial trained in another grouping")
+
+
+def _discard(path: Path, why: str) -> None:
+    warnings.warn(f"{why}; it cannot be continued exactly: deleted, the trial starts over", RuntimeWarning,
+                  stacklevel=3)
+    path.unlink(missing_ok=True)
