@@ -1,14 +1,11 @@
-"""`kt-dropout reproduce` and `search` killed with SIGKILL (or stopped by a time budget) and run again finish
-without redoing finished work."""
+"""`kt-dropout reproduce` killed with SIGKILL (or stopped by a time budget) and run again finishes without
+redoing finished work (a killed search: tests/tuning/test_search_resume.py)."""
 
-import csv
-import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -98,33 +95,3 @@ def test_stopped_and_killed_reproduce_resumes_from_its_checkpoints(tmp_path):
     assert _mtimes(tmp_path, finished) == mtimes  # finished runs were neither retrained nor rewritten
     assert not any((tmp_path / "results" / "store" / "checkpoints").iterdir())  # deleted once stored, temp files too
     assert (tmp_path / "results" / "report-smoke" / "report.md").is_file()
-
-
-SEARCH = [sys.executable, "-m", "kt_dropout.cli", "search", "--synthetic", "128", "64", "--nfilters", "4", "8", "8",
-          "--ndense", "16", "--batch-size", "32", "--seed", "0", "--max-trials", "3", "--epochs", "10",
-          "--directory", "search", "--csv", "trials.csv"]
-
-
-@pytest.mark.slow
-def test_killed_search_resumes_without_rerunning_finished_trials(tmp_path):
-    env = {**ENV, "KERAS_BACKEND": "tensorflow"}
-    project = tmp_path / "search" / "dropout_vgg"
-    process = subprocess.Popen(SEARCH, cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    while not (project / "trial_1" / "checkpoint.weights.h5").exists():  # trial 0 done, trial 1 after an epoch
-        assert process.poll() is None, "the search ended before it could be killed"
-        time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=60)
-    first = json.loads((project / "trial_0" / "trial.json").read_text())
-    assert (first["status"], json.loads((project / "trial_1" / "trial.json").read_text())["status"]) == (
-        "COMPLETED", "RUNNING")
-    mtime = (project / "trial_0" / "trial.json").stat().st_mtime_ns
-
-    again = subprocess.run(SEARCH, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0, again.stderr
-    with open(tmp_path / "trials.csv", newline="") as file:
-        rows = {row["trial_id"]: row for row in csv.DictReader(file)}
-    assert sorted((trial_id, row["status"]) for trial_id, row in rows.items()) == [
-        ("0", "COMPLETED"), ("1", "COMPLETED"), ("2", "COMPLETED")]
-    assert (project / "trial_0" / "trial.json").stat().st_mtime_ns == mtime  # finished trial left alone
-    assert float(rows["0"]["val_accuracy"]) == first["score"]

@@ -17,7 +17,8 @@ EPOCHS = 4
 FLAGS = ["--synthetic", "256", "64", "--nfilters", "4", "4", "4", "--ndense", "16", "--no-batchnorm",
          "--learning-rate", "0.003", "--batch-size", "32", "--epochs", str(EPOCHS), "--seed", "3",
          "--checkpoint-every", "1", "--project-name", "p"]
-ONE_TRIAL = [*FLAGS, "--max-trials", "1", "--space", "dropout_dense=0.3"]
+# Two trials one after the other: the first ends, the second is killed.
+ONE_TRIAL = [*FLAGS, "--max-trials", "2", "--space", "dropout_dense=0.0,0.3"]
 # Two trials trained as one pack.
 PACKED = [*FLAGS, "--max-trials", "2", "--trials-per-step", "2", "--space", "dropout_dense=0.0,0.3,0.5"]
 # Resumes the killed search in `killed`, then searches the same uninterrupted in `straight` (argv: the flags
@@ -64,14 +65,22 @@ def env(tmp_path_factory) -> dict:
 
 @pytest.mark.slow
 def test_a_killed_trial_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(tmp_path, env):
-    checkpoint = tmp_path / "killed" / "p" / "trial_0" / "checkpoint.npz"
+    """The search is killed in its second trial: the finished first trial is left alone (not rerun, its file
+    not rewritten), the second continues from its checkpoint, and both end as in an uninterrupted search."""
+    project = tmp_path / "killed" / "p"
+    checkpoint = project / "trial_1" / "checkpoint.npz"
     done = _kill_after_two_epochs(tmp_path, env, ONE_TRIAL, checkpoint)
-    (resumed,), (straight,) = _resume_and_search_straight(tmp_path, env, ONE_TRIAL)
-    assert resumed["status"] == straight["status"] == "COMPLETED"
+    assert [json.loads((project / f"trial_{i}" / "trial.json").read_text())["status"] for i in (0, 1)] == [
+        "COMPLETED", "RUNNING"]
+    finished = (project / "trial_0" / "trial.json").stat().st_mtime_ns
+    (first, resumed), (first_straight, straight) = _resume_and_search_straight(tmp_path, env, ONE_TRIAL)
+    assert (project / "trial_0" / "trial.json").stat().st_mtime_ns == finished
+    assert first["status"] == resumed["status"] == straight["status"] == "COMPLETED"
     assert resumed["epochs"] == EPOCHS - done and straight["epochs"] == EPOCHS  # continued, not started over
     for field in ("val_accuracy", "best_epoch", "weights", "dropout_dense"):
+        assert first[field] == first_straight[field], field
         assert resumed[field] == straight[field], field
-    assert not checkpoint.exists()  # deleted once the trial ended
+    assert not list((tmp_path / "killed").rglob("*checkpoint.npz"))  # deleted once the trials ended
 
 
 @pytest.mark.slow
