@@ -440,39 +440,39 @@ def test_reproduce_refuses_gpu_length_work_on_a_cpu_before_anything_unless_allow
     assert lines[3] == "exit 2" and len(lines) == 4
 
 
-def _signal_after(args, line: str, signum, cwd) -> tuple[subprocess.CompletedProcess, float]:
-    """Runs `kt-dropout *args`, sends `signum` once it printed a line starting with `line` to stderr, and
-    returns the process (stdout and stderr) and the seconds from the signal to its end."""
-    stdout = tempfile.TemporaryFile("w+")
-    process = subprocess.Popen([sys.executable, "-m", "kt_dropout.cli", *args], cwd=cwd, env=ENV,
-                               stdout=stdout, stderr=subprocess.PIPE, text=True)
-    lines = queue.Queue()
-    reader = threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True)
-    reader.start()
-    try:
-        seen = []
-        while not (seen and seen[-1].startswith(line)):
-            seen.append(lines.get(timeout=240))
-        process.send_signal(signum)
-        sent = time.monotonic()
-        process.wait(timeout=60)
-        seconds = time.monotonic() - sent
-    finally:
-        process.kill()
-    reader.join(timeout=30)
-    with stdout:
+def _signal_after(args, line: str, signum, cwd, delay=0.0) -> tuple[subprocess.CompletedProcess, float]:
+    """Runs `kt-dropout *args`, sends `signum` `delay` seconds after it printed a line starting with `line` to
+    stderr, and returns the process (stdout and stderr) and the seconds from the signal to its end."""
+    with tempfile.TemporaryFile("w+") as stdout:
+        process = subprocess.Popen([sys.executable, "-m", "kt_dropout.cli", *args], cwd=cwd, env=ENV,
+                                   stdout=stdout, stderr=subprocess.PIPE, text=True)
+        lines = queue.Queue()
+        reader = threading.Thread(target=lambda: [lines.put(line) for line in process.stderr], daemon=True)
+        reader.start()
+        try:
+            seen = []
+            while not (seen and seen[-1].startswith(line)):
+                seen.append(lines.get(timeout=240))
+            time.sleep(delay)
+            process.send_signal(signum)
+            sent = time.monotonic()
+            process.wait(timeout=60)
+            seconds = time.monotonic() - sent
+        finally:
+            process.kill()
+        reader.join(timeout=30)
         stdout.seek(0)
         output = stdout.read()
-    return subprocess.CompletedProcess(args, process.returncode, output, "".join(seen + list(lines.queue))), seconds
+        return subprocess.CompletedProcess(args, process.returncode, output, "".join(seen + list(lines.queue))), seconds
 
 
 @pytest.mark.slow
 def test_ctrl_c_mid_epoch_ends_with_one_line_and_status_130(tmp_path):
     """Also on JAX, where Keras's conversion of each batch's logs to NumPy swallows most KeyboardInterrupts
-    (`kt_dropout.stops`): batches long enough that the interrupt lands there."""
-    args = ["train", "--synthetic", "256", "64", "--nfilters", "16", "32", "32", "--ndense", "16", "--batch-size",
+    (`kt_dropout.stops`): batches long enough, and the signal mid-epoch, so that the interrupt lands there."""
+    args = ["train", "--synthetic", "1024", "64", "--nfilters", "16", "32", "32", "--ndense", "16", "--batch-size",
             "128", "--epochs", "1000", "--output", "run.json"]
-    result, seconds = _signal_after(args, "epoch 2/1000", signal.SIGINT, tmp_path)
+    result, seconds = _signal_after(args, "epoch 2/1000", signal.SIGINT, tmp_path, delay=0.5)
     assert result.returncode == 130 and seconds < 10, (seconds, result.stderr)
     assert result.stderr.splitlines()[-1] == "kt-dropout train: interrupted; nothing was written"
     assert "Traceback" not in result.stderr and "KeyboardInterrupt" not in result.stderr
