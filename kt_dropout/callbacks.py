@@ -11,6 +11,8 @@ import time
 import keras
 import keras_tuner
 
+from kt_dropout import stops
+
 
 class EpochTimer(keras.callbacks.Callback):
     """Wall-clock seconds of every epoch (the first one includes compilation)."""
@@ -23,6 +25,16 @@ class EpochTimer(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(time.perf_counter() - self._start)
+
+
+class Interruptible(keras.callbacks.Callback):
+    """Ends `fit` after the batch a Ctrl-C landed in, whose `KeyboardInterrupt` Keras may have swallowed
+    (`stops`: on JAX it usually does)."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        stops.raise_if_interrupted()
+
+    on_test_batch_end = on_train_batch_end
 
 
 class TestScorer(keras.callbacks.Callback):

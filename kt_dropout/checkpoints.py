@@ -23,6 +23,7 @@ from typing import Callable
 import keras
 import numpy as np
 
+from kt_dropout import stops
 from kt_dropout.atomic import write_with
 from kt_dropout.config import check_positive_int, parse_duration, parse_positive_int
 
@@ -131,7 +132,8 @@ class Checkpointing:
             by time). With both None, a checkpoint is written only when training stops early.
         stop: asked after every epoch but the last with the seconds each epoch so far took (this process's
             epochs only); True stops training there: the trainer saves its checkpoint and raises
-            `TrainingIncomplete`.
+            `TrainingIncomplete`. A SIGTERM (`stops.requested()`) stops it too, whatever `stop` says: the
+            attribute `stop` asks both, and sets `reason` to the one that stopped.
     """
 
     path: Path
@@ -145,6 +147,13 @@ class Checkpointing:
         self.path = Path(self.path)
         if self.every_epochs is not None:
             check_positive_int("every_epochs", self.every_epochs)
+        self._until, self.stop = self.stop, self._stop
+
+    def _stop(self, epoch_seconds: list[float]) -> bool:
+        if stops.requested():
+            self.reason = stops.requested()
+            return True
+        return self._until is not None and self._until(epoch_seconds)
 
     def due(self, epochs_done: int) -> bool:
         """Whether to save after `epochs_done` epochs (counting from the run's first epoch)."""

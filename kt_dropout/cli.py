@@ -29,7 +29,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from kt_dropout import budget
+from kt_dropout import budget, stops
 from kt_dropout.config import Recipe, VGGConfig, parse_duration
 from kt_dropout.console import eprint
 from kt_dropout.study.experiments import CLAIMS, CONFIGS, EXPERIMENTS, claims_for, resolve_experiments
@@ -413,7 +413,7 @@ def cmd_search(args) -> int:
     """Runs a Keras Tuner search and prints its trials, best first."""
     from kt_dropout.progress import STDERR
     from kt_dropout.tuning import cluster
-    from kt_dropout.tuning.search import SearchFailedError, search
+    from kt_dropout.tuning.search import SearchFailedError, SearchIncomplete, search
 
     space, base, recipe = _space(args.space), _config(args), _recipe(args)
     if args.tuner_id is not None and args.worker is None:
@@ -435,6 +435,9 @@ def cmd_search(args) -> int:
         lines = str(error).splitlines()
         eprint(f"{PROG} search: {lines[0]} {lines[-1].strip() if len(lines) > 1 else ''}".rstrip())
         return 1
+    except SearchIncomplete as stopped:
+        print(f"{stopped}\nincomplete: rerun the same command to continue")
+        return budget.EXIT_INCOMPLETE
     if role == "worker":
         print(f"worker {os.environ[cluster.ENV_TUNER_ID]}: {len(result.trials)} trials run and reported")
     print(result)  # the table, and a tie for the best if there is one
@@ -455,7 +458,8 @@ REPRODUCE_EXIT_CODES = (
     "(supported, unresolved, or not decidable at these epochs); "
     f"{EXIT_FAILED} a run failed, or a claim the profile decides is insufficient; "
     f"{EXIT_CONTRADICTED} a claim the profile decides is contradicted (before {EXIT_FAILED}); 2 a usage error; "
-    f"{budget.EXIT_INCOMPLETE} the time budget was spent before the study was trained (checkpointed: rerun to continue)"
+    f"{budget.EXIT_INCOMPLETE} the time budget was spent, or a SIGTERM came, before the study was trained "
+    "(checkpointed: rerun to continue)"
 )
 
 
@@ -513,7 +517,8 @@ def _reproduce(args) -> int:
     try:
         records = [run for runs in study.runs(study.configs()).values() for run in runs]  # trains only what is missing
     except StudyIncomplete:
-        print(f"time budget spent ({format_seconds(args.time_budget)}): stopped at an epoch boundary, checkpoint saved")
+        why = stops.requested() or f"time budget spent ({format_seconds(args.time_budget)})"
+        print(f"{why}: stopped at an epoch boundary, checkpoint saved")
         for line in study.remaining():
             print(f"  {line}")
         print("rerun the same command to continue")
@@ -828,6 +833,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for the children of reproduce --devices
+    stops.enable()  # SIGTERM: stop training at the next epoch boundary; Ctrl-C: at once, also on JAX
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warnings(args.command)
         return _run(args)

@@ -12,13 +12,19 @@ weights (`BestWeights`), the history and epoch times so far, and the order's see
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import keras
 import numpy as np
 
-from kt_dropout import checkpoints
-from kt_dropout.callbacks import BestWeights, EpochTimer, recipe_callbacks
+from kt_dropout import checkpoints, stops
+from kt_dropout.callbacks import (
+    BestWeights,
+    EpochTimer,
+    Interruptible,
+    recipe_callbacks,
+)
 from kt_dropout.checkpoints import Checkpointing, TrainingIncomplete
 
 SEED_RANGE = 2**63  # `default_rng` takes non-negative seeds; negative ones wrap into this range
@@ -87,10 +93,11 @@ def fit(
         data, y, fit_kwargs["shuffle"] = EpochOrder(x, y, batch_size, run.seed, initial_epoch), None, False
     else:
         data, fit_kwargs["batch_size"] = x, batch_size
-    history = model.fit(
-        data, y, validation_data=validation_data, epochs=epochs, initial_epoch=initial_epoch,
-        callbacks=[timer, *recipe_callbacks(best), *callbacks, run], **fit_kwargs,
-    )
+    with stops.training() if checkpointing is not None else contextlib.nullcontext():  # SIGTERM: stop at an epoch's end
+        history = model.fit(
+            data, y, validation_data=validation_data, epochs=epochs, initial_epoch=initial_epoch,
+            callbacks=[Interruptible(), timer, *recipe_callbacks(best), *callbacks, run], **fit_kwargs,
+        )
     trained = len(next(iter(run.history.values()), ()))  # resumed: the earlier epochs too
     history.history, history.epoch = run.history, list(range(run.epochs_done - trained, run.epochs_done))
     return history, run.seconds_before + timer.seconds

@@ -22,7 +22,7 @@ from typing import Iterable
 
 import keras
 
-from kt_dropout import checkpoints, distribution
+from kt_dropout import checkpoints, distribution, stops
 from kt_dropout.budget import TimeBudget
 from kt_dropout.checkpoints import CheckpointError, Checkpointing, TrainingIncomplete
 from kt_dropout.config import Recipe, check_positive_int
@@ -217,6 +217,8 @@ class Study:
         done = _epochs_done(path)
         first = progress.first_epoch_seconds(len(pack))
         names = ", ".join(f"{m.name}/seed{m.seed}" for m in pack)
+        if stops.requested():
+            raise StudyIncomplete(self.model_epochs())
         if self.time_budget is not None and first is not None and not self.time_budget.fits(first):
             progress.line(f"{label} {names}: not started, its first epoch (~{first:.0f} s as measured) would not "
                           f"fit in the time budget left ({max(0.0, self.time_budget.remaining()):.0f} s)")
@@ -246,12 +248,13 @@ class Study:
         checkpointing = Checkpointing(path, **self.checkpoint_every, stop=budget.stop if budget else None,
                                       reason="time budget spent")
         if self.pack:
-            return train_pack(
-                pack, self.data, recipe=self.recipe, epochs=self.epochs, data_fingerprint=self.fingerprint,
-                on_epoch=lambda epoch, logs: progress.epoch(len(logs["val_accuracy"]), self._epoch_text(
-                    epoch, logs["val_accuracy"])),
-                checkpointing=checkpointing, **self.pack_options,
-            )
+            with stops.training():  # SIGTERM: stop at the pack's next epoch boundary
+                return train_pack(
+                    pack, self.data, recipe=self.recipe, epochs=self.epochs, data_fingerprint=self.fingerprint,
+                    on_epoch=lambda epoch, logs: progress.epoch(len(logs["val_accuracy"]), self._epoch_text(
+                        epoch, logs["val_accuracy"])),
+                    checkpointing=checkpointing, **self.pack_options,
+                )
         m = pack[0]
         return [train(
             m.config, self.data, recipe=self.recipe, seed=m.seed, epochs=self.epochs, name=m.name,
@@ -320,8 +323,8 @@ class Study:
 
 
 class StudyIncomplete(Exception):
-    """The study's time budget is spent: training stopped at an epoch boundary after saving its checkpoint;
-    rerunning continues from there. `done`, `total`: the study's model-epochs."""
+    """The study's time budget is spent, or a SIGTERM came (`stops`): training stopped at an epoch boundary
+    after saving its checkpoint; rerunning continues from there. `done`, `total`: the study's model-epochs."""
 
     def __init__(self, model_epochs: tuple[int, int]):
         self.done, self.total = model_epochs

@@ -22,11 +22,11 @@ import keras
 import keras_tuner
 from tabulate import tabulate
 
-from kt_dropout import _compat, distribution
+from kt_dropout import _compat, distribution, stops
 from kt_dropout.progress import Progress, data_line, format_logs, plan_line, print_banner
 from kt_dropout.tuning import cluster, project, trial_checkpoints
 from kt_dropout.atomic import atomic_saves, write_text
-from kt_dropout.checkpoints import DEFAULT_EVERY, Checkpointing, parse_every
+from kt_dropout.checkpoints import DEFAULT_EVERY, Checkpointing, TrainingIncomplete, parse_every
 from kt_dropout.tuning.cluster import LeasedOracle
 
 from kt_dropout.config import Recipe, VGGConfig, check_positive_int, check_positive_number
@@ -45,6 +45,12 @@ _COMPLETED, _FAILED = keras_tuner.engine.trial.TrialStatus.COMPLETED, keras_tune
 
 class SearchFailedError(RuntimeError):
     """No trial of a search completed: there is no best model, only the first trial's error."""
+
+
+class SearchIncomplete(keras_tuner.errors.FatalError):
+    """A SIGTERM (`stops`) stopped the search at an epoch boundary of a trial, after saving the trial's
+    checkpoint. The trial stays running in the project, neither completed nor failed: rerunning the search
+    continues it from its checkpoint."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -420,12 +426,16 @@ class _TrialHooks:
         checkpointing = self._checkpointing(trial)
         if checkpointing is not None:
             kwargs.update(checkpointing=checkpointing, identity=_trial_identity(trial, self.trial_seed))
+        if stops.requested():  # a SIGTERM during the last epoch of the trial before
+            raise SearchIncomplete(f"{stops.requested()}: trial {trial.trial_id} not started")
         try:
             results = super().run_trial(trial, *args, **kwargs)
         except keras_tuner.errors.FailedTrialError:  # never retried: its checkpoint would never be read
             if checkpointing is not None:
                 checkpointing.path.unlink(missing_ok=True)
             raise
+        except TrainingIncomplete as stopped:  # not a failure: Keras Tuner must neither end nor retry it
+            raise SearchIncomplete(f"trial {trial.trial_id} {stopped}") from None
         if checkpointing is not None:
             checkpointing.path.unlink(missing_ok=True)
         if self._worker:
