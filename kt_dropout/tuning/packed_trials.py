@@ -21,6 +21,7 @@ seeds they started with, and end as they would have uninterrupted.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 
@@ -30,12 +31,14 @@ import numpy as np
 
 from kt_dropout._compat import checkpoint_path, run_trial_and_judge
 from kt_dropout.callbacks import check_finite
-from kt_dropout.checkpoints import Checkpointing
+from kt_dropout import stops
+from kt_dropout.checkpoints import Checkpointing, TrainingIncomplete
 from kt_dropout.config import Recipe
 from kt_dropout.model import build_model
 from kt_dropout.packing.model import load_member
 from kt_dropout.packing.trainer import Member, PackTrainer, plan_packs
 from kt_dropout.tuning import trial_checkpoints
+from kt_dropout.tuning.trial_checkpoints import SearchIncomplete
 
 _HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 _Status = keras_tuner.engine.trial.TrialStatus
@@ -99,12 +102,18 @@ class PackedTrials:
         return self.trial_seed if self.trial_seed is not None else int(np.random.default_rng().integers(2**31))
 
     def _run_pack(self, recipe: Recipe, trials: list, members: list[Member], data, epochs: int) -> None:
+        ids = ", ".join(trial.trial_id for trial in trials)
+        if stops.requested():  # a SIGTERM during the last epoch of the pack before
+            raise SearchIncomplete(f"{stops.requested()}: trials {ids} not started")
         for trial in trials:
             self.on_trial_begin(trial)
             trial.metrics.update("pack_size", len(trials))
         checkpointing = self._pack_checkpointing(trials)
         try:
-            outcomes = self._train(members, data, recipe, epochs, trials, checkpointing)
+            with stops.training() if checkpointing is not None else contextlib.nullcontext():
+                outcomes = self._train(members, data, recipe, epochs, trials, checkpointing)
+        except TrainingIncomplete as stopped:  # not a failure: Keras Tuner must neither end nor retry them
+            raise SearchIncomplete(f"trials {ids} {stopped}") from None
         except Exception as error:  # the pack as a whole failed (e.g. out of memory): so did each of its trials
             outcomes = [(error, error.__traceback__)] * len(trials)
         try:

@@ -33,6 +33,7 @@ from kt_dropout.config import Recipe, VGGConfig, check_positive_int, check_posit
 from kt_dropout.tuning.hypermodel import DropoutVGGHyperModel, tidy
 from kt_dropout.tuning.identity import search_identity
 from kt_dropout.tuning.packed_trials import PackedTrials
+from kt_dropout.tuning.trial_checkpoints import SearchIncomplete
 from kt_dropout.tuning.space import TUNER_NAMES
 from kt_dropout.splits import check_data, prepare_splits
 
@@ -45,12 +46,6 @@ _COMPLETED, _FAILED = keras_tuner.engine.trial.TrialStatus.COMPLETED, keras_tune
 
 class SearchFailedError(RuntimeError):
     """No trial of a search completed: there is no best model, only the first trial's error."""
-
-
-class SearchIncomplete(keras_tuner.errors.FatalError):
-    """A SIGTERM (`stops`) stopped the search at an epoch boundary of a trial, after saving the trial's
-    checkpoint. The trial stays running in the project, neither completed nor failed: rerunning the search
-    continues it from its checkpoint."""
 
 
 @dataclasses.dataclass(frozen=True)

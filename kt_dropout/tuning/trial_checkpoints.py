@@ -13,10 +13,18 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import keras_tuner
+
 from kt_dropout.checkpoints import CheckpointError, read_state
 
 TRIAL_CHECKPOINT = "checkpoint.npz"
 PACK_CHECKPOINT = "pack_checkpoint.npz"
+
+
+class SearchIncomplete(keras_tuner.errors.FatalError):
+    """A SIGTERM (`stops`) stopped the search at an epoch boundary of a trial or pack of trials, after saving
+    its checkpoint. The trials stay running in the project, neither completed nor failed: rerunning the search
+    continues them from their checkpoint."""
 
 
 def trial_folder(tuner, trial_id: str) -> Path | None:

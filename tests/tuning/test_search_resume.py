@@ -1,4 +1,5 @@
-"""A search trial killed (`kill -9`) mid-way continues from its epoch checkpoint when the search is resumed."""
+"""A search trial stopped mid-way (`kill -9`, or a SIGTERM at an epoch boundary) continues from its epoch
+checkpoint when the search is resumed."""
 
 import json
 import os
@@ -65,11 +66,14 @@ def env(tmp_path_factory) -> dict:
 
 @pytest.mark.slow
 def test_a_killed_trial_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(tmp_path, env):
-    """The search is killed in its second trial: the finished first trial is left alone (not rerun, its file
-    not rewritten), the second continues from its checkpoint, and both end as in an uninterrupted search."""
+    """The search is stopped by a SIGTERM (preemption) in its second trial: it ends at the trial's next epoch
+    boundary with a checkpoint and exit 75; the rerun leaves the finished first trial alone (not rerun, its file
+    not rewritten), continues the second from its checkpoint, and both end as in an uninterrupted search."""
     project = tmp_path / "killed" / "p"
     checkpoint = project / "trial_1" / "checkpoint.npz"
-    done = _kill_after_two_epochs(tmp_path, env, ONE_TRIAL, checkpoint)
+    done, status = _stop(tmp_path, env, ONE_TRIAL, checkpoint, signal.SIGTERM, after=1)
+    log = (tmp_path / "killed.log").read_text()
+    assert status == 75 and f"terminated (SIGTERM): {done} of {EPOCHS} epochs done" in log, log  # at an epoch's end
     assert [json.loads((project / f"trial_{i}" / "trial.json").read_text())["status"] for i in (0, 1)] == [
         "COMPLETED", "RUNNING"]
     finished = (project / "trial_0" / "trial.json").stat().st_mtime_ns
@@ -86,7 +90,7 @@ def test_a_killed_trial_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted
 @pytest.mark.slow
 def test_a_killed_pack_of_trials_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(tmp_path, env):
     checkpoint = tmp_path / "killed" / "p" / "trial_0" / "pack_checkpoint.npz"
-    done = _kill_after_two_epochs(tmp_path, env, PACKED, checkpoint)
+    done, _ = _stop(tmp_path, env, PACKED, checkpoint, signal.SIGKILL, after=2)
     resumed, straight = _resume_and_search_straight(tmp_path, env, PACKED)
     assert len(resumed) == len(straight) == 2
     for again, through in zip(resumed, straight):
@@ -99,20 +103,20 @@ def test_a_killed_pack_of_trials_resumes_from_its_checkpoint_and_ends_as_an_unin
     assert not list((tmp_path / "killed").rglob("*checkpoint.npz"))  # deleted once the trials ended
 
 
-def _kill_after_two_epochs(tmp_path, env, flags, checkpoint) -> int:
-    """Starts `kt-dropout search` into tmp_path/killed, `kill -9`s it once `checkpoint` holds at least two
-    epochs; returns how many it holds."""
+def _stop(tmp_path, env, flags, checkpoint, sent: signal.Signals, after: int) -> tuple[int, int]:
+    """Starts `kt-dropout search` into tmp_path/killed and sends it `sent` once `checkpoint` holds `after`
+    epochs; returns how many epochs it holds in the end and the search's exit status."""
     with open(tmp_path / "killed.log", "w") as log:
         search = subprocess.Popen([sys.executable, "-m", "kt_dropout.cli", "search", *flags, "--directory", "killed"],
                                   cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 240
-        while _epochs_done(checkpoint) < 2 and search.poll() is None and time.monotonic() < deadline:
+        while _epochs_done(checkpoint) < after and search.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        search.send_signal(signal.SIGKILL)
-        search.wait()
+        search.send_signal(sent)
+        status = search.wait(timeout=120)
     done = _epochs_done(checkpoint)
-    assert 2 <= done < EPOCHS, (tmp_path / "killed.log").read_text()
-    return done
+    assert after <= done < EPOCHS, (tmp_path / "killed.log").read_text()
+    return done, status
 
 
 def _resume_and_search_straight(tmp_path, env, flags) -> tuple[list[dict], list[dict]]:
