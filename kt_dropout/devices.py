@@ -26,7 +26,6 @@ from kt_dropout.budget import EXIT_INCOMPLETE
 PIN = "CUDA_VISIBLE_DEVICES"
 CHILD = "KT_DROPOUT_DEVICE"  # set in each child: a child never starts children of its own
 STOP_SECONDS = 60  # how long Ctrl-C waits for the children to stop on their own before killing them
-RESEND_SECONDS = 2.0
 
 # The exit statuses of a `reproduce` that ran, by severity (a run failed or a claim insufficient, contradicted,
 # time budget spent); any other (a usage error, an interruption, a crash, a signal) is worse than all of them.
@@ -100,7 +99,7 @@ def run_per_device(argv: list[str], devices: list[str], out=None, err=None) -> i
 
     Each line a child writes is relayed to `out` (its stdout) or `err` (its stderr) as "[device D] line",
     and a last line per child gives its exit status. Ctrl-C stops the children (SIGINT, then SIGKILL after
-    `STOP_SECONDS`) and is raised again.
+    `STOP_SECONDS`) and is raised again; a SIGTERM is passed on to them.
     """
     out, err = out or sys.stdout, err or sys.stderr
     lock = threading.Lock()
@@ -112,6 +111,11 @@ def run_per_device(argv: list[str], devices: list[str], out=None, err=None) -> i
                 to.flush()
 
     children, relays = [], []
+    # A SIGTERM (preemption, scancel) goes on to the children, which stop at an epoch boundary with a
+    # checkpoint (exit 75); they run in sessions of their own, so a signal to this one's group misses them.
+    forward = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, lambda *_: _signal([c for _, c in children], signal.SIGTERM)) \
+        if forward else None
     try:
         for device in devices:
             child = subprocess.Popen(
@@ -129,6 +133,8 @@ def run_per_device(argv: list[str], devices: list[str], out=None, err=None) -> i
         _stop([child for _, child in children])
         raise
     finally:
+        if forward:
+            signal.signal(signal.SIGTERM, previous)
         for thread in relays:
             thread.join()
     statuses = [128 - child.returncode if child.returncode < 0 else child.returncode for _, child in children]
@@ -137,17 +143,20 @@ def run_per_device(argv: list[str], devices: list[str], out=None, err=None) -> i
     return worst(statuses)
 
 
+def _signal(children: list[subprocess.Popen], signum: int) -> None:
+    for child in children:
+        if child.poll() is None:
+            child.send_signal(signum)
+
+
 def _stop(children: list[subprocess.Popen]) -> None:
-    """Stops the children as Ctrl-C stops one: SIGINT, again every `RESEND_SECONDS` (a KeyboardInterrupt that
-    lands while JAX copies an array to NumPy is lost: keras.fit's JAX trainer goes on), then SIGKILL to those
-    still running after `STOP_SECONDS`, or at once at a second Ctrl-C."""
+    """Stops the children as Ctrl-C stops one: SIGINT, then SIGKILL to those still running after
+    `STOP_SECONDS`, or at once at a second Ctrl-C."""
+    _signal(children, signal.SIGINT)
     deadline = time.monotonic() + STOP_SECONDS
     try:
         while any(child.poll() is None for child in children) and time.monotonic() < deadline:
-            for child in children:
-                if child.poll() is None:
-                    child.send_signal(signal.SIGINT)
-            time.sleep(RESEND_SECONDS)
+            time.sleep(0.1)
     finally:
         for child in children:
             if child.poll() is None:
