@@ -113,7 +113,7 @@ def restore_model(model, arrays: dict[str, np.ndarray], path) -> None:
 
 
 class TrainingIncomplete(Exception):
-    """Training stopped at an epoch boundary before its last epoch (`Checkpointing.stop` said so), after
+    """Training stopped at an epoch boundary before its last epoch (`Checkpointing.after_epoch` said so), after
     saving its checkpoint: rerunning continues from there."""
 
     def __init__(self, epochs_done: int, epochs: int, checkpoint: Path, reason: str = "stopped"):
@@ -131,9 +131,10 @@ class Checkpointing:
         every_seconds: save when that long has passed since the last save, at the next epoch's end (None: not
             by time). With both None, a checkpoint is written only when training stops early.
         stop: asked after every epoch but the last with the seconds each epoch so far took (this process's
-            epochs only); True stops training there: the trainer saves its checkpoint and raises
-            `TrainingIncomplete`. A SIGTERM (`stops.requested()`) stops it too, whatever `stop` says: the
-            attribute `stop` asks both, and sets `reason` to the one that stopped.
+            epochs only); True stops training there, for `reason`: the trainer saves its checkpoint and raises
+            `TrainingIncomplete`. A SIGTERM (`stops.requested()`) stops it too, whatever `stop` says.
+
+    A trainer calls `after_epoch` at the end of every epoch; it does all of the above.
     """
 
     path: Path
@@ -147,23 +148,25 @@ class Checkpointing:
         self.path = Path(self.path)
         if self.every_epochs is not None:
             check_positive_int("every_epochs", self.every_epochs)
-        self._until, self.stop = self.stop, self._stop
 
-    def _stop(self, epoch_seconds: list[float]) -> bool:
-        if stops.requested():
-            self.reason = stops.requested()
-            return True
-        return self._until is not None and self._until(epoch_seconds)
+    def after_epoch(self, epochs_done: int, epochs: int, epoch_seconds: list[float], save: Callable[[], None]) -> None:
+        """At the end of epoch `epochs_done` of `epochs` (nothing after the last): `save()`s the checkpoint when
+        it is due; where training must stop (a SIGTERM, or `stop(epoch_seconds)`), saves it and raises
+        `TrainingIncomplete`."""
+        if epochs_done >= epochs:
+            return
+        reason = stops.requested() or (self.reason if self.stop is not None and self.stop(epoch_seconds) else None)
+        if reason is not None or self.due(epochs_done):
+            save()
+            self._last_save = time.monotonic()
+        if reason is not None:
+            raise TrainingIncomplete(epochs_done, epochs, self.path, reason)
 
     def due(self, epochs_done: int) -> bool:
         """Whether to save after `epochs_done` epochs (counting from the run's first epoch)."""
         by_count = self.every_epochs is not None and epochs_done % self.every_epochs == 0
         by_time = self.every_seconds is not None and time.monotonic() - self._last_save >= self.every_seconds
         return by_count or by_time
-
-    def saved(self) -> None:
-        """Tells the policy a checkpoint was just written (restarts the `every_seconds` clock)."""
-        self._last_save = time.monotonic()
 
 
 def parse_every(text: str, field: str = "checkpoint_every") -> dict:

@@ -25,7 +25,7 @@ from kt_dropout.callbacks import (
     Interruptible,
     recipe_callbacks,
 )
-from kt_dropout.checkpoints import Checkpointing, TrainingIncomplete
+from kt_dropout.checkpoints import Checkpointing
 
 SEED_RANGE = 2**63  # `default_rng` takes non-negative seeds; negative ones wrap into this range
 
@@ -133,13 +133,8 @@ class _Run(keras.callbacks.Callback):
         for name, value in (logs or {}).items():
             self.history.setdefault(name, []).append(float(value))
         self.epochs_done = epoch + 1
-        if self.checkpointing is None or self.epochs_done == self.epochs or self.model.stop_training:
-            return
-        stop = self.checkpointing.stop is not None and self.checkpointing.stop(self.timer.seconds)
-        if stop or self.checkpointing.due(self.epochs_done):
-            self.save()
-        if stop:
-            raise TrainingIncomplete(self.epochs_done, self.epochs, self.checkpointing.path, self.checkpointing.reason)
+        if self.checkpointing is not None and not self.model.stop_training:  # a diverged run ends here
+            self.checkpointing.after_epoch(self.epochs_done, self.epochs, self.timer.seconds, self.save)
 
     def save(self) -> None:
         weights = self.best.weights or []
@@ -152,4 +147,3 @@ class _Run(keras.callbacks.Callback):
             "history": self.history, "best": self.best.best, "best_epoch": self.best.best_epoch,
             "best_weights": len(weights), "order_seed": self.seed,
         })
-        self.checkpointing.saved()

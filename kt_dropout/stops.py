@@ -3,7 +3,7 @@
 Cloud preemption and Slurm (`--signal`, `scancel`, the wall-clock limit) send
 SIGTERM, then SIGKILL after a grace period. In a process that called `enable`
 (the CLI, the suite), a SIGTERM that arrives while a checkpointing trainer runs
-(`training()`) only records the request; every `checkpoints.Checkpointing.stop`
+(`training()`) only records the request; every `checkpoints.Checkpointing.after_epoch`
 consults `requested()`, so the trainer finishes its epoch, saves its checkpoint
 and raises `TrainingIncomplete`. A second SIGTERM, or one while nothing is
 training, keeps SIGTERM's default action: the process ends at once (every write

@@ -19,13 +19,13 @@ import numpy as np
 
 from kt_dropout import checkpoints, determinism
 from kt_dropout.callbacks import diverged
-from kt_dropout.checkpoints import CheckpointError, Checkpointing, TrainingIncomplete
+from kt_dropout.checkpoints import CheckpointError, Checkpointing
 from kt_dropout.config import Recipe, VGGConfig, check_positive_int
 from kt_dropout.packing.device_epochs import DeviceEpochs
 from kt_dropout.model import build_model, precision_scope
 from kt_dropout.packing.model import build_packed_model, check_packable, member_weights, pack_weights
 from kt_dropout.memory import releasing_traced_gradients
-from kt_dropout.record import RunKey, RunRecord, make_record
+from kt_dropout.record import RunRecord, make_record, run_key
 from kt_dropout.splits import selection_split
 
 
@@ -230,27 +230,22 @@ class PackTrainer:
                 on_epoch(epoch + 1, logs)
             if not any(alive):
                 break
-            if checkpointing is not None and epoch + 1 < epochs:
-                if checkpointing.stop is not None and checkpointing.stop(this_process):
-                    self._save(checkpointing, epochs, alive, seconds)
-                    raise TrainingIncomplete(epoch + 1, epochs, checkpointing.path, checkpointing.reason)
-                if checkpointing.due(epoch + 1):
-                    self._save(checkpointing, epochs, alive, seconds)
+            if checkpointing is not None:
+                checkpointing.after_epoch(epoch + 1, epochs, this_process,
+                                          lambda: self._save(checkpointing.path, epochs, alive, seconds))
         return seconds
 
     def run_keys(self, epochs: int) -> list[str]:
         """The members' run key digests for a training of `epochs` epochs, in member order."""
-        return [RunKey(config=m.config, recipe=self.recipe, seed=m.seed, epochs=epochs,
-                       backend=keras.backend.backend(), data=self.data_fingerprint).digest() for m in self.members]
+        return [run_key(m.config, self.recipe, m.seed, epochs, self.data_fingerprint).digest() for m in self.members]
 
-    def _save(self, checkpointing: Checkpointing, epochs: int, alive: list[bool], seconds: list[float]) -> None:
-        checkpoints.save(checkpointing.path, checkpoints.model_arrays(self.model), {
+    def _save(self, path, epochs: int, alive: list[bool], seconds: list[float]) -> None:
+        checkpoints.save(path, checkpoints.model_arrays(self.model), {
             "run_keys": self.run_keys(epochs), "names": [m.name for m in self.members],
             "seeds": [m.seed for m in self.members], "epochs_done": len(seconds), "epochs": epochs,
             "epoch_seconds": seconds, "histories": self.histories, "alive": alive,
             "shuffling": [rng.bit_generator.state for rng in self._rngs],
         })
-        checkpointing.saved()
 
     def _resume(self, path, epochs: int) -> tuple[list[bool], list[float]]:
         """Restores the checkpoint at `path`; returns the members' alive flags and the epochs' seconds."""
