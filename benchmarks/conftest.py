@@ -15,8 +15,7 @@ import pytest
 
 from kt_dropout import stops
 from kt_dropout.budget import TimeBudget
-from kt_dropout.checkpoints import DEFAULT_EVERY, parse_every
-from kt_dropout.config import parse_duration, parse_positive_int
+from kt_dropout.config import DEFAULT_CHECKPOINT_EVERY, parse_duration, parse_every, parse_positive_int
 from kt_dropout.study.profiles import get_profile
 from kt_dropout.study.runner import AcceleratorRequired, open_study
 from kt_dropout.study.shards import parse_shard
@@ -83,8 +82,8 @@ def pytest_collection_finish(session):
         return
     try:
         _train_per_device(config, session.items)
-        every = config.getoption("--kt-checkpoint-every") or DEFAULT_EVERY
-        parse_every(every, _named("--kt-checkpoint-every"))
+        every = config.getoption("--kt-checkpoint-every") or DEFAULT_CHECKPOINT_EVERY
+        parse_every(_named("--kt-checkpoint-every"), every)
         chosen = open_study(
             config.getoption("--kt-profile"),
             Path(config.getoption("--kt-results")) / "store",

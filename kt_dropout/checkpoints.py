@@ -25,12 +25,11 @@ import numpy as np
 
 from kt_dropout import stops
 from kt_dropout.atomic import write_with
-from kt_dropout.config import check_positive_int, parse_duration, parse_positive_int
+from kt_dropout.config import check_positive_int
 
 STATE_ENTRY = "state"  # the JSON document, as UTF-8 bytes
 FORMAT = "kt-dropout-checkpoint"
 VERSION = 1
-DEFAULT_EVERY = "10m"  # a preempted machine loses at most ten minutes of training
 
 
 class CheckpointError(ValueError):
@@ -167,11 +166,3 @@ class Checkpointing:
         by_count = self.every_epochs is not None and epochs_done % self.every_epochs == 0
         by_time = self.every_seconds is not None and time.monotonic() - self._last_save >= self.every_seconds
         return by_count or by_time
-
-
-def parse_every(text: str, field: str = "checkpoint_every") -> dict:
-    """`Checkpointing`'s `every_epochs` / `every_seconds` from a flag: "5" (epochs) or "10m", "90s", "1h";
-    `field` (the flag or option) names it in the error."""
-    if str(text).strip().isdigit():
-        return {"every_epochs": parse_positive_int(field, text), "every_seconds": None}
-    return {"every_epochs": None, "every_seconds": parse_duration(field, text)}

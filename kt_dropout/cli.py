@@ -30,7 +30,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from kt_dropout import budget, stops
-from kt_dropout.config import Recipe, VGGConfig, parse_duration
+from kt_dropout.config import DEFAULT_CHECKPOINT_EVERY, Recipe, VGGConfig, parse_duration, parse_every
 from kt_dropout.console import eprint
 from kt_dropout.study.experiments import CLAIMS, CONFIGS, EXPERIMENTS, claims_for, resolve_experiments
 from kt_dropout.study.profiles import DEFAULT_PACK_SIZE, PROFILES, get_profile
@@ -43,7 +43,6 @@ PROG = "kt-dropout"
 DEFAULT_OUTPUT = "kt-dropout-run.json"
 DEFAULT_RESULTS = "kt_results"
 STORE_FOLDER = "store"
-DEFAULT_CHECKPOINT_EVERY = "10m"  # checkpoints.DEFAULT_EVERY, which needs Keras to import
 
 
 class UsageError(Exception):
@@ -93,23 +92,25 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _flag_type(parse):
+    """An argparse `type` from a `config.parse_*(field, text)` parser: its error, without a field, is argparse's
+    (which names the flag)."""
+    def checked(text: str):
+        try:
+            return parse("", text)
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error).removeprefix(": ")) from None
+
+    return checked
+
+
 def _every(text: str) -> str:
-    """--checkpoint-every: N epochs or a duration; checked here, parsed by `checkpoints.parse_every`."""
-    if text.strip().isdigit():
-        return str(_positive_int(text))
-    try:
-        parse_duration("", text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of epochs or a duration such as 90s, 10m, 1h, "
-                                         f"got {text!r}") from None
+    """--checkpoint-every: N epochs or a duration, checked here (`config.parse_every`), kept as given."""
+    _flag_type(parse_every)(text)
     return text
 
 
-def _duration(text: str) -> float:
-    try:
-        return parse_duration("", text)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error).removeprefix(": ")) from None
+_duration = _flag_type(parse_duration)
 def _shard(text: str) -> tuple[int, int]:
     from kt_dropout.study.shards import parse_shard
 
@@ -316,7 +317,7 @@ def checkpoint_of(output: Path) -> Path:
 
 def cmd_train(args) -> int:
     """Trains one configuration (continuing its checkpoint, if any) and writes its run record as JSON."""
-    from kt_dropout.checkpoints import Checkpointing, TrainingIncomplete, parse_every
+    from kt_dropout.checkpoints import Checkpointing, TrainingIncomplete
     from kt_dropout.data import data_fingerprint
     from kt_dropout.locks import Lock
     from kt_dropout.progress import Progress, data_line, plan_line, print_banner
@@ -326,7 +327,7 @@ def cmd_train(args) -> int:
     output = Path(args.output)
     _check_output(output, "--output", args.force)
     time_budget = budget.TimeBudget(args.time_budget) if args.time_budget else None
-    checkpointing = Checkpointing(checkpoint_of(output), **parse_every(args.checkpoint_every),
+    checkpointing = Checkpointing(checkpoint_of(output), **parse_every("--checkpoint-every", args.checkpoint_every),
                                   stop=time_budget and time_budget.stop, reason="time budget spent")
     with Lock(output, f"the run record {output}"):  # a second train into it is refused, not overwritten
         data, source = _data(args, config)

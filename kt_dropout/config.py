@@ -83,6 +83,17 @@ def parse_duration(field: str, text: str) -> float:
     return seconds
 
 
+DEFAULT_CHECKPOINT_EVERY = "10m"  # a preempted machine loses at most ten minutes of training
+
+
+def parse_every(field: str, text: str) -> dict:
+    """`checkpoints.Checkpointing`'s `every_epochs` / `every_seconds` from a flag or option: "5" (epochs) or a
+    duration ("10m", "90s", "1h"); `field` names it in the error."""
+    if str(text).strip().isdigit():
+        return {"every_epochs": parse_positive_int(field, text), "every_seconds": None}
+    return {"every_epochs": None, "every_seconds": parse_duration(field, text)}
+
+
 def check_positive_number(field: str, value: Any) -> float:
     """A positive finite number (a bool is not one, though Python counts it as an int)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:

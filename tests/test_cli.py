@@ -516,9 +516,9 @@ def test_reproduce_rejects_unknown_experiments_and_conflicting_packing(tmp_path)
 
 
 def test_reproduce_checkpoints_by_default_as_often_as_every_checkpointing_trainer():
-    from kt_dropout import checkpoints, cli
+    from kt_dropout import cli, config
 
-    assert cli.DEFAULT_CHECKPOINT_EVERY == checkpoints.DEFAULT_EVERY
+    assert cli.build_parser().parse_args(["reproduce"]).checkpoint_every == config.DEFAULT_CHECKPOINT_EVERY
 
 
 def _run(seed, epochs, precision="float32"):

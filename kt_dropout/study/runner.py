@@ -25,7 +25,7 @@ import keras
 from kt_dropout import checkpoints, distribution, stops
 from kt_dropout.budget import TimeBudget
 from kt_dropout.checkpoints import CheckpointError, Checkpointing, TrainingIncomplete
-from kt_dropout.config import Recipe, check_positive_int
+from kt_dropout.config import DEFAULT_CHECKPOINT_EVERY, Recipe, check_positive_int, parse_every
 from kt_dropout.packing.trainer import Member, plan_packs, train_pack
 from kt_dropout.progress import (
     STDERR,
@@ -62,7 +62,7 @@ class Study:
             terminal, else a line per epoch and per pack; None is silent.
         shard: (I, N): train only shard I of N of the study's packs (`shards.share`); None: all of them.
         checkpoint_every: how often a pack (or run) saves its epoch checkpoint in the store's
-            `checkpoints/` folder, as `checkpoints.parse_every` reads it: "5" (epochs) or "10m".
+            `checkpoints/` folder, as `config.parse_every` reads it: "5" (epochs) or "10m".
         time_budget: stop at the last epoch boundary that fits it (and start no pack whose first epoch
             would not fit), checkpoint and raise `StudyIncomplete`; training then stays stopped.
     """
@@ -71,7 +71,7 @@ class Study:
         self, profile: Profile, data, data_fingerprint: str, store: ResultStore, *, recipe: Recipe | None = None,
         epochs: int | None = None, seeds: int | None = None, experiments: Iterable[str] | None = None,
         pack: bool = True, max_pack_size: int = DEFAULT_PACK_SIZE, progress=STDERR,
-        data_source: str = "", shard: tuple[int, int] | None = None, checkpoint_every: str = checkpoints.DEFAULT_EVERY,
+        data_source: str = "", shard: tuple[int, int] | None = None, checkpoint_every: str = DEFAULT_CHECKPOINT_EVERY,
         time_budget: TimeBudget | None = None, **pack_options,
     ):
         self.profile, self.data, self.fingerprint, self.store = profile, data, data_fingerprint, store
@@ -87,7 +87,7 @@ class Study:
         self.pack_options = {"conv_implementation": conv, **pack_options}
         self.progress = progress
         self.shard = shard
-        self.checkpoint_every = checkpoints.parse_every(checkpoint_every)
+        self.checkpoint_every = parse_every("checkpoint_every", checkpoint_every)
         self.time_budget = time_budget
         self._stopped = False  # the time budget is spent: nothing more trains in this session
         self.rate: float | None = None  # seconds per model-epoch measured in this session
@@ -406,7 +406,7 @@ def open_study(
     selection: str = "test", precision: str = "float32", pack_size: int | None = None,
     experiments: Iterable[str] | None = None, train_size: int | None = None, test_size: int | None = None,
     allow_cpu: bool = False, progress=STDERR, deterministic: bool = False, shard: tuple[int, int] | None = None,
-    checkpoint_every: str = checkpoints.DEFAULT_EVERY, time_budget: TimeBudget | None = None,
+    checkpoint_every: str = DEFAULT_CHECKPOINT_EVERY, time_budget: TimeBudget | None = None,
 ) -> Study:
     """A `Study` from plain settings, as the CLI and the pytest options give them.
 

@@ -26,10 +26,17 @@ from kt_dropout import _compat, distribution, stops
 from kt_dropout.progress import Progress, data_line, format_logs, plan_line, print_banner
 from kt_dropout.tuning import cluster, project, trial_checkpoints
 from kt_dropout.atomic import atomic_saves, write_text
-from kt_dropout.checkpoints import DEFAULT_EVERY, Checkpointing, TrainingIncomplete, parse_every
+from kt_dropout.checkpoints import Checkpointing, TrainingIncomplete
 from kt_dropout.tuning.cluster import LeasedOracle
 
-from kt_dropout.config import Recipe, VGGConfig, check_positive_int, check_positive_number
+from kt_dropout.config import (
+    DEFAULT_CHECKPOINT_EVERY,
+    Recipe,
+    VGGConfig,
+    check_positive_int,
+    check_positive_number,
+    parse_every,
+)
 from kt_dropout.tuning.hypermodel import DropoutVGGHyperModel, tidy
 from kt_dropout.tuning.identity import search_identity
 from kt_dropout.tuning.packed_trials import PackedTrials
@@ -161,7 +168,7 @@ def search(
     data_parallel: bool = False,
     progress=None,
     data_source: str | None = None,
-    checkpoint_every: str | int | None = DEFAULT_EVERY,
+    checkpoint_every: str | int | None = DEFAULT_CHECKPOINT_EVERY,
     **tuner_kwargs,
 ) -> SearchResult:
     """Searches dropout rates (or whatever `space` tunes) of the post's network, maximizing `val_accuracy`.
@@ -266,7 +273,7 @@ def search(
     if "executions_per_trial" in tuner_kwargs:
         check_positive_int("executions_per_trial", tuner_kwargs["executions_per_trial"])
     epochs = check_positive_int("epochs", hypermodel.recipe.epochs if epochs is None else epochs)
-    trial_checkpoints = None if checkpoint_every is None else parse_every(str(checkpoint_every))
+    trial_checkpoints = None if checkpoint_every is None else parse_every("checkpoint_every", str(checkpoint_every))
     budget = {"max_epochs": epochs} if issubclass(tuner_class, keras_tuner.Hyperband) else {"max_trials": max_trials}
     if data_parallel and "distribution_strategy" in tuner_kwargs:
         raise ValueError("data_parallel=True chooses the distribution_strategy: give one or the other")
