@@ -9,6 +9,7 @@ as in initialization and dropout masks.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -17,7 +18,7 @@ from typing import Callable, Iterable
 import keras
 import numpy as np
 
-from kt_dropout import checkpoints, determinism
+from kt_dropout import checkpoints, determinism, stops
 from kt_dropout.callbacks import diverged
 from kt_dropout.checkpoints import CheckpointError, Checkpointing
 from kt_dropout.config import Recipe, VGGConfig, check_positive_int
@@ -207,8 +208,8 @@ class PackTrainer:
 
         With `checkpointing`, training continues from its checkpoint when there is one (the seconds
         returned then include the checkpointed epochs'), saves one when it is due, and where its `stop`
-        says so saves one and raises `TrainingIncomplete`. A resumed pack ends exactly as one that ran
-        through: the checkpoint holds every variable, history and shuffling generator.
+        says so, or a SIGTERM came (`stops`), saves one and raises `TrainingIncomplete`. A resumed pack ends
+        exactly as one that ran through: the checkpoint holds every variable, history and shuffling generator.
         """
         self.histories = [{key: [] for key in ("loss", "accuracy", "val_loss", "val_accuracy")} for _ in self.members]
         alive = [True] * len(self.members)
@@ -216,23 +217,24 @@ class PackTrainer:
         if checkpointing is not None and checkpointing.path.exists():
             alive, seconds = self._resume(checkpointing.path, epochs)
         this_process = []  # what a time budget may estimate the next epoch from: no epoch of another machine
-        for epoch in range(len(seconds), epochs):
-            start = time.perf_counter()
-            logs = self.train_epoch()
-            seconds.append(time.perf_counter() - start)
-            this_process.append(seconds[-1])
-            for k, history in enumerate(self.histories):
-                if alive[k]:
-                    for key, values in logs.items():
-                        history.setdefault(key, []).append(float(values[k]))
-                    alive[k] = diverged({name: values[-1] for name, values in history.items()}) is None
-            if on_epoch is not None:
-                on_epoch(epoch + 1, logs)
-            if not any(alive):
-                break
-            if checkpointing is not None:
-                checkpointing.after_epoch(epoch + 1, epochs, this_process,
-                                          lambda: self._save(checkpointing.path, epochs, alive, seconds))
+        with stops.training() if checkpointing is not None else contextlib.nullcontext():  # SIGTERM: at an epoch's end
+            for epoch in range(len(seconds), epochs):
+                start = time.perf_counter()
+                logs = self.train_epoch()
+                seconds.append(time.perf_counter() - start)
+                this_process.append(seconds[-1])
+                for k, history in enumerate(self.histories):
+                    if alive[k]:
+                        for key, values in logs.items():
+                            history.setdefault(key, []).append(float(values[k]))
+                        alive[k] = diverged({name: values[-1] for name, values in history.items()}) is None
+                if on_epoch is not None:
+                    on_epoch(epoch + 1, logs)
+                if not any(alive):
+                    break
+                if checkpointing is not None:
+                    checkpointing.after_epoch(epoch + 1, epochs, this_process,
+                                              lambda: self._save(checkpointing.path, epochs, alive, seconds))
         return seconds
 
     def run_keys(self, epochs: int) -> list[str]:

@@ -248,13 +248,12 @@ class Study:
         checkpointing = Checkpointing(path, **self.checkpoint_every, stop=budget.stop if budget else None,
                                       reason="time budget spent")
         if self.pack:
-            with stops.training():  # SIGTERM: stop at the pack's next epoch boundary
-                return train_pack(
-                    pack, self.data, recipe=self.recipe, epochs=self.epochs, data_fingerprint=self.fingerprint,
-                    on_epoch=lambda epoch, logs: progress.epoch(len(logs["val_accuracy"]), self._epoch_text(
-                        epoch, logs["val_accuracy"])),
-                    checkpointing=checkpointing, **self.pack_options,
-                )
+            return train_pack(
+                pack, self.data, recipe=self.recipe, epochs=self.epochs, data_fingerprint=self.fingerprint,
+                on_epoch=lambda epoch, logs: progress.epoch(len(logs["val_accuracy"]), self._epoch_text(
+                    epoch, logs["val_accuracy"])),
+                checkpointing=checkpointing, **self.pack_options,
+            )
         m = pack[0]
         return [train(
             m.config, self.data, recipe=self.recipe, seed=m.seed, epochs=self.epochs, name=m.name,

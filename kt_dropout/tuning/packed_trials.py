@@ -21,7 +21,6 @@ seeds they started with, and end as they would have uninterrupted.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 
@@ -110,8 +109,7 @@ class PackedTrials:
             trial.metrics.update("pack_size", len(trials))
         checkpointing = self._pack_checkpointing(trials)
         try:
-            with stops.training() if checkpointing is not None else contextlib.nullcontext():
-                outcomes = self._train(members, data, recipe, epochs, trials, checkpointing)
+            outcomes = self._train(members, data, recipe, epochs, trials, checkpointing)
         except TrainingIncomplete as stopped:  # not a failure: Keras Tuner must neither end nor retry them
             raise SearchIncomplete(f"trials {ids} {stopped}") from None
         except Exception as error:  # the pack as a whole failed (e.g. out of memory): so did each of its trials
