@@ -107,7 +107,8 @@ class PackedTrials:
         for trial in trials:
             self.on_trial_begin(trial)
             trial.metrics.update("pack_size", len(trials))
-        checkpointing = self._pack_checkpointing(trials)
+        checkpointing = trial_checkpoints.checkpointing(
+            self, trials, trial_checkpoints.PACK_CHECKPOINT, self.trial_checkpoints)
         try:
             outcomes = self._train(members, data, recipe, epochs, trials, checkpointing)
         except TrainingIncomplete as stopped:  # not a failure: Keras Tuner must neither end nor retry them
@@ -121,16 +122,6 @@ class PackedTrials:
         finally:  # kept for a retry (INVALID) or a rerun (a fatal error left the trials RUNNING)
             if checkpointing is not None and all(trial.status in _ENDED for trial in trials):
                 checkpointing.path.unlink(missing_ok=True)
-
-    def _pack_checkpointing(self, trials: list) -> Checkpointing | None:
-        """Where the pack of `trials` keeps its epoch checkpoint; None when checkpoints are off or the project
-        is a URL. Deletes its trials' checkpoints of another grouping, which cannot be continued exactly."""
-        folders = [trial_checkpoints.trial_folder(self, trial.trial_id) for trial in trials]
-        if self.trial_checkpoints is None or folders[0] is None:
-            return None
-        path = folders[0] / trial_checkpoints.PACK_CHECKPOINT
-        trial_checkpoints.discard_others(folders, keep=path)
-        return Checkpointing(path, **self.trial_checkpoints)
 
     def run_trial(self, trial, outcome):
         """A member's share of its pack's training, returned or raised as `Tuner.run_trial` would for a trial

@@ -451,12 +451,9 @@ class _TrialHooks:
         """Where trial `trial` keeps its epoch checkpoint, `<project>/trial_<id>/checkpoint.npz`; None for
         trials that cannot resume from one (see `search`'s `checkpoint_every`) or when it is off."""
         one_fit = not isinstance(self, (PackedTrials, keras_tuner.Hyperband)) and self.executions_per_trial == 1
-        folder = trial_checkpoints.trial_folder(self, trial.trial_id)
-        if self.trial_checkpoints is None or not one_fit or folder is None:
+        if not one_fit:
             return None
-        path = folder / trial_checkpoints.TRIAL_CHECKPOINT
-        trial_checkpoints.discard_others([folder], keep=path)  # a pack's, from a packed run of this search
-        return Checkpointing(path, **self.trial_checkpoints)
+        return trial_checkpoints.checkpointing(self, [trial], trial_checkpoints.TRIAL_CHECKPOINT, self.trial_checkpoints)
 
     def save(self):
         """Keras Tuner's `save`, with this tuner's own file written atomically too."""

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import keras_tuner
 
-from kt_dropout.checkpoints import CheckpointError, read_state
+from kt_dropout.checkpoints import CheckpointError, Checkpointing, read_state
 
 TRIAL_CHECKPOINT = "checkpoint.npz"
 PACK_CHECKPOINT = "pack_checkpoint.npz"
@@ -49,6 +49,18 @@ def resumable_state(path: Path, names: list[str]) -> dict | None:
                        f"{', '.join(names)}")
         return None
     return state
+
+
+def checkpointing(tuner, trials: list, name: str, every: dict | None) -> Checkpointing | None:
+    """Where `trials` keep their epoch checkpoint: `name` (`TRIAL_CHECKPOINT` for a trial trained alone,
+    `PACK_CHECKPOINT` for a pack, even of one) in the first trial's folder, saved `every` (`config.parse_every`'s);
+    None when `every` is None or the project is a URL. Deletes the trials' checkpoints of another grouping first."""
+    folders = [trial_folder(tuner, trial.trial_id) for trial in trials]
+    if every is None or folders[0] is None:
+        return None
+    path = folders[0] / name
+    discard_others(folders, keep=path)
+    return Checkpointing(path, **every)
 
 
 def discard_others(folders, keep: Path) -> None:
