@@ -99,7 +99,7 @@ class Learnable:
 
     def __init__(self):
         from kt_dropout.config import Recipe, VGGConfig
-        from kt_dropout.data import synthetic_cifar10
+        from kt_dropout.data.cifar10 import synthetic_cifar10
 
         self.config = VGGConfig(nfilters=(8, 8, 8), ndense=32, batchnorm=False)
         self.recipe = Recipe(batch_size=16, learning_rate=3e-3)

@@ -60,14 +60,20 @@ import numpy as np
 import pytest
 from tabulate import tabulate
 
-from kt_dropout.config import NUM_BLOCKS, Recipe, VGGConfig, parse_positive_int, parse_positive_ints
-from kt_dropout.data import synthetic_cifar10
-from kt_dropout.study.experiments import CONFIGS
+from kt_dropout.config import (
+    NUM_BLOCKS,
+    Recipe,
+    VGGConfig,
+    parse_positive_int,
+    parse_positive_ints,
+)
+from kt_dropout.data.cifar10 import synthetic_cifar10
 from kt_dropout.packing.model import CONV_IMPLEMENTATIONS
 from kt_dropout.packing.trainer import Member, PackTrainer
+from kt_dropout.study.experiments import CONFIGS
 from kt_dropout.study.profiles import get_profile
-from kt_dropout.record import environment
-from kt_dropout.training import train
+from kt_dropout.training.record import environment
+from kt_dropout.training.run import train
 
 pytestmark = pytest.mark.speed
 

@@ -13,12 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from kt_dropout import stops
-from kt_dropout.budget import TimeBudget
-from kt_dropout.config import DEFAULT_CHECKPOINT_EVERY, parse_duration, parse_every, parse_positive_int
+from kt_dropout.config import (
+    DEFAULT_CHECKPOINT_EVERY,
+    parse_duration,
+    parse_every,
+    parse_positive_int,
+)
 from kt_dropout.study.profiles import get_profile
 from kt_dropout.study.runner import AcceleratorRequired, open_study
 from kt_dropout.study.shards import parse_shard
+from kt_dropout.training import stops
+from kt_dropout.training.budget import TimeBudget
 
 
 def _int_option(config, name):
@@ -131,7 +136,7 @@ def _train_per_device(config, items):
     spec = config.getoption("--kt-devices")
     if spec in (None, ""):
         return
-    from kt_dropout import devices
+    from kt_dropout.cli import devices
 
     field = "--kt-devices (env KT_DEVICES)"
     chosen = devices.choose(field, devices.parse_devices(field, spec))

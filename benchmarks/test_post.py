@@ -21,7 +21,14 @@ import pytest
 
 from kt_dropout.study.experiments import CLAIMS, EXPERIMENTS
 from kt_dropout.study.runner import StudyIncomplete, incomplete
-from kt_dropout.study.verdicts import CONTRADICTED, INSUFFICIENT, NOT_DECIDABLE, SUPPORTED, decide, summarize_config
+from kt_dropout.study.verdicts import (
+    CONTRADICTED,
+    INSUFFICIENT,
+    NOT_DECIDABLE,
+    SUPPORTED,
+    decide,
+    summarize_config,
+)
 
 pytestmark = pytest.mark.gpu
 

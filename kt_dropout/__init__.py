@@ -18,26 +18,26 @@ from typing import TYPE_CHECKING
 from kt_dropout.config import Recipe, VGGConfig
 
 if TYPE_CHECKING:
-    from kt_dropout.data import DataError, load_cifar10
+    from kt_dropout.data.cifar10 import DataError, load_cifar10
     from kt_dropout.model import build_model, compile_model
-    from kt_dropout.record import RunRecord
-    from kt_dropout.training import train
+    from kt_dropout.training.record import RunRecord
+    from kt_dropout.training.run import train
     from kt_dropout.tuning.hypermodel import DropoutVGGHyperModel
     from kt_dropout.tuning.search import SearchFailedError, SearchResult, search
 
 __version__ = "0.1.0"
 
 _LAZY = {
-    "DataError": "kt_dropout.data",
+    "DataError": "kt_dropout.data.cifar10",
     "DropoutVGGHyperModel": "kt_dropout.tuning.hypermodel",
-    "RunRecord": "kt_dropout.record",
+    "RunRecord": "kt_dropout.training.record",
     "SearchFailedError": "kt_dropout.tuning.search",
     "SearchResult": "kt_dropout.tuning.search",
     "build_model": "kt_dropout.model",
     "compile_model": "kt_dropout.model",
-    "load_cifar10": "kt_dropout.data",
+    "load_cifar10": "kt_dropout.data.cifar10",
     "search": "kt_dropout.tuning.search",
-    "train": "kt_dropout.training",
+    "train": "kt_dropout.training.run",
 }
 
 __all__ = [

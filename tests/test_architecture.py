@@ -1,9 +1,9 @@
 """The package's layering, as the README's Architecture section draws it, checked on the source.
 
-The core (top-level modules) imports no product; `packing` imports the core;
-`tuning` and `study` import the core and `packing`, never each other; only
-the CLI and the package's `__init__` see everything. Private modules of Keras,
-Keras Tuner, TensorFlow and JAX are imported in `_compat` only.
+Layers, lowest first: `_compat` < `storage` < the network (`config`, `model`, `objectives`, `determinism`)
+< `data` < `training` < `packing` < `tuning` and `study` (which never import each other) < `cli`. A module
+imports its own layer and the layers below it, never one above; only the package's `__init__` sees
+everything. Private modules of Keras, Keras Tuner, TensorFlow and JAX are imported in `_compat` only.
 """
 
 from __future__ import annotations
@@ -14,12 +14,14 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "kt_dropout"
-PRODUCTS = ("packing", "tuning", "study")
-ALLOWED = {  # layer -> the layers it may import
-    "core": {"core"},
-    "packing": {"core", "packing"},
-    "tuning": {"core", "packing", "tuning"},
-    "study": {"core", "packing", "study"},
+NETWORK = ("config", "model", "objectives", "determinism")
+PACKAGES = ("storage", "data", "training", "packing", "tuning", "study", "cli")
+ORDER = ("compat", "storage", "network", "data", "training", "packing")  # each imports only those before it
+ALLOWED = {layer: set(ORDER[: ORDER.index(layer) + 1]) for layer in ORDER}
+ALLOWED |= {
+    "tuning": ALLOWED["packing"] | {"tuning"},
+    "study": ALLOWED["packing"] | {"study"},
+    "cli": set(ORDER) | {"tuning", "study", "cli"},
 }
 PRIVATE_PREFIXES = ("keras.src", "keras_tuner.src", "tensorflow.python", "jax._src")
 
@@ -29,11 +31,17 @@ def _modules() -> list[Path]:
 
 
 def _layer(module: str) -> str | None:
-    """The layer of a dotted module name inside the package; None for the CLI and the package root."""
+    """The layer of a dotted name inside the package (a module or a name in it); None for the package root."""
     parts = module.split(".")[1:]
-    if not parts or parts == ["cli"] or parts == ["__init__"]:
+    if not parts or parts == ["__init__"] or parts[0] == "__version__":
         return None
-    return parts[0] if parts[0] in PRODUCTS else "core"
+    if parts[0] == "_compat":
+        return "compat"
+    if parts[0] in NETWORK:
+        return "network"
+    if parts[0] in PACKAGES:
+        return parts[0]
+    raise AssertionError(f"{module}: a module outside every layer; give it a place in tests/test_architecture.py")
 
 
 def _dotted(path: Path) -> str:
@@ -48,21 +56,25 @@ def _imports(path: Path) -> list[str]:
         if isinstance(node, ast.Import):
             found += [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            found += [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            found += [f"{node.module}.{alias.name}" for alias in node.names]
     return found
+
+
+def _wrong_imports(module: str, imported: list[str]) -> list[str]:
+    own = _layer(module)
+    if own is None:
+        return []
+    return sorted({
+        name for name in imported
+        if name.startswith("kt_dropout.") and _layer(name) is not None and _layer(name) not in ALLOWED[own]
+    })
 
 
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: _dotted(p))
 def test_layers_import_downwards_only(path):
-    own = _layer(_dotted(path))
-    if own is None:
-        return
-    wrong = sorted({
-        name for name in _imports(path)
-        if name.startswith("kt_dropout.") and name.split(".")[1] in (*PRODUCTS, "cli")
-        and (_layer(name) not in ALLOWED[own])
-    })
-    assert not wrong, f"{_dotted(path)} ({own}) imports {wrong}, which its layer may not"
+    module = _dotted(path)
+    wrong = _wrong_imports(module, _imports(path))
+    assert not wrong, f"{module} ({_layer(module)}) imports {wrong}, which its layer may not"
 
 
 @pytest.mark.parametrize("path", _modules(), ids=lambda p: _dotted(p))
@@ -73,10 +85,18 @@ def test_private_library_modules_only_in_compat(path):
     assert not private, f"{_dotted(path)} imports private modules {private}: they belong in kt_dropout/_compat.py"
 
 
-def test_the_check_sees_a_wrong_import(tmp_path):
-    """The checker itself can fail: a packing module importing the study is caught."""
+@pytest.mark.parametrize(("module", "source"), [
+    ("kt_dropout.packing.trainer", "from kt_dropout.study.results import ResultStore"),
+    ("kt_dropout.tuning.search", "from kt_dropout.study import runner"),
+    ("kt_dropout.storage.locks", "from kt_dropout.training.record import RunRecord"),
+    ("kt_dropout.data.splits", "from kt_dropout.training import stops"),
+    ("kt_dropout.model", "from kt_dropout.data.cifar10 import load_cifar10"),
+    ("kt_dropout.training.run", "import kt_dropout.cli.console"),
+])
+def test_the_check_sees_a_wrong_import(tmp_path, module, source):
+    """The checker itself can fail: an import running up a layer is caught, inside the core too."""
     bad = tmp_path / "bad.py"
-    bad.write_text("from kt_dropout.study.results import ResultStore\nimport keras.src.backend\n")
+    bad.write_text(source + "\nimport keras.src.backend\n")
     names = _imports(bad)
-    assert "kt_dropout.study.results" in names and _layer("kt_dropout.study.results") not in ALLOWED["packing"]
+    assert _wrong_imports(module, names), f"{source!r} in {module} passed the check"
     assert any(name.startswith(PRIVATE_PREFIXES) for name in names)

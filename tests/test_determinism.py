@@ -9,8 +9,8 @@ import pytest
 from tensorflow.python.framework import config as tf_config
 
 from kt_dropout.config import Recipe, VGGConfig
-from kt_dropout.data import synthetic_cifar10
-from kt_dropout.training import train
+from kt_dropout.data.cifar10 import synthetic_cifar10
+from kt_dropout.training.run import train
 
 TINY = VGGConfig(nfilters=(4, 4, 4), ndense=8)
 

@@ -18,16 +18,22 @@ from typing import Callable, Iterable
 import keras
 import numpy as np
 
-from kt_dropout import checkpoints, determinism, stops
-from kt_dropout.callbacks import diverged
-from kt_dropout.checkpoints import CheckpointError, Checkpointing
+from kt_dropout import determinism
 from kt_dropout.config import Recipe, VGGConfig, check_positive_int
-from kt_dropout.packing.device_epochs import DeviceEpochs
+from kt_dropout.data.splits import selection_split
 from kt_dropout.model import build_model, precision_scope
-from kt_dropout.packing.model import build_packed_model, check_packable, member_weights, pack_weights
-from kt_dropout.memory import releasing_traced_gradients
-from kt_dropout.record import RunRecord, make_record, run_key
-from kt_dropout.splits import selection_split
+from kt_dropout.packing.device_epochs import DeviceEpochs
+from kt_dropout.packing.model import (
+    build_packed_model,
+    check_packable,
+    member_weights,
+    pack_weights,
+)
+from kt_dropout.training import checkpoints, stops
+from kt_dropout.training.callbacks import diverged
+from kt_dropout.training.checkpoints import CheckpointError, Checkpointing
+from kt_dropout.training.memory import releasing_traced_gradients
+from kt_dropout.training.record import RunRecord, make_record, run_key
 
 
 @dataclasses.dataclass(frozen=True)

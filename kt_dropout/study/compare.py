@@ -14,9 +14,9 @@ import numpy as np
 from scipy import stats
 from tabulate import tabulate
 
-from kt_dropout.record import RunRecord
 from kt_dropout.study.experiments import CLAIMS
 from kt_dropout.study.verdicts import decide_all, metric_value
+from kt_dropout.training.record import RunRecord
 
 METRIC = "accuracy"  # selection-free: see verdicts
 DEFAULT_CLAIMS = ("C1", "C2", "C3", "C4", "C10")  # those the quick profile's configurations can decide

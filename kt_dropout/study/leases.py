@@ -21,8 +21,8 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from kt_dropout.locks import Lock, LockHeld, holder_line
 from kt_dropout.packing.trainer import Member
+from kt_dropout.storage.locks import Lock, LockHeld, holder_line
 from kt_dropout.study.results import LEASES_FOLDER
 
 LEASE_SECONDS = 300.0  # how long a lease outlives its last renewal (a dead host's runs wait this long)

@@ -17,10 +17,10 @@ from pathlib import Path
 
 import keras
 
-from kt_dropout.atomic import write_text
 from kt_dropout.config import Recipe
-from kt_dropout.record import KEY_LENGTH, RunKey, canonical_json
+from kt_dropout.storage.atomic import write_text
 from kt_dropout.study.results import STUDIES_FOLDER
+from kt_dropout.training.record import KEY_LENGTH, RunKey, canonical_json
 
 PLAN_FORMAT, PLAN_VERSION = "kt-dropout-study-plan", 1
 

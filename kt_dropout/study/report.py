@@ -17,16 +17,35 @@ import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first
 import numpy as np  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
-from kt_dropout.atomic import check_writable_folder  # noqa: E402
-from kt_dropout.record import RunRecord  # noqa: E402
+from kt_dropout.storage.atomic import check_writable_folder  # noqa: E402
 from kt_dropout.study.experiments import (  # noqa: E402
-    CONFIGS, EXPERIMENTS, FINAL_WINDOW, METRICS, Experiment, claims_for, resolve_experiments,
+    CONFIGS,
+    EXPERIMENTS,
+    FINAL_WINDOW,
+    METRICS,
+    Experiment,
+    claims_for,
+    resolve_experiments,
 )
 from kt_dropout.study.profiles import CIFAR10_TITLE, PROFILES  # noqa: E402
 from kt_dropout.study.verdicts import (  # noqa: E402
-    CONTRADICTED, INSUFFICIENT, MAX_SEEDS, MIN_RUNS, NOT_DECIDABLE, POWER, SUPPORTED, UNRESOLVED, ClaimVerdict,
-    ComparisonVerdict, decide_all, group_by_name, is_holdout, metric_values, summarize_config,
+    CONTRADICTED,
+    INSUFFICIENT,
+    MAX_SEEDS,
+    MIN_RUNS,
+    NOT_DECIDABLE,
+    POWER,
+    SUPPORTED,
+    UNRESOLVED,
+    ClaimVerdict,
+    ComparisonVerdict,
+    decide_all,
+    group_by_name,
+    is_holdout,
+    metric_values,
+    summarize_config,
 )
+from kt_dropout.training.record import RunRecord  # noqa: E402
 
 SELECTION_MODES = {
     False: "test set as validation set, as in the post",

@@ -24,9 +24,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Iterable, NamedTuple
 
-from kt_dropout.atomic import check_writable_folder, create_text, write_text
 from kt_dropout.config import Recipe, VGGConfig
-from kt_dropout.record import KEY_LENGTH, RunRecord, canonical_json
+from kt_dropout.storage.atomic import check_writable_folder, create_text, write_text
+from kt_dropout.training.record import KEY_LENGTH, RunRecord, canonical_json
 
 MANIFEST_NAME = "store.json"
 MANIFEST = {"format": "kt-dropout-results", "version": 1}

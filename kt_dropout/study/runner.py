@@ -22,12 +22,38 @@ from typing import Iterable
 
 import keras
 
-from kt_dropout import checkpoints, distribution, stops
-from kt_dropout.budget import TimeBudget
-from kt_dropout.checkpoints import CheckpointError, Checkpointing, TrainingIncomplete
-from kt_dropout.config import DEFAULT_CHECKPOINT_EVERY, Recipe, check_positive_int, parse_every
+from kt_dropout.config import (
+    DEFAULT_CHECKPOINT_EVERY,
+    Recipe,
+    check_positive_int,
+    parse_every,
+)
 from kt_dropout.packing.trainer import Member, plan_packs, train_pack
-from kt_dropout.progress import (
+from kt_dropout.study.experiments import (
+    CONFIGS,
+    EXPERIMENTS,
+    claim_priority,
+    resolve_experiments,
+)
+from kt_dropout.study.leases import Claims, claimed_packs, held_line
+from kt_dropout.study.plans import plan_of, write_plan
+from kt_dropout.study.profiles import DEFAULT_PACK_SIZE, Profile, get_profile
+from kt_dropout.study.results import (
+    CHECKPOINTS_FOLDER,
+    MANIFEST_NAME,
+    ResultStore,
+    StudyKey,
+    by_study,
+)
+from kt_dropout.study.shards import share
+from kt_dropout.training import checkpoints, distribution, stops
+from kt_dropout.training.budget import TimeBudget
+from kt_dropout.training.checkpoints import (
+    CheckpointError,
+    Checkpointing,
+    TrainingIncomplete,
+)
+from kt_dropout.training.progress import (
     STDERR,
     Progress,
     data_line,
@@ -35,14 +61,8 @@ from kt_dropout.progress import (
     plan_line,
     print_banner,
 )
-from kt_dropout.record import RunKey, RunRecord
-from kt_dropout.study.experiments import CONFIGS, EXPERIMENTS, claim_priority, resolve_experiments
-from kt_dropout.study.leases import Claims, claimed_packs, held_line
-from kt_dropout.study.plans import plan_of, write_plan
-from kt_dropout.study.profiles import DEFAULT_PACK_SIZE, Profile, get_profile
-from kt_dropout.study.results import CHECKPOINTS_FOLDER, MANIFEST_NAME, ResultStore, StudyKey, by_study
-from kt_dropout.study.shards import share
-from kt_dropout.training import train
+from kt_dropout.training.record import RunKey, RunRecord
+from kt_dropout.training.run import train
 
 
 class Study:
@@ -58,7 +78,7 @@ class Study:
         pack: train runs of one shape together (`packed_training`); False trains each with `keras.fit`.
         max_pack_size: the most runs in one pack.
         pack_options: for `train_pack`; `conv_implementation` defaults to the profile's for this backend.
-        progress: the stream that progress goes to (`kt_dropout.progress`): a banner, then a bar on a
+        progress: the stream that progress goes to (`kt_dropout.training.progress`): a banner, then a bar on a
             terminal, else a line per epoch and per pack; None is silent.
         shard: (I, N): train only shard I of N of the study's packs (`shards.share`); None: all of them.
         checkpoint_every: how often a pack (or run) saves its epoch checkpoint in the store's
@@ -420,8 +440,14 @@ def open_study(
     holds on any data, and again after, counting those it holds on this data.
     `checkpoint_every` and `time_budget`: see `Study`.
     """
-    from kt_dropout.data import data_fingerprint, describe_subset, first_per_class, load_cifar10, synthetic_cifar10
-    from kt_dropout.progress import cifar10_source
+    from kt_dropout.data.cifar10 import (
+        cifar10_source,
+        data_fingerprint,
+        describe_subset,
+        first_per_class,
+        load_cifar10,
+        synthetic_cifar10,
+    )
 
     chosen = get_profile(profile)
     counts = {"epochs": epochs, "seeds": seeds, "pack_size": pack_size, "train_size": train_size,

@@ -35,13 +35,18 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from kt_dropout.checkpoints import read_state
-from kt_dropout.locks import Lock, holder_line
+from kt_dropout.storage.locks import Lock, holder_line
 from kt_dropout.study.experiments import CLAIMS, EXPERIMENTS
 from kt_dropout.study.plans import Plan, read_plans
 from kt_dropout.study.profiles import PROFILES
-from kt_dropout.study.results import CHECKPOINTS_FOLDER, LEASES_FOLDER, ResultStore, by_study
+from kt_dropout.study.results import (
+    CHECKPOINTS_FOLDER,
+    LEASES_FOLDER,
+    ResultStore,
+    by_study,
+)
 from kt_dropout.study.verdicts import decide
+from kt_dropout.training.checkpoints import read_state
 
 STATES = ("done", "partial", "training", "failed", "missing")
 

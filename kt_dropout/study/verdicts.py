@@ -39,8 +39,14 @@ from typing import Iterable
 import numpy as np
 from scipy import optimize, stats
 
-from kt_dropout.record import RunRecord
-from kt_dropout.study.experiments import CLAIMS, FINAL_WINDOW, METRICS, Claim, Comparison
+from kt_dropout.study.experiments import (
+    CLAIMS,
+    FINAL_WINDOW,
+    METRICS,
+    Claim,
+    Comparison,
+)
+from kt_dropout.training.record import RunRecord
 
 SUPPORTED, CONTRADICTED, UNRESOLVED, INSUFFICIENT = "supported", "contradicted", "unresolved", "insufficient"
 NOT_DECIDABLE = "not decidable"

@@ -10,15 +10,23 @@ from __future__ import annotations
 import keras_tuner
 import numpy as np
 
-from kt_dropout import _compat, checkpoints, resumable
-from kt_dropout.callbacks import check_finite
-from kt_dropout.config import Recipe, VGGConfig, check_choice, check_positive_int, check_positive_number
-from kt_dropout.data import DataError
-from kt_dropout.checkpoints import Checkpointing
-from kt_dropout.memory import releasing_traced_gradients
+from kt_dropout import _compat
+from kt_dropout.config import (
+    Recipe,
+    VGGConfig,
+    check_choice,
+    check_positive_int,
+    check_positive_number,
+)
+from kt_dropout.data.cifar10 import DataError
+from kt_dropout.data.splits import check_data, check_split
 from kt_dropout.model import build_compiled
-from kt_dropout.splits import check_data, check_split
+from kt_dropout.training import checkpoints, resumable
+from kt_dropout.training.callbacks import check_finite
+from kt_dropout.training.checkpoints import Checkpointing
+from kt_dropout.training.memory import releasing_traced_gradients
 from kt_dropout.tuning.space import DEFAULT_SPACE, PARAMS, RANGE_KEYS, SAMPLINGS, Param
+
 
 class DropoutVGGHyperModel(keras_tuner.HyperModel):
     """The post's VGG-like CNN with tunable dropout rates (and, on request, width, dense units, BN, LR).

@@ -18,7 +18,7 @@ import json
 import keras
 import keras_tuner
 
-from kt_dropout.data import data_fingerprint
+from kt_dropout.data.cifar10 import data_fingerprint
 
 IDENTITY_FILE = "kt_dropout_search.json"  # in the project folder, beside Keras Tuner's oracle.json
 

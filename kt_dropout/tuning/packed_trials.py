@@ -29,13 +29,13 @@ import keras_tuner
 import numpy as np
 
 from kt_dropout._compat import checkpoint_path, run_trial_and_judge
-from kt_dropout.callbacks import check_finite
-from kt_dropout import stops
-from kt_dropout.checkpoints import Checkpointing, TrainingIncomplete
 from kt_dropout.config import Recipe
 from kt_dropout.model import build_model
 from kt_dropout.packing.model import load_member
 from kt_dropout.packing.trainer import Member, PackTrainer, plan_packs
+from kt_dropout.training import stops
+from kt_dropout.training.callbacks import check_finite
+from kt_dropout.training.checkpoints import Checkpointing, TrainingIncomplete
 from kt_dropout.tuning import trial_checkpoints
 from kt_dropout.tuning.trial_checkpoints import SearchIncomplete
 

@@ -4,7 +4,7 @@ Keras Tuner resumes whatever project it finds, with whatever settings it is
 given now, and fails on a damaged project file with a bare `JSONDecodeError`
 or `KeyError` that names no file. Here, before any tuner is made: the folder
 must be a folder; a second search into it is refused while the first runs (a
-lock beside it, `kt_dropout.locks`); and a project to resume must have its
+lock beside it, `kt_dropout.storage.locks`); and a project to resume must have its
 files readable and the same identity (`kt_dropout.tuning.identity`) as the
 search now asked for. Every refusal names the file or the differences and the
 way out.
@@ -17,8 +17,8 @@ import json
 import os
 
 from kt_dropout import _compat
-from kt_dropout.atomic import write_text
-from kt_dropout.locks import Lock
+from kt_dropout.storage.atomic import write_text
+from kt_dropout.storage.locks import Lock
 from kt_dropout.tuning.identity import IDENTITY_FILE, differences, with_known_data
 
 WAY_OUT = "start over with --overwrite (overwrite=True) or choose another --project-name"

@@ -22,13 +22,7 @@ import keras
 import keras_tuner
 from tabulate import tabulate
 
-from kt_dropout import _compat, distribution, stops
-from kt_dropout.progress import Progress, data_line, format_logs, plan_line, print_banner
-from kt_dropout.tuning import cluster, project, trial_checkpoints
-from kt_dropout.atomic import atomic_saves, write_text
-from kt_dropout.checkpoints import Checkpointing, TrainingIncomplete
-from kt_dropout.tuning.cluster import LeasedOracle
-
+from kt_dropout import _compat
 from kt_dropout.config import (
     DEFAULT_CHECKPOINT_EVERY,
     Recipe,
@@ -37,12 +31,24 @@ from kt_dropout.config import (
     check_positive_number,
     parse_every,
 )
+from kt_dropout.data.splits import check_data, prepare_splits
+from kt_dropout.storage.atomic import atomic_saves, write_text
+from kt_dropout.training import distribution, stops
+from kt_dropout.training.checkpoints import Checkpointing, TrainingIncomplete
+from kt_dropout.training.progress import (
+    Progress,
+    data_line,
+    format_logs,
+    plan_line,
+    print_banner,
+)
+from kt_dropout.tuning import cluster, project, trial_checkpoints
+from kt_dropout.tuning.cluster import LeasedOracle
 from kt_dropout.tuning.hypermodel import DropoutVGGHyperModel, tidy
 from kt_dropout.tuning.identity import search_identity
 from kt_dropout.tuning.packed_trials import PackedTrials
-from kt_dropout.tuning.trial_checkpoints import SearchIncomplete
 from kt_dropout.tuning.space import TUNER_NAMES
-from kt_dropout.splits import check_data, prepare_splits
+from kt_dropout.tuning.trial_checkpoints import SearchIncomplete
 
 OBJECTIVE = keras_tuner.Objective("val_accuracy", direction="max")
 TUNERS = dict(zip(TUNER_NAMES, (
@@ -209,9 +215,9 @@ def search(
             start of every trial, so each configuration starts from the same
             random state whatever its place in the search.
         verbose: Keras Tuner's and `fit`'s verbosity.
-        progress: a text stream (e.g. `kt_dropout.progress.STDERR`) to report the search on: a banner,
+        progress: a text stream (e.g. `kt_dropout.training.progress.STDERR`) to report the search on: a banner,
             then each epoch (a bar on a terminal; none with `verbose`, which prints Keras's own) and each
-            trial as it ends, with an ETA for the remaining trials (`kt_dropout.progress`); None: silent.
+            trial as it ends, with an ETA for the remaining trials (`kt_dropout.training.progress`); None: silent.
         data_source: where `data` came from, in words, for the banner.
         checkpoint_every: how often a trial saves its epoch checkpoint (`<project>/trial_<id>/checkpoint.npz`):
             every N epochs (an int, or "5") or every so long ("10m", "90s"); None: never. A trial that was
@@ -230,7 +236,7 @@ def search(
             state, best epoch, checkpoint and result. Not with Hyperband. In a
             distributed search each worker asks the chief for that many.
         data_parallel: train each trial's model over every local accelerator
-            (`kt_dropout.distribution.data_parallel`: Keras's DataParallel on
+            (`kt_dropout.training.distribution.data_parallel`: Keras's DataParallel on
             JAX, MirroredStrategy on TensorFlow); the batch size stays global.
         lost_worker_seconds: on the chief, how long a worker may stay silent
             (it beats every 2 s while training) before its trial is given to
@@ -245,7 +251,7 @@ def search(
     Raises:
         SearchFailedError: every trial failed; the message has the first
             trial's traceback.
-        ValueError: an unknown tuner or bad arguments; `kt_dropout.data.DataError`
+        ValueError: an unknown tuner or bad arguments; `kt_dropout.data.cifar10.DataError`
             (a ValueError) for malformed data; `project.ProjectError` (a
             ValueError) for a project that is another search or damaged;
             `cluster.WorkerRefused` for a worker of another search than the chief's.
@@ -529,7 +535,7 @@ def _oracle_seed(seed: int | None) -> int | None:
 def _dataset(x, y, validation_data, data, hypermodel: DropoutVGGHyperModel) -> tuple[tuple, str, str]:
     """The validated `((x_train, y_train), (x_test, y_test))`, the selection mode that splits it and where it
     came from; see `search` for where that is."""
-    from kt_dropout.data import load_cifar10
+    from kt_dropout.data.cifar10 import load_cifar10
 
     selection, num_classes = hypermodel.recipe.selection, hypermodel.base.num_classes
     if x is not None or y is not None:

@@ -11,7 +11,13 @@ import dataclasses
 import types
 from typing import Any, Callable
 
-from kt_dropout.config import NUM_BLOCKS, check_bool, check_positive_int, check_positive_number, check_rate
+from kt_dropout.config import (
+    NUM_BLOCKS,
+    check_bool,
+    check_positive_int,
+    check_positive_number,
+    check_rate,
+)
 
 TUNER_NAMES = ("random", "grid", "bayesian", "hyperband")  # Keras Tuner's four tuners, in `search.TUNERS`
 DROPOUT_NAMES = (*(f"dropout_conv_{block}" for block in range(1, NUM_BLOCKS + 1)), "dropout_dense")

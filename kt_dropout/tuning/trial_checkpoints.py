@@ -15,7 +15,7 @@ from pathlib import Path
 
 import keras_tuner
 
-from kt_dropout.checkpoints import CheckpointError, Checkpointing, read_state
+from kt_dropout.training.checkpoints import CheckpointError, Checkpointing, read_state
 
 TRIAL_CHECKPOINT = "checkpoint.npz"
 PACK_CHECKPOINT = "pack_checkpoint.npz"

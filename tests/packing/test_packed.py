@@ -6,14 +6,24 @@ import keras
 import numpy as np
 import pytest
 
-from kt_dropout.checkpoints import CheckpointError, Checkpointing, TrainingIncomplete
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.model import build_model, compile_model
 from kt_dropout.packing.model import (
-    CONV_IMPLEMENTATIONS, GroupDropout, PackedConv2D, build_packed_model, load_member, member_weights, pack_weights,
+    CONV_IMPLEMENTATIONS,
+    GroupDropout,
+    PackedConv2D,
+    build_packed_model,
+    load_member,
+    member_weights,
+    pack_weights,
 )
 from kt_dropout.packing.trainer import Member, PackTrainer, plan_packs, train_pack
-from kt_dropout.record import make_record
+from kt_dropout.training.checkpoints import (
+    CheckpointError,
+    Checkpointing,
+    TrainingIncomplete,
+)
+from kt_dropout.training.record import make_record
 
 TINY = VGGConfig(nfilters=(4, 8, 8), ndense=16)
 
@@ -296,7 +306,7 @@ def test_bfloat16_pack_with_several_steps_per_call_reports_each_members_own_metr
 
 
 def test_bfloat16_pack_learns_with_float32_outputs():
-    from kt_dropout.data import synthetic_cifar10
+    from kt_dropout.data.cifar10 import synthetic_cifar10
 
     members = [Member("bn", TINY, 0), Member("conv", TINY.replace(dropout_conv=(0.2, 0.2, 0.2)), 1)]
     trainer = PackTrainer(members, synthetic_cifar10(256, 64), Recipe(batch_size=32, precision="mixed_bfloat16"))

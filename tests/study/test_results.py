@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from kt_dropout.config import Recipe, VGGConfig
-from kt_dropout.record import RunKey, make_record
 from kt_dropout.study.results import MANIFEST, ResultStore, StudyKey, by_study
 from kt_dropout.study.runner import open_study
+from kt_dropout.training.record import RunKey, make_record
 
 HISTORY = {"loss": [1.0, 0.8], "accuracy": [0.4, 0.6], "val_loss": [1.1, 0.9], "val_accuracy": [0.45, 0.55]}
 
@@ -127,7 +127,7 @@ def test_a_stored_successful_run_is_never_replaced_by_another_process(tmp_path):
     again = record().replace(seconds=99.0)  # the same run, trained again elsewhere
     assert ResultStore(tmp_path).put(again) == key and path.read_bytes() == stored  # another store object
     code = ("import json, sys\n"
-            "from kt_dropout.record import RunRecord\n"
+            "from kt_dropout.training.record import RunRecord\n"
             "from kt_dropout.study.results import ResultStore\n"
             "store = ResultStore(sys.argv[1])\n"
             "key = store.put(RunRecord.from_json(json.loads(sys.argv[2])))\n"

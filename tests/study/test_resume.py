@@ -9,13 +9,13 @@ import sys
 
 import pytest
 
-import kt_dropout.budget
+import kt_dropout.training.budget
 from kt_dropout.study.results import ResultStore
 
 ENV = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 COMMAND = [sys.executable, "-m", "kt_dropout.cli", "reproduce", "batchnorm", "--profile", "smoke", "--seeds", "2",
            "--epochs", "3", "--pack-size", "2", "--results", "results"]
-BUDGET_SPENT = kt_dropout.budget.EXIT_INCOMPLETE
+BUDGET_SPENT = kt_dropout.training.budget.EXIT_INCOMPLETE
 
 
 def _reproduce(cwd, *flags) -> subprocess.CompletedProcess:

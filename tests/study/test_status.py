@@ -6,16 +6,21 @@ import json
 import keras
 import pytest
 
-from kt_dropout import checkpoints
-from kt_dropout.cli import main
+from kt_dropout.cli.app import main
 from kt_dropout.config import Recipe
-from kt_dropout.locks import Lock
-from kt_dropout.record import RunKey, make_record
+from kt_dropout.storage.locks import Lock
 from kt_dropout.study.experiments import CONFIGS
 from kt_dropout.study.plans import Plan, PlannedRun, read_plans, write_plan
-from kt_dropout.study.results import CHECKPOINTS_FOLDER, LEASES_FOLDER, STUDIES_FOLDER, ResultStore
+from kt_dropout.study.results import (
+    CHECKPOINTS_FOLDER,
+    LEASES_FOLDER,
+    STUDIES_FOLDER,
+    ResultStore,
+)
 from kt_dropout.study.runner import open_study
 from kt_dropout.study.status import format_status, store_status
+from kt_dropout.training import checkpoints
+from kt_dropout.training.record import RunKey, make_record
 
 EPOCHS, SEEDS, RECIPE, DATA = 12, (0, 1, 2), Recipe(), "fingerprint"
 

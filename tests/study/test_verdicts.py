@@ -7,11 +7,24 @@ import pytest
 from scipy import stats
 
 from kt_dropout.config import Recipe, VGGConfig
-from kt_dropout.record import make_record
-from kt_dropout.study.experiments import CLAIMS, FINAL_WINDOW, NONINFERIORITY, Claim, Comparison
-from kt_dropout.study.verdicts import (
-    compare, decide, decide_all, holm, metric_value, minimum_detectable, seeds_needed, summarize_config,
+from kt_dropout.study.experiments import (
+    CLAIMS,
+    FINAL_WINDOW,
+    NONINFERIORITY,
+    Claim,
+    Comparison,
 )
+from kt_dropout.study.verdicts import (
+    compare,
+    decide,
+    decide_all,
+    holm,
+    metric_value,
+    minimum_detectable,
+    seeds_needed,
+    summarize_config,
+)
+from kt_dropout.training.record import make_record
 
 
 def run(name, final, *, seed=0, epochs=20, peak=None, test=None, status="ok"):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from kt_dropout.config import Recipe, VGGConfig
-from kt_dropout.data import synthetic_cifar10
+from kt_dropout.data.cifar10 import synthetic_cifar10
 from kt_dropout.packing.trainer import PackTrainer
 from kt_dropout.tuning import packed_trials
 from kt_dropout.tuning.hypermodel import DropoutVGGHyperModel

@@ -2,8 +2,8 @@ import csv
 import io
 import json
 import os
-import shutil
 import re
+import shutil
 import sys
 
 import keras
@@ -11,12 +11,12 @@ import keras_tuner
 import numpy as np
 import pytest
 
-import kt_dropout.data
+import kt_dropout.data.cifar10
 from kt_dropout.config import Recipe, VGGConfig
-from kt_dropout.data import DataError, synthetic_cifar10
+from kt_dropout.data.cifar10 import DataError, synthetic_cifar10
 from kt_dropout.tuning.hypermodel import DropoutVGGHyperModel
-from kt_dropout.tuning.space import DROPOUT_NAMES
 from kt_dropout.tuning.search import SearchFailedError, SearchResult, search
+from kt_dropout.tuning.space import DROPOUT_NAMES
 
 BASE = VGGConfig(nfilters=(4, 8, 8), ndense=16)
 RECIPE = Recipe(batch_size=64, epochs=1)
@@ -216,7 +216,7 @@ def fit_shapes(hypermodel):
 
 
 def test_cifar10_is_loaded_when_no_data_is_given(tmp_path, monkeypatch):
-    monkeypatch.setattr(kt_dropout.data, "load_cifar10", lambda num_classes: synthetic_cifar10(128, 32))
+    monkeypatch.setattr(kt_dropout.data.cifar10, "load_cifar10", lambda num_classes: synthetic_cifar10(128, 32))
     hypermodel = InstantHyperModel()
     search(hypermodel=hypermodel, max_trials=1, epochs=1, directory=tmp_path, verbose=0)
     assert fit_shapes(hypermodel) == (128, 32)  # the test set selects, as in the post

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from kt_dropout.config import Recipe, VGGConfig
-from kt_dropout.data import synthetic_cifar10
-from kt_dropout.locks import Lock, LockHeld
+from kt_dropout.data.cifar10 import synthetic_cifar10
+from kt_dropout.storage.locks import Lock, LockHeld
 from kt_dropout.tuning.hypermodel import DropoutVGGHyperModel
 from kt_dropout.tuning.identity import IDENTITY_FILE
 from kt_dropout.tuning.project import ProjectError

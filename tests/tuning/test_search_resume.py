@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from kt_dropout.checkpoints import read_state
+from kt_dropout.training.checkpoints import read_state
 
 ENV = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
 EPOCHS = 4
@@ -28,8 +28,8 @@ PACKED = [*FLAGS, "--max-trials", "2", "--trials-per-step", "2", "--space", "dro
 RESUME = """
 import hashlib, json, sys
 import numpy as np
-from kt_dropout.cli import build_parser, _config, _recipe, _space
-from kt_dropout.data import synthetic_cifar10
+from kt_dropout.cli.app import build_parser, _config, _recipe, _space
+from kt_dropout.data.cifar10 import synthetic_cifar10
 from kt_dropout.packing.trainer import PackTrainer
 from kt_dropout.tuning import packed_trials
 from kt_dropout.tuning.search import search

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from kt_dropout import checkpoints
+from kt_dropout.training import checkpoints
 from kt_dropout.tuning.trial_checkpoints import (
     PACK_CHECKPOINT,
     TRIAL_CHECKPOINT,

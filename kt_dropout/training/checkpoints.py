@@ -23,9 +23,9 @@ from typing import Callable
 import keras
 import numpy as np
 
-from kt_dropout import stops
-from kt_dropout.atomic import write_with
 from kt_dropout.config import check_positive_int
+from kt_dropout.storage.atomic import write_with
+from kt_dropout.training import stops
 
 STATE_ENTRY = "state"  # the JSON document, as UTF-8 bytes
 FORMAT = "kt-dropout-checkpoint"

@@ -18,14 +18,14 @@ import math
 import keras
 import numpy as np
 
-from kt_dropout import checkpoints, stops
-from kt_dropout.callbacks import (
+from kt_dropout.training import checkpoints, stops
+from kt_dropout.training.callbacks import (
     BestWeights,
     EpochTimer,
     Interruptible,
     recipe_callbacks,
 )
-from kt_dropout.checkpoints import Checkpointing
+from kt_dropout.training.checkpoints import Checkpointing
 
 SEED_RANGE = 2**63  # `default_rng` takes non-negative seeds; negative ones wrap into this range
 

@@ -15,15 +15,23 @@ import time
 
 import pytest
 
-from kt_dropout.cli import UsageError, _config, _config_name, _one_study, build_parser, main, space_item
+from kt_dropout.cli.app import (
+    UsageError,
+    _config,
+    _config_name,
+    _one_study,
+    build_parser,
+    main,
+    space_item,
+)
+from kt_dropout.cli.startup import _EARLY_LOG_LINE, _stderr_without
 from kt_dropout.config import Recipe, VGGConfig
-from kt_dropout.data import data_fingerprint, first_per_class, synthetic_cifar10
-from kt_dropout.locks import Lock
+from kt_dropout.data.cifar10 import data_fingerprint, first_per_class, synthetic_cifar10
+from kt_dropout.storage.locks import Lock
 from kt_dropout.study.experiments import CLAIMS, CONFIGS, EXPERIMENTS
 from kt_dropout.study.profiles import PROFILES
-from kt_dropout.record import RunRecord, make_record
-from kt_dropout.startup import _EARLY_LOG_LINE, _stderr_without
 from kt_dropout.study.results import ResultStore
+from kt_dropout.training.record import RunRecord, make_record
 
 # Without TF_CPP_MIN_LOG_LEVEL: the CLI must start quietly by itself.
 ENV = {**{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}, "KERAS_BACKEND": "jax"}
@@ -471,7 +479,7 @@ def _signal_after(args, line: str, signum, cwd, delay=0.0) -> tuple[subprocess.C
 @pytest.mark.slow
 def test_ctrl_c_mid_epoch_ends_with_one_line_and_status_130(tmp_path):
     """Also on JAX, where Keras's conversion of each batch's logs to NumPy swallows most KeyboardInterrupts
-    (`kt_dropout.stops`): batches long enough, and the signal mid-epoch, so that the interrupt lands there."""
+    (`kt_dropout.training.stops`): batches long enough, and the signal mid-epoch, so that the interrupt lands there."""
     args = ["train", "--synthetic", "1024", "64", "--nfilters", "16", "32", "32", "--ndense", "16", "--batch-size",
             "128", "--epochs", "1000", "--output", "run.json"]
     result, seconds = _signal_after(args, "epoch 2/1000", signal.SIGINT, tmp_path, delay=0.5)
@@ -516,7 +524,8 @@ def test_reproduce_rejects_unknown_experiments_and_conflicting_packing(tmp_path)
 
 
 def test_reproduce_checkpoints_by_default_as_often_as_every_checkpointing_trainer():
-    from kt_dropout import cli, config
+    from kt_dropout import config
+    from kt_dropout.cli.app import cli
 
     assert cli.build_parser().parse_args(["reproduce"]).checkpoint_every == config.DEFAULT_CHECKPOINT_EVERY
 
@@ -576,7 +585,7 @@ def test_merge_with_a_bad_source_creates_no_target(tmp_path):
 
 
 def test_reproduce_exit_status_says_what_went_wrong(tmp_path):
-    from kt_dropout.cli import EXIT_CONTRADICTED, EXIT_FAILED, reproduce_exit_status
+    from kt_dropout.cli.app import EXIT_CONTRADICTED, EXIT_FAILED, reproduce_exit_status
     from kt_dropout.study.verdicts import decide_all
 
     def runs(name, finals, status="ok"):
@@ -632,7 +641,7 @@ def test_a_run_is_named_after_the_configuration_its_flags_describe(flags, name):
 
 def test_a_missing_backend_names_the_extra_that_installs_it(tmp_path):
     """jax made unimportable, as if not installed: one line, exit status 2, the extra to install."""
-    code = "import sys; sys.modules['jax'] = None; from kt_dropout.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; sys.modules['jax'] = None; from kt_dropout.cli.app import main; sys.exit(main(sys.argv[1:]))"
     result = subprocess.run([sys.executable, "-c", code, "train", "--synthetic", "8", "8"], cwd=tmp_path, env=ENV,
                             capture_output=True, text=True, timeout=120, check=False)
     assert_usage_error(result, "train", "Keras's jax backend is not installed", 'pip install -e ".[jax]"')

@@ -7,14 +7,14 @@ import time
 import keras
 import pytest
 
-from kt_dropout import distribution
-from kt_dropout.progress import Progress, data_line, plan_line, print_banner
 from kt_dropout.study.profiles import PROFILES
 from kt_dropout.study.runner import (
     CPU_SECONDS_PER_MODEL_EPOCH,
     AcceleratorRequired,
     check_accelerator,
 )
+from kt_dropout.training import distribution
+from kt_dropout.training.progress import Progress, data_line, plan_line, print_banner
 
 
 class Terminal(io.StringIO):

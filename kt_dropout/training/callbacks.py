@@ -11,7 +11,7 @@ import time
 import keras
 import keras_tuner
 
-from kt_dropout import stops
+from kt_dropout.training import stops
 
 
 class EpochTimer(keras.callbacks.Callback):

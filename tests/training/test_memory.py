@@ -26,7 +26,7 @@ SCRIPT = f"""
 import gc, json, os, sys
 import keras_tuner
 from kt_dropout.config import Recipe, VGGConfig
-from kt_dropout.data import synthetic_cifar10
+from kt_dropout.data.cifar10 import synthetic_cifar10
 from kt_dropout.tuning.search import search
 
 def resident_mb():

@@ -7,15 +7,15 @@ from typing import Callable
 
 import keras
 
-from kt_dropout import resumable
-from kt_dropout.callbacks import TestScorer
-from kt_dropout.checkpoints import Checkpointing
 from kt_dropout.config import Recipe, VGGConfig, check_positive_int
-from kt_dropout.distribution import data_parallel, describe
-from kt_dropout.memory import releasing_traced_gradients
+from kt_dropout.data.splits import prepare_splits
 from kt_dropout.model import build_compiled
-from kt_dropout.record import RunRecord, make_record, run_key
-from kt_dropout.splits import prepare_splits
+from kt_dropout.training import resumable
+from kt_dropout.training.callbacks import TestScorer
+from kt_dropout.training.checkpoints import Checkpointing
+from kt_dropout.training.distribution import data_parallel, describe
+from kt_dropout.training.memory import releasing_traced_gradients
+from kt_dropout.training.record import RunRecord, make_record, run_key
 
 
 def train(
@@ -48,7 +48,7 @@ def train(
         on_model: called with the trained model (best epoch's weights) before it is dropped; it takes
             images and labels as `data` holds them.
         distributed: build and train data-parallel over every local device
-            (`kt_dropout.distribution.data_parallel`); the batch size stays the global one.
+            (`kt_dropout.training.distribution.data_parallel`); the batch size stays the global one.
         checkpointing: where and how often to checkpoint the run, and when to stop it early; a run whose
             checkpoint exists continues from it (`resumable.fit`: the same history, best epoch and weights
             as a run never stopped). Stopping early raises `checkpoints.TrainingIncomplete`. The caller

@@ -23,7 +23,7 @@ import time
 import uuid
 from pathlib import Path
 
-from kt_dropout.atomic import create_text, write_text
+from kt_dropout.storage.atomic import create_text, write_text
 
 
 class LockHeld(OSError):

@@ -7,11 +7,12 @@ import keras
 import numpy as np
 import pytest
 
-from kt_dropout import Recipe, VGGConfig, checkpoints, train
-from kt_dropout.checkpoints import Checkpointing, TrainingIncomplete
-from kt_dropout.data import DataError, synthetic_cifar10
-from kt_dropout.record import summarize_history
-from kt_dropout.splits import prepare_splits
+from kt_dropout import Recipe, VGGConfig, train
+from kt_dropout.data.cifar10 import DataError, synthetic_cifar10
+from kt_dropout.data.splits import prepare_splits
+from kt_dropout.training import checkpoints
+from kt_dropout.training.checkpoints import Checkpointing, TrainingIncomplete
+from kt_dropout.training.record import summarize_history
 
 TINY = VGGConfig(nfilters=(4, 8, 8), ndense=16)
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from kt_dropout.locks import Lock, LockHeld
+from kt_dropout.storage.locks import Lock, LockHeld
 
 
 def dead_pid() -> int:

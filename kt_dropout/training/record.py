@@ -21,8 +21,8 @@ from typing import Any, Callable
 import keras
 import numpy as np
 
-from kt_dropout.callbacks import TrainingDiverged, check_finite
 from kt_dropout.config import Recipe, VGGConfig
+from kt_dropout.training.callbacks import TrainingDiverged, check_finite
 
 RECORD_SCHEMA = 1
 KEY_LENGTH = 20  # hex digits of a run's key, which names its file in the store

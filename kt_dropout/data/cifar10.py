@@ -4,7 +4,7 @@ Machines without internet still need the real data, so besides Keras's own
 download the loader reads the copies people actually have: an `.npz`, the
 official `cifar-10-python.tar.gz`, its extracted `cifar-10-batches-py/` folder,
 or a `train/<class>/`, `test/<class>/` folder of images (read by
-`kt_dropout.cifar_files`, which trusts no size a file declares). Every source
+`kt_dropout.data.files`, which trusts no size a file declares). Every source
 goes through `validate_dataset`, so a bad copy fails at load time with a
 `DataError` naming the file and the problem, instead of as a shape error deep
 inside training.
@@ -26,7 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from kt_dropout.cifar_files import (
+from kt_dropout.config import check_positive_int
+from kt_dropout.data.files import (
     BATCHES_DIR,
     CIFAR10_CLASSES,
     KNOWN_LAYOUTS,
@@ -37,7 +38,6 @@ from kt_dropout.cifar_files import (
     height_by_width,
     read_source,
 )
-from kt_dropout.config import check_positive_int
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -62,6 +62,12 @@ DATA_ENV_VAR = "KT_DROPOUT_DATA"
 # Keras 2 extracted the archive to `datasets/cifar-10-batches-py`, Keras 3 to
 # `datasets/cifar-10-batches-py-target/cifar-10-batches-py`.
 _CACHE_ENTRIES = (BATCHES_DIR, BATCHES_DIR + "-target", TAR_NAME)
+
+
+def cifar10_source(path=None) -> str:
+    """Where `load_cifar10(path)` looks first, in words."""
+    where = path or os.environ.get(DATA_ENV_VAR)
+    return f"CIFAR-10 from {where}" if where else "CIFAR-10 from Keras's cache (or its download)"
 
 
 def load_cifar10(

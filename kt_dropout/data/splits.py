@@ -15,7 +15,7 @@ import dataclasses
 import numpy as np
 
 from kt_dropout.config import Recipe, VGGConfig
-from kt_dropout.data import DataError, validate_dataset, validate_split
+from kt_dropout.data.cifar10 import DataError, validate_dataset, validate_split
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 
-from kt_dropout.budget import EXIT_INCOMPLETE
+from kt_dropout.training.budget import EXIT_INCOMPLETE
 
 PIN = "CUDA_VISIBLE_DEVICES"
 CHILD = "KT_DROPOUT_DEVICE"  # set in each child: a child never starts children of its own
@@ -52,8 +52,8 @@ def parse_devices(field: str, text: str) -> str | int | list[int]:
 
 def gpu_count() -> int:
     """The GPUs (and TPUs) the Keras backend sees here (`distribution.accelerators`), asked of a subprocess."""
-    code = ("from kt_dropout.startup import start_keras; start_keras(); "
-            "from kt_dropout.distribution import accelerators; print(len(accelerators()))")
+    code = ("from kt_dropout.cli.startup import start_keras; start_keras(); "
+            "from kt_dropout.training.distribution import accelerators; print(len(accelerators()))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if result.returncode != 0:
         raise OSError(f"could not count the GPUs: {result.stderr.strip().splitlines()[-1:]}")

@@ -15,7 +15,6 @@ has been timed; until then the ETA is marked "first epoch includes compile".
 
 from __future__ import annotations
 
-import os
 import sys
 import threading
 import time
@@ -24,8 +23,7 @@ from collections.abc import Callable
 import keras
 from tqdm import tqdm
 
-from kt_dropout import distribution
-from kt_dropout.data import DATA_ENV_VAR
+from kt_dropout.training import distribution
 
 
 class _CurrentStderr:
@@ -60,12 +58,6 @@ def format_seconds(seconds: float) -> str:
 def format_logs(logs: dict) -> str:
     """An epoch's metrics as "loss 1.2345 val_accuracy 0.4123"."""
     return " ".join(f"{name} {value:.4f}" for name, value in logs.items() if isinstance(value, (int, float)))
-
-
-def cifar10_source(path=None) -> str:
-    """Where `load_cifar10(path)` looks first, in words."""
-    where = path or os.environ.get(DATA_ENV_VAR)
-    return f"CIFAR-10 from {where}" if where else "CIFAR-10 from Keras's cache (or its download)"
 
 
 def data_line(source: str, data) -> str:

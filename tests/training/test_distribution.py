@@ -1,4 +1,4 @@
-"""`kt_dropout.distribution.data_parallel`: one model trained data-parallel over simulated devices.
+"""`kt_dropout.training.distribution.data_parallel`: one model trained data-parallel over simulated devices.
 
 Device counts must be fixed before the backend starts, so the JAX and
 TensorFlow checks run in fresh Python subprocesses (2 simulated CPU devices)
@@ -18,10 +18,10 @@ from pathlib import Path
 import keras
 import pytest
 
-from kt_dropout import distribution
-from kt_dropout.record import RunRecord
+from kt_dropout.training import distribution
+from kt_dropout.training.record import RunRecord
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 MARK = "KT_DISTRIBUTION_RESULT "
 
 # Shared by both backends: the data, the small network, and the fit.
@@ -31,9 +31,9 @@ import keras
 import numpy as np
 import kt_dropout
 from kt_dropout.config import Recipe, VGGConfig
-from kt_dropout.data import synthetic_cifar10
-from kt_dropout.distribution import data_parallel, local_device_count
-from kt_dropout.splits import prepare_splits
+from kt_dropout.data.cifar10 import synthetic_cifar10
+from kt_dropout.training.distribution import data_parallel, local_device_count
+from kt_dropout.data.splits import prepare_splits
 
 SPLITS = prepare_splits(synthetic_cifar10(128, 32), Recipe(), VGGConfig())
 CONFIG = VGGConfig(nfilters=(4, 8, 8), ndense=16)
@@ -182,7 +182,7 @@ def test_cli_train_data_parallel_records_the_distribution(tmp_path):
 SEARCH_SCRIPT = """
 import json, tempfile
 from kt_dropout.config import Recipe, VGGConfig
-from kt_dropout.data import synthetic_cifar10
+from kt_dropout.data.cifar10 import synthetic_cifar10
 from kt_dropout.tuning.hypermodel import DropoutVGGHyperModel
 from kt_dropout.tuning.search import search
 

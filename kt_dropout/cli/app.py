@@ -29,11 +29,23 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from kt_dropout import budget, stops
-from kt_dropout.config import DEFAULT_CHECKPOINT_EVERY, Recipe, VGGConfig, parse_duration, parse_every
-from kt_dropout.console import eprint
-from kt_dropout.study.experiments import CLAIMS, CONFIGS, EXPERIMENTS, claims_for, resolve_experiments
+from kt_dropout.cli.console import eprint
+from kt_dropout.config import (
+    DEFAULT_CHECKPOINT_EVERY,
+    Recipe,
+    VGGConfig,
+    parse_duration,
+    parse_every,
+)
+from kt_dropout.study.experiments import (
+    CLAIMS,
+    CONFIGS,
+    EXPERIMENTS,
+    claims_for,
+    resolve_experiments,
+)
 from kt_dropout.study.profiles import DEFAULT_PACK_SIZE, PROFILES, get_profile
+from kt_dropout.training import budget, stops
 from kt_dropout.tuning.space import PARAMS, TUNER_NAMES
 
 # What needs Keras (and so a backend) is imported inside the command that uses it: `--help`, the parser's
@@ -231,8 +243,13 @@ def _recipe(args) -> Recipe:
 def _data(args, config: VGGConfig):
     """`((x_train, y_train), (x_test, y_test))` from --synthetic, --data or the standard lookup, cut to
     --train-size/--test-size, and where it came from in words, for the banner."""
-    from kt_dropout.data import describe_subset, first_per_class, load_cifar10, synthetic_cifar10
-    from kt_dropout.progress import cifar10_source
+    from kt_dropout.data.cifar10 import (
+        cifar10_source,
+        describe_subset,
+        first_per_class,
+        load_cifar10,
+        synthetic_cifar10,
+    )
 
     if args.synthetic:
         if args.class_names:
@@ -288,7 +305,7 @@ def cmd_experiments(args) -> int:
 def _check_output(path: Path, flag: str, force: bool = True) -> None:
     """Refuses, before any training, the output file of `flag` if it is a folder, exists (unless `force`), or
     its folder is missing or cannot be written: the run's or search's result is written at the end."""
-    from kt_dropout.atomic import check_writable_folder
+    from kt_dropout.storage.atomic import check_writable_folder
 
     if path.is_dir():
         raise UsageError(f"{path} is a folder; {flag} takes a file name")
@@ -302,7 +319,7 @@ def _check_output(path: Path, flag: str, force: bool = True) -> None:
 def _write_record(path: Path, record) -> None:
     """Writes the record's JSON whole or not at all, readable as an ordinary file (`write_text`'s temp file,
     which it renames, is private)."""
-    from kt_dropout.atomic import write_text
+    from kt_dropout.storage.atomic import write_text
 
     write_text(path, json.dumps(record.to_json(), indent=1, sort_keys=True) + "\n")
     umask = os.umask(0)
@@ -317,11 +334,16 @@ def checkpoint_of(output: Path) -> Path:
 
 def cmd_train(args) -> int:
     """Trains one configuration (continuing its checkpoint, if any) and writes its run record as JSON."""
-    from kt_dropout.checkpoints import Checkpointing, TrainingIncomplete
-    from kt_dropout.data import data_fingerprint
-    from kt_dropout.locks import Lock
-    from kt_dropout.progress import Progress, data_line, plan_line, print_banner
-    from kt_dropout.training import train
+    from kt_dropout.data.cifar10 import data_fingerprint
+    from kt_dropout.storage.locks import Lock
+    from kt_dropout.training.checkpoints import Checkpointing, TrainingIncomplete
+    from kt_dropout.training.progress import (
+        Progress,
+        data_line,
+        plan_line,
+        print_banner,
+    )
+    from kt_dropout.training.run import train
 
     config, recipe = _config(args), _recipe(args)
     output = Path(args.output)
@@ -358,7 +380,7 @@ def _print_incomplete(stopped) -> None:
     """What a stopped run did and has left: epochs, the time they should take at this run's pace."""
     from statistics import median
 
-    from kt_dropout.checkpoints import read_state
+    from kt_dropout.training.checkpoints import read_state
 
     seconds = read_state(stopped.checkpoint)["epoch_seconds"]
     left = stopped.epochs - stopped.epochs_done
@@ -412,7 +434,7 @@ def _space(items: list[tuple[str, object]]) -> dict:
 
 def cmd_search(args) -> int:
     """Runs a Keras Tuner search and prints its trials, best first."""
-    from kt_dropout.progress import STDERR
+    from kt_dropout.training.progress import STDERR
     from kt_dropout.tuning import cluster
     from kt_dropout.tuning.search import SearchFailedError, SearchIncomplete, search
 
@@ -466,7 +488,7 @@ REPRODUCE_EXIT_CODES = (
 
 def cmd_reproduce(args) -> int:
     """With --devices, the same command once per device (`devices.run_per_device`); else `_reproduce`."""
-    from kt_dropout import devices
+    from kt_dropout.cli import devices
 
     if args.devices is None:
         return _with_keras(_reproduce)(args)
@@ -480,7 +502,7 @@ def cmd_reproduce(args) -> int:
 
 
 def _devices(text: str):
-    from kt_dropout.devices import parse_devices
+    from kt_dropout.cli.devices import parse_devices
 
     try:
         return parse_devices("devices", text)
@@ -490,11 +512,11 @@ def _devices(text: str):
 
 def _reproduce(args) -> int:
     """Trains what the experiments need (reusing stored runs), decides their claims, writes the report."""
-    from kt_dropout.atomic import check_writable_folder
-    from kt_dropout.progress import format_seconds
+    from kt_dropout.storage.atomic import check_writable_folder
     from kt_dropout.study.report import write_report
     from kt_dropout.study.runner import AcceleratorRequired, StudyIncomplete, open_study
     from kt_dropout.study.verdicts import decide_all
+    from kt_dropout.training.progress import format_seconds
 
     time_budget = budget.TimeBudget(args.time_budget) if args.time_budget else None
     if args.no_pack and args.pack_size is not None and args.pack_size > 1:
@@ -647,8 +669,8 @@ def _with_keras(run):
     set first: every command but `experiments` uses it."""
     @functools.wraps(run)
     def with_keras(args) -> int:
+        from kt_dropout.cli.startup import start_keras
         from kt_dropout.determinism import prepare_environment
-        from kt_dropout.startup import start_keras
 
         if getattr(args, "deterministic", None):  # JAX reads XLA_FLAGS once, as it starts
             prepare_environment()

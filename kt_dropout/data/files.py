@@ -2,7 +2,7 @@
 
 An `.npz`, the official `cifar-10-python.tar.gz`, its extracted
 `cifar-10-batches-py/` folder, or a `train/<class>/`, `test/<class>/` folder
-of images, each read as raw arrays for `kt_dropout.data` to validate. A copy
+of images, each read as raw arrays for `kt_dropout.data.cifar10` to validate. A copy
 from elsewhere may be forged or mislabelled, so nothing is guessed: sizes that
 a file declares (array headers, pickled lengths, archive members, image
 headers) are checked against the whole of CIFAR-10 before anything is

@@ -1,4 +1,4 @@
-"""kt_dropout.data: each layout round-trips, the lookup order holds, every bad file is a DataError naming it.
+"""kt_dropout.data.cifar10: each layout round-trips, the lookup order holds, every bad file is a DataError naming it.
 
 All files are small ones generated in tmp_path from `synthetic_cifar10`; no
 test reads the real Keras cache or touches the network (the offline tests make
@@ -31,7 +31,7 @@ import pytest
 from PIL import Image, ImageFile
 
 from kt_dropout.config import Recipe, VGGConfig
-from kt_dropout.data import (
+from kt_dropout.data.cifar10 import (
     CIFAR10_CLASSES,
     CIFAR10_TAR_MD5,
     CIFAR10_URL,
@@ -43,10 +43,10 @@ from kt_dropout.data import (
     synthetic_cifar10,
     validate_dataset,
 )
+from kt_dropout.data.splits import prepare_splits
 from kt_dropout.model import build_model
 from kt_dropout.packing.model import load_member
 from kt_dropout.packing.trainer import Member, PackTrainer
-from kt_dropout.splits import prepare_splits
 from kt_dropout.study.runner import open_study
 
 BATCH_NAMES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
@@ -805,7 +805,7 @@ def test_first_per_class_refuses_sizes_it_cannot_take(sizes, problem):
 
 # --- no data at all, offline: one message naming every place looked at -----------------------------
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_a_failed_download_names_every_place_looked_at_and_how_to_point_at_a_copy(tmp_path, monkeypatch):
