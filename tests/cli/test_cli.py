@@ -525,7 +525,7 @@ def test_reproduce_rejects_unknown_experiments_and_conflicting_packing(tmp_path)
 
 def test_reproduce_checkpoints_by_default_as_often_as_every_checkpointing_trainer():
     from kt_dropout import config
-    from kt_dropout.cli.app import cli
+    from kt_dropout.cli import app as cli
 
     assert cli.build_parser().parse_args(["reproduce"]).checkpoint_every == config.DEFAULT_CHECKPOINT_EVERY
 
