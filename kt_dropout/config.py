@@ -12,6 +12,8 @@ import math
 import re
 from typing import Any, Callable
 
+from kt_dropout.errors import ConfigError
+
 NUM_BLOCKS = 3
 
 
@@ -33,15 +35,15 @@ def spatial_sizes(input_size: int) -> list[int]:
 def check_rate(field: str, value: Any) -> float:
     """A dropout rate: a number in [0, 1)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{field}: a dropout rate must be a number, got {value!r}")
+        raise ConfigError(f"{field}: a dropout rate must be a number, got {value!r}")
     if math.isnan(value) or not 0.0 <= value < 1.0:
-        raise ValueError(f"{field}: a dropout rate must be in [0, 1), got {value!r}")
+        raise ConfigError(f"{field}: a dropout rate must be in [0, 1), got {value!r}")
     return float(value)
 
 
 def check_positive_int(field: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise ValueError(f"{field}: must be a positive integer, got {value!r}")
+        raise ConfigError(f"{field}: must be a positive integer, got {value!r}")
     return value
 
 
@@ -50,7 +52,7 @@ def parse_positive_ints(field: str, text: str) -> list[int]:
     error."""
     numbers = _integers(text)
     if numbers is None or any(number <= 0 for number in numbers):
-        raise ValueError(f"{field}: expected positive integers, got {text!r}")
+        raise ConfigError(f"{field}: expected positive integers, got {text!r}")
     return numbers
 
 
@@ -58,7 +60,7 @@ def parse_positive_int(field: str, text: str) -> int:
     """One positive integer from a flag or environment variable; "0", "" and "2,3" are errors."""
     numbers = _integers(text)
     if numbers is None or len(numbers) != 1 or numbers[0] <= 0:
-        raise ValueError(f"{field}: expected a positive integer, got {text!r}")
+        raise ConfigError(f"{field}: expected a positive integer, got {text!r}")
     return numbers[0]
 
 
@@ -79,7 +81,7 @@ def parse_duration(field: str, text: str) -> float:
     match = _DURATION.fullmatch(str(text).strip().lower())
     seconds = float(match["number"]) * _UNIT_SECONDS[match["unit"]] if match else 0.0
     if seconds <= 0:
-        raise ValueError(f"{field}: expected a positive duration such as 90s, 9m, 1.5h or 2d, got {text!r}")
+        raise ConfigError(f"{field}: expected a positive duration such as 90s, 9m, 1.5h or 2d, got {text!r}")
     return seconds
 
 
@@ -97,27 +99,27 @@ def parse_every(field: str, text: str) -> dict:
 def check_positive_number(field: str, value: Any) -> float:
     """A positive finite number (a bool is not one, though Python counts it as an int)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-        raise ValueError(f"{field}: must be a positive finite number, got {value!r}")
+        raise ConfigError(f"{field}: must be a positive finite number, got {value!r}")
     return float(value)
 
 
 def check_bool(field: str, value: Any) -> bool:
     """True or False only: 0, 1 and "yes" would pass a truthiness test and mean something else."""
     if not isinstance(value, bool):
-        raise ValueError(f"{field}: must be True or False, got {value!r}")
+        raise ConfigError(f"{field}: must be True or False, got {value!r}")
     return value
 
 
 def check_choice(field: str, value: Any, choices: tuple) -> Any:
     if value not in choices:
-        raise ValueError(f"{field}: must be one of {choices}, got {value!r}")
+        raise ConfigError(f"{field}: must be one of {choices}, got {value!r}")
     return value
 
 
 def check_tuple(field: str, value: Any, length: int, what: str, check: Callable[[str, Any], Any]) -> tuple:
     """`value` (a list or tuple of `length` items) as a tuple, each item validated as `field[i]` by `check`."""
     if not isinstance(value, (list, tuple)) or len(value) != length:
-        raise ValueError(f"{field}: need {what}, got {value!r}")
+        raise ConfigError(f"{field}: need {what}, got {value!r}")
     return tuple(check(f"{field}[{i}]", item) for i, item in enumerate(value))
 
 
@@ -155,11 +157,11 @@ class VGGConfig:
         dense_rate = check_rate("dropout_dense", self.dropout_dense)
         check_positive_int("num_classes", self.num_classes)
         if self.num_classes < 2:
-            raise ValueError(f"num_classes: a classifier needs at least 2 classes, got {self.num_classes}")
+            raise ConfigError(f"num_classes: a classifier needs at least 2 classes, got {self.num_classes}")
         shape = check_tuple("input_shape", self.input_shape, 3, "(height, width, channels)", check_positive_int)
         for side in shape[:2]:
             if spatial_sizes(side)[-1] < 1:
-                raise ValueError(
+                raise ConfigError(
                     f"input_shape: {shape[0]}x{shape[1]} is too small for three blocks of "
                     f"(same conv, valid conv, 2x2 pool); each side must be at least 22 pixels"
                 )
@@ -258,5 +260,5 @@ def _known_fields(cls, data: dict, what: str) -> dict:
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise ValueError(f"{what}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
+        raise ConfigError(f"{what}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(names))}")
     return dict(data)

@@ -13,13 +13,14 @@ from __future__ import annotations
 import os
 
 from kt_dropout import _compat
+from kt_dropout.errors import KtDropoutError
 
 XLA_FLAGS_VAR, XLA_DETERMINISTIC = "XLA_FLAGS", "--xla_gpu_deterministic_ops=true"
 # cuBLAS is deterministic only with a fixed workspace (PyTorch refuses deterministic matmuls on CUDA without it).
 CUBLAS_WORKSPACE_VAR, CUBLAS_WORKSPACE = "CUBLAS_WORKSPACE_CONFIG", ":4096:8"
 
 
-class DeterminismUnavailable(ValueError):
+class DeterminismUnavailable(KtDropoutError, ValueError):
     """A deterministic run asked of a process that can no longer make it so (JAX started without the flag)."""
 
 

@@ -1,6 +1,6 @@
 """The package's layering, as the README's Architecture section draws it, checked on the source.
 
-Layers, lowest first: `_compat` < `storage` < the network (`config`, `model`, `objectives`, `determinism`)
+Layers, lowest first: `_compat` and `errors` < `storage` < the network (`config`, `model`, `objectives`, `determinism`)
 < `data` < `training` < `packing` < `tuning` and `study` (which never import each other) < `cli`. A module
 imports its own layer and the layers below it, never one above; only the package's `__init__` sees
 everything. Private modules of Keras, Keras Tuner, TensorFlow and JAX are imported in `_compat` only.
@@ -35,7 +35,7 @@ def _layer(module: str) -> str | None:
     parts = module.split(".")[1:]
     if not parts or parts == ["__init__"] or parts[0] == "__version__":
         return None
-    if parts[0] == "_compat":
+    if parts[0] in ("_compat", "errors"):
         return "compat"
     if parts[0] in NETWORK:
         return "network"
@@ -92,6 +92,7 @@ def test_private_library_modules_only_in_compat(path):
     ("kt_dropout.data.splits", "from kt_dropout.training import stops"),
     ("kt_dropout.model", "from kt_dropout.data.cifar10 import load_cifar10"),
     ("kt_dropout.training.run", "import kt_dropout.cli.console"),
+    ("kt_dropout.errors", "from kt_dropout.config import VGGConfig"),
 ])
 def test_the_check_sees_a_wrong_import(tmp_path, module, source):
     """The checker itself can fail: an import running up a layer is caught, inside the core too."""

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 
+from kt_dropout.errors import ConfigError, KtDropoutError
 from kt_dropout.training.budget import EXIT_INCOMPLETE
 
 PIN = "CUDA_VISIBLE_DEVICES"
@@ -39,14 +40,14 @@ def parse_devices(field: str, text: str) -> str | int | list[int]:
         return text
     parts = [part.strip() for part in text.split(",")]
     if not all(part.isdigit() for part in parts if part) or not any(parts):
-        raise ValueError(f"{field}: expected all, a number of GPUs or a list of device indices (0,1), got {text!r}")
+        raise ConfigError(f"{field}: expected all, a number of GPUs or a list of device indices (0,1), got {text!r}")
     if len(parts) == 1:
         if int(parts[0]) < 1:
-            raise ValueError(f"{field}: expected at least 1 GPU, got {text!r}")
+            raise ConfigError(f"{field}: expected at least 1 GPU, got {text!r}")
         return int(parts[0])
     indices = [int(part) for part in parts if part]
     if len(set(indices)) != len(indices):
-        raise ValueError(f"{field}: a device is listed twice in {text!r}")
+        raise ConfigError(f"{field}: a device is listed twice in {text!r}")
     return indices
 
 
@@ -56,7 +57,7 @@ def gpu_count() -> int:
             "from kt_dropout.training.distribution import accelerators; print(len(accelerators()))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise OSError(f"could not count the GPUs: {result.stderr.strip().splitlines()[-1:]}")
+        raise KtDropoutError(f"could not count the GPUs: {result.stderr.strip().splitlines()[-1:]}")
     return int(result.stdout.strip().splitlines()[-1])
 
 
@@ -68,14 +69,14 @@ def choose(field: str, spec: str | int | list[int]) -> list[str]:
     else:
         count = gpu_count()
         if count == 0:
-            raise ValueError(f"{field} {spec}: no GPU found (CPU only); an explicit list such as {field} 0,1 "
-                             "runs one CPU process per index, for testing")
+            raise ConfigError(f"{field} {spec}: no GPU found (CPU only); an explicit list such as {field} 0,1 "
+                              "runs one CPU process per index, for testing")
         if spec != "all" and spec > count:
-            raise ValueError(f"{field} {spec}: only {count} GPU(s) found")
+            raise ConfigError(f"{field} {spec}: only {count} GPU(s) found")
         indices = list(range(count if spec == "all" else spec))
     visible = [d.strip() for d in os.environ.get(PIN, "").split(",") if d.strip()]
     if visible and max(indices) >= len(visible):
-        raise ValueError(f"{field}: device {max(indices)} is not among {PIN}={os.environ[PIN]}")
+        raise ConfigError(f"{field}: device {max(indices)} is not among {PIN}={os.environ[PIN]}")
     return [visible[i] if visible else str(i) for i in indices]
 
 

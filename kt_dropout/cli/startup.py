@@ -20,6 +20,8 @@ import re
 import sys
 import tempfile
 
+from kt_dropout.errors import BackendNotInstalled
+
 # The package a Keras backend imports -> the extra of pyproject.toml that installs it.
 BACKEND_EXTRAS = {"tensorflow": "tensorflow", "jax": "jax", "jaxlib": "jax", "torch": "torch"}
 TF_LOG_LEVEL_VAR = "TF_CPP_MIN_LOG_LEVEL"
@@ -32,10 +34,6 @@ _EARLY_LOG_LINE = re.compile(
     r"WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR$"
     r"|I\d{4} [\d:.]+ +\d+ [\w.]+:\d+\] "
 )
-
-
-class BackendNotInstalled(ImportError):
-    """Keras's backend (or a package it needs) is not installed; the message names the extra to install."""
 
 
 def start_keras() -> None:

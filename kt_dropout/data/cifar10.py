@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from kt_dropout.config import check_positive_int
+from kt_dropout.errors import FileMissingError
 from kt_dropout.data.files import (
     BATCHES_DIR,
     CIFAR10_CLASSES,
@@ -225,7 +226,7 @@ def _requested_source(path) -> Path | None:
         if value:
             requested = Path(value).expanduser()
             if not requested.exists():
-                raise FileNotFoundError(f"{requested}: CIFAR-10 data named by {origin} does not exist")
+                raise FileMissingError(f"{requested}: CIFAR-10 data named by {origin} does not exist")
             return requested
     return None
 

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from kt_dropout.errors import DataError, MissingPackage
+
 try:
     from PIL import Image
 except ImportError:  # Pillow is needed only for image folders
@@ -69,10 +71,6 @@ _ARCHIVE_ERRORS = (OSError, EOFError, tarfile.TarError, zlib.error)  # gzip.BadG
 _NPZ_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error)
 
 Dataset = tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]
-
-
-class DataError(ValueError):
-    """A data set that is missing a piece, unreadable, or not shaped like CIFAR-10."""
 
 
 def read_source(path: Path, md5: str | None, class_names: Sequence[str] | None, num_classes: int) -> Dataset:
@@ -292,7 +290,7 @@ def _expected_classes(root: Path, class_names: Sequence[str] | None, num_classes
 def _read_image_folder(root: Path, classes: tuple[str, ...]) -> Dataset:
     """`train/<class>/*` and `test/<class>/*`; a class's label is its folder name's place in `classes`."""
     if Image is None:
-        raise ImportError(f"{root}: reading an image folder needs Pillow (pip install pillow)")
+        raise MissingPackage(f"{root}: reading an image folder needs Pillow (pip install pillow)")
     for split in SPLITS:
         _check_class_folders(root, split, classes)
     return tuple(_read_image_split(root / split, classes) for split in SPLITS)

@@ -16,6 +16,7 @@ import numpy as np
 
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.data.cifar10 import DataError, validate_dataset, validate_split
+from kt_dropout.errors import ConfigError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +64,7 @@ def selection_split(data, recipe: Recipe, config: VGGConfig, source: str = "data
     if recipe.selection == "test":
         return (x_train, y_train), (x_test, y_test), None
     if recipe.holdout >= len(x_train):
-        raise ValueError(
+        raise ConfigError(
             f"holdout: {recipe.holdout} images requested for selection but the training set has only {len(x_train)}"
         )
     cut = len(x_train) - recipe.holdout

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 from kt_dropout import _compat
+from kt_dropout.errors import NotAFolderError, file_error
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # gs://bucket/..., ram://..., hdfs://...
 
@@ -94,7 +95,7 @@ def _synced_temp(path: Path, write: Callable[[BinaryIO], object]) -> str:
 
 
 def check_writable_folder(folder) -> None:
-    """Raises an OSError naming `folder` unless files can be written in it, or in what creating it would
+    """Raises a `FileError` (an OSError) naming `folder` unless files can be written in it, or in what creating it would
     make, so that a study stops before hours of training rather than after. Writes nothing: the probe file
     is removed at once."""
     folder = Path(folder)
@@ -102,12 +103,12 @@ def check_writable_folder(folder) -> None:
     while not os.path.lexists(existing):  # the deepest part of the path that is there
         existing = existing.parent
     if not existing.is_dir():
-        raise NotADirectoryError(errno.ENOTDIR, f"cannot write to {folder}: {existing} is not a folder")
+        raise NotAFolderError(f"cannot write to {folder}: {existing} is not a folder")
     try:
         fd, probe = tempfile.mkstemp(dir=existing, prefix=".probe.", suffix=".tmp")
     except OSError as e:
         where = "" if existing == folder else f" (in {existing})"
-        raise OSError(e.errno, f"cannot write to {folder}: {e.strerror or e}{where}") from e
+        raise file_error(e, f"cannot write to {folder}: {e.strerror or e}{where}") from e
     os.close(fd)
     os.unlink(probe)
 

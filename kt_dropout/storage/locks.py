@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import errno
 import json
 import os
 import socket
@@ -23,10 +22,11 @@ import time
 import uuid
 from pathlib import Path
 
+from kt_dropout.errors import FileError
 from kt_dropout.storage.atomic import create_text, write_text
 
 
-class LockHeld(OSError):
+class LockHeld(FileError):
     """Another live process holds the lock; the message names it."""
 
 
@@ -117,8 +117,7 @@ class Lock:
         if create_text(self.path, json.dumps(self._holder())):
             return True
         if not self.path.exists():  # create_text makes nothing where the filesystem has no hard links
-            raise OSError(errno.EOPNOTSUPP, f"{self.what}: cannot create the lock file {self.path}: its "
-                                            "filesystem has no hard links")
+            raise FileError(f"{self.what}: cannot create the lock file {self.path}: its filesystem has no hard links")
         return False
 
     def _read(self, strict: bool = False) -> dict | None:

@@ -14,6 +14,7 @@ import numpy as np
 from scipy import stats
 from tabulate import tabulate
 
+from kt_dropout.errors import ConfigError, StoreError
 from kt_dropout.study.experiments import CLAIMS
 from kt_dropout.study.verdicts import decide_all, metric_value
 from kt_dropout.training.record import RunRecord
@@ -56,10 +57,10 @@ def comparison(reference: list[RunRecord], other: list[RunRecord], claims=DEFAUL
     """
     unknown = [c for c in claims if c not in CLAIMS]
     if unknown:
-        raise ValueError(f"unknown claim(s) {', '.join(unknown)}; known: {', '.join(CLAIMS)}")
+        raise ConfigError(f"unknown claim(s) {', '.join(unknown)}; known: {', '.join(CLAIMS)}")
     pairs = paired_runs(reference, other)
     if not pairs:
-        raise ValueError("no run of one store has a partner in the other (same name, seed, epochs and data)")
+        raise StoreError("no run of one store has a partner in the other (same name, seed, epochs and data)")
     names = sorted({r.name for r, _ in pairs})
     rows = [_difference_row(n, [p for p in pairs if p[0].name == n]) for n in names]
     rows.append(_difference_row("all pairs", pairs))

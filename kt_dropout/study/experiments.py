@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 
 from kt_dropout.config import VGGConfig
+from kt_dropout.errors import ConfigError
 
 _BASE = VGGConfig()
 _WIDE = VGGConfig(ndense=1024)
@@ -249,5 +250,5 @@ def resolve_experiments(names) -> list[Experiment]:
         return list(EXPERIMENTS.values())
     unknown = [n for n in names if n not in EXPERIMENTS]
     if unknown:
-        raise ValueError(f"unknown experiment(s): {', '.join(unknown)}; known: {', '.join(EXPERIMENTS)}")
+        raise ConfigError(f"unknown experiment(s): {', '.join(unknown)}; known: {', '.join(EXPERIMENTS)}")
     return [EXPERIMENTS[n] for n in names]

@@ -18,6 +18,7 @@ from pathlib import Path
 import keras
 
 from kt_dropout.config import Recipe
+from kt_dropout.errors import StoreError
 from kt_dropout.storage.atomic import write_text
 from kt_dropout.study.results import STUDIES_FOLDER
 from kt_dropout.training.record import KEY_LENGTH, RunKey, canonical_json
@@ -63,9 +64,9 @@ class Plan:
     def from_json(cls, document, source) -> Plan:
         """The plan in `document`; a ValueError naming `source` when it is not one this code wrote."""
         if not isinstance(document, dict) or document.get("format") != PLAN_FORMAT:
-            raise ValueError(f"{source}: not a {PLAN_FORMAT} file")
+            raise StoreError(f"{source}: not a {PLAN_FORMAT} file")
         if document.get("version") != PLAN_VERSION:
-            raise ValueError(f"{source}: study plan version {document.get('version')!r}; this code reads {PLAN_VERSION}")
+            raise StoreError(f"{source}: study plan version {document.get('version')!r}; this code reads {PLAN_VERSION}")
         try:
             return cls(
                 profile=str(document["profile"]), experiments=tuple(document["experiments"]),
@@ -75,7 +76,7 @@ class Plan:
                 runs=tuple(PlannedRun(str(r["name"]), int(r["seed"]), str(r["key"])) for r in document["runs"]),
             )
         except (KeyError, TypeError, ValueError) as error:
-            raise ValueError(f"{source}: not a valid study plan ({type(error).__name__}: {error})") from None
+            raise StoreError(f"{source}: not a valid study plan ({type(error).__name__}: {error})") from None
 
 
 def plan_of(study) -> Plan:
@@ -112,6 +113,6 @@ def read_plans(store_root) -> list[Plan]:
         try:
             document = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as error:
-            raise ValueError(f"{path}: unreadable study plan ({error})") from None
+            raise StoreError(f"{path}: unreadable study plan ({error})") from None
         plans.append(Plan.from_json(document, path))
     return plans

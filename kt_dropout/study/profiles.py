@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 
 from kt_dropout.config import VGGConfig, check_positive_int
+from kt_dropout.errors import ConfigError
 from kt_dropout.study.experiments import CLAIMS, EXPERIMENTS
 
 #: The report's title for runs on CIFAR-10 (and for runs whose profile the report is not told).
@@ -92,5 +93,5 @@ PROFILES: dict[str, Profile] = {
 
 def get_profile(name: str) -> Profile:
     if name not in PROFILES:
-        raise ValueError(f"unknown profile {name!r}; known: {', '.join(PROFILES)}")
+        raise ConfigError(f"unknown profile {name!r}; known: {', '.join(PROFILES)}")
     return PROFILES[name]

@@ -15,7 +15,6 @@ filesystem) trains the same run again at the same time.
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import re
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Iterable, NamedTuple
 
 from kt_dropout.config import Recipe, VGGConfig
+from kt_dropout.errors import FileError, FileMissingError, StoreError, file_error
 from kt_dropout.storage.atomic import check_writable_folder, create_text, write_text
 from kt_dropout.training.record import KEY_LENGTH, RunRecord, canonical_json
 
@@ -73,7 +73,7 @@ def _read_record(path: Path) -> RunRecord:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as e:
-        raise ValueError(f"{path}: not JSON ({e})") from None
+        raise StoreError(f"{path}: not JSON ({e})") from None
     return RunRecord.from_json(data, source=path, key=path.stem)
 
 
@@ -85,9 +85,10 @@ def _try_read(path: Path) -> tuple[RunRecord | None, str | None]:
         return None, str(e)
 
 
-def _folder_error(error: OSError, what: str, folder: Path) -> OSError:
-    """The same kind of OSError (PermissionError, ...) with a message that names the folder."""
-    return OSError(error.errno or errno.EIO, f"cannot {what} results store folder {folder}: {error.strerror or error}")
+def _folder_error(error: OSError, what: str, folder: Path) -> FileError:
+    """A `FileError` of the same kind (`FileAccessError`, a PermissionError, ...) with a message that names the
+    folder."""
+    return file_error(error, f"cannot {what} results store folder {folder}: {error.strerror or error}")
 
 
 def check_mergeable(stores: Iterable["ResultStore"]) -> None:
@@ -95,7 +96,7 @@ def check_mergeable(stores: Iterable["ResultStore"]) -> None:
     merged from any of them."""
     problems = [problem for store in stores for problem in store.problems()]
     if problems:
-        raise ValueError(f"{len(problems)} bad run file(s), nothing merged: {'; '.join(problems)}")
+        raise StoreError(f"{len(problems)} bad run file(s), nothing merged: {'; '.join(problems)}")
 
 
 class ResultStore:
@@ -118,7 +119,7 @@ class ResultStore:
             if create:
                 check_writable_folder(self.root)
         elif not create:
-            raise FileNotFoundError(f"{self.root} is not a results store: it has no {MANIFEST_NAME}")
+            raise FileMissingError(f"{self.root} is not a results store: it has no {MANIFEST_NAME}")
         else:
             self._create()
 
@@ -126,9 +127,9 @@ class ResultStore:
         try:
             found = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as e:
-            raise ValueError(f"{self.root}: unreadable {MANIFEST_NAME} ({e}); refusing to use this folder") from e
+            raise StoreError(f"{self.root}: unreadable {MANIFEST_NAME} ({e}); refusing to use this folder") from e
         if found != MANIFEST:
-            raise ValueError(
+            raise StoreError(
                 f"{self.root}: {MANIFEST_NAME} says {found!r} but this code reads {MANIFEST!r}; "
                 "refusing to use or overwrite it -- pick another folder"
             )
@@ -138,7 +139,7 @@ class ResultStore:
                            if not (p.is_file() and _is_store_file(p.name) or p.is_dir() and p.name in STORE_FOLDERS))
         if strangers:
             shown = ", ".join(strangers[:5]) + (", ..." if len(strangers) > 5 else "")
-            raise ValueError(
+            raise StoreError(
                 f"{self.root} is not a results store: it holds files a store does not write ({shown}); "
                 "refusing to use it -- pick an empty or new folder"
             )

@@ -28,6 +28,7 @@ from kt_dropout.config import (
     check_positive_int,
     parse_every,
 )
+from kt_dropout.errors import ConfigError, KtDropoutError
 from kt_dropout.packing.trainer import Member, plan_packs, train_pack
 from kt_dropout.study.experiments import (
     CONFIGS,
@@ -378,7 +379,7 @@ def _members(profile: Profile, names: Iterable[str], seeds: list[int]) -> list[M
     names = list(names)
     unknown = [n for n in names if n not in CONFIGS]
     if unknown:
-        raise ValueError(f"unknown configuration(s): {', '.join(unknown)}; known: {', '.join(CONFIGS)}")
+        raise ConfigError(f"unknown configuration(s): {', '.join(unknown)}; known: {', '.join(CONFIGS)}")
     return [Member(n, profile.scale(CONFIGS[n]), seed) for n in names for seed in seeds]
 
 
@@ -388,7 +389,7 @@ def _members(profile: Profile, names: Iterable[str], seeds: list[int]) -> list[M
 CPU_SECONDS_PER_MODEL_EPOCH = 500.0
 
 
-class AcceleratorRequired(ValueError):
+class AcceleratorRequired(KtDropoutError, ValueError):
     """GPU-length training asked of a machine with no GPU or TPU, without allowing the CPU."""
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 
+from kt_dropout.errors import ConfigError
 from kt_dropout.packing.trainer import Member
 
 _SHARD = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
@@ -21,10 +22,10 @@ def parse_shard(field: str, text: str) -> tuple[int, int]:
     """(I, N) from "I/N" with 1 <= I <= N; anything else is a ValueError naming `field`."""
     match = _SHARD.fullmatch(str(text))
     if not match:
-        raise ValueError(f"{field}: expected I/N (shard I of N, e.g. 1/4), got {text!r}")
+        raise ConfigError(f"{field}: expected I/N (shard I of N, e.g. 1/4), got {text!r}")
     index, count = int(match[1]), int(match[2])
     if count < 1 or not 1 <= index <= count:
-        raise ValueError(f"{field}: expected I/N with 1 <= I <= N (shards count from 1), got {text!r}")
+        raise ConfigError(f"{field}: expected I/N with 1 <= I <= N (shards count from 1), got {text!r}")
     return index, count
 
 

@@ -39,6 +39,7 @@ from typing import Iterable
 import numpy as np
 from scipy import optimize, stats
 
+from kt_dropout.errors import ConfigError
 from kt_dropout.study.experiments import (
     CLAIMS,
     FINAL_WINDOW,
@@ -75,7 +76,7 @@ def metric_value(record: RunRecord, metric: str) -> float | None:
         return record.best_epoch
     if metric == "late_degradation":
         return float(max(curve) - np.mean(curve[-FINAL_WINDOW:])) if len(curve) >= FINAL_WINDOW else None
-    raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
+    raise ConfigError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
 
 
 def values_by_seed(runs: Iterable[RunRecord], metric: str) -> dict[int, float]:

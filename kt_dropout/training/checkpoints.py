@@ -24,6 +24,7 @@ import keras
 import numpy as np
 
 from kt_dropout.config import check_positive_int
+from kt_dropout.errors import KtDropoutError
 from kt_dropout.storage.atomic import write_with
 from kt_dropout.training import stops
 
@@ -32,7 +33,7 @@ FORMAT = "kt-dropout-checkpoint"
 VERSION = 1
 
 
-class CheckpointError(ValueError):
+class CheckpointError(KtDropoutError, ValueError):
     """A checkpoint file that cannot be continued from (damaged, another format or version, written for other
     runs); the message names the file. Whoever owns the file may delete it and train from scratch."""
 

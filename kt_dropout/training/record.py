@@ -22,6 +22,7 @@ import keras
 import numpy as np
 
 from kt_dropout.config import Recipe, VGGConfig
+from kt_dropout.errors import StoreError
 from kt_dropout.training.callbacks import TrainingDiverged, check_finite
 
 RECORD_SCHEMA = 1
@@ -35,7 +36,7 @@ STATUSES = ("ok", "failed")
 def _expect(ok: bool, value: Any, where: str, what: str) -> None:
     if not ok:
         shown = repr(value)
-        raise ValueError(f"{where}: expected {what}, got {shown if len(shown) <= 60 else shown[:57] + '...'}")
+        raise StoreError(f"{where}: expected {what}, got {shown if len(shown) <= 60 else shown[:57] + '...'}")
 
 
 def _integer(value, where: str) -> int:
@@ -88,7 +89,7 @@ def _values_of(cls) -> Callable:
         try:
             return cls.from_dict(value)
         except (TypeError, ValueError) as error:
-            raise ValueError(f"{where}: {error}") from None
+            raise StoreError(f"{where}: {error}") from None
 
     return parse_values
 
@@ -186,7 +187,7 @@ class RunRecord:
                 the file it came from) and the record's key fields do not hash to it.
         """
         if not isinstance(mapping, dict):
-            raise ValueError(f"{source}: not a run record (a JSON object), got {type(mapping).__name__}")
+            raise StoreError(f"{source}: not a run record (a JSON object), got {type(mapping).__name__}")
         fields = {f.name: f for f in (*dataclasses.fields(RunKey), *dataclasses.fields(cls)) if f.name != "key"}
         required = ["schema", *(name for name, field in fields.items() if field.default is dataclasses.MISSING)]
         problems = []
@@ -197,7 +198,7 @@ class RunRecord:
         if unknown:
             problems.append(f"unknown field(s) {', '.join(unknown)}")
         if problems:
-            raise ValueError(f"{source}: not a run record of schema {RECORD_SCHEMA}: {'; '.join(problems)}")
+            raise StoreError(f"{source}: not a run record of schema {RECORD_SCHEMA}: {'; '.join(problems)}")
         schema = mapping["schema"]
         _expect(schema == RECORD_SCHEMA and not isinstance(schema, bool), schema, f"{source}: schema", str(RECORD_SCHEMA))
         values = {
@@ -206,7 +207,7 @@ class RunRecord:
         }
         run_key = RunKey(**{f.name: values.pop(f.name) for f in dataclasses.fields(RunKey)})
         if key is not None and run_key.digest() != key:
-            raise ValueError(
+            raise StoreError(
                 f"{source}: its key fields ({', '.join(f.name for f in dataclasses.fields(RunKey))}) hash to "
                 f"{run_key.digest()}, not {key}: it was changed after it was stored, or stored under another name"
             )

@@ -30,6 +30,7 @@ import warnings
 import keras_tuner
 
 from kt_dropout._compat import bound_oracle_client_calls, keep_serving, requeue_trial
+from kt_dropout.errors import ConfigError, KtDropoutError
 from kt_dropout.tuning.identity import differences, with_known_data
 
 ENV_TUNER_ID, ENV_IP, ENV_PORT = ENV_NAMES = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
@@ -41,7 +42,7 @@ _HELLO = "kt_dropout/identity"  # the hyperparameter a worker's introduction tra
 _REFUSED = "kt-dropout chief refused this worker: "
 
 
-class ChiefUnreachable(keras_tuner.errors.FatalError, ConnectionError):
+class ChiefUnreachable(KtDropoutError, keras_tuner.errors.FatalError, ConnectionError):
     """The chief did not answer in time: none at the address, or it stopped. Fatal: no trial can go on."""
 
 
@@ -56,7 +57,7 @@ def role() -> str | None:
         return None
     missing = [name for name in ENV_NAMES if name not in present]
     if missing:
-        raise ValueError(f"distributed search: {', '.join(present)} set but {', '.join(missing)} not")
+        raise ConfigError(f"distributed search: {', '.join(present)} set but {', '.join(missing)} not")
     return "chief" if "chief" in os.environ[ENV_TUNER_ID] else "worker"
 
 
@@ -69,16 +70,16 @@ def configure(chief: str | None = None, worker: str | None = None, tuner_id: str
     trial at once instead of after `lost_worker_seconds`.
     """
     if (chief is None) == (worker is None):
-        raise ValueError("distributed search: give the chief's address as either chief or worker, not both")
+        raise ConfigError("distributed search: give the chief's address as either chief or worker, not both")
     host, port = _address(chief or worker)
     if chief is not None:
         if tuner_id is not None:
-            raise ValueError("distributed search: the chief's tuner id is always 'chief'")
+            raise ConfigError("distributed search: the chief's tuner id is always 'chief'")
         tuner_id = "chief"
     elif tuner_id is None:
         tuner_id = f"worker-{socket.gethostname()}-{os.getpid()}"
     elif "chief" in tuner_id:
-        raise ValueError(f"distributed search: a worker's tuner id must not contain 'chief', got {tuner_id!r}")
+        raise ConfigError(f"distributed search: a worker's tuner id must not contain 'chief', got {tuner_id!r}")
     os.environ.update({ENV_TUNER_ID: tuner_id, ENV_IP: host, ENV_PORT: str(port)})
     return role()
 
@@ -97,7 +98,7 @@ def check_port_free() -> None:
             pass
     except OSError as error:
         why = os.strerror(error.errno) if error.errno and error.errno > 0 else str(error)
-        raise OSError(f"distributed search: the chief cannot serve at {address()}: {why} (another process on "
+        raise ConfigError(f"distributed search: the chief cannot serve at {address()}: {why} (another process on "
                       f"port {port}?)") from None
 
 
@@ -153,7 +154,7 @@ class _BoundedStub:
 def _address(text: str) -> tuple[str, int]:
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"distributed search: the chief's address must be HOST:PORT, got {text!r}")
+        raise ConfigError(f"distributed search: the chief's address must be HOST:PORT, got {text!r}")
     return host, int(port)
 
 
@@ -176,7 +177,7 @@ class LeasedOracle:
 
     def __init__(self, oracle: keras_tuner.Oracle, lost_worker_seconds: float, identity: dict, on_identity=None):
         if not lost_worker_seconds > 2 * HEARTBEAT_SECONDS:
-            raise ValueError(
+            raise ConfigError(
                 f"lost_worker_seconds: must exceed two heartbeats ({2 * HEARTBEAT_SECONDS:g} s), "
                 f"got {lost_worker_seconds!r}"
             )
@@ -193,7 +194,7 @@ class LeasedOracle:
         refusal = self._introduce(hyperparameters.values.get(_HELLO))
         if refusal:
             warnings.warn(refusal, RuntimeWarning)
-            raise ValueError(f"{_REFUSED}{refusal}")
+            raise ConfigError(f"{_REFUSED}{refusal}")
 
     @keras_tuner.synchronized
     def _introduce(self, hello: str | None) -> str | None:
@@ -215,7 +216,7 @@ class LeasedOracle:
         if tuner_id not in self._introduced and worker not in self._introduced:
             message = f"worker {tuner_id} asked for a trial without introducing its search (an older kt-dropout?)"
             warnings.warn(message, RuntimeWarning)
-            raise ValueError(f"{_REFUSED}{message}")
+            raise ConfigError(f"{_REFUSED}{message}")
         return self._create_trial(tuner_id)
 
     @keras_tuner.synchronized

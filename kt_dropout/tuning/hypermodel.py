@@ -20,6 +20,7 @@ from kt_dropout.config import (
 )
 from kt_dropout.data.cifar10 import DataError
 from kt_dropout.data.splits import check_data, check_split
+from kt_dropout.errors import ConfigError
 from kt_dropout.model import build_compiled
 from kt_dropout.training import checkpoints, resumable
 from kt_dropout.training.callbacks import check_finite
@@ -167,7 +168,7 @@ def _mapping(space) -> dict:
         raise TypeError(f"space: expected a dict of hyperparameter name to spec, got {type(space).__name__}")
     unknown = sorted(str(name) for name in space if name not in PARAMS)
     if unknown:
-        raise ValueError(f"space: unknown hyperparameter(s) {', '.join(unknown)}; known: {', '.join(PARAMS)}")
+        raise ConfigError(f"space: unknown hyperparameter(s) {', '.join(unknown)}; known: {', '.join(PARAMS)}")
     return space
 
 
@@ -178,7 +179,7 @@ def _parse(name: str, spec) -> tuple[str, dict]:
         method, kwargs = _declaration(PARAMS[name], spec)
         getattr(keras_tuner.HyperParameters(), method)(name, **kwargs)
     except (ValueError, TypeError) as error:
-        raise ValueError(f"space[{name!r}]: {error}") from None
+        raise ConfigError(f"space[{name!r}]: {error}") from None
     return method, kwargs
 
 

@@ -17,6 +17,7 @@ import json
 import os
 
 from kt_dropout import _compat
+from kt_dropout.errors import KtDropoutError
 from kt_dropout.storage.atomic import write_text
 from kt_dropout.storage.locks import Lock
 from kt_dropout.tuning.identity import IDENTITY_FILE, differences, with_known_data
@@ -26,7 +27,7 @@ ORACLE_FILE = "oracle.json"
 _URL_SCHEME = "://"
 
 
-class ProjectError(ValueError):
+class ProjectError(KtDropoutError, ValueError):
     """A project that cannot be resumed as asked; the message names why and the way out."""
 
 
