@@ -1,4 +1,4 @@
-"""Every use of a private or undocumented API of Keras, Keras Tuner, TensorFlow or JAX, in one place.
+"""Every use of a private or undocumented API of Keras, Keras Tuner, TensorFlow, JAX or argparse, in one place.
 
 Each entry says which public API is missing and the versions it was checked
 on; `pyproject.toml` caps those libraries at the versions checked, and
@@ -226,3 +226,15 @@ def keep_serving(oracle, tuner_id: str) -> None:
     holds the oracle's lock. Checked on Keras Tuner 1.4.8.
     """
     oracle.tuner_ids.add(tuner_id)
+
+
+# argparse
+
+
+def argparse_flags(parser) -> list[str]:
+    """Every option string ("--epochs", "-o", ...) that `parser` takes, its argument groups' included.
+
+    argparse has no public API listing a parser's flags (`suggest_on_error`, which suggests a close one, exists
+    from Python 3.14 on only). `ArgumentParser._option_string_actions`, checked on Python 3.10-3.13.
+    """
+    return list(parser._option_string_actions)

@@ -15,18 +15,14 @@ import time
 
 import pytest
 
-from kt_dropout.cli.app import (
-    UsageError,
-    _config,
-    _config_name,
-    _one_study,
-    build_parser,
-    main,
-    space_item,
-)
+from kt_dropout.cli.app import build_parser, main
+from kt_dropout.cli.flags import config_name, config_of
+from kt_dropout.cli.results import one_study
+from kt_dropout.cli.search import space_item
 from kt_dropout.cli.startup import _EARLY_LOG_LINE, _stderr_without
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.data.cifar10 import data_fingerprint, first_per_class, synthetic_cifar10
+from kt_dropout.errors import UsageError
 from kt_dropout.storage.locks import Lock
 from kt_dropout.study.experiments import CLAIMS, CONFIGS, EXPERIMENTS
 from kt_dropout.study.profiles import PROFILES
@@ -540,12 +536,12 @@ def _run(seed, epochs, precision="float32"):
 def test_report_takes_one_study_of_a_mixed_store(capsys):
     short = [_run(0, 1), _run(1, 1), _run(2, 1)]
     long, bf16 = [_run(0, 2), _run(1, 2)], [_run(0, 1, "mixed_bfloat16")]
-    assert _one_study([long[0], *short, long[1], *bf16], None) == short  # the study with the most runs
+    assert one_study([long[0], *short, long[1], *bf16], None) == short  # the study with the most runs
     assert "mixes 3 studies" in capsys.readouterr().err
-    assert _one_study([*short, *long, *bf16], 2) == long
-    assert _one_study(short, None) == short and capsys.readouterr().err == ""
+    assert one_study([*short, *long, *bf16], 2) == long
+    assert one_study(short, None) == short and capsys.readouterr().err == ""
     with pytest.raises(UsageError, match=r"no runs of 5 epochs; the store has runs of \[1, 2\] epochs"):
-        _one_study([*short, *long], 5)
+        one_study([*short, *long], 5)
 
 
 def test_report_needs_a_store(tmp_path):
@@ -575,7 +571,7 @@ def test_output_under_a_file_is_a_one_line_error_and_writes_nothing(tmp_path, co
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")}
     result = run_cli(*command, cwd=tmp_path)
     assert_usage_error(result, command[0], f"{path}: ")
-    assert len(result.stderr.strip().splitlines()) == 1
+    assert len(result.stderr.strip().splitlines()) == 1 and "[Errno" not in result.stderr
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*")} == before
 
 
@@ -585,7 +581,7 @@ def test_merge_with_a_bad_source_creates_no_target(tmp_path):
 
 
 def test_reproduce_exit_status_says_what_went_wrong(tmp_path):
-    from kt_dropout.cli.app import EXIT_CONTRADICTED, EXIT_FAILED, reproduce_exit_status
+    from kt_dropout.cli.reproduce import EXIT_CONTRADICTED, EXIT_FAILED, reproduce_exit_status
     from kt_dropout.study.verdicts import decide_all
 
     def runs(name, finals, status="ok"):
@@ -636,7 +632,7 @@ def test_parse_errors_suggest_the_closest_flag_choice_or_name(capsys, argv, mess
 ])
 def test_a_run_is_named_after_the_configuration_its_flags_describe(flags, name):
     args = build_parser().parse_args(["train", *flags])
-    assert _config_name(_config(args)) == name
+    assert config_name(config_of(args)) == name
 
 
 def test_a_missing_backend_names_the_extra_that_installs_it(tmp_path):

@@ -28,7 +28,9 @@ PACKED = [*FLAGS, "--max-trials", "2", "--trials-per-step", "2", "--space", "dro
 RESUME = """
 import hashlib, json, sys
 import numpy as np
-from kt_dropout.cli.app import build_parser, _config, _recipe, _space
+from kt_dropout.cli.app import build_parser
+from kt_dropout.cli.flags import config_of, recipe_of
+from kt_dropout.cli.search import space_of
 from kt_dropout.data.cifar10 import synthetic_cifar10
 from kt_dropout.packing.trainer import PackTrainer
 from kt_dropout.tuning import packed_trials
@@ -46,8 +48,8 @@ packed_trials.PackTrainer = Recording
 flags = json.loads(sys.argv[1])
 for directory in sys.argv[2:]:
     args = build_parser().parse_args(["search", *flags, "--directory", directory])
-    result = search(data=synthetic_cifar10(256, 64), max_trials=args.max_trials, space=_space(args.space),
-                    base=_config(args), recipe=_recipe(args), directory=directory, project_name="p", seed=3,
+    result = search(data=synthetic_cifar10(256, 64), max_trials=args.max_trials, space=space_of(args.space),
+                    base=config_of(args), recipe=recipe_of(args), directory=directory, project_name="p", seed=3,
                     verbose=0, checkpoint_every=args.checkpoint_every, trials_per_step=args.trials_per_step)
     for row in sorted(result.trials, key=lambda row: row["trial_id"]):
         model = result.tuner.load_model(result.tuner.oracle.get_trial(row["trial_id"]))

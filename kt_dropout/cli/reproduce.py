@@ -1,0 +1,179 @@
+"""`kt-dropout reproduce`: train the post's experiments (resumable, shardable, one process per GPU), decide
+their claims, write the report."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+from kt_dropout.cli.command import PROG, RESUMABLE, Command
+from kt_dropout.cli.console import eprint
+from kt_dropout.cli.flags import (
+    DETERMINISTIC_HELP,
+    PRECISION_HELP,
+    add_budget_flag,
+    add_checkpoint_flag,
+    add_size_flags,
+)
+from kt_dropout.cli.parser import did_you_mean, flag_type, positive_int
+from kt_dropout.cli.results import STORE_FOLDER
+from kt_dropout.config import Recipe
+from kt_dropout.errors import UsageError
+from kt_dropout.study.experiments import EXPERIMENTS, claims_for, resolve_experiments
+from kt_dropout.study.profiles import DEFAULT_PACK_SIZE, PROFILES, get_profile
+from kt_dropout.training import budget, stops
+
+DEFAULT_RESULTS = "kt_results"
+
+EXIT_FAILED, EXIT_CONTRADICTED = 1, 3
+REPRODUCE_EXIT_CODES = (
+    "exit status: 0 every run succeeded and no claim the profile decides is contradicted or insufficient "
+    "(supported, unresolved, or not decidable at these epochs); "
+    f"{EXIT_FAILED} a run failed, or a claim the profile decides is insufficient; "
+    f"{EXIT_CONTRADICTED} a claim the profile decides is contradicted (before {EXIT_FAILED}); 2 a usage error; "
+    f"{budget.EXIT_INCOMPLETE} the time budget was spent, or a SIGTERM came, before the study was trained "
+    "(checkpointed: rerun to continue)"
+)
+
+
+def _experiment(name: str) -> str:
+    if name not in EXPERIMENTS:
+        raise argparse.ArgumentTypeError(
+            f"unknown experiment {name!r}{did_you_mean(name, EXPERIMENTS)}; known: {', '.join(EXPERIMENTS)}")
+    return name
+
+
+def _shard(text: str) -> tuple[int, int]:
+    from kt_dropout.study.shards import parse_shard  # imports Keras: only when the flag is given
+
+    return flag_type(parse_shard)(text)
+
+
+def _devices(text: str):
+    from kt_dropout.cli.devices import parse_devices
+
+    return flag_type(parse_devices)(text)
+
+
+class Reproduce(Command):
+    name = "reproduce"
+    help = "train the post's experiments, decide its claims, report"
+    description = ("Trains the runs the experiments need (default: the profile's), reusing every run already in "
+                   "RESULTS/store, so an interrupted or repeated call resumes. Then prints each claim's verdict and "
+                   "writes RESULTS/report-PROFILE/report.md with figures. " + REPRODUCE_EXIT_CODES + ".")
+    interrupted = RESUMABLE
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("experiments", nargs="*", type=_experiment, metavar="EXPERIMENT",
+                            help=f"experiments to train: {', '.join(EXPERIMENTS)} [the profile's]")
+        parser.add_argument("--profile", choices=list(PROFILES), default="quick",
+                            help="smoke: tiny networks on synthetic data; quick: 15 epochs; full: the post's "
+                                 "250 [quick]")
+        parser.add_argument("--seeds", type=positive_int, metavar="N", help="seeds per configuration [the profile's]")
+        parser.add_argument("--epochs", type=positive_int, metavar="N", help="epochs per run [the profile's]")
+        parser.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR",
+                            help=f"results folder: store/ and report-PROFILE/ [{DEFAULT_RESULTS}]")
+        data = parser.add_argument_group("data")
+        data.add_argument("--data", metavar="PATH", help="CIFAR-10 location (not used by smoke) [standard lookup]")
+        add_size_flags(data)
+        parser.add_argument("--selection", choices=Recipe.SELECTIONS, default="test",
+                            help="pick the best epoch on the test set (as the post) or a holdout split [test]")
+        parser.add_argument("--precision", choices=Recipe.PRECISIONS, default="float32", help=PRECISION_HELP)
+        parser.add_argument("--deterministic", action="store_true", help=DETERMINISTIC_HELP)
+        parser.add_argument("--pack-size", type=positive_int, metavar="N",
+                            help=f"most runs of one shape trained together as one packed model [{DEFAULT_PACK_SIZE}]")
+        parser.add_argument("--no-pack", action="store_true", help="train each run alone with keras fit (pack size 1)")
+        parser.add_argument("--allow-cpu", action="store_true",
+                            help="train quick or full on a machine without a GPU or TPU, which is otherwise refused "
+                                 "with the estimated time (hours to weeks)")
+        spread = parser.add_argument_group("one study over several processes (all may share one RESULTS: each "
+                                           "run is leased in RESULTS/store/leases/ while it trains)")
+        spread.add_argument("--shard", type=_shard, metavar="I/N",
+                            help="train only shard I of N (1 <= I <= N): the study's packs are planned over all of "
+                                 "its runs and shard I takes every N-th from the I-th, the same share on every "
+                                 "machine (give all shards the same flags); for a Slurm job array. Then merge and "
+                                 "report")
+        spread.add_argument("--devices", type=_devices, metavar="all|N|i,j",
+                            help="run this command once per local GPU (all, the first N, or those listed), each "
+                                 "process pinned to its GPU (CUDA_VISIBLE_DEVICES), all into RESULTS; lines are "
+                                 "prefixed with the device; exits with the worst status. On a CPU an explicit list "
+                                 "runs that many CPU processes (pinning does nothing there)")
+        add_checkpoint_flag(parser, "each pack (or run) saves its checkpoint in RESULTS/store/checkpoints/ "
+                                    "(rerunning the command continues from it; deleted once its runs are stored)")
+        add_budget_flag(parser)
+
+    def needs_backend(self, args) -> bool:
+        return args.devices is None  # with --devices the children train; the parent must not hold the GPUs
+
+    def run(self, args) -> int:
+        """With --devices, the same command once per device (`devices.run_per_device`); else `_reproduce`."""
+        from kt_dropout.cli import devices
+
+        if args.devices is None:
+            return _reproduce(args)
+        if os.environ.get(devices.CHILD):
+            raise UsageError(f"--devices in a process that --devices started ({devices.CHILD} is set)")
+        chosen = devices.choose("--devices", args.devices)
+        return devices.run_per_device(devices.without_flag(args.argv, "--devices"), chosen)
+
+
+def _reproduce(args) -> int:
+    """Trains what the experiments need (reusing stored runs), decides their claims, writes the report."""
+    from kt_dropout.storage.atomic import check_writable_folder
+    from kt_dropout.study.report import write_report
+    from kt_dropout.study.runner import AcceleratorRequired, StudyIncomplete, open_study
+    from kt_dropout.study.verdicts import decide_all
+    from kt_dropout.training.progress import format_seconds
+
+    time_budget = budget.TimeBudget(args.time_budget) if args.time_budget else None
+    if args.no_pack and args.pack_size is not None and args.pack_size > 1:
+        raise UsageError(f"--no-pack conflicts with --pack-size {args.pack_size}")
+    profile = get_profile(args.profile)
+    experiments = [e.name for e in resolve_experiments(args.experiments or list(profile.experiments))]
+    results = Path(args.results)
+    report_dir = results / f"report-{profile.name}"
+    check_writable_folder(report_dir)  # before the store is made and hours of training, not after
+    try:
+        study = open_study(
+            profile.name, results / STORE_FOLDER, data_path=args.data, epochs=args.epochs, seeds=args.seeds,
+            selection=args.selection, precision=args.precision, experiments=experiments, allow_cpu=args.allow_cpu,
+            pack_size=1 if args.no_pack else args.pack_size, train_size=args.train_size,
+            test_size=args.test_size, deterministic=args.deterministic, shard=args.shard,
+            checkpoint_every=args.checkpoint_every, time_budget=time_budget,
+        )
+    except AcceleratorRequired as error:
+        raise UsageError(f"{error}; --allow-cpu trains here anyway") from None
+    study.announce(f"{PROG} reproduce: {', '.join(experiments)}")
+    try:
+        records = [run for runs in study.runs(study.configs()).values() for run in runs]  # trains only what is missing
+    except StudyIncomplete:
+        why = stops.requested() or f"time budget spent ({format_seconds(args.time_budget)})"
+        print(f"{why}: stopped at an epoch boundary, checkpoint saved")
+        for line in study.remaining():
+            print(f"  {line}")
+        print("rerun the same command to continue")
+        return budget.EXIT_INCOMPLETE
+    claims = [c for name in experiments for c in claims_for(name)]
+    decided = {v.claim.id: v for v in decide_all(records, [c for c in claims if c.id in profile.claims])}
+    print(f"Claims ({profile.name} profile, {study.epochs} epochs, {len(study.seeds)} seeds):")
+    for claim in claims:
+        print(f"  {decided[claim.id].summary()}" if claim.id in decided
+              else f"  {claim.id} not decided in this profile: {claim.text}")
+    path = write_report(records, report_dir, experiments=experiments, profile=profile.name, data=study.data_source)
+    print(f"report written to {path}")
+    failed = [f"{r.name}/seed{r.key.seed}" for r in records if r.status != "ok"]
+    if failed:
+        eprint(f"{len(failed)} run(s) failed: {', '.join(failed)}")
+    return reproduce_exit_status(records, decided.values())
+
+
+def reproduce_exit_status(records: list, verdicts) -> int:
+    """`REPRODUCE_EXIT_CODES` for the study's records (`RunRecord`s) and the verdicts of the claims its profile
+    decides."""
+    from kt_dropout.study.verdicts import CONTRADICTED, INSUFFICIENT
+
+    statuses = {v.status for v in verdicts}
+    if CONTRADICTED in statuses:
+        return EXIT_CONTRADICTED
+    return EXIT_FAILED if INSUFFICIENT in statuses or any(r.status != "ok" for r in records) else 0
