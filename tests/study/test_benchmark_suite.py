@@ -73,8 +73,8 @@ def test_the_report_title_says_what_the_runs_can_show(tmp_path, profile, title):
 def test_gpu_length_study_on_a_cpu_stops_the_session_before_any_test_unless_allowed(tmp_path):
     refused = _pytest("benchmarks/test_post.py", "-m", "gpu", "--kt-profile", "quick", "--kt-results", str(tmp_path))
     assert refused.returncode == pytest.ExitCode.USAGE_ERROR, refused.stdout + refused.stderr
-    assert re.search(r"ERROR: no GPU or TPU found .* the quick profile would train \d+ model-epochs here, about \d+ "
-                     r"hours .*; --kt-allow-cpu \(or KT_ALLOW_CPU=1\) trains here anyway", refused.stderr), refused.stderr
+    assert re.search(r"ERROR: no GPU or TPU found .* the quick profile would train \d+ model-epochs here, about "
+                     r"\d+:\d\d:\d\d at .*; --kt-allow-cpu \(or KT_ALLOW_CPU=1\) trains here anyway", refused.stderr), refused.stderr
     assert "passed" not in refused.stdout and not any(tmp_path.iterdir())
     allowed = _pytest("benchmarks/test_post.py", "-m", "gpu", "--kt-profile", "quick", "--kt-results", str(tmp_path),
                       "--kt-data", str(tmp_path / "nowhere"), env={"KT_ALLOW_CPU": "1"})
@@ -199,9 +199,9 @@ class _Study:
     """What test_post asks of a `Study`, over fixed records (the quick profile: 3 seeds, decides C1, C3, C4)."""
 
     def __init__(self, records):
-        from kt_dropout.study.profiles import PROFILES
+        from kt_dropout.study.settings import StudySettings
 
-        self.profile, self.seeds, self.records = PROFILES["quick"], [0, 1, 2], records
+        self.settings, self.records = StudySettings("quick", "unused", seeds=3), records
 
     def runs(self, names, along=()):
         grouped = {}
@@ -281,10 +281,11 @@ def test_a_failed_run_is_not_retrained_within_a_session(tmp_path, monkeypatch):
     from kt_dropout.study.profiles import PROFILES
     from kt_dropout.study.results import ResultStore
     from kt_dropout.study.runner import Study
+    from kt_dropout.study.settings import StudySettings
 
     trained = []  # _train stores nothing, as if every run failed before its record was written
-    study = Study(PROFILES["smoke"], data=None, data_fingerprint="d", store=ResultStore(tmp_path / "s"), seeds=2,
-                  experiments=["batchnorm"], progress=None)
+    settings = StudySettings(PROFILES["smoke"], tmp_path / "s", seeds=2, experiments=["batchnorm"])
+    study = Study(settings, data=None, data_fingerprint="d", store=ResultStore(settings.results), progress=None)
     monkeypatch.setattr(Study, "_train", lambda self, members: trained.extend(members))
     study.runs(["bn"])
     study.runs(["bn"])
@@ -298,8 +299,9 @@ def test_the_plan_counts_a_configuration_shared_by_experiments_once(tmp_path):
     import io
 
     from kt_dropout.study.runner import open_study
+    from kt_dropout.study.settings import StudySettings
 
     banner = io.StringIO()
-    open_study("smoke", tmp_path / "store", progress=banner).announce("reproduce")
+    open_study(StudySettings("smoke", tmp_path / "store"), progress=banner).announce("reproduce")
     assert re.search(r"^  plan +40 runs x 2 epochs = 80 model-epochs to train; 0 runs already stored$",
                      banner.getvalue(), re.MULTILINE), banner.getvalue()

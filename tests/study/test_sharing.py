@@ -14,13 +14,14 @@ from kt_dropout.study.leases import Claims, claimed_packs, held_line
 from kt_dropout.study.profiles import PROFILES
 from kt_dropout.study.results import ResultStore
 from kt_dropout.study.runner import Study
+from kt_dropout.study.settings import StudySettings
 from kt_dropout.study.shards import parse_shard
 
 
 def _study(store, shard=None, pack_size=3) -> Study:
     """The smoke profile's whole study (40 runs), opened without data: only planned, never trained."""
-    return Study(PROFILES["smoke"], data=None, data_fingerprint="d", store=store, max_pack_size=pack_size,
-                 progress=None, shard=shard)
+    settings = StudySettings(PROFILES["smoke"], store.root, pack_size=pack_size, shard=shard)
+    return Study(settings, data=None, data_fingerprint="d", store=store, progress=None)
 
 
 @pytest.mark.parametrize("count", [1, 2, 3, 7, 40, 50])
