@@ -82,11 +82,17 @@ def test_gpu_length_study_on_a_cpu_stops_the_session_before_any_test_unless_allo
     assert "ERROR: " in allowed.stderr and "nowhere" in allowed.stderr and "GPU" not in allowed.stderr
 
 
-def test_a_count_of_zero_is_a_usage_error_naming_the_option_and_its_variable_not_the_default(tmp_path):
+@pytest.mark.parametrize("env, error", [
+    ({"KT_SEEDS": "0"}, "--kt-seeds (env KT_SEEDS): expected a positive integer, got '0'"),
+    ({"KT_CHECKPOINT_EVERY": "soon"}, "--kt-checkpoint-every (env KT_CHECKPOINT_EVERY): expected a positive duration "
+                                      "such as 90s, 9m, 1.5h or 2d, got 'soon'"),  # refused by the StudySettings
+])
+def test_a_bad_option_is_a_usage_error_naming_the_option_and_its_variable_and_zero_is_not_the_default(
+        tmp_path, env, error):
     result = _pytest("benchmarks/test_post.py", "-m", "gpu", "--kt-profile", "smoke", "--kt-results", str(tmp_path),
-                     env={"KT_SEEDS": "0"})
+                     env=env)
     assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout + result.stderr
-    assert "ERROR: --kt-seeds (env KT_SEEDS): expected a positive integer, got '0'" in result.stderr, result.stderr
+    assert f"ERROR: {error}\n" in result.stderr, result.stderr
     assert "passed" not in result.stdout and not any(tmp_path.iterdir())
 
 
