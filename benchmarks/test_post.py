@@ -49,7 +49,8 @@ def test_experiment(experiment, study, benchmark):
     expected = set(EXPERIMENTS[experiment].configs)
     assert set(runs) == expected, f"missing runs for {sorted(expected - set(runs))}"
     for name, config_runs in runs.items():
-        assert len(config_runs) == study.settings.seeds, f"{name}: {len(config_runs)} runs for {study.settings.seeds} seeds"
+        seeds = study.settings.seeds
+        assert len(config_runs) == seeds, f"{name}: {len(config_runs)} runs for {seeds} seeds"
 
 
 @pytest.mark.parametrize("claim_id", list(CLAIMS))

@@ -195,17 +195,18 @@ class Study:
 
     def _train_pack(self, pack: list[Member], label: str, progress: Progress) -> None:
         """Trains one pack (or run) from its checkpoint if it has one, stores its runs, deletes the checkpoint."""
-        path, epochs, budget = self._checkpoint_path(pack), self.settings.epochs, self.settings.time_budget
+        path = self._checkpoint_path(pack)
         done = _epochs_done(path)
         first = progress.first_epoch_seconds(len(pack))
         names = ", ".join(f"{m.name}/seed{m.seed}" for m in pack)
         if stops.requested():
             raise StudyIncomplete(self.model_epochs())
+        budget = self.settings.time_budget
         if budget is not None and first is not None and not budget.fits(first):
             progress.line(f"{label} {names}: not started, its first epoch (~{first:.0f} s as measured) would not "
                           f"fit in the time budget left ({max(0.0, budget.remaining()):.0f} s)")
             raise StudyIncomplete(self.model_epochs())
-        progress.line(f"{label} {names}: training {epochs} epochs"
+        progress.line(f"{label} {names}: training {self.settings.epochs} epochs"
                       + (f" from the checkpoint after epoch {done}" if done else ""))
         progress.begin(label)
         progress.skip(done * len(pack))
@@ -222,7 +223,7 @@ class Study:
         for record in records:
             self.store.put(record)
         _delete_checkpoint(path)
-        progress.skip((epochs - max(r.epochs_run for r in records)) * len(pack))  # all diverged: stopped
+        progress.skip((self.settings.epochs - max(r.epochs_run for r in records)) * len(pack))  # all diverged: stopped
         progress.line(f"{label} done in {time.perf_counter() - start:.1f} s | {progress.status()}")
 
     def _fit(self, pack: list[Member], progress: Progress, path: Path) -> list[RunRecord]:
