@@ -537,7 +537,7 @@ def _reproduce(args) -> int:
         raise UsageError(f"{error}; --allow-cpu trains here anyway") from None
     study.announce(f"{PROG} reproduce: {', '.join(experiments)}")
     try:
-        records = [run for runs in study.runs(study.configs()).values() for run in runs]  # trains only what is missing
+        records = [run for runs in study.runs(settings.configs()).values() for run in runs]  # trains only what is missing
     except StudyIncomplete:
         why = stops.requested() or f"time budget spent ({format_seconds(args.time_budget)})"
         print(f"{why}: stopped at an epoch boundary, checkpoint saved")
