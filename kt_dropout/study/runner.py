@@ -228,7 +228,7 @@ class Study:
 
     def _fit(self, pack: list[Member], progress: Progress, path: Path) -> list[RunRecord]:
         settings, budget = self.settings, self.settings.time_budget
-        checkpointing = Checkpointing(path, **settings.every, stop=budget.stop if budget else None,
+        checkpointing = Checkpointing(path, **settings.checkpoint_schedule, stop=budget.stop if budget else None,
                                       reason="time budget spent")
         if settings.packed:
             return train_pack(

@@ -55,9 +55,10 @@ class StudySettings:
         pack_size: the most runs of one shape trained together as one packed model; 1 trains each run alone
             with `keras.fit` (None: `DEFAULT_PACK_SIZE`).
         shard: (I, N): train only shard I of N of the study's packs (`shards.share`); None: all of them.
-        checkpoint_every: how often a pack (or run) saves its checkpoint, as `config.parse_every` reads it:
-            "5" (epochs) or "10m".
-        time_budget: stop at the last epoch boundary that fits it, checkpoint and stop the study.
+        checkpoint_every: how often a pack (or run) saves its epoch checkpoint in the store's `checkpoints/`
+            folder, as `config.parse_every` reads it: "5" (epochs) or "10m".
+        time_budget: stop at the last epoch boundary that fits it (and start no pack whose first epoch would
+            not fit), checkpoint and raise `runner.StudyIncomplete`; training then stays stopped.
         allow_cpu: train a profile other than smoke on a machine without a GPU or TPU.
 
     Raises:
@@ -120,7 +121,7 @@ class StudySettings:
         return self.pack_size > 1
 
     @property
-    def every(self) -> dict:
+    def checkpoint_schedule(self) -> dict:
         """`checkpoint_every` as `checkpoints.Checkpointing`'s `every_epochs` / `every_seconds`."""
         return parse_every("checkpoint_every", self.checkpoint_every)
 
