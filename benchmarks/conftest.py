@@ -16,11 +16,11 @@ import pytest
 from kt_dropout.config import (
     DEFAULT_CHECKPOINT_EVERY,
     parse_duration,
-    parse_every,
     parse_positive_int,
 )
 from kt_dropout.study.profiles import get_profile
 from kt_dropout.study.runner import AcceleratorRequired, open_study
+from kt_dropout.study.settings import SettingError, StudySettings
 from kt_dropout.study.shards import parse_shard
 from kt_dropout.training import stops
 from kt_dropout.training.budget import TimeBudget
@@ -50,6 +50,31 @@ def _shard_option(config):
     """`--kt-shard I/N` as (I, N), None when not given."""
     value = config.getoption("--kt-shard")
     return None if value in (None, "") else parse_shard("--kt-shard (env KT_SHARD)", value)
+
+
+def _settings(config, items) -> StudySettings:
+    """The study's settings from the `--kt-*` options; a setting refused names its option and variable."""
+    try:
+        return StudySettings(
+            config.getoption("--kt-profile"),
+            Path(config.getoption("--kt-results")) / "store",
+            experiments=_planned(get_profile(config.getoption("--kt-profile")), items),
+            epochs=_int_option(config, "--kt-epochs"),
+            seeds=_int_option(config, "--kt-seeds"),
+            data_path=config.getoption("--kt-data"),
+            train_size=_int_option(config, "--kt-train-size"),
+            test_size=_int_option(config, "--kt-test-size"),
+            selection=config.getoption("--kt-selection"),
+            precision=config.getoption("--kt-precision"),
+            deterministic=config.getoption("--kt-deterministic"),
+            pack_size=_int_option(config, "--kt-pack-size"),
+            shard=_shard_option(config),
+            checkpoint_every=config.getoption("--kt-checkpoint-every") or DEFAULT_CHECKPOINT_EVERY,
+            time_budget=_time_budget(config),
+            allow_cpu=config.getoption("--kt-allow-cpu"),
+        )
+    except SettingError as error:  # each setting refusable here comes from the --kt- option of its name
+        raise SettingError(_named(f"--kt-{error.field.replace('_', '-')}"), error.problem) from None
 
 
 STUDY = pytest.StashKey()
@@ -87,27 +112,8 @@ def pytest_collection_finish(session):
         return
     try:
         _train_per_device(config, session.items)
-        every = config.getoption("--kt-checkpoint-every") or DEFAULT_CHECKPOINT_EVERY
-        parse_every(_named("--kt-checkpoint-every"), every)
-        chosen = open_study(
-            config.getoption("--kt-profile"),
-            Path(config.getoption("--kt-results")) / "store",
-            data_path=config.getoption("--kt-data"),
-            epochs=_int_option(config, "--kt-epochs"),
-            seeds=_int_option(config, "--kt-seeds"),
-            selection=config.getoption("--kt-selection"),
-            precision=config.getoption("--kt-precision"),
-            pack_size=_int_option(config, "--kt-pack-size"),
-            train_size=_int_option(config, "--kt-train-size"),
-            test_size=_int_option(config, "--kt-test-size"),
-            experiments=_planned(get_profile(config.getoption("--kt-profile")), session.items),
-            allow_cpu=config.getoption("--kt-allow-cpu"),
-            deterministic=config.getoption("--kt-deterministic"),
-            progress=_Terminal(config),
-            shard=_shard_option(config),
-            checkpoint_every=every,
-            time_budget=_time_budget(config),
-        )
+        settings = _settings(config, session.items)
+        chosen = open_study(settings, progress=_Terminal(config))
     except AcceleratorRequired as error:
         raise pytest.UsageError(f"{error}; --kt-allow-cpu (or KT_ALLOW_CPU=1) trains here anyway") from None
     except (ValueError, OSError) as error:
@@ -164,6 +170,7 @@ def pytest_sessionfinish(session):
         return
     from kt_dropout.study.report import write_report
 
-    out = Path(session.config.getoption("--kt-results")) / f"report-{chosen.profile.name}"
-    path = write_report(chosen.records(), out, profile=chosen.profile.name, data=chosen.data_source)
+    profile = chosen.settings.profile.name
+    out = Path(session.config.getoption("--kt-results")) / f"report-{profile}"
+    path = write_report(chosen.records(), out, profile=profile, data=chosen.data_source)
     session.config.get_terminal_writer().line(f"kt-dropout report: {path}")

@@ -35,8 +35,9 @@ pytestmark = pytest.mark.gpu
 
 @pytest.mark.parametrize("experiment", list(EXPERIMENTS))
 def test_experiment(experiment, study, benchmark):
-    if experiment not in study.profile.experiments:
-        pytest.skip(f"{experiment}: not trained by the {study.profile.name} profile ({study.profile.description})")
+    profile = study.settings.profile
+    if experiment not in profile.experiments:
+        pytest.skip(f"{experiment}: not trained by the {profile.name} profile ({profile.description})")
     with _skipped_if_incomplete(study, EXPERIMENTS[experiment].configs):
         runs = benchmark.pedantic(study.experiment_runs, args=(experiment,), rounds=1, iterations=1)
     for name, config_runs in runs.items():
@@ -48,15 +49,16 @@ def test_experiment(experiment, study, benchmark):
     expected = set(EXPERIMENTS[experiment].configs)
     assert set(runs) == expected, f"missing runs for {sorted(expected - set(runs))}"
     for name, config_runs in runs.items():
-        assert len(config_runs) == len(study.seeds), f"{name}: {len(config_runs)} runs for {len(study.seeds)} seeds"
+        seeds = study.settings.seeds
+        assert len(config_runs) == seeds, f"{name}: {len(config_runs)} runs for {seeds} seeds"
 
 
 @pytest.mark.parametrize("claim_id", list(CLAIMS))
 def test_claim(claim_id, study):
-    claim = CLAIMS[claim_id]
-    if claim_id not in study.profile.claims:
+    claim, profile = CLAIMS[claim_id], study.settings.profile
+    if claim_id not in profile.claims:
         verdict = decide(claim, study.stored_runs(claim.configs))  # what is there; trains nothing
-        pytest.skip(f"not decided in the {study.profile.name} profile ({study.profile.description}): {verdict.summary()}")
+        pytest.skip(f"not decided in the {profile.name} profile ({profile.description}): {verdict.summary()}")
     with _skipped_if_incomplete(study, claim.configs):
         verdict = decide(claim, study.runs(claim.configs))
     if verdict.status == NOT_DECIDABLE:

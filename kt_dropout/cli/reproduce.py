@@ -20,8 +20,8 @@ from kt_dropout.cli.parser import did_you_mean, flag_type, positive_int
 from kt_dropout.cli.results import STORE_FOLDER
 from kt_dropout.config import Recipe
 from kt_dropout.errors import UsageError
-from kt_dropout.study.experiments import EXPERIMENTS, claims_for, resolve_experiments
-from kt_dropout.study.profiles import DEFAULT_PACK_SIZE, PROFILES, get_profile
+from kt_dropout.study.experiments import EXPERIMENTS, claims_for
+from kt_dropout.study.profiles import DEFAULT_PACK_SIZE, PROFILES
 from kt_dropout.training import budget, stops
 
 DEFAULT_RESULTS = "kt_results"
@@ -123,30 +123,30 @@ def _reproduce(args) -> int:
     from kt_dropout.storage.atomic import check_writable_folder
     from kt_dropout.study.report import write_report
     from kt_dropout.study.runner import AcceleratorRequired, StudyIncomplete, open_study
+    from kt_dropout.study.settings import StudySettings
     from kt_dropout.study.verdicts import decide_all
     from kt_dropout.training.progress import format_seconds
 
-    time_budget = budget.TimeBudget(args.time_budget) if args.time_budget else None
     if args.no_pack and args.pack_size is not None and args.pack_size > 1:
         raise UsageError(f"--no-pack conflicts with --pack-size {args.pack_size}")
-    profile = get_profile(args.profile)
-    experiments = [e.name for e in resolve_experiments(args.experiments or list(profile.experiments))]
     results = Path(args.results)
+    settings = StudySettings(
+        args.profile, results / STORE_FOLDER, experiments=args.experiments, epochs=args.epochs, seeds=args.seeds,
+        data_path=args.data, train_size=args.train_size, test_size=args.test_size, selection=args.selection,
+        precision=args.precision, deterministic=args.deterministic, pack_size=1 if args.no_pack else args.pack_size,
+        shard=args.shard, checkpoint_every=args.checkpoint_every, allow_cpu=args.allow_cpu,
+        time_budget=budget.TimeBudget(args.time_budget) if args.time_budget else None,
+    )
+    profile, experiments = settings.profile, list(settings.experiments)
     report_dir = results / f"report-{profile.name}"
     check_writable_folder(report_dir)  # before the store is made and hours of training, not after
     try:
-        study = open_study(
-            profile.name, results / STORE_FOLDER, data_path=args.data, epochs=args.epochs, seeds=args.seeds,
-            selection=args.selection, precision=args.precision, experiments=experiments, allow_cpu=args.allow_cpu,
-            pack_size=1 if args.no_pack else args.pack_size, train_size=args.train_size,
-            test_size=args.test_size, deterministic=args.deterministic, shard=args.shard,
-            checkpoint_every=args.checkpoint_every, time_budget=time_budget,
-        )
+        study = open_study(settings)
     except AcceleratorRequired as error:
         raise UsageError(f"{error}; --allow-cpu trains here anyway") from None
     study.announce(f"{PROG} reproduce: {', '.join(experiments)}")
     try:
-        records = [run for runs in study.runs(study.configs()).values() for run in runs]  # trains only what is missing
+        records = [run for runs in study.runs(settings.configs()).values() for run in runs]  # trains only what is missing
     except StudyIncomplete:
         why = stops.requested() or f"time budget spent ({format_seconds(args.time_budget)})"
         print(f"{why}: stopped at an epoch boundary, checkpoint saved")
@@ -156,7 +156,7 @@ def _reproduce(args) -> int:
         return budget.EXIT_INCOMPLETE
     claims = [c for name in experiments for c in claims_for(name)]
     decided = {v.claim.id: v for v in decide_all(records, [c for c in claims if c.id in profile.claims])}
-    print(f"Claims ({profile.name} profile, {study.epochs} epochs, {len(study.seeds)} seeds):")
+    print(f"Claims ({profile.name} profile, {settings.epochs} epochs, {settings.seeds} seeds):")
     for claim in claims:
         print(f"  {decided[claim.id].summary()}" if claim.id in decided
               else f"  {claim.id} not decided in this profile: {claim.text}")

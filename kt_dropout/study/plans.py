@@ -21,7 +21,8 @@ from kt_dropout.config import Recipe
 from kt_dropout.errors import StoreError
 from kt_dropout.storage.atomic import write_text
 from kt_dropout.study.results import STUDIES_FOLDER
-from kt_dropout.training.record import KEY_LENGTH, RunKey, canonical_json
+from kt_dropout.study.settings import StudySettings
+from kt_dropout.training.record import KEY_LENGTH, canonical_json
 
 PLAN_FORMAT, PLAN_VERSION = "kt-dropout-study-plan", 1
 
@@ -79,19 +80,15 @@ class Plan:
             raise StoreError(f"{source}: not a valid study plan ({type(error).__name__}: {error})") from None
 
 
-def plan_of(study) -> Plan:
-    """The plan of a `runner.Study`, on this process's Keras backend (read through the study's attributes:
-    the runner imports this module, not the other way round)."""
-    backend = keras.backend.backend()
-    runs = tuple(
-        PlannedRun(m.name, m.seed, RunKey(config=m.config, recipe=study.recipe, seed=m.seed, epochs=study.epochs,
-                                          backend=backend, data=study.fingerprint).digest())
-        for m in study.members(study.configs())
-    )
+def plan_of(settings: StudySettings, data_fingerprint: str, data_source: str) -> Plan:
+    """The plan of the study `settings` make on the data `data_fingerprint` names, on this process's Keras
+    backend: every (configuration, seed) of its experiments with its run key."""
+    runs = tuple(PlannedRun(m.name, m.seed, settings.run_key(m, data_fingerprint).digest())
+                 for m in settings.members())
     return Plan(
-        profile=study.profile.name, experiments=tuple(study.experiments), seeds=tuple(study.seeds),
-        epochs=study.epochs, recipe=study.recipe, backend=backend, data=study.fingerprint,
-        data_source=study.data_source, runs=runs,
+        profile=settings.profile.name, experiments=settings.experiments, seeds=tuple(range(settings.seeds)),
+        epochs=settings.epochs, recipe=settings.recipe, backend=keras.backend.backend(), data=data_fingerprint,
+        data_source=data_source, runs=runs,
     )
 
 

@@ -48,6 +48,7 @@ from kt_dropout.model import build_model
 from kt_dropout.packing.model import load_member
 from kt_dropout.packing.trainer import Member, PackTrainer
 from kt_dropout.study.runner import open_study
+from kt_dropout.study.settings import StudySettings
 
 BATCH_NAMES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 DATA = synthetic_cifar10(n_train=50, n_test=10, seed=1)
@@ -782,8 +783,8 @@ def test_a_subset_is_a_data_set_of_its_own():
 
 
 def test_a_study_on_part_of_the_data_is_stored_apart(tmp_path):
-    whole = open_study("smoke", tmp_path / "store")
-    part = open_study("smoke", tmp_path / "store", train_size=96, test_size=50)
+    whole = open_study(StudySettings("smoke", tmp_path / "store"))
+    part = open_study(StudySettings("smoke", tmp_path / "store", train_size=96, test_size=50))
     assert (len(part.data[0][1]), len(part.data[1][1])) == (96, 50)
     assert part.fingerprint != whole.fingerprint
     assert part.data_source == (

@@ -73,8 +73,9 @@ def test_the_report_title_says_what_the_runs_can_show(tmp_path, profile, title):
 def test_gpu_length_study_on_a_cpu_stops_the_session_before_any_test_unless_allowed(tmp_path):
     refused = _pytest("benchmarks/test_post.py", "-m", "gpu", "--kt-profile", "quick", "--kt-results", str(tmp_path))
     assert refused.returncode == pytest.ExitCode.USAGE_ERROR, refused.stdout + refused.stderr
-    assert re.search(r"ERROR: no GPU or TPU found .* the quick profile would train \d+ model-epochs here, about \d+ "
-                     r"hours .*; --kt-allow-cpu \(or KT_ALLOW_CPU=1\) trains here anyway", refused.stderr), refused.stderr
+    assert re.search(r"ERROR: no GPU or TPU found .* the quick profile would train \d+ model-epochs here, about "
+                     r"\d+:\d\d:\d\d at .*; --kt-allow-cpu \(or KT_ALLOW_CPU=1\) trains here anyway", refused.stderr), \
+        refused.stderr
     assert "passed" not in refused.stdout and not any(tmp_path.iterdir())
     allowed = _pytest("benchmarks/test_post.py", "-m", "gpu", "--kt-profile", "quick", "--kt-results", str(tmp_path),
                       "--kt-data", str(tmp_path / "nowhere"), env={"KT_ALLOW_CPU": "1"})
@@ -82,11 +83,17 @@ def test_gpu_length_study_on_a_cpu_stops_the_session_before_any_test_unless_allo
     assert "ERROR: " in allowed.stderr and "nowhere" in allowed.stderr and "GPU" not in allowed.stderr
 
 
-def test_a_count_of_zero_is_a_usage_error_naming_the_option_and_its_variable_not_the_default(tmp_path):
+@pytest.mark.parametrize("env, error", [
+    ({"KT_SEEDS": "0"}, "--kt-seeds (env KT_SEEDS): expected a positive integer, got '0'"),
+    ({"KT_CHECKPOINT_EVERY": "soon"}, "--kt-checkpoint-every (env KT_CHECKPOINT_EVERY): expected a positive duration "
+                                      "such as 90s, 9m, 1.5h or 2d, got 'soon'"),  # refused by the StudySettings
+])
+def test_a_bad_option_is_a_usage_error_naming_the_option_and_its_variable_and_zero_is_not_the_default(
+        tmp_path, env, error):
     result = _pytest("benchmarks/test_post.py", "-m", "gpu", "--kt-profile", "smoke", "--kt-results", str(tmp_path),
-                     env={"KT_SEEDS": "0"})
+                     env=env)
     assert result.returncode == pytest.ExitCode.USAGE_ERROR, result.stdout + result.stderr
-    assert "ERROR: --kt-seeds (env KT_SEEDS): expected a positive integer, got '0'" in result.stderr, result.stderr
+    assert f"ERROR: {error}\n" in result.stderr, result.stderr
     assert "passed" not in result.stdout and not any(tmp_path.iterdir())
 
 
@@ -199,9 +206,9 @@ class _Study:
     """What test_post asks of a `Study`, over fixed records (the quick profile: 3 seeds, decides C1, C3, C4)."""
 
     def __init__(self, records):
-        from kt_dropout.study.profiles import PROFILES
+        from kt_dropout.study.settings import StudySettings
 
-        self.profile, self.seeds, self.records = PROFILES["quick"], [0, 1, 2], records
+        self.settings, self.records = StudySettings("quick", "unused", seeds=3), records
 
     def runs(self, names, along=()):
         grouped = {}
@@ -281,10 +288,11 @@ def test_a_failed_run_is_not_retrained_within_a_session(tmp_path, monkeypatch):
     from kt_dropout.study.profiles import PROFILES
     from kt_dropout.study.results import ResultStore
     from kt_dropout.study.runner import Study
+    from kt_dropout.study.settings import StudySettings
 
     trained = []  # _train stores nothing, as if every run failed before its record was written
-    study = Study(PROFILES["smoke"], data=None, data_fingerprint="d", store=ResultStore(tmp_path / "s"), seeds=2,
-                  experiments=["batchnorm"], progress=None)
+    settings = StudySettings(PROFILES["smoke"], tmp_path / "s", seeds=2, experiments=["batchnorm"])
+    study = Study(settings, data=None, data_fingerprint="d", store=ResultStore(settings.results), progress=None)
     monkeypatch.setattr(Study, "_train", lambda self, members: trained.extend(members))
     study.runs(["bn"])
     study.runs(["bn"])
@@ -298,8 +306,9 @@ def test_the_plan_counts_a_configuration_shared_by_experiments_once(tmp_path):
     import io
 
     from kt_dropout.study.runner import open_study
+    from kt_dropout.study.settings import StudySettings
 
     banner = io.StringIO()
-    open_study("smoke", tmp_path / "store", progress=banner).announce("reproduce")
+    open_study(StudySettings("smoke", tmp_path / "store"), progress=banner).announce("reproduce")
     assert re.search(r"^  plan +40 runs x 2 epochs = 80 model-epochs to train; 0 runs already stored$",
                      banner.getvalue(), re.MULTILINE), banner.getvalue()

@@ -12,6 +12,7 @@ import pytest
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.study.results import MANIFEST, ResultStore, StudyKey, by_study
 from kt_dropout.study.runner import open_study
+from kt_dropout.study.settings import StudySettings
 from kt_dropout.training.record import RunKey, make_record
 
 HISTORY = {"loss": [1.0, 0.8], "accuracy": [0.4, 0.6], "val_loss": [1.1, 0.9], "val_accuracy": [0.45, 0.55]}
@@ -223,7 +224,7 @@ def test_a_read_only_store_is_refused_when_opened_for_writing_and_read_otherwise
 
 def test_a_study_on_a_read_only_store_is_refused_before_it_trains(read_only_store):
     with pytest.raises(PermissionError, match=re.escape(str(read_only_store))):
-        open_study("smoke", read_only_store)
+        open_study(StudySettings("smoke", read_only_store))
 
 
 def test_a_study_is_every_run_that_shares_recipe_epochs_backend_and_data():

@@ -14,13 +14,14 @@ from kt_dropout.study.leases import Claims, claimed_packs, held_line
 from kt_dropout.study.profiles import PROFILES
 from kt_dropout.study.results import ResultStore
 from kt_dropout.study.runner import Study
+from kt_dropout.study.settings import StudySettings
 from kt_dropout.study.shards import parse_shard
 
 
 def _study(store, shard=None, pack_size=3) -> Study:
     """The smoke profile's whole study (40 runs), opened without data: only planned, never trained."""
-    return Study(PROFILES["smoke"], data=None, data_fingerprint="d", store=store, max_pack_size=pack_size,
-                 progress=None, shard=shard)
+    settings = StudySettings(PROFILES["smoke"], store.root, pack_size=pack_size, shard=shard)
+    return Study(settings, data=None, data_fingerprint="d", store=store, progress=None)
 
 
 @pytest.mark.parametrize("count", [1, 2, 3, 7, 40, 50])
@@ -63,6 +64,39 @@ def test_a_run_another_live_process_holds_is_left_to_it_and_named_and_held_lease
             assert re.fullmatch(rf"1 run\(s\) still held by other processes: bn/seed1 \(pid {os.getpid()} on host .*\)",
                                 held_line(claims, [missing[1]], study._key))
     assert not (study.store.root / "leases").exists()
+
+
+def test_two_claimants_colliding_on_one_run_exactly_one_trains_it_and_the_other_leaves_it(tmp_path):
+    """Two studies on one store want bn/seed0. The second plans its pack (bn/seed0, bn/seed1) while both are free;
+    the first leases bn/seed0 before the second's claim: the second's lease on it is refused, so it trains
+    bn/seed1 alone and leaves bn/seed0 to the first. Every run is trained once, by one of them."""
+    store = ResultStore(tmp_path / "store")
+    first, second = _study(store, pack_size=1), _study(store, pack_size=2)
+    missing = first.to_train(["bn"])
+    assert second.to_train(["bn"]) == missing and second._plan(missing) == [missing]  # one pack of both runs
+    stored, trained = set(), {"first": [], "second": []}
+
+    def done(member):
+        return member in stored
+
+    with Claims(store.root) as one, Claims(store.root) as two:
+        first_packs = claimed_packs(one, missing, key=first._key, done=done, plan=first._plan)
+
+        def collide(free):  # the first claims between the second's look at who holds what and its own claim
+            planned = second._plan(free)
+            if not trained["first"]:
+                trained["first"] += next(first_packs)[0]
+            return planned
+
+        for pack, _ in claimed_packs(two, missing, key=second._key, done=done, plan=collide):
+            trained["second"] += pack
+            stored.update(pack)
+        assert {who: [f"{m.name}/seed{m.seed}" for m in runs] for who, runs in trained.items()} == {
+            "first": ["bn/seed0"], "second": ["bn/seed1"]}
+        assert held_line(two, missing, second._key).startswith("1 run(s) still held by other processes: bn/seed0 (")
+        stored.update(trained["first"])
+        assert next(first_packs, None) is None  # the first stores its run; nothing is left to either
+    assert not (store.root / "leases").exists()
 
 
 ENV = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}

@@ -18,6 +18,7 @@ from kt_dropout.study.results import (
     ResultStore,
 )
 from kt_dropout.study.runner import open_study
+from kt_dropout.study.settings import StudySettings
 from kt_dropout.study.status import format_status, store_status
 from kt_dropout.training import checkpoints
 from kt_dropout.training.record import RunKey, make_record
@@ -124,12 +125,13 @@ def test_a_store_without_plans_and_bad_input(tmp_path, capsys):
 
 
 def test_opening_a_study_for_training_writes_its_plan_once(tmp_path):
-    study = open_study("smoke", tmp_path / "store", experiments=["batchnorm"], seeds=2, epochs=1, progress=None)
+    study = open_study(StudySettings("smoke", tmp_path / "store", experiments=["batchnorm"], seeds=2, epochs=1),
+                       progress=None)
     study.announce("test")
     (plan,) = read_plans(study.store.root)
     assert (plan.profile, plan.experiments, plan.seeds, plan.epochs) == ("smoke", ("batchnorm",), (0, 1), 1)
     assert [(r.name, r.seed, r.key) for r in plan.runs] == [
-        (m.name, m.seed, study._key(m)) for m in study.members(["vanilla", "bn"])]
+        (m.name, m.seed, study._key(m)) for m in study.settings.members(["vanilla", "bn"])]
     path = study.store.root / STUDIES_FOLDER / f"{plan.id}.json"
     written = path.stat().st_mtime_ns
     study.announce("again")

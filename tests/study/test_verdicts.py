@@ -153,6 +153,18 @@ def test_contradicted_controls_the_family_wise_error_with_holm():
     assert decide(family, data).status == "unresolved"
 
 
+@pytest.mark.parametrize("order", [1, -1])
+def test_one_contradicted_comparison_contradicts_the_claim_whatever_the_others_say(order):
+    """Comparisons that disagree: a beats b clearly (supported), c loses to b clearly (contradicted, after Holm
+    over the two). The claim is contradicted, in either order of its comparisons: one contradicted comparison is
+    enough, not all of them, nor the first."""
+    data = groups(a=A, b=B, c=[0.60, 0.61, 0.625])
+    claim = Claim("T", "e", "", (Comparison("a", "b"), Comparison("c", "b"))[::order], 1, "", "")
+    verdict = decide(claim, data)
+    assert {str(c.comparison): c.status for c in verdict.comparisons} == {"a > b": "supported", "c > b": "contradicted"}
+    assert verdict.status == "contradicted"
+
+
 def test_minimum_detectable_difference_and_seeds_needed():
     se = 0.01
     mdd = minimum_detectable(se, 10_000, 0.025)
