@@ -51,8 +51,12 @@ def _isatty(stream) -> bool:
 
 
 def format_seconds(seconds: float) -> str:
-    """E.g. "05:07" or "1:02:03", as tqdm shows times."""
-    return tqdm.format_interval(max(0.0, seconds))
+    """E.g. "05:07" or "1:02:03", as tqdm shows times; from a day on, days apart: "52 days 02:00:00"."""
+    days, rest = divmod(int(max(0.0, seconds)), 86400)
+    if not days:
+        return tqdm.format_interval(rest)
+    hours, rest = divmod(rest, 3600)
+    return f"{days} day{'s' if days > 1 else ''} {hours:02d}:{rest // 60:02d}:{rest % 60:02d}"
 
 
 def format_logs(logs: dict) -> str:
