@@ -2,7 +2,7 @@
 
 `search` checks its arguments and hands them to the role of its process
 (`tuning.roles`: alone, or the chief or a worker of a distributed search). The
-README's "Hyperparameter search" tells the whole story.
+README's "Search dropout rates (Keras Tuner)" tells the whole story.
 """
 
 from __future__ import annotations

@@ -148,7 +148,10 @@ def kind(tuner) -> type:
 @functools.cache
 def tuner_class(kind: type) -> type:
     """`kind` (a Keras Tuner tuner class) with `HookedTuner` mixed in: the class above for a built-in one;
-    for a subclass of one, a subclass of it made once, since its class is known only when `search` gets it."""
+    for a subclass of one, a subclass of it made once, since its class is known only when `search` gets it
+    (its name stays `kind`'s, as the search's identity and banner name it)."""
+    if issubclass(kind, HookedTuner):
+        return kind
     if kind in HOOKED:
         return HOOKED[kind]
 
