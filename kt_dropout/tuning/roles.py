@@ -245,6 +245,10 @@ class WorkerSearch(SearchRole):
 
     saves_oracle = False
 
+    def __init__(self, settings: SearchSettings):
+        super().__init__(settings)
+        self.report = WorkerReport()
+
     def check_project(self) -> None:
         pass  # a worker's project is the chief's
 
@@ -265,7 +269,6 @@ class WorkerSearch(SearchRole):
                 f"{self.trial_epochs(tuner)} epochs each", None)
 
     def hooks(self, tuner, progress: Progress) -> list[TrialHook]:
-        self.report = WorkerReport()
         report = ProgressReport(progress, self.trial_epochs(tuner))  # no count of ended trials: it is the chief's
         return [*_seeding(self.settings.seed), Heartbeats(tuner.oracle), TrialTiming(), self.report, report]
 
