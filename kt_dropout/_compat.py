@@ -199,7 +199,7 @@ def requeue_trial(oracle, tuner_id: str) -> None:
     `Oracle.reload` uses it); the caller holds the oracle's lock. Checked on
     Keras Tuner 1.4.8.
     """
-    trial = oracle.ongoing_trials.pop(tuner_id)
+    trial = running_trials(oracle).pop(tuner_id)
     oracle.tuner_ids.discard(tuner_id)
     oracle._retry_queue.append(trial.trial_id)
 
@@ -226,6 +226,26 @@ def keep_serving(oracle, tuner_id: str) -> None:
     holds the oracle's lock. Checked on Keras Tuner 1.4.8.
     """
     oracle.tuner_ids.add(tuner_id)
+
+
+def running_trials(oracle) -> dict:
+    """The trials `oracle` has given out and not yet ended, by the tuner id running each.
+
+    Keras Tuner keeps them in `Oracle.ongoing_trials`, an undocumented attribute, and has no public
+    accessor (`Oracle.get_trial` needs an id). The dict itself, so that a caller holding the oracle's
+    lock reads it as the chief does. Checked on Keras Tuner 1.4.8.
+    """
+    return oracle.ongoing_trials
+
+
+def ended_trial_ids(oracle) -> list[str]:
+    """The ids of the trials `oracle` has ended (completed, failed or invalid), in the order they ended.
+
+    Keras Tuner keeps them in `Oracle.end_order`, an undocumented attribute that `Oracle.reload` restores;
+    `Oracle.trials` holds every trial but not that order, and no public API gives it. Checked on Keras
+    Tuner 1.4.8.
+    """
+    return oracle.end_order
 
 
 # argparse

@@ -29,7 +29,7 @@ import warnings
 
 import keras_tuner
 
-from kt_dropout._compat import bound_oracle_client_calls, keep_serving, requeue_trial
+from kt_dropout._compat import bound_oracle_client_calls, keep_serving, requeue_trial, running_trials
 from kt_dropout.errors import ConfigError, KtDropoutError
 from kt_dropout.tuning.identity import differences, with_known_data
 
@@ -223,7 +223,7 @@ class LeasedOracle:
     def _create_trial(self, tuner_id: str):
         self._requeue_silent()
         trial = self._oracle.create_trial(tuner_id)
-        if trial.status == _TrialStatus.STOPPED and self._oracle.ongoing_trials:
+        if trial.status == _TrialStatus.STOPPED and running_trials(self._oracle):
             # Nothing new to start, but a running trial may yet be lost: keep this worker.
             keep_serving(self._oracle, tuner_id)
             time.sleep(IDLE_SECONDS)
@@ -258,11 +258,11 @@ class LeasedOracle:
         self._oracle.end_trial(trial)
 
     def _leased(self, trial_id: str) -> bool:
-        return any(trial.trial_id == trial_id for trial in self._oracle.ongoing_trials.values())
+        return any(trial.trial_id == trial_id for trial in running_trials(self._oracle).values())
 
     def _requeue_silent(self) -> None:
         now = time.monotonic()
-        for tuner_id, trial in list(self._oracle.ongoing_trials.items()):
+        for tuner_id, trial in list(running_trials(self._oracle).items()):
             silent = now - self._heard.get(trial.trial_id, now)
             if silent > self.lost_worker_seconds:
                 warnings.warn(

@@ -45,12 +45,20 @@ _ENDED = (_Status.COMPLETED, _Status.FAILED)
 
 
 class PackedTrials:
-    """Mixed into a Keras Tuner tuner (before the tuner class, after `search._TrialHooks`, whose
-    `trial_seed` and `trial_checkpoints` it uses): its `search` trains packs of trials."""
+    """How a tuner (`tuners.HookedTuner`, which holds it as its `packing`) trains its trials in packs.
 
-    def __init__(self, *args, trials_per_step: int, **kwargs):
-        self.trials_per_step = trials_per_step
-        super().__init__(*args, **kwargs)
+    Args:
+        trials_per_step: how many trials the oracle is asked for at once.
+        every: how often a pack saves its epoch checkpoint (`config.parse_every`'s); None: never.
+        seed: every trial's seed (`search`'s); None: a fresh one per trial.
+    """
+
+    def __init__(self, trials_per_step: int, every: dict | None, seed: int | None):
+        self.trials_per_step, self.every, self.seed = trials_per_step, every, seed
+        self.tuner = None
+
+    def set_tuner(self, tuner) -> None:
+        self.tuner = tuner
 
     def search(self, data, *, selection: str, epochs: int, verbose=1):
         """Runs trials until the oracle stops, `trials_per_step` at a time.
@@ -59,12 +67,12 @@ class PackedTrials:
             data: `((x_train, y_train), (x_test, y_test))`, validated.
             selection: which images select the best epoch (`Recipe.selection`).
         """
-        self.oracle.verbose = verbose
-        self.on_search_begin()
+        self.tuner.oracle.verbose = verbose
+        self.tuner.on_search_begin()
         while (trials := self._create_trials()) is not None:
             for recipe, pack_trials, members in self._packs(trials, selection):
                 self._run_pack(recipe, pack_trials, members, data, epochs)
-        self.on_search_end()
+        self.tuner.on_search_end()
 
     def _create_trials(self) -> list | None:
         """The new trials of one step, up to `trials_per_step`; None once the oracle has stopped.
@@ -76,8 +84,8 @@ class PackedTrials:
         """
         answers = []
         for slot in range(self.trials_per_step):
-            self.pre_create_trial()
-            answers.append(self.oracle.create_trial(f"{self.tuner_id}/{slot}"))
+            self.tuner.pre_create_trial()
+            answers.append(self.tuner.oracle.create_trial(f"{self.tuner.tuner_id}/{slot}"))
         if all(trial.status == _Status.STOPPED for trial in answers):
             return None
         return [trial for trial in answers if trial.status == _Status.RUNNING]  # none: the oracle said wait (IDLE)
@@ -87,8 +95,8 @@ class PackedTrials:
         by_recipe: dict = {}
         for trial in sorted(trials, key=lambda trial: trial.trial_id):  # a resumed step's come back reversed
             hp = trial.hyperparameters.copy()
-            recipe = self.hypermodel.recipe_from_hp(hp).replace(selection=selection)
-            member = Member(f"trial_{trial.trial_id}", self.hypermodel.config_from_hp(hp), self._seed())
+            recipe = self.tuner.hypermodel.recipe_from_hp(hp).replace(selection=selection)
+            member = Member(f"trial_{trial.trial_id}", self.tuner.hypermodel.config_from_hp(hp), self._seed())
             by_recipe.setdefault(recipe, {})[member] = trial
         return [
             (recipe, [members[member] for member in pack], pack)
@@ -98,17 +106,16 @@ class PackedTrials:
 
     def _seed(self) -> int:
         """The search's seed for every trial, as in a sequential search; else a fresh one per trial."""
-        return self.trial_seed if self.trial_seed is not None else int(np.random.default_rng().integers(2**31))
+        return self.seed if self.seed is not None else int(np.random.default_rng().integers(2**31))
 
     def _run_pack(self, recipe: Recipe, trials: list, members: list[Member], data, epochs: int) -> None:
         ids = ", ".join(trial.trial_id for trial in trials)
         if stops.requested():  # a SIGTERM during the last epoch of the pack before
             raise SearchIncomplete(f"{stops.requested()}: trials {ids} not started")
         for trial in trials:
-            self.on_trial_begin(trial)
+            self.tuner.on_trial_begin(trial)
             trial.metrics.update("pack_size", len(trials))
-        checkpointing = trial_checkpoints.checkpointing(
-            self, trials, trial_checkpoints.PACK_CHECKPOINT, self.trial_checkpoints)
+        checkpointing = trial_checkpoints.checkpointing(self.tuner, trials, trial_checkpoints.PACK_CHECKPOINT, self.every)
         try:
             outcomes = self._train(members, data, recipe, epochs, trials, checkpointing)
         except TrainingIncomplete as stopped:  # not a failure: Keras Tuner must neither end nor retry them
@@ -117,26 +124,23 @@ class PackedTrials:
             outcomes = [(error, error.__traceback__)] * len(trials)
         try:
             for trial, outcome in zip(trials, outcomes):
-                run_trial_and_judge(self, trial, outcome)
-                self.on_trial_end(trial)
+                run_trial_and_judge(self.tuner, trial, outcome)
+                self.tuner.on_trial_end(trial)
         finally:  # kept for a retry (INVALID) or a rerun (a fatal error left the trials RUNNING)
             if checkpointing is not None and all(trial.status in _ENDED for trial in trials):
                 checkpointing.path.unlink(missing_ok=True)
 
     def run_trial(self, trial, outcome):
-        """A member's share of its pack's training, returned or raised as `Tuner.run_trial` would for a trial
-        of its own, so that Keras Tuner judges it by the same rules: its `History`; `TrainingDiverged` (a
-        `FailedTrialError`: FAILED, not retried) if it alone diverged; the pack's error and traceback if the
-        pack failed (INVALID and retried, FAILED, or a `FatalError` that stops the search)."""
+        """A member's share of its pack's training (the tuner's `run_trial`, for a packed search), returned or
+        raised as `Tuner.run_trial` would for a trial of its own, so that Keras Tuner judges it by the same
+        rules: its `History`; `TrainingDiverged` (a `FailedTrialError`: FAILED, not retried) if it alone
+        diverged; the pack's error and traceback if the pack failed (INVALID and retried, FAILED, or a
+        `FatalError` that stops the search)."""
         if isinstance(outcome, tuple):
             error, traceback = outcome
             raise error.with_traceback(traceback)
         check_finite(outcome)
         return _as_history({key: outcome[key] for key in _HISTORY_KEYS})
-
-    def on_pack_epoch_end(self, trials: list, epoch: int, logs: dict) -> None:
-        """Called after every epoch of a pack (1-based) with the trials still training and their metrics,
-        one value each per name: the packed trials' counterpart of Keras Tuner's `on_epoch_end`."""
 
     def _train(self, members, data, recipe, epochs, trials, checkpointing: Checkpointing | None) -> list[dict]:
         """Trains the pack, continuing its `checkpointing` checkpoint with the seeds it holds if there is one;
@@ -155,8 +159,8 @@ class PackedTrials:
                 val = history["val_accuracy"]
                 if math.isfinite(history["loss"][-1]) and val[-1] > max(val[:-1], default=-math.inf):
                     load_member(singles[k], trainer.member_weights(k))
-                    singles[k].save_weights(checkpoint_path(self, trials[k].trial_id))
-            self.on_pack_epoch_end([trials[k] for k in training], epoch,
+                    singles[k].save_weights(checkpoint_path(self.tuner, trials[k].trial_id))
+            self.tuner.on_pack_epoch_end([trials[k] for k in training], epoch,
                                    {name: [float(values[k]) for k in training] for name, values in logs.items()})
 
         trainer.train(epochs, after_epoch, checkpointing)

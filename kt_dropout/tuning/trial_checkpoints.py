@@ -10,12 +10,14 @@ continued exactly, and is deleted with a warning: those trials start over.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
 from pathlib import Path
 
 import keras_tuner
 
-from kt_dropout.training.checkpoints import CheckpointError, Checkpointing, read_state
+from kt_dropout.training.checkpoints import CheckpointError, Checkpointing, TrainingIncomplete, read_state
 
 TRIAL_CHECKPOINT = "checkpoint.npz"
 PACK_CHECKPOINT = "pack_checkpoint.npz"
@@ -25,6 +27,54 @@ class SearchIncomplete(keras_tuner.errors.FatalError):
     """A SIGTERM (`stops`) stopped the search at an epoch boundary of a trial or pack of trials, after saving
     its checkpoint. The trials stay running in the project, neither completed nor failed: rerunning the search
     continues them from their checkpoint."""
+
+
+class TrialCheckpoints:
+    """How a search's trial trained alone keeps its epoch checkpoint, `<trial folder>/TRIAL_CHECKPOINT`.
+
+    Args:
+        every: how often (`config.parse_every`'s); None: never.
+        seed: the trials' seed (`search`'s), part of each checkpoint's contract.
+    """
+
+    def __init__(self, every: dict | None, seed: int | None):
+        self.every, self.seed = every, seed
+
+    def run_trial(self, tuner, trial, run_trial, *args, **kwargs):
+        """`run_trial(trial, *args, **kwargs)` (Keras Tuner's), continuing the trial's checkpoint if it has one;
+        the checkpoint is deleted once the trial has trained (or diverged).
+
+        Raises:
+            SearchIncomplete: a SIGTERM stopped the trial after saving its checkpoint.
+        """
+        checkpointing = self._checkpointing(tuner, trial)
+        if checkpointing is not None:
+            kwargs.update(checkpointing=checkpointing, identity=_trial_identity(trial, self.seed))
+        try:
+            results = run_trial(trial, *args, **kwargs)
+        except keras_tuner.errors.FailedTrialError:  # never retried: its checkpoint would never be read
+            if checkpointing is not None:
+                checkpointing.path.unlink(missing_ok=True)
+            raise
+        except TrainingIncomplete as stopped:  # not a failure: Keras Tuner must neither end nor retry it
+            raise SearchIncomplete(f"trial {trial.trial_id} {stopped}") from None
+        if checkpointing is not None:
+            checkpointing.path.unlink(missing_ok=True)
+        return results
+
+    def _checkpointing(self, tuner, trial) -> Checkpointing | None:
+        """None for trials that cannot resume from a checkpoint (see `search`'s `checkpoint_every`), or when
+        checkpoints are off."""
+        if isinstance(tuner, keras_tuner.Hyperband) or tuner.executions_per_trial != 1:
+            return None
+        return checkpointing(tuner, [trial], TRIAL_CHECKPOINT, self.every)
+
+
+def _trial_identity(trial, seed: int | None) -> dict:
+    """A trial's checkpoint contract fields: its "run key" hashes its id and hyperparameters."""
+    values = {"trial_id": trial.trial_id, "hyperparameters": trial.hyperparameters.values}
+    digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:20]
+    return {"run_keys": [digest], "names": [f"trial_{trial.trial_id}"], "seeds": [seed]}
 
 
 def trial_folder(tuner, trial_id: str) -> Path | None:
