@@ -21,7 +21,7 @@ from kt_dropout.cli.flags import (
 )
 from kt_dropout.cli.outputs import check_output
 from kt_dropout.cli.parser import did_you_mean, positive_int
-from kt_dropout.errors import KtDropoutError, UsageError
+from kt_dropout.errors import UsageError
 from kt_dropout.training import budget
 from kt_dropout.tuning.space import PARAMS, TUNER_NAMES
 
@@ -145,12 +145,6 @@ class Search(Command):
         except SearchIncomplete as stopped:
             print(f"{stopped}\nincomplete: rerun the same command to continue")
             return budget.EXIT_INCOMPLETE
-        except KtDropoutError:
-            raise
-        except (ValueError, ImportError) as error:
-            # search() refuses flags that conflict (e.g. --trials-per-step with hyperband) and a missing
-            # scikit-learn with these built-in errors; until it raises `ConfigError`/`MissingPackage` itself.
-            raise UsageError(str(error)) from error
         if role == "worker":
             print(f"worker {os.environ[cluster.ENV_TUNER_ID]}: {len(result.trials)} trials run and reported")
         print(result)  # the table, and a tie for the best if there is one

@@ -46,7 +46,7 @@ class ChiefUnreachable(KtDropoutError, keras_tuner.errors.FatalError, Connection
     """The chief did not answer in time: none at the address, or it stopped. Fatal: no trial can go on."""
 
 
-class WorkerRefused(keras_tuner.errors.FatalValueError):
+class WorkerRefused(KtDropoutError, keras_tuner.errors.FatalValueError):
     """The chief refused this worker: it runs another search."""
 
 

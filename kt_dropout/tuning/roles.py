@@ -17,6 +17,7 @@ import os
 import keras_tuner
 
 from kt_dropout import _compat
+from kt_dropout.errors import ConfigError
 from kt_dropout.data.splits import check_data, prepare_splits
 from kt_dropout.storage.atomic import atomic_saves
 from kt_dropout.training import distribution
@@ -287,21 +288,21 @@ def role_for(distributed: bool, overwrite: bool) -> type[SearchRole]:
     """This process's role, from Keras Tuner's environment (`cluster.role`).
 
     Raises:
-        ValueError: `distributed` and the environment disagree, or a worker was asked to overwrite.
+        ConfigError: `distributed` and the environment disagree, or a worker was asked to overwrite.
     """
     role = cluster.role()
     if role is None and distributed:
-        raise ValueError(
+        raise ConfigError(
             f"distributed=True but {cluster.ENV_TUNER_ID}, {cluster.ENV_IP} and {cluster.ENV_PORT} are not set: "
             "see kt_dropout.tuning.cluster.configure"
         )
     if role is not None and not distributed:
-        raise ValueError(
+        raise ConfigError(
             f"{cluster.ENV_TUNER_ID}={os.environ[cluster.ENV_TUNER_ID]!r} is set, which makes Keras Tuner's search "
             "distributed: pass distributed=True, or unset its KERASTUNER_* variables"
         )
     if role == "worker" and overwrite:
-        raise ValueError("overwrite=True on a worker would delete the chief's project: only the chief may start over")
+        raise ConfigError("overwrite=True on a worker would delete the chief's project: only the chief may start over")
     return {None: LocalSearch, "chief": ChiefSearch, "worker": WorkerSearch}[role]
 
 
@@ -329,11 +330,11 @@ def _dataset(x, y, validation_data, data, hypermodel: DropoutVGGHyperModel) -> t
     selection, num_classes = hypermodel.recipe.selection, hypermodel.base.num_classes
     if x is not None or y is not None:
         if x is None or y is None or validation_data is None or data is not None:
-            raise ValueError("pass x, y and validation_data together, or data=((x_train, y_train), (x_test, y_test))")
+            raise ConfigError("pass x, y and validation_data together, or data=((x_train, y_train), (x_test, y_test))")
         data, selection = ((x, y), validation_data), "test"
         source = "search(): x, y (train) and validation_data (test)"
     elif validation_data is not None:
-        raise ValueError("validation_data needs x and y")
+        raise ConfigError("validation_data needs x and y")
     elif data is None:
         data, source = load_cifar10(num_classes=num_classes), "load_cifar10()"
     else:

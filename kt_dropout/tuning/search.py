@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import keras_tuner
 
+from kt_dropout.errors import ConfigError
 from kt_dropout.config import (
     DEFAULT_CHECKPOINT_EVERY,
     Recipe,
@@ -98,13 +99,15 @@ def search(
             failed trial's traceback.
         SearchIncomplete: a SIGTERM stopped the search after its running trials
             saved their checkpoints.
-        ValueError: bad arguments or data, a project of another search or a
-            damaged one (`project.ProjectError`), a worker of another search
-            than the chief's (`cluster.WorkerRefused`).
-        OSError: another search holds the project (`locks.LockHeld`), no chief
-            answers a worker (`cluster.ChiefUnreachable`), or the chief cannot
-            serve at its address.
-        ImportError: the Bayesian tuner without scikit-learn.
+        KtDropoutError: what the user can fix, each also the built-in error it
+            refines: bad arguments (`ConfigError`, a ValueError) or data
+            (`DataError`), a project of another search or a damaged one
+            (`project.ProjectError`), a worker of another search than the
+            chief's (`cluster.WorkerRefused`), another search holding the
+            project (`locks.LockHeld`, an OSError), no chief answering a worker
+            (`cluster.ChiefUnreachable`), the Bayesian tuner without
+            scikit-learn (`MissingPackage`, an ImportError).
+        OSError: the chief cannot serve at its address.
     """
     hypermodel = _hypermodel(hypermodel, space, base, recipe)
     check_positive_int("trials_per_step", trials_per_step)
@@ -112,12 +115,12 @@ def search(
     role = roles.role_for(distributed, overwrite)
     kind = tuners.kind(tuner)
     if trials_per_step > 1 and issubclass(kind, keras_tuner.Hyperband):
-        raise ValueError("trials_per_step: Hyperband continues trials from their checkpoints one at a time; "
+        raise ConfigError("trials_per_step: Hyperband continues trials from their checkpoints one at a time; "
                          "use trials_per_step=1 with it")
     if trials_per_step > 1 and tuner_kwargs.get("executions_per_trial", 1) != 1:
-        raise ValueError("executions_per_trial: a packed search runs each trial once; use trials_per_step=1")
+        raise ConfigError("executions_per_trial: a packed search runs each trial once; use trials_per_step=1")
     if trials_per_step > 1 and data_parallel:
-        raise ValueError("data_parallel: splits one model's batches over devices; a packed search (trials_per_step > 1) "
+        raise ConfigError("data_parallel: splits one model's batches over devices; a packed search (trials_per_step > 1) "
                          "trains many models on one device instead: choose one")
     check_positive_int("max_trials", max_trials)
     if "executions_per_trial" in tuner_kwargs:
@@ -125,7 +128,7 @@ def search(
     epochs = check_positive_int("epochs", hypermodel.recipe.epochs if epochs is None else epochs)
     checkpoint_schedule = None if checkpoint_every is None else parse_every("checkpoint_every", str(checkpoint_every))
     if data_parallel and "distribution_strategy" in tuner_kwargs:
-        raise ValueError("data_parallel=True chooses the distribution_strategy: give one or the other")
+        raise ConfigError("data_parallel=True chooses the distribution_strategy: give one or the other")
     settings = roles.SearchSettings(
         hypermodel=hypermodel, kind=kind, epochs=epochs, max_trials=max_trials, trials_per_step=trials_per_step,
         directory=directory, project_name=project_name, overwrite=overwrite, seed=seed,
@@ -142,5 +145,5 @@ def _hypermodel(hypermodel, space, base, recipe) -> DropoutVGGHyperModel:
     if not isinstance(hypermodel, DropoutVGGHyperModel):
         raise TypeError(f"hypermodel: expected a DropoutVGGHyperModel, got {type(hypermodel).__name__}")
     if any(value is not None for value in (space, base, recipe)):
-        raise ValueError("space, base and recipe belong to the hypermodel: give them to it, or no hypermodel")
+        raise ConfigError("space, base and recipe belong to the hypermodel: give them to it, or no hypermodel")
     return hypermodel

@@ -16,6 +16,7 @@ import json
 import keras_tuner
 
 from kt_dropout import _compat
+from kt_dropout.errors import ConfigError, MissingPackage
 from kt_dropout.storage.atomic import write_text
 from kt_dropout.training import stops
 from kt_dropout.tuning.hooks import TrialHook
@@ -128,15 +129,15 @@ def kind(tuner) -> type:
     """The Keras Tuner class `search`'s `tuner` names (one of `TUNERS`, or a subclass of one).
 
     Raises:
-        ValueError: `tuner` is neither.
-        ImportError: the Bayesian tuner without scikit-learn.
+        ConfigError: `tuner` is neither.
+        MissingPackage: the Bayesian tuner without scikit-learn.
     """
     if isinstance(tuner, str) and tuner in TUNERS:
         cls = TUNERS[tuner]
     elif isinstance(tuner, type) and issubclass(tuner, tuple(HOOKED)):
         cls = tuner
     else:
-        raise ValueError(
+        raise ConfigError(
             f"tuner: expected one of {', '.join(map(repr, TUNERS))} or a subclass of "
             f"{', '.join(c.__name__ for c in HOOKED)}, got {tuner!r}"
         )
@@ -166,6 +167,6 @@ def _require_sklearn() -> None:
     try:
         import sklearn  # noqa: F401
     except ImportError as error:
-        raise ImportError(
+        raise MissingPackage(
             'the Bayesian tuner needs scikit-learn: pip install "kt-dropout[bayesian]"'
         ) from error
