@@ -48,7 +48,7 @@ def print_incomplete(stopped) -> None:
 
     from kt_dropout.training.checkpoints import read_state
 
-    seconds = read_state(stopped.checkpoint)["epoch_seconds"]
+    seconds = read_state(stopped.checkpoint).epoch_seconds
     left = stopped.epochs - stopped.epochs_done
     pace = median(seconds[1:] or seconds)
     print(f"{stopped.reason}: {stopped.epochs_done} of {stopped.epochs} epochs done, {left} to go "

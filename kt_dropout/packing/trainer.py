@@ -2,9 +2,10 @@
 
 Every member starts from exactly the weights a separate `training.train` run
 with its seed would start from (the member is built with that seed and copied
-into the pack). Members that share a seed share the order of the training
-data; each seed gets its own shuffling, so seeds differ in data order as well
-as in initialization and dropout masks.
+into the pack), and trains on the batches that run would: each epoch's order
+of the training data is `order.epoch_order(seed, epoch, n)`, the rule of every
+training here. Members that share a seed share that order; seeds differ in data
+order as well as in initialization and dropout masks.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from kt_dropout.packing.model import (
 )
 from kt_dropout.training import checkpoints, stops
 from kt_dropout.training.callbacks import diverged
-from kt_dropout.training.checkpoints import CheckpointError, Checkpointing
+from kt_dropout.training.checkpoints import Checkpointing, CheckpointState
 from kt_dropout.training.memory import releasing_traced_gradients
+from kt_dropout.training.order import epoch_order
 from kt_dropout.training.record import RunRecord, make_record, run_key
 
 
@@ -134,7 +136,7 @@ class PackTrainer:
             DeviceEpochs(self.model, self.x_train, self.y_train, self.groups, recipe.batch_size)
             if device_data else None
         )
-        self._rngs = [np.random.default_rng(seed) for seed in self.seeds]
+        self.epoch = 0  # the next epoch `train_epoch` trains (0-based): its data order
         self.last_epoch_seconds: dict[str, float] = {}
         self.histories: list[dict[str, list[float]]] = []
 
@@ -164,8 +166,8 @@ class PackTrainer:
         return self._device is not None
 
     def epoch_orders(self) -> list[np.ndarray]:
-        """The next epoch's order of the training images, one shuffling per seed."""
-        return [rng.permutation(len(self.x_train)) for rng in self._rngs]
+        """The next epoch's (`epoch`'s) order of the training images, one per seed (`order.epoch_order`)."""
+        return [epoch_order(seed, self.epoch, len(self.x_train)) for seed in self.seeds]
 
     def train_on_orders(self, orders: list[np.ndarray]) -> dict[str, float]:
         """Trains one pass over `orders` (see `epoch_orders`); returns the metrics `fit` would log."""
@@ -184,7 +186,7 @@ class PackTrainer:
         return self.model.predict(tiled, batch_size=max(1024, self.recipe.batch_size), verbose=0)
 
     def train_epoch(self) -> dict[str, np.ndarray]:
-        """One epoch for every member; returns per-member metrics as arrays of length K.
+        """One epoch (`epoch`, then counted) for every member; returns per-member metrics as arrays of length K.
 
         `last_epoch_seconds` then holds where the epoch's wall-clock time went: "fit" (the training
         steps, with the host's shuffling and stacking of the images unless they are on the device)
@@ -192,6 +194,7 @@ class PackTrainer:
         """
         start = time.perf_counter()
         logs = self.train_on_orders(self.epoch_orders())
+        self.epoch += 1
         count = len(self.members)
         result = {
             "loss": np.array([logs[f"loss_{k}"] for k in range(count)]),
@@ -215,13 +218,16 @@ class PackTrainer:
         With `checkpointing`, training continues from its checkpoint when there is one (the seconds
         returned then include the checkpointed epochs'), saves one when it is due, and where its `stop`
         says so, or a SIGTERM came (`stops`), saves one and raises `TrainingIncomplete`. A resumed pack ends
-        exactly as one that ran through: the checkpoint holds every variable, history and shuffling generator.
+        exactly as one that ran through: the checkpoint holds every variable and history, and each epoch's
+        data order depends on the seeds and the epoch alone. A checkpoint this pack cannot continue (another
+        trainer's or other runs', unreadable, of an older format) raises a `CheckpointError` naming its file.
         """
         self.histories = [{key: [] for key in ("loss", "accuracy", "val_loss", "val_accuracy")} for _ in self.members]
         alive = [True] * len(self.members)
         seconds = []
         if checkpointing is not None and checkpointing.path.exists():
             alive, seconds = self._resume(checkpointing.path, epochs)
+        self.epoch = len(seconds)
         this_process = []  # what a time budget may estimate the next epoch from: no epoch of another machine
         with stops.training() if checkpointing is not None else contextlib.nullcontext():  # SIGTERM: at an epoch's end
             for epoch in range(len(seconds), epochs):
@@ -248,24 +254,19 @@ class PackTrainer:
         return [run_key(m.config, self.recipe, m.seed, epochs, self.data_fingerprint).digest() for m in self.members]
 
     def _save(self, path, epochs: int, alive: list[bool], seconds: list[float]) -> None:
-        checkpoints.save(path, checkpoints.model_arrays(self.model), {
-            "run_keys": self.run_keys(epochs), "names": [m.name for m in self.members],
-            "seeds": [m.seed for m in self.members], "epochs_done": len(seconds), "epochs": epochs,
-            "epoch_seconds": seconds, "histories": self.histories, "alive": alive,
-            "shuffling": [rng.bit_generator.state for rng in self._rngs],
-        })
+        count = len(self.members)
+        checkpoints.save(path, checkpoints.model_arrays(self.model), CheckpointState(
+            owner="pack", run_keys=self.run_keys(epochs), names=[m.name for m in self.members],
+            seeds=[m.seed for m in self.members], epochs=epochs, epochs_done=len(seconds), epoch_seconds=seconds,
+            histories=self.histories, alive=alive, best=[None] * count, best_epochs=[None] * count,
+        ))
 
     def _resume(self, path, epochs: int) -> tuple[list[bool], list[float]]:
         """Restores the checkpoint at `path`; returns the members' alive flags and the epochs' seconds."""
-        arrays, state = checkpoints.load(path)
-        if state.get("run_keys") != self.run_keys(epochs):
-            raise CheckpointError(f"{path}: a checkpoint of other runs than this pack's "
-                                  f"({', '.join(state.get('names') or ['?'])})")
+        arrays, state = checkpoints.load(path, owner="pack", run_keys=self.run_keys(epochs), epochs=epochs)
         checkpoints.restore_model(self.model, arrays, path)
-        self.histories = state["histories"]
-        for rng, generator_state in zip(self._rngs, state["shuffling"]):
-            rng.bit_generator.state = generator_state
-        return state["alive"], state["epoch_seconds"]
+        self.histories = state.histories
+        return state.alive, state.epoch_seconds
 
     def member_weights(self, k: int):
         return member_weights(self.model, k, len(self.members))

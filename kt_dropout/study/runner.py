@@ -41,6 +41,7 @@ from kt_dropout.training import checkpoints, distribution, stops
 from kt_dropout.training.checkpoints import (
     CheckpointError,
     Checkpointing,
+    CheckpointState,
     TrainingIncomplete,
 )
 from kt_dropout.training.progress import (
@@ -214,7 +215,7 @@ class Study:
         start = time.perf_counter()
         try:
             records = self._fit(pack, progress, path)
-        except CheckpointError as error:  # damaged, another version's, or other runs': of no use
+        except CheckpointError as error:  # damaged, an older format, another trainer's or other runs': of no use
             warnings.warn(f"{error}; training its runs from scratch")
             path.unlink(missing_ok=True)
             records = self._fit(pack, progress, path)
@@ -250,7 +251,7 @@ class Study:
         keys = ",".join(sorted(self._key(m) for m in pack))
         return self.store.root / CHECKPOINTS_FOLDER / f"{hashlib.sha256(keys.encode()).hexdigest()[:20]}.npz"
 
-    def _checkpoints(self) -> dict[Path, dict]:
+    def _checkpoints(self) -> dict[Path, CheckpointState]:
         """The readable checkpoints in the store, by file, with their states; an unreadable one is reported
         and deleted (its runs train from scratch)."""
         states = {}
@@ -268,7 +269,7 @@ class Study:
         by_key = {self._key(m): m for m in missing}
         packs, taken = [], set()
         for path, state in self._checkpoints().items():
-            keys = state.get("run_keys") or []
+            keys = state.run_keys
             if all(self.store.get(key) is not None for key in keys):
                 _delete_checkpoint(path)  # its runs were stored, but it was not deleted yet
             elif (self.settings.packed or len(keys) == 1) and set(keys) <= by_key.keys() - taken:
@@ -292,8 +293,7 @@ class Study:
         """Model-epochs done (stored runs, and checkpointed epochs of unstored ones) and in all, of the named
         configurations' runs (default: the study's)."""
         members, epochs = self.settings.members(names), self.settings.epochs
-        checkpointed = {key: state.get("epochs_done", 0) for state in self._checkpoints().values()
-                        for key in state.get("run_keys") or []}
+        checkpointed = {key: state.epochs_done for state in self._checkpoints().values() for key in state.run_keys}
         done = sum(epochs if self.store.get(key) is not None else checkpointed.get(key, 0)
                    for key in map(self._key, members))
         return done, len(members) * epochs
@@ -322,7 +322,7 @@ def incomplete(done: int, total: int) -> str:
 def _epochs_done(path: Path) -> int:
     """The epochs a checkpoint holds; 0 when there is none or it cannot be read (training starts over)."""
     try:
-        return checkpoints.read_state(path)["epochs_done"] if path.exists() else 0
+        return checkpoints.read_state(path).epochs_done if path.exists() else 0
     except CheckpointError:
         return 0
 

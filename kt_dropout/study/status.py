@@ -46,7 +46,7 @@ from kt_dropout.study.results import (
     by_study,
 )
 from kt_dropout.study.verdicts import decide
-from kt_dropout.training.checkpoints import read_state
+from kt_dropout.training.checkpoints import CheckpointError, read_state
 
 STATES = ("done", "partial", "training", "failed", "missing")
 
@@ -58,13 +58,12 @@ def checkpoint_progress(root: Path) -> dict[str, dict]:
     for path in sorted((root / CHECKPOINTS_FOLDER).glob("*.npz")):
         try:
             state = read_state(path)
-            keys = [str(key) for key in state["run_keys"]]
-            entry = {"epochs_done": int(state["epochs_done"]), "epochs": int(state["epochs"]),
-                     "pack_seconds": [float(s) for s in state.get("epoch_seconds", [])], "pack_size": len(keys)}
-        except (KeyError, TypeError, ValueError) as error:
+        except CheckpointError as error:
             warnings.warn(f"status: skipping checkpoint {path}: {error}", stacklevel=2)
             continue
-        progress.update(dict.fromkeys(keys, entry))
+        entry = {"epochs_done": state.epochs_done, "epochs": state.epochs,
+                 "pack_seconds": [float(s) for s in state.epoch_seconds], "pack_size": len(state.run_keys)}
+        progress.update(dict.fromkeys(state.run_keys, entry))
     return progress
 
 

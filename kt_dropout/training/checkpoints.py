@@ -1,10 +1,16 @@
 """Epoch checkpoints: the whole state of an unfinished run or pack in one file, written whole or not at all.
 
+One protocol for every trainer: a run trained alone by `keras.Model.fit` (`resumable.fit`: `train` and a
+search's trials) and a pack of runs (`packing.trainer.PackTrainer`: the study's packs, packed trials) save
+with `save` and continue with `load`, which refuses, with a `CheckpointError` naming the file and the reason,
+any checkpoint they cannot continue exactly. Neither keeps a shuffling state: the data order of each epoch is
+a function of (seed, epoch) (`order.epoch_order`).
+
 A checkpoint is an uncompressed `.npz` file: named arrays (a model's variables -- weights, BatchNorm
-statistics and dropout seed states --, its optimizer's, the best epoch's weights) and one JSON document,
-`STATE_ENTRY`, with everything else a trainer needs to continue exactly (epochs done, history, best epoch,
-the shuffling generators' states). It is written through `atomic.write_with`, so a `kill -9` during the
-write leaves the previous checkpoint, and `read_state` reads the JSON part without loading the arrays.
+statistics and dropout seed states -- under "model/", its optimizer's under "optimizer/", a fit run's best
+epoch's weights under "best/") and one JSON document, `STATE_ENTRY`, holding a `CheckpointState`: everything
+else a trainer needs to continue exactly. It is written through `atomic.write_with`, so a `kill -9` during the
+write leaves the previous checkpoint, and `read_state` reads the state without loading the arrays.
 
 `Checkpointing` is what a trainer is given: where its checkpoint lives, how often to save it, and when to
 stop early (a time budget, a termination signal); a trainer that stops early saves first and raises
@@ -30,36 +36,151 @@ from kt_dropout.training import stops
 
 STATE_ENTRY = "state"  # the JSON document, as UTF-8 bytes
 FORMAT = "kt-dropout-checkpoint"
-VERSION = 1
+VERSION = 2  # 1: fit runs and packs each had their own state and a pack stored its shuffling generators
+OWNERS = {"fit": "a run trained alone", "pack": "a pack of runs"}  # what wrote a checkpoint, as messages say it
 
 
 class CheckpointError(KtDropoutError, ValueError):
     """A checkpoint file that cannot be continued from (damaged, another format or version, written for other
-    runs); the message names the file. Whoever owns the file may delete it and train from scratch."""
+    runs or by another kind of trainer); the message names the file and the reason. Whoever owns the file may
+    delete it and train from scratch."""
 
 
-def save(path, arrays: dict[str, np.ndarray], state: dict) -> None:
-    """Writes `arrays` and the JSON-able `state` to `path` whole (temp file, fsync, rename), making its folder
-    if need be (so that a store holds a checkpoints folder only once something was checkpointed)."""
+@dataclasses.dataclass(frozen=True)
+class CheckpointState:
+    """Everything in a checkpoint but its arrays: whose it is and how far its runs got, one entry per member
+    (one for a fit run) in the per-member fields.
+
+    Attributes:
+        owner: what wrote it, a key of `OWNERS`: "fit" (`resumable.fit`) or "pack" (`PackTrainer`). Each
+            continues only its own kind's, whose "model/" arrays are of its kind of model.
+        run_keys: the digests of the runs' keys (`record.RunKey`) that the checkpoint continues, in member
+            order; empty for a fit run given no identity.
+        names: the runs' names, in member order (empty likewise): for messages, and a search's trials.
+        seeds: each member's data-order seed (`order.epoch_order`; a pack's members are built with it too).
+        epochs: the epochs the runs train to in all.
+        epochs_done: the epochs trained so far.
+        epoch_seconds: each epoch's seconds so far (a pack's, for all its members).
+        histories: each member's per-epoch metrics so far.
+        alive: whether each member still trains (in a pack, a member whose loss diverged stops alone).
+        best: each member's best `val_accuracy` so far, where its trainer keeps its best epoch's weights
+            (a fit run's `BestWeights`, in the "best/" arrays); else None.
+        best_epochs: the 0-based epochs of `best`.
+    """
+
+    owner: str
+    run_keys: list[str]
+    names: list[str]
+    seeds: list[int]
+    epochs: int
+    epochs_done: int
+    epoch_seconds: list[float]
+    histories: list[dict[str, list[float]]]
+    alive: list[bool]
+    best: list[float | None]
+    best_epochs: list[int | None]
+
+    @property
+    def members(self) -> int:
+        return len(self.seeds)
+
+    @classmethod
+    def from_document(cls, document, path) -> "CheckpointState":
+        """The state in a checkpoint's JSON `document`; a `CheckpointError` naming `path` when it is not one this
+        code writes: another file, an older format (refused by name: not read), or a malformed state."""
+        if not isinstance(document, dict) or document.get("format") != FORMAT:
+            raise CheckpointError(f"{path}: not a {FORMAT} file (no {STATE_ENTRY})")
+        version = document.get("version")
+        if isinstance(version, int) and version < VERSION:
+            raise CheckpointError(f"{path}: a checkpoint of an older format (version {version}; this code reads "
+                                  f"version {VERSION}), which it cannot continue: delete it to train its runs from "
+                                  "scratch")
+        if version != VERSION:
+            raise CheckpointError(f"{path}: checkpoint version {version!r}; this code reads {VERSION}")
+        for name, (valid, expected) in _FIELDS.items():
+            if name not in document or not valid(document[name]):
+                raise CheckpointError(f"{path}: not a valid checkpoint state ({name}: expected {expected}, got "
+                                      f"{document.get(name)!r:.80})")
+        state = cls(**{name: document[name] for name in _FIELDS})
+        sizes = {name: len(getattr(state, name)) for name in _PER_MEMBER}
+        sizes.update({name: len(getattr(state, name)) for name in ("run_keys", "names") if getattr(state, name)})
+        if set(sizes.values()) != {state.members} or not 0 <= state.epochs_done <= state.epochs:
+            raise CheckpointError(f"{path}: not a valid checkpoint state (members {sizes}, epochs "
+                                  f"{state.epochs_done} of {state.epochs})")
+        return state
+
+
+def _list_of(valid) -> Callable[[object], bool]:
+    return lambda value: isinstance(value, list) and all(valid(item) for item in value)
+
+
+def _integer(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _history(value) -> bool:
+    return isinstance(value, dict) and all(isinstance(k, str) and _list_of(_number)(v) for k, v in value.items())
+
+
+_FIELDS = {  # CheckpointState's fields: the check of each one's JSON value, and what it must be
+    "owner": (lambda value: value in OWNERS, f"one of {', '.join(OWNERS)}"),
+    "run_keys": (_list_of(lambda value: isinstance(value, str)), "a list of strings"),
+    "names": (_list_of(lambda value: isinstance(value, str)), "a list of strings"),
+    "seeds": (_list_of(_integer), "a list of integers"),
+    "epochs": (lambda value: _integer(value) and value > 0, "a positive integer"),
+    "epochs_done": (_integer, "an integer"),
+    "epoch_seconds": (_list_of(_number), "a list of numbers"),
+    "histories": (_list_of(_history), "a list of histories"),
+    "alive": (_list_of(lambda value: isinstance(value, bool)), "a list of booleans"),
+    "best": (_list_of(lambda value: value is None or _number(value)), "a list of numbers or nulls"),
+    "best_epochs": (_list_of(lambda value: value is None or _integer(value)), "a list of integers or nulls"),
+}
+_PER_MEMBER = ("seeds", "histories", "alive", "best", "best_epochs")
+
+
+def save(path, arrays: dict[str, np.ndarray], state: CheckpointState) -> None:
+    """Writes `arrays` and `state` to `path` whole (temp file, fsync, rename), making its folder if need be
+    (so that a store holds a checkpoints folder only once something was checkpointed)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    document = json.dumps({"format": FORMAT, "version": VERSION, **state}, sort_keys=True)
+    document = json.dumps({"format": FORMAT, "version": VERSION, **dataclasses.asdict(state)}, sort_keys=True)
     entries = {name: np.asarray(value) for name, value in arrays.items()}
     entries[STATE_ENTRY] = np.frombuffer(document.encode("utf-8"), dtype=np.uint8)
     write_with(path, lambda file: np.savez(file, **entries))
 
 
-def load(path) -> tuple[dict[str, np.ndarray], dict]:
-    """The arrays and the state that `save` wrote to `path`; a `CheckpointError` naming the file when it is not one."""
+def load(path, *, owner: str, run_keys: list[str], epochs: int) -> tuple[dict[str, np.ndarray], CheckpointState]:
+    """The arrays and the state that `save` wrote to `path`, for the `owner` (a key of `OWNERS`) that trains
+    the runs `run_keys` to `epochs` epochs to continue.
+
+    Raises:
+        CheckpointError: naming the file and the reason, when it is not a checkpoint this code can read
+            (`read_state`), or one of another kind of trainer, of other runs or of another number of epochs.
+    """
     try:
         with np.load(path, allow_pickle=False) as entries:
             arrays = {name: entries[name] for name in entries.files}
     except (OSError, ValueError, zipfile.BadZipFile) as error:
         raise CheckpointError(f"{path}: not a readable checkpoint ({error})") from None
-    return arrays, _state(arrays.pop(STATE_ENTRY, None), path)
+    state = _state(arrays.pop(STATE_ENTRY, None), path)
+    if state.owner != owner:
+        raise CheckpointError(f"{path}: written by {OWNERS[state.owner]}, not by {OWNERS[owner]}")
+    if (state.run_keys, state.epochs) != (list(run_keys), epochs):
+        raise CheckpointError(f"{path}: the checkpoint of other runs ({', '.join(state.names) or 'unnamed'}, "
+                              f"{state.epochs} epochs) than these ({epochs} epochs)")
+    return arrays, state
 
 
-def read_state(path) -> dict:
-    """The JSON state of the checkpoint at `path`, without reading its arrays (what `kt-dropout status` needs)."""
+def read_state(path) -> CheckpointState:
+    """The state of the checkpoint at `path`, without reading its arrays (what `kt-dropout status` needs).
+
+    Raises:
+        CheckpointError: naming the file, when it is unreadable, not a checkpoint, of an older format or
+            of another version, or its state is malformed.
+    """
     try:
         with np.load(path, allow_pickle=False) as entries:
             document = entries[STATE_ENTRY] if STATE_ENTRY in entries.files else None
@@ -68,16 +189,12 @@ def read_state(path) -> dict:
     return _state(document, path)
 
 
-def _state(document, path) -> dict:
+def _state(document, path) -> CheckpointState:
     try:
-        state = json.loads(bytes(document).decode("utf-8")) if document is not None else None
+        parsed = json.loads(bytes(document).decode("utf-8")) if document is not None else None
     except (UnicodeDecodeError, ValueError):
-        state = None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise CheckpointError(f"{path}: not a {FORMAT} file (no {STATE_ENTRY})")
-    if state.get("version") != VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {state.get('version')!r}; this code reads {VERSION}")
-    return state
+        parsed = None
+    return CheckpointState.from_document(parsed, path)
 
 
 def arrays_of(prefix: str, values) -> dict[str, np.ndarray]:
@@ -85,17 +202,23 @@ def arrays_of(prefix: str, values) -> dict[str, np.ndarray]:
     return {f"{prefix}/{i}": keras.ops.convert_to_numpy(value) for i, value in enumerate(values)}
 
 
+def arrays_under(prefix: str, arrays: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """The arrays that `arrays_of(prefix, ...)` named, in their order."""
+    names = [name for name in arrays if name.startswith(f"{prefix}/")]
+    return [arrays[name] for name in sorted(names, key=lambda name: int(name.rsplit("/", 1)[1]))]
+
+
 def assign_from(prefix: str, variables, arrays: dict[str, np.ndarray], path) -> None:
     """Assigns `arrays_of(prefix, ...)`'s arrays back to `variables`, refusing (naming the checkpoint file) a
     checkpoint whose arrays do not fit them: another network, or a file from another version of this code."""
-    stored = sorted((name for name in arrays if name.startswith(f"{prefix}/")), key=lambda n: int(n.split("/")[-1]))
+    stored = arrays_under(prefix, arrays)
     variables = list(variables)
-    shapes = [tuple(arrays[name].shape) for name in stored]
+    shapes = [tuple(array.shape) for array in stored]
     if shapes != [tuple(v.shape) for v in variables]:
         raise CheckpointError(f"{path}: the checkpoint's {prefix} arrays ({len(shapes)}) do not fit the "
-                         f"{len(variables)} variables being restored; it was written for another network")
-    for variable, name in zip(variables, stored):
-        variable.assign(arrays[name])
+                              f"{len(variables)} variables being restored; it was written for another network")
+    for variable, array in zip(variables, stored):
+        variable.assign(array)
 
 
 def model_arrays(model) -> dict[str, np.ndarray]:

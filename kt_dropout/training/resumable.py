@@ -2,12 +2,12 @@
 
 `keras.Model.fit(x, y, shuffle=True)` draws each epoch's order from the
 backend's random generator, which a restarted process cannot continue. Here the
-order of epoch `e` is `np.random.default_rng([seed, e]).permutation(n)`
-(`EpochOrder`), so a run resumed at epoch `e` sees the batches an uninterrupted
-run would. The checkpoint (`checkpoints.Checkpointing`) holds the model's and
-optimizer's variables (dropout seed states included), the best epoch and its
-weights (`BestWeights`), the history and epoch times so far, and the order's seed.
-`train` and the hypermodel's trials both train through `fit`.
+order of epoch `e` is `order.epoch_order(seed, e, n)` (`EpochOrder`), so a run
+resumed at epoch `e` sees the batches an uninterrupted run would, and those a
+pack member of the same seed sees. The checkpoint (`checkpoints`, owner "fit")
+holds the model's and optimizer's variables (dropout seed states included), the
+best epoch and its weights (`BestWeights`), the history and epoch times so far,
+and the order's seed. `train` and the hypermodel's trials both train through `fit`.
 """
 
 from __future__ import annotations
@@ -25,39 +25,42 @@ from kt_dropout.training.callbacks import (
     Interruptible,
     recipe_callbacks,
 )
-from kt_dropout.training.checkpoints import Checkpointing
-
-SEED_RANGE = 2**63  # `default_rng` takes non-negative seeds; negative ones wrap into this range
+from kt_dropout.training.checkpoints import Checkpointing, CheckpointState
+from kt_dropout.training.order import epoch_order
 
 
 class EpochOrder(keras.utils.PyDataset):
-    """`(x, y)` in batches of `batch_size`, in an order that depends only on `seed` and the epoch.
+    """`(x, y)` in batches of `batch_size`, epoch `e` in the order `order.epoch_order(seed, e, n)`.
 
-    Keras calls `on_epoch_begin` once per epoch, before the epoch's first batch
-    (the TensorFlow backend samples a batch or two earlier to learn the shapes:
-    they come from the first epoch's order and are not trained on). No workers:
-    batches come in order, in the training thread.
+    The epoch comes from Keras' callbacks (`epoch_callback`, to pass to `fit` with the dataset), not from
+    counting the dataset's `on_epoch_begin` calls: the JAX backend makes one more before the first epoch,
+    when it peeks at a batch to build the model (Keras 3.15), which would train epoch `e` in epoch `e + 1`'s
+    order there. Batches fetched before the first epoch (JAX's peek; TensorFlow samples a batch or two to
+    learn the shapes) come from `initial_epoch`'s order and are not trained on. No workers: batches come in
+    order, in the training thread.
     """
 
     def __init__(self, x, y, batch_size: int, seed: int, initial_epoch: int = 0):
         super().__init__(workers=1, use_multiprocessing=False)
-        self.x, self.y, self.batch_size, self.seed = x, y, batch_size, int(seed) % SEED_RANGE
-        self.epoch = initial_epoch - 1
-        self._order = self.order(initial_epoch)
+        self.x, self.y, self.batch_size, self.seed = x, y, batch_size, seed
+        self.epoch = initial_epoch
+        self._order = (initial_epoch, self.order(initial_epoch))
 
     def order(self, epoch: int) -> np.ndarray:
         """The permutation of the rows that epoch `epoch` (0-based) trains in."""
-        return np.random.default_rng([self.seed, epoch]).permutation(len(self.x))
+        return epoch_order(self.seed, epoch, len(self.x))
+
+    def epoch_callback(self) -> keras.callbacks.Callback:
+        """The callback that tells this dataset each epoch as it begins."""
+        return keras.callbacks.LambdaCallback(on_epoch_begin=lambda epoch, logs: setattr(self, "epoch", epoch))
 
     def __len__(self) -> int:
         return math.ceil(len(self.x) / self.batch_size)
 
-    def on_epoch_begin(self):
-        self.epoch += 1
-        self._order = self.order(self.epoch)
-
     def __getitem__(self, index: int):
-        rows = self._order[index * self.batch_size:(index + 1) * self.batch_size]
+        if self._order[0] != self.epoch:
+            self._order = (self.epoch, self.order(self.epoch))
+        rows = self._order[1][index * self.batch_size:(index + 1) * self.batch_size]
         return self.x[rows], self.y[rows]
 
 
@@ -75,8 +78,9 @@ def fit(
         x, y: arrays, batched in the (seed, epoch) order of `EpochOrder`; anything else (a dataset) goes
             to `model.fit` as it is, and cannot be checkpointed.
         callbacks: run after the epoch timer and the recipe's callbacks, before the checkpoint's.
-        identity: the checkpoint's contract fields (`run_keys`, `names`, `seeds`); a checkpoint whose
-            `run_keys` or `epochs` differ is refused, naming its file.
+        identity: whose checkpoint it is: `run_keys` and `names` (`checkpoints.CheckpointState`'s; other
+            entries are not used). A checkpoint that is not this run's (another owner's, other `run_keys` or
+            `epochs`, unreadable or of an older format) raises a `checkpoints.CheckpointError` naming its file.
         **fit_kwargs: passed to `model.fit` (`verbose`, Hyperband's `initial_epoch`, ...).
     """
     arrays = isinstance(x, np.ndarray)
@@ -88,15 +92,17 @@ def fit(
     if checkpointing is not None and checkpointing.path.exists():
         run.resume(model)
     initial_epoch = fit_kwargs.pop("initial_epoch", 0) if run.epochs_done == 0 else run.epochs_done
+    ordering = []
     if arrays:
         # shuffle=False: Keras would otherwise shuffle the batches with Python's `random` too
         data, y, fit_kwargs["shuffle"] = EpochOrder(x, y, batch_size, run.seed, initial_epoch), None, False
+        ordering.append(data.epoch_callback())
     else:
         data, fit_kwargs["batch_size"] = x, batch_size
     with stops.training() if checkpointing is not None else contextlib.nullcontext():  # SIGTERM: stop at an epoch's end
         history = model.fit(
             data, y, validation_data=validation_data, epochs=epochs, initial_epoch=initial_epoch,
-            callbacks=[Interruptible(), timer, *recipe_callbacks(best), *callbacks, run], **fit_kwargs,
+            callbacks=[*ordering, Interruptible(), timer, *recipe_callbacks(best), *callbacks, run], **fit_kwargs,
         )
     trained = len(next(iter(run.history.values()), ()))  # resumed: the earlier epochs too
     history.history, history.epoch = run.history, list(range(run.epochs_done - trained, run.epochs_done))
@@ -109,25 +115,19 @@ class _Run(keras.callbacks.Callback):
 
     def __init__(self, checkpointing, identity: dict, epochs: int, seed: int, best: BestWeights, timer: EpochTimer):
         super().__init__()
-        self.checkpointing, self.identity, self.epochs, self.best, self.timer = (
-            checkpointing, identity, epochs, best, timer)
+        self.checkpointing, self.epochs, self.best, self.timer = checkpointing, epochs, best, timer
+        self.run_keys, self.names = list(identity.get("run_keys", [])), list(identity.get("names", []))
         self.seed, self.epochs_done = int(seed), 0
         self.history: dict[str, list[float]] = {}
         self.seconds_before: list[float] = []
 
     def resume(self, model) -> None:
         path = self.checkpointing.path
-        arrays, state = checkpoints.load(path)
-        expected = {"run_keys": self.identity.get("run_keys"), "epochs": self.epochs}
-        found = {name: state.get(name) for name in expected}
-        if found != expected:
-            raise ValueError(f"{path}: the checkpoint of another run ({found}, not {expected}); delete it to "
-                             "start this run over")
+        arrays, state = checkpoints.load(path, owner="fit", run_keys=self.run_keys, epochs=self.epochs)
         checkpoints.restore_model(model, arrays, path)
-        self.best.restore(state["best"], state["best_epoch"],
-                          [arrays[f"best/{i}"] for i in range(state["best_weights"])])
-        self.seed, self.epochs_done = state["order_seed"], state["epochs_done"]
-        self.history, self.seconds_before = state["history"], state["epoch_seconds"]
+        self.best.restore(state.best[0], state.best_epochs[0], checkpoints.arrays_under("best", arrays))
+        (self.seed,), self.epochs_done = state.seeds, state.epochs_done
+        (self.history,), self.seconds_before = state.histories, state.epoch_seconds
 
     def on_epoch_end(self, epoch, logs=None):
         for name, value in (logs or {}).items():
@@ -137,13 +137,10 @@ class _Run(keras.callbacks.Callback):
             self.checkpointing.after_epoch(self.epochs_done, self.epochs, self.timer.seconds, self.save)
 
     def save(self) -> None:
-        weights = self.best.weights or []
         checkpoints.save(self.checkpointing.path, {
-            **checkpoints.model_arrays(self.model), **checkpoints.arrays_of("best", weights),
-        }, {
-            "run_keys": [], "names": [], "seeds": [self.seed], **self.identity,
-            "epochs_done": self.epochs_done, "epochs": self.epochs,
-            "epoch_seconds": self.seconds_before + self.timer.seconds,
-            "history": self.history, "best": self.best.best, "best_epoch": self.best.best_epoch,
-            "best_weights": len(weights), "order_seed": self.seed,
-        })
+            **checkpoints.model_arrays(self.model), **checkpoints.arrays_of("best", self.best.weights or []),
+        }, CheckpointState(
+            owner="fit", run_keys=self.run_keys, names=self.names, seeds=[self.seed], epochs=self.epochs,
+            epochs_done=self.epochs_done, epoch_seconds=self.seconds_before + self.timer.seconds,
+            histories=[self.history], alive=[True], best=[self.best.best], best_epochs=[self.best.best_epoch],
+        ))

@@ -72,7 +72,7 @@ def train(
                 callbacks=[*extra, *(callbacks or [])],
                 verbose=verbose,
                 checkpointing=checkpointing,
-                identity={"run_keys": [key.digest()], "names": [name], "seeds": [int(seed)]},
+                identity={"run_keys": [key.digest()], "names": [name]},
             )
     record = make_record(
         name=name, config=config, recipe=recipe, seed=seed, epochs=epochs, data_fingerprint=data_fingerprint,

@@ -105,8 +105,8 @@ class DropoutVGGHyperModel(keras_tuner.HyperModel):
         images with pixels in 0..255 (uint8 or float; the network scales them), labels as class
         indices (N,) or (N, 1) or one-hot rows. Arrays are checked as `kt_dropout.search()` checks
         its data (`splits.check_data`); bad data raises `keras_tuner.errors.FatalValueError`, which
-        stops a search at once instead of failing every trial alike. Arrays train in an order drawn
-        from NumPy's global generator (which the search's seed seeds) for each epoch (`resumable.fit`);
+        stops a search at once instead of failing every trial alike. Arrays train in `resumable.fit`'s
+        (seed, epoch) order, its seed drawn from NumPy's global generator (which the search's seed seeds);
         datasets and generators go to `model.fit` as they are. Hyperband's `epochs` and `initial_epoch`
         pass through. `checkpointing` and `identity` (`resumable.fit`'s) make the trial resumable:
         `kt_dropout.search()` gives each trial its own. Returns the `History` (of the whole trial, when
@@ -118,7 +118,7 @@ class DropoutVGGHyperModel(keras_tuner.HyperModel):
         epochs = self.recipe.epochs if epochs is None else check_positive_int("epochs", epochs)
         batch_size = kwargs.pop("batch_size", self.recipe.batch_size)
         if checkpointing is not None and checkpointing.path.exists():
-            _compat.continue_best_epoch(callbacks, checkpoints.read_state(checkpointing.path)["best"])
+            _compat.continue_best_epoch(callbacks, checkpoints.read_state(checkpointing.path).best[0])
         with releasing_traced_gradients():  # else TensorFlow keeps every trial's model
             history, _ = resumable.fit(
                 model, x, y, batch_size=batch_size, epochs=epochs, seed=np.random.randint(2**31),

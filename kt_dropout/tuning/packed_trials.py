@@ -96,7 +96,7 @@ class PackedTrials:
         for trial in sorted(trials, key=lambda trial: trial.trial_id):  # a resumed step's come back reversed
             hp = trial.hyperparameters.copy()
             recipe = self.tuner.hypermodel.recipe_from_hp(hp).replace(selection=selection)
-            member = Member(f"trial_{trial.trial_id}", self.tuner.hypermodel.config_from_hp(hp), self._seed())
+            member = Member(trial_checkpoints.trial_name(trial), self.tuner.hypermodel.config_from_hp(hp), self._seed())
             by_recipe.setdefault(recipe, {})[member] = trial
         return [
             (recipe, [members[member] for member in pack], pack)
@@ -148,7 +148,7 @@ class PackedTrials:
         state = None if checkpointing is None else trial_checkpoints.resumable_state(
             checkpointing.path, [member.name for member in members])
         if state is not None:  # a search without a seed drew them when the pack started
-            members = [dataclasses.replace(member, seed=seed) for member, seed in zip(members, state["seeds"])]
+            members = [dataclasses.replace(member, seed=seed) for member, seed in zip(members, state.seeds)]
         trainer = PackTrainer(members, data, recipe)
         singles = [build_model(member.config) for member in members]  # to write each member's checkpoint
 

@@ -136,7 +136,7 @@ class SearchRole:
             return tuner_class(s.kind)(
                 hypermodel=s.hypermodel, objective=OBJECTIVE, directory=str(s.directory),
                 project_name=s.project_name, overwrite=s.overwrite, seed=_oracle_seed(s.seed),
-                trial_checkpoints=TrialCheckpoints(s.checkpoint_schedule, s.seed), packing=self.packing(),
+                trial_checkpoints=TrialCheckpoints(s.checkpoint_schedule), packing=self.packing(),
                 saves_oracle=self.saves_oracle, **budget, **kwargs)
         except (KeyError, TypeError, ValueError, AttributeError, RuntimeError) as error:
             if not resuming:

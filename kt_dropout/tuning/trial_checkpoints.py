@@ -1,11 +1,13 @@
 """Where a search's trials keep their epoch checkpoints, and which of those a trial may continue from.
 
 A trial trained alone keeps `TRIAL_CHECKPOINT` in its own folder; a pack of trials keeps one
-`PACK_CHECKPOINT` in the folder of its first trial (lowest id), naming its trials in member order. Keras
+`PACK_CHECKPOINT` in the folder of its first trial (lowest id), naming its trials in member order. Both are
+the epoch checkpoints of every trainer (`training.checkpoints`: a "fit" run's and a "pack"'s). Keras
 Tuner hands the trials that were running when a search was killed back to the next step, so a pack
 normally comes back whole; when its trials come back otherwise (another `trials_per_step`, packed rather
 than alone or the reverse, a distributed search's lost worker), a checkpoint of the old grouping cannot be
-continued exactly, and is deleted with a warning: those trials start over.
+continued exactly, and is deleted with a warning: those trials start over; so is one that cannot be read
+(damaged, of an older format: any `CheckpointError`).
 """
 
 from __future__ import annotations
@@ -17,10 +19,17 @@ from pathlib import Path
 
 import keras_tuner
 
-from kt_dropout.training.checkpoints import CheckpointError, Checkpointing, TrainingIncomplete, read_state
+from kt_dropout.training.checkpoints import (
+    CheckpointError,
+    Checkpointing,
+    CheckpointState,
+    TrainingIncomplete,
+    read_state,
+)
 
 TRIAL_CHECKPOINT = "checkpoint.npz"
 PACK_CHECKPOINT = "pack_checkpoint.npz"
+OWNERS = {TRIAL_CHECKPOINT: "fit", PACK_CHECKPOINT: "pack"}  # which trainer writes each (`CheckpointState.owner`)
 
 
 class SearchIncomplete(keras_tuner.errors.FatalError):
@@ -34,11 +43,10 @@ class TrialCheckpoints:
 
     Args:
         every: how often (`config.parse_every`'s); None: never.
-        seed: the trials' seed (`search`'s), part of each checkpoint's contract.
     """
 
-    def __init__(self, every: dict | None, seed: int | None):
-        self.every, self.seed = every, seed
+    def __init__(self, every: dict | None):
+        self.every = every
 
     def run_trial(self, tuner, trial, run_trial, *args, **kwargs):
         """`run_trial(trial, *args, **kwargs)` (Keras Tuner's), continuing the trial's checkpoint if it has one;
@@ -49,7 +57,7 @@ class TrialCheckpoints:
         """
         checkpointing = self._checkpointing(tuner, trial)
         if checkpointing is not None:
-            kwargs.update(checkpointing=checkpointing, identity=_trial_identity(trial, self.seed))
+            kwargs.update(checkpointing=checkpointing, identity=_trial_identity(trial))
         try:
             results = run_trial(trial, *args, **kwargs)
         except keras_tuner.errors.FailedTrialError:  # never retried: its checkpoint would never be read
@@ -70,11 +78,16 @@ class TrialCheckpoints:
         return checkpointing(tuner, [trial], TRIAL_CHECKPOINT, self.every)
 
 
-def _trial_identity(trial, seed: int | None) -> dict:
+def _trial_identity(trial) -> dict:
     """A trial's checkpoint contract fields: its "run key" hashes its id and hyperparameters."""
     values = {"trial_id": trial.trial_id, "hyperparameters": trial.hyperparameters.values}
     digest = hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:20]
-    return {"run_keys": [digest], "names": [f"trial_{trial.trial_id}"], "seeds": [seed]}
+    return {"run_keys": [digest], "names": [trial_name(trial)]}
+
+
+def trial_name(trial) -> str:
+    """What a checkpoint names trial `trial`'s run by (`CheckpointState.names`)."""
+    return f"trial_{trial.trial_id}"
 
 
 def trial_folder(tuner, trial_id: str) -> Path | None:
@@ -84,9 +97,10 @@ def trial_folder(tuner, trial_id: str) -> Path | None:
     return None if "://" in folder else Path(folder)
 
 
-def resumable_state(path: Path, names: list[str]) -> dict | None:
-    """The state of the checkpoint at `path` if it is that of the runs `names` (in that order); else None,
-    deleting (with a warning) a checkpoint there that is unreadable or another grouping's."""
+def resumable_state(path: Path, names: list[str]) -> CheckpointState | None:
+    """The state of the checkpoint at `path` (a `TRIAL_CHECKPOINT` or `PACK_CHECKPOINT`) if it is that of the
+    runs `names` (in that order), written by the trainer of its kind (`OWNERS`); else None, deleting (with a
+    warning) a checkpoint there that is unreadable, of an older format, or another grouping's."""
     if not path.exists():
         return None
     try:
@@ -94,9 +108,9 @@ def resumable_state(path: Path, names: list[str]) -> dict | None:
     except CheckpointError as error:
         _discard(path, str(error))
         return None
-    if state.get("names") != names:
-        _discard(path, f"{path}: the checkpoint of {', '.join(state.get('names') or ['?'])}, not of "
-                       f"{', '.join(names)}")
+    if (state.owner, state.names) != (OWNERS[path.name], names):
+        _discard(path, f"{path}: the checkpoint of {', '.join(state.names) or 'unnamed runs'} "
+                       f"({state.owner}), not of {', '.join(names)} ({OWNERS[path.name]})")
         return None
     return state
 
@@ -104,12 +118,14 @@ def resumable_state(path: Path, names: list[str]) -> dict | None:
 def checkpointing(tuner, trials: list, name: str, every: dict | None) -> Checkpointing | None:
     """Where `trials` keep their epoch checkpoint: `name` (`TRIAL_CHECKPOINT` for a trial trained alone,
     `PACK_CHECKPOINT` for a pack, even of one) in the first trial's folder, saved `every` (`config.parse_every`'s);
-    None when `every` is None or the project is a URL. Deletes the trials' checkpoints of another grouping first."""
+    None when `every` is None or the project is a URL. Deletes the trials' checkpoints of another grouping first,
+    and theirs at `name` unless they can continue it (`resumable_state`)."""
     folders = [trial_folder(tuner, trial.trial_id) for trial in trials]
     if every is None or folders[0] is None:
         return None
     path = folders[0] / name
     discard_others(folders, keep=path)
+    resumable_state(path, [trial_name(trial) for trial in trials])
     return Checkpointing(path, **every)
 
 

@@ -24,6 +24,7 @@ from kt_dropout.training.checkpoints import (
     TrainingIncomplete,
 )
 from kt_dropout.training.record import make_record
+from kt_dropout.training.resumable import EpochOrder
 
 TINY = VGGConfig(nfilters=(4, 8, 8), ndense=16)
 
@@ -37,15 +38,14 @@ def _data(n_train=192, n_test=64, seed=0):
 
 
 def _train_separately(member: Member, data, recipe: Recipe, epochs: int) -> keras.Model:
-    """What `training.train` does, but on the pack's batch order (one shuffling per seed): raw images and class
-    indices, as the pack gets them."""
+    """What `training.train` does, on the batches it trains on (`resumable.EpochOrder`: the (seed, epoch) order
+    of every training), from raw images and class indices, as the pack gets them; without the best epoch's
+    weights restored at the end."""
     (x, y), _ = data
     keras.utils.set_random_seed(member.seed)
     model = compile_model(build_model(member.config), recipe)
-    rng = np.random.default_rng(member.seed)
-    for _ in range(epochs):
-        order = rng.permutation(len(x))
-        model.fit(x[order], y[order], batch_size=recipe.batch_size, epochs=1, shuffle=False, verbose=0)
+    batches = EpochOrder(x, y, recipe.batch_size, member.seed)
+    model.fit(batches, epochs=epochs, shuffle=False, verbose=0, callbacks=[batches.epoch_callback()])
     return model
 
 
@@ -249,8 +249,9 @@ def test_epochs_on_the_device_train_as_fit_does():
 
 def test_a_pack_stopped_and_resumed_ends_as_one_that_ran_through(tmp_path):
     """Stopped after epoch 1 (checkpoint saved, `TrainingIncomplete`), then resumed by the trainer that ran 3
-    epochs straight (so every variable, generator and history must come from the checkpoint), saving after
-    epoch 2: the same histories and weights, bit for bit -- with dropout, BatchNorm and two seeds' shufflings;
+    epochs straight (so every variable and history must come from the checkpoint, and the data order from the
+    epoch), saving after epoch 2: the same histories and weights, bit for bit -- with dropout, BatchNorm and two
+    seeds' orders;
     fed from the host on TensorFlow, held on the device on JAX."""
     members = [Member("drop", TINY.replace(dropout_conv=(0.2, 0.2, 0.2), dropout_dense=0.5), 1), Member("bn", TINY, 2)]
     data, recipe = _data(n_train=48, n_test=16), Recipe(batch_size=32)
@@ -268,7 +269,7 @@ def test_a_pack_stopped_and_resumed_ends_as_one_that_ran_through(tmp_path):
     assert trainer.histories == straight
     for got, want in zip(_weights(trainer), weights):
         np.testing.assert_array_equal(got, want)
-    with pytest.raises(CheckpointError, match="pack.npz: a checkpoint of other runs"):  # 4 epochs: other runs
+    with pytest.raises(CheckpointError, match=r"pack.npz: the checkpoint of other runs \(drop, bn, 3 epochs\)"):
         stopped.train(4, checkpointing=Checkpointing(path))
 
 

@@ -1,16 +1,19 @@
 """`kt-dropout reproduce` killed with SIGKILL (or stopped by a time budget) and run again finishes without
 redoing finished work (a killed search: tests/tuning/test_search_resume.py)."""
 
+import dataclasses
 import os
 import re
 import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import kt_dropout.training.budget
 from kt_dropout.study.results import ResultStore
+from kt_dropout.training import checkpoints
 
 ENV = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 COMMAND = [sys.executable, "-m", "kt_dropout.cli", "reproduce", "batchnorm", "--profile", "smoke", "--seeds", "2",
@@ -95,3 +98,27 @@ def test_stopped_and_killed_reproduce_resumes_from_its_checkpoints(tmp_path):
     assert _mtimes(tmp_path, finished) == mtimes  # finished runs were neither retrained nor rewritten
     assert not any((tmp_path / "results" / "store" / "checkpoints").iterdir())  # deleted once stored, temp files too
     assert (tmp_path / "results" / "report-smoke" / "report.md").is_file()
+
+
+@pytest.mark.slow
+def test_a_checkpoint_of_other_runs_is_replaced_with_a_warning_when_runs_train_alone_as_in_packs(tmp_path):
+    """With `--pack-size 1` each run trains alone (`keras.Model.fit`); a checkpoint at its place that is not its
+    own (here one naming another run) is named in one warning, as a pack's is, and the run trains from scratch:
+    the study goes on instead of stopping at the first such file."""
+    stopped = _reproduce(tmp_path, "--pack-size", "1", "--time-budget", "1s")
+    assert stopped.returncode == BUDGET_SPENT, stopped.stderr
+    (path,) = (tmp_path / "results" / "store" / "checkpoints").glob("*.npz")
+    state = checkpoints.read_state(path)
+    assert (state.owner, state.names, state.epochs_done) == ("fit", ["bn"], 1)
+    with np.load(path) as entries:
+        arrays = {name: entries[name] for name in entries.files if name != checkpoints.STATE_ENTRY}
+    checkpoints.save(path, arrays, dataclasses.replace(state, run_keys=["f" * 20]))
+
+    again = _reproduce(tmp_path, "--pack-size", "1")
+    assert again.returncode == 0, again.stderr
+    warning = (f"kt-dropout reproduce: warning: {path.relative_to(tmp_path)}: the checkpoint of other runs (bn, 3 "
+               "epochs) than these (3 epochs); training its runs from scratch\n")
+    assert again.stderr.count(warning) == 1, again.stderr
+    runs = _runs(tmp_path).values()
+    assert sorted(f"{r.name}/seed{r.key.seed}" for r in runs) == ["bn/seed0", "bn/seed1", "vanilla/seed0", "vanilla/seed1"]
+    assert all(r.status == "ok" and len(r.history["loss"]) == 3 for r in runs) and not any(path.parent.iterdir())

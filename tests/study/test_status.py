@@ -45,9 +45,16 @@ def _checkpoint(root, runs, epochs_done: int) -> None:
     """A checkpoint of a pack of `runs` ((name, seed) pairs) as the trainers write it (the shared contract)."""
     keys = [_key(*run) for run in runs]
     name = hashlib.sha256(",".join(sorted(keys)).encode()).hexdigest()[:20]
-    checkpoints.save(root / CHECKPOINTS_FOLDER / f"{name}.npz", {"model/0": [1.0, 2.0]}, {
-        "run_keys": keys, "names": [n for n, _ in runs], "seeds": [s for _, s in runs], "epochs_done": epochs_done,
-        "epochs": EPOCHS, "epoch_seconds": [9.0] + [4.0] * (epochs_done - 1)})
+    checkpoints.save(root / CHECKPOINTS_FOLDER / f"{name}.npz", {"model/0": [1.0, 2.0]}, _state(
+        run_keys=keys, names=[n for n, _ in runs], seeds=[s for _, s in runs], epochs_done=epochs_done,
+        epochs=EPOCHS, epoch_seconds=[9.0] + [4.0] * (epochs_done - 1)))
+
+
+def _state(**fields) -> checkpoints.CheckpointState:
+    """A pack's checkpoint state with `fields`, its members' histories empty."""
+    count = len(fields["seeds"])
+    return checkpoints.CheckpointState(owner="pack", histories=[{}] * count, alive=[True] * count,
+                                       best=[None] * count, best_epochs=[None] * count, **fields)
 
 
 @pytest.fixture
@@ -105,8 +112,8 @@ def test_a_claim_is_decided_once_all_its_runs_are_stored_and_stale_leases_do_not
     # A lease whose holder is gone (expired), beside a checkpoint nobody planned: listed, not counted as training.
     lease = store.root / LEASES_FOLDER / f"{'f' * 20}.lock"
     lease.write_text(json.dumps({"host": "elsewhere", "pid": 1, "expires": 0}))
-    checkpoints.save(store.root / CHECKPOINTS_FOLDER / "other.npz", {}, {
-        "run_keys": ["e" * 20], "names": ["x"], "seeds": [0], "epochs_done": 4, "epochs": 9, "epoch_seconds": []})
+    checkpoints.save(store.root / CHECKPOINTS_FOLDER / "other.npz", {}, _state(
+        run_keys=["e" * 20], names=["x"], seeds=[0], epochs_done=4, epochs=9, epoch_seconds=[]))
     assert store_status(store)["unplanned"] == [{"key": "e" * 20, "epochs_done": 4, "epochs": 9, "holder": None}]
 
 

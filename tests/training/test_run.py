@@ -1,5 +1,6 @@
 """One configuration trained with the post's recipe: the record it leaves."""
 
+import dataclasses
 import functools
 import re
 
@@ -11,7 +12,7 @@ from kt_dropout import Recipe, VGGConfig, train
 from kt_dropout.data.cifar10 import DataError, synthetic_cifar10
 from kt_dropout.data.splits import prepare_splits
 from kt_dropout.training import checkpoints
-from kt_dropout.training.checkpoints import Checkpointing, TrainingIncomplete
+from kt_dropout.training.checkpoints import CheckpointError, Checkpointing, TrainingIncomplete
 from kt_dropout.training.record import summarize_history
 
 TINY = VGGConfig(nfilters=(4, 8, 8), ndense=16)
@@ -164,13 +165,17 @@ def test_a_run_stopped_at_an_epoch_boundary_resumes_to_the_uninterrupted_runs_re
                                         reason="time budget spent"))
     assert (stopped.value.epochs_done, stopped.value.epochs, stopped.value.reason) == (2, 4, "time budget spent")
     state = checkpoints.read_state(path)
-    assert state["run_keys"] == [expected.key.digest()] and state["epochs_done"] == 2 and state["epochs"] == epochs
-    assert state["seeds"] == [5] and len(state["epoch_seconds"]) == 2 and state["names"] == ["model"]
+    assert state.run_keys == [expected.key.digest()] and state.epochs_done == 2 and state.epochs == epochs
+    assert state.seeds == [5] and len(state.epoch_seconds) == 2 and state.names == ["model"] and state.owner == "fit"
+    assert state.histories == [{name: list(values[:2]) for name, values in expected.history.items()}]
     record = run(checkpointing=Checkpointing(path, every_seconds=None),
                  on_model=lambda model: resumed.append(model.get_weights()))
     assert record.history == expected.history and len(record.history["loss"]) == epochs
     assert record.best_epoch == expected.best_epoch and record.key == expected.key
     assert all(np.array_equal(a, b) for a, b in zip(straight[0], resumed[0]))
     assert record.history["val_accuracy"] != (record.history["val_accuracy"][0],) * epochs  # it learned something
-    with pytest.raises(ValueError, match="run.checkpoint.npz: the checkpoint of another run"):
+    with pytest.raises(CheckpointError, match=r"run.checkpoint.npz: the checkpoint of other runs \(model, 4 epochs\)"):
         run(seed=6, checkpointing=Checkpointing(path, every_seconds=None))
+    checkpoints.save(path, {}, dataclasses.replace(state, owner="pack"))  # a pack's of this one run
+    with pytest.raises(CheckpointError, match="run.checkpoint.npz: written by a pack of runs, not by a run trained"):
+        run(checkpointing=Checkpointing(path, every_seconds=None))

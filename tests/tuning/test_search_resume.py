@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from kt_dropout.training.checkpoints import read_state
+from kt_dropout.training.checkpoints import CheckpointError, read_state
 
 ENV = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3"}
 EPOCHS = 4
@@ -132,6 +132,6 @@ def _resume_and_search_straight(tmp_path, env, flags) -> tuple[list[dict], list[
 
 def _epochs_done(checkpoint) -> int:
     try:
-        return read_state(checkpoint)["epochs_done"]
-    except (ValueError, KeyError):  # not written yet
+        return read_state(checkpoint).epochs_done
+    except CheckpointError:  # not written yet
         return 0

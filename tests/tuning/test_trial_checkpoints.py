@@ -12,16 +12,21 @@ from kt_dropout.tuning.trial_checkpoints import (
 )
 
 
-def _save(path, names):
-    checkpoints.save(path, {"model/0": np.zeros(2)}, {"names": names, "seeds": [7] * len(names)})
+def _save(path, names, owner="pack"):
+    count = len(names)
+    checkpoints.save(path, {"model/0": np.zeros(2)}, checkpoints.CheckpointState(
+        owner=owner, run_keys=["k"] * count, names=names, seeds=[7] * count, epochs=3, epochs_done=1,
+        epoch_seconds=[1.0], histories=[{"loss": [1.0]}] * count, alive=[True] * count, best=[None] * count,
+        best_epochs=[None] * count))
 
 
 def test_a_pack_continues_only_its_own_grouping_of_trials(tmp_path):
     path = tmp_path / "trial_0" / PACK_CHECKPOINT
     assert resumable_state(path, ["trial_0", "trial_1"]) is None  # none yet
     _save(path, ["trial_0", "trial_1"])
-    assert resumable_state(path, ["trial_0", "trial_1"])["seeds"] == [7, 7]
-    with pytest.warns(RuntimeWarning, match="checkpoint of trial_0, trial_1, not of trial_0, trial_2.*starts over"):
+    assert resumable_state(path, ["trial_0", "trial_1"]).seeds == [7, 7]
+    with pytest.warns(RuntimeWarning, match=r"checkpoint of trial_0, trial_1 \(pack\), not of trial_0, trial_2 "
+                                            r"\(pack\).*starts over"):
         assert resumable_state(path, ["trial_0", "trial_2"]) is None
     assert not path.exists()
     path.write_bytes(b"damaged")
@@ -38,3 +43,21 @@ def test_checkpoints_of_another_grouping_are_deleted_and_the_kept_one_stays(tmp_
     with pytest.warns(RuntimeWarning, match="another grouping"):
         discard_others([first, second], keep=keep)
     assert keep.exists() and not alone.exists() and not old_pack.exists()
+
+
+def test_a_trial_continues_only_the_checkpoint_of_its_kind_of_trainer(tmp_path):
+    """A trial trained alone (`TRIAL_CHECKPOINT`, a fit run's) and a pack (`PACK_CHECKPOINT`) each continue only a
+    checkpoint its own kind of trainer wrote; an older format's is deleted, naming it."""
+    alone = tmp_path / "trial_0" / TRIAL_CHECKPOINT
+    _save(alone, ["trial_0"], owner="fit")
+    assert resumable_state(alone, ["trial_0"]).owner == "fit"
+    _save(alone, ["trial_0"], owner="pack")
+    with pytest.warns(RuntimeWarning, match=r"checkpoint of trial_0 \(pack\), not of trial_0 \(fit\).*starts over"):
+        assert resumable_state(alone, ["trial_0"]) is None
+    assert not alone.exists()
+    _save(alone, ["trial_0"], owner="fit")
+    state = np.load(alone)[checkpoints.STATE_ENTRY].tobytes().replace(b'"version": 2', b'"version": 1')
+    np.savez(alone, **{checkpoints.STATE_ENTRY: np.frombuffer(state, dtype=np.uint8)})
+    with pytest.warns(RuntimeWarning, match=r"checkpoint\.npz: a checkpoint of an older format \(version 1"):
+        assert resumable_state(alone, ["trial_0"]) is None
+    assert not alone.exists()

@@ -1,0 +1,84 @@
+"""One checkpoint protocol: one state for fit runs and packs, one error for every checkpoint that cannot be
+continued, one (seed, epoch) data order."""
+
+import json
+
+import numpy as np
+import pytest
+
+from kt_dropout.training import checkpoints
+from kt_dropout.training.checkpoints import CheckpointError, CheckpointState
+from kt_dropout.training.order import epoch_order
+
+
+def _state(**fields) -> CheckpointState:
+    return CheckpointState(**{
+        "owner": "pack", "run_keys": ["a" * 20, "b" * 20], "names": ["bn", "vanilla"], "seeds": [0, 1], "epochs": 5,
+        "epochs_done": 2, "epoch_seconds": [3.0, 2.0], "histories": [{"loss": [2.0, 1.5]}, {"loss": [2.1, 1.9]}],
+        "alive": [True, False], "best": [None, None], "best_epochs": [None, None], **fields})
+
+
+def _write(path, document: dict) -> None:
+    """A checkpoint file whose JSON state is `document` as it is."""
+    np.savez(path, **{"model/0": np.zeros(2), checkpoints.STATE_ENTRY: np.frombuffer(
+        json.dumps(document).encode(), dtype=np.uint8)})
+
+
+def test_a_state_saved_is_read_back_and_loaded_only_by_its_owner_for_its_runs(tmp_path):
+    path, state = tmp_path / "c.npz", _state()
+    checkpoints.save(path, {"model/0": np.arange(3.0)}, state)
+    assert checkpoints.read_state(path) == state
+    arrays, loaded = checkpoints.load(path, owner="pack", run_keys=state.run_keys, epochs=5)
+    assert loaded == state and np.array_equal(arrays["model/0"], np.arange(3.0))
+    with pytest.raises(CheckpointError, match=r"^\S+c\.npz: written by a pack of runs, not by a run trained alone$"):
+        checkpoints.load(path, owner="fit", run_keys=state.run_keys, epochs=5)
+    for run_keys, epochs in ((state.run_keys[:1], 5), (state.run_keys, 6)):
+        with pytest.raises(CheckpointError, match=r"c\.npz: the checkpoint of other runs \(bn, vanilla, 5 epochs\)"):
+            checkpoints.load(path, owner="pack", run_keys=run_keys, epochs=epochs)
+
+
+def test_a_checkpoint_of_the_older_format_is_refused_by_name(tmp_path):
+    """Version 1, what fit runs and packs wrote before they shared one state (a pack's with its generators)."""
+    path = tmp_path / "old.npz"
+    _write(path, {"format": checkpoints.FORMAT, "version": 1, "run_keys": ["a" * 20], "names": ["bn"],
+                  "seeds": [0], "epochs_done": 2, "epochs": 5, "epoch_seconds": [1.0, 1.0], "histories": [{}],
+                  "alive": [True], "shuffling": [{}]})
+    message = r"old\.npz: a checkpoint of an older format \(version 1; this code reads version 2\), which it " \
+              r"cannot continue: delete it to train its runs from scratch$"
+    with pytest.raises(CheckpointError, match=message):
+        checkpoints.read_state(path)
+    with pytest.raises(CheckpointError, match=message):
+        checkpoints.load(path, owner="pack", run_keys=["a" * 20], epochs=5)
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({"version": 3}, r"checkpoint version 3; this code reads 2"),
+    ({"format": "other"}, r"not a kt-dropout-checkpoint file"),
+    ({"owner": "trainer"}, r"not a valid checkpoint state \(owner: expected one of fit, pack, got 'trainer'\)"),
+    ({"histories": None}, r"not a valid checkpoint state \(histories: expected a list of histories, got None\)"),
+    ({"epochs_done": "2"}, r"not a valid checkpoint state \(epochs_done: expected an integer, got '2'\)"),
+    ({"alive": [True]}, r"not a valid checkpoint state \(members \{'seeds': 2, 'histories': 2, 'alive': 1"),
+    ({"epochs_done": 6}, r"not a valid checkpoint state \(.*epochs 6 of 5\)"),
+])
+def test_a_malformed_state_is_refused_naming_the_file_and_the_field(tmp_path, change, reason):
+    path = tmp_path / "bad.npz"
+    _write(path, {"format": checkpoints.FORMAT, "version": checkpoints.VERSION,
+                  **json.loads(json.dumps(_state().__dict__)), **change})
+    with pytest.raises(CheckpointError, match=rf"bad\.npz: {reason}"):
+        checkpoints.read_state(path)
+
+
+def test_an_unreadable_file_is_refused_naming_it(tmp_path):
+    path = tmp_path / "damaged.npz"
+    path.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match=r"damaged\.npz: not a readable checkpoint"):
+        checkpoints.read_state(path)
+    with pytest.raises(CheckpointError, match=r"missing\.npz: not a readable checkpoint"):
+        checkpoints.load(tmp_path / "missing.npz", owner="fit", run_keys=[], epochs=1)
+
+
+def test_the_data_order_depends_on_the_seed_and_the_epoch_alone():
+    orders = {(seed, epoch): epoch_order(seed, epoch, 50).tolist() for seed in (0, 1) for epoch in (0, 1)}
+    assert len({tuple(order) for order in orders.values()}) == 4 and sorted(orders[0, 0]) == list(range(50))
+    assert epoch_order(1, 1, 50).tolist() == orders[1, 1]
+    assert epoch_order(-1, 0, 50).tolist() == epoch_order(2**63 - 1, 0, 50).tolist()  # negative seeds wrap
