@@ -160,11 +160,7 @@ def load(path, *, owner: str, run_keys: list[str], epochs: int) -> tuple[dict[st
         CheckpointError: naming the file and the reason, when it is not a checkpoint this code can read
             (`read_state`), or one of another kind of trainer, of other runs or of another number of epochs.
     """
-    try:
-        with np.load(path, allow_pickle=False) as entries:
-            arrays = {name: entries[name] for name in entries.files}
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({error})") from None
+    arrays = _entries(path)
     state = _state(arrays.pop(STATE_ENTRY, None), path)
     if state.owner != owner:
         raise CheckpointError(f"{path}: written by {OWNERS[state.owner]}, not by {OWNERS[owner]}")
@@ -181,12 +177,21 @@ def read_state(path) -> CheckpointState:
         CheckpointError: naming the file, when it is unreadable, not a checkpoint, of an older format or
             of another version, or its state is malformed.
     """
+    return _state(_entries(path, [STATE_ENTRY]).get(STATE_ENTRY), path)
+
+
+def _entries(path, names: list[str] | None = None) -> dict[str, np.ndarray]:
+    """The named entries of the .npz file at `path` that it has (all of them for None).
+
+    Raises:
+        CheckpointError: naming the file, when it cannot be read as one: missing, a folder, empty or cut
+            short (what a crash or a full disk leaves: NumPy raises EOFError on an empty file), not a zip.
+    """
     try:
         with np.load(path, allow_pickle=False) as entries:
-            document = entries[STATE_ENTRY] if STATE_ENTRY in entries.files else None
-    except (OSError, ValueError, zipfile.BadZipFile) as error:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({error})") from None
-    return _state(document, path)
+            return {name: entries[name] for name in entries.files if names is None or name in names}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({error or type(error).__name__})") from None
 
 
 def _state(document, path) -> CheckpointState:

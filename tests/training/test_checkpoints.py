@@ -68,11 +68,18 @@ def test_a_malformed_state_is_refused_naming_the_file_and_the_field(tmp_path, ch
         checkpoints.read_state(path)
 
 
-def test_an_unreadable_file_is_refused_naming_it(tmp_path):
+@pytest.mark.parametrize("damage", [b"not a checkpoint", b"", b"PK\x03\x04"], ids=["garbage", "empty", "cut short"])
+def test_an_unreadable_file_is_refused_naming_it(tmp_path, damage):
+    """Garbage, an empty file (what a crash or a full disk leaves) or a zip cut short: one named error, from both
+    readers; a folder where the file should be too."""
     path = tmp_path / "damaged.npz"
-    path.write_bytes(b"not a checkpoint")
-    with pytest.raises(CheckpointError, match=r"damaged\.npz: not a readable checkpoint"):
-        checkpoints.read_state(path)
+    path.write_bytes(damage)
+    for read in (checkpoints.read_state, lambda p: checkpoints.load(p, owner="fit", run_keys=[], epochs=1)):
+        with pytest.raises(CheckpointError, match=r"damaged\.npz: not a readable checkpoint"):
+            read(path)
+    (tmp_path / "folder.npz").mkdir()
+    with pytest.raises(CheckpointError, match=r"folder\.npz: not a readable checkpoint"):
+        checkpoints.read_state(tmp_path / "folder.npz")
     with pytest.raises(CheckpointError, match=r"missing\.npz: not a readable checkpoint"):
         checkpoints.load(tmp_path / "missing.npz", owner="fit", run_keys=[], epochs=1)
 
