@@ -439,7 +439,7 @@ def test_reproduce_refuses_gpu_length_work_on_a_cpu_before_anything_unless_allow
     planned = len({c for e in quick.experiments for c in EXPERIMENTS[e].configs}) * quick.seeds * quick.epochs
     assert re.fullmatch(
         rf"kt-dropout reproduce: error: no GPU or TPU found \(jax: CPU only\): the quick profile would train {planned} "
-        r"model-epochs here, about \d+:\d\d:\d\d at ~\d+ s per model-epoch on 2 CPU cores; run it on a GPU .*; "
+        r"model-epochs here, about (\d+ days? )?\d+:\d\d:\d\d at ~\d+ s per model-epoch on 2 CPU cores; run it on a GPU .*; "
         r"--allow-cpu trains here anyway", lines[0]), result.stderr
     assert lines[1] == "exit 2 []"  # nothing written, no data read
     assert lines[2].startswith("kt-dropout reproduce: error: ") and "nowhere" in lines[2] and "GPU" not in lines[2]

@@ -64,7 +64,7 @@ def test_a_workers_result_holds_the_trials_it_ran_not_every_trial_of_the_oracle(
     def tuner(max_trials):
         return RandomSearch(hypermodel=InstantHyperModel(), objective=OBJECTIVE, max_trials=max_trials,
                             directory=str(tmp_path), project_name="roles", seed=1,
-                            trial_checkpoints=TrialCheckpoints(None, None))
+                            trial_checkpoints=TrialCheckpoints(None))
 
     tuner(1).search(x, y, validation_data=validation, epochs=1, verbose=0)
     worker, resumed = WorkerSearch(settings(tmp_path)), tuner(2)
