@@ -40,7 +40,7 @@ from tabulate import tabulate
 
 from kt_dropout.config import NUM_BLOCKS, parse_positive_int, parse_positive_ints
 from kt_dropout.packing.model import packed_conv_matmuls
-from kt_dropout.training.record import environment
+from kt_dropout.training.recording import environment
 
 pytestmark = pytest.mark.speed
 

@@ -72,7 +72,7 @@ from kt_dropout.packing.model import CONV_IMPLEMENTATIONS
 from kt_dropout.packing.trainer import Member, PackTrainer
 from kt_dropout.study.experiments import CONFIGS
 from kt_dropout.study.profiles import get_profile
-from kt_dropout.training.record import environment
+from kt_dropout.training.recording import environment
 from kt_dropout.training.run import train
 
 pytestmark = pytest.mark.speed

@@ -1,4 +1,8 @@
-"""The commands that read results stores: `report`, `status`, `merge` and `compare`."""
+"""The commands that read results stores: `report`, `status`, `merge` and `compare`.
+
+They read and copy files only, so they start no backend: the modules they use (`study.results`, `study.plans`,
+`study.status`, `study.report`, `study.compare`, `training.record`, `training.checkpoints`) import no Keras.
+"""
 
 from __future__ import annotations
 
@@ -52,7 +56,14 @@ def one_study(records: list, epochs: int | None) -> list:
     return runs
 
 
-class Report(Command):
+class StoreCommand(Command):
+    """A command that reads (or copies) results stores: it needs no backend."""
+
+    def needs_backend(self, args) -> bool:
+        return False
+
+
+class Report(StoreCommand):
     name = "report"
     help = "write the report from stored runs"
     description = ("Writes report.md and PNG figures from the runs in a results store. When the store holds several "
@@ -81,7 +92,7 @@ class Report(Command):
         return 0
 
 
-class Status(Command):
+class Status(StoreCommand):
     name = "status"
     help = "what a study has done, is training and has left, with an ETA"
     description = ("For each study trained into RESULTS (its plan, written by reproduce and the suite): per "
@@ -105,7 +116,7 @@ class Status(Command):
         return 0
 
 
-class Merge(Command):
+class Merge(StoreCommand):
     name = "merge"
     help = "merge stored runs from other results folders"
     description = ("Copies into RESULTS every run that the SOURCE stores hold and RESULTS lacks (a successful run "
@@ -133,7 +144,7 @@ class Merge(Command):
         return 0
 
 
-class Compare(Command):
+class Compare(StoreCommand):
     name = "compare"
     help = "pair two studies' runs: do accuracies and verdicts agree?"
     description = ("Pairs the successful runs of two studies by configuration name, seed, epochs and data, whatever "

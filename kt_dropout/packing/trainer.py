@@ -30,12 +30,13 @@ from kt_dropout.packing.model import (
     member_weights,
     pack_weights,
 )
-from kt_dropout.training import checkpoints, stops
+from kt_dropout.training import checkpoint_arrays, checkpoints, stops
 from kt_dropout.training.callbacks import diverged
 from kt_dropout.training.checkpoints import Checkpointing, CheckpointState
 from kt_dropout.training.memory import releasing_traced_gradients
 from kt_dropout.training.order import epoch_order
-from kt_dropout.training.record import RunRecord, make_record, run_key
+from kt_dropout.training.record import RunRecord
+from kt_dropout.training.recording import make_record, run_key
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,7 +256,7 @@ class PackTrainer:
 
     def _save(self, path, epochs: int, alive: list[bool], seconds: list[float]) -> None:
         count = len(self.members)
-        checkpoints.save(path, checkpoints.model_arrays(self.model), CheckpointState(
+        checkpoints.save(path, checkpoint_arrays.model_arrays(self.model), CheckpointState(
             owner="pack", run_keys=self.run_keys(epochs), names=[m.name for m in self.members],
             seeds=[m.seed for m in self.members], epochs=epochs, epochs_done=len(seconds), epoch_seconds=seconds,
             histories=self.histories, alive=alive, best=[None] * count, best_epochs=[None] * count,
@@ -264,7 +265,7 @@ class PackTrainer:
     def _resume(self, path, epochs: int) -> tuple[list[bool], list[float]]:
         """Restores the checkpoint at `path`; returns the members' alive flags and the epochs' seconds."""
         arrays, state = checkpoints.load(path, owner="pack", run_keys=self.run_keys(epochs), epochs=epochs)
-        checkpoints.restore_model(self.model, arrays, path)
+        checkpoint_arrays.restore_model(self.model, arrays, path)
         self.histories = state.histories
         return state.alive, state.epoch_seconds
 

@@ -1,9 +1,10 @@
 """Study plans: what a study opened on a results store means to train, kept in the store for `kt-dropout status`.
 
 A store's run files say what is done, not what is still to come. When a study opens for training
-(`Study.announce`), its plan is written to `<store>/studies/<study id>.json`: the profile, experiments,
-seeds, epochs, recipe, backend, data and every planned run (configuration name, seed, run key), so that
-`status` can count what is missing and which claims are waiting for it, on any machine that sees the store.
+(`Study.announce`), its plan (`StudySettings.plan`) is written to `<store>/studies/<study id>.json`: the
+profile, experiments, seeds, epochs, recipe, backend, data and every planned run (configuration name, seed,
+run key), so that `status` can count what is missing and which claims are waiting for it, on any machine that
+sees the store. Reading plans needs no Keras, so `status` starts no backend.
 The id digests the plan's `StudyKey` fields with the profile, experiments and seeds: reopening the same study
 rewrites the same file (only if it changed), another study writes its own.
 """
@@ -15,13 +16,10 @@ import hashlib
 import json
 from pathlib import Path
 
-import keras
-
 from kt_dropout.config import Recipe
 from kt_dropout.errors import StoreError
 from kt_dropout.storage.atomic import write_text
 from kt_dropout.study.results import STUDIES_FOLDER
-from kt_dropout.study.settings import StudySettings
 from kt_dropout.training.record import KEY_LENGTH, canonical_json
 
 PLAN_FORMAT, PLAN_VERSION = "kt-dropout-study-plan", 1
@@ -78,18 +76,6 @@ class Plan:
             )
         except (KeyError, TypeError, ValueError) as error:
             raise StoreError(f"{source}: not a valid study plan ({type(error).__name__}: {error})") from None
-
-
-def plan_of(settings: StudySettings, data_fingerprint: str, data_source: str) -> Plan:
-    """The plan of the study `settings` make on the data `data_fingerprint` names, on this process's Keras
-    backend: every (configuration, seed) of its experiments with its run key."""
-    runs = tuple(PlannedRun(m.name, m.seed, settings.run_key(m, data_fingerprint).digest())
-                 for m in settings.members())
-    return Plan(
-        profile=settings.profile.name, experiments=settings.experiments, seeds=tuple(range(settings.seeds)),
-        epochs=settings.epochs, recipe=settings.recipe, backend=keras.backend.backend(), data=data_fingerprint,
-        data_source=data_source, runs=runs,
-    )
 
 
 def write_plan(store_root, plan: Plan) -> Path:

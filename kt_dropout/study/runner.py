@@ -26,7 +26,7 @@ from kt_dropout.errors import KtDropoutError
 from kt_dropout.packing.trainer import Member, plan_packs, train_pack
 from kt_dropout.study.experiments import EXPERIMENTS, claim_priority
 from kt_dropout.study.leases import Claims, claimed_packs, held_line
-from kt_dropout.study.plans import plan_of, write_plan
+from kt_dropout.study.plans import write_plan
 from kt_dropout.study.profiles import Profile
 from kt_dropout.study.results import (
     CHECKPOINTS_FOLDER,
@@ -107,7 +107,7 @@ class Study:
         """Prints the banner: backend, devices, precision, data, profile and what is left to train; writes the
         study's plan into the store, for `kt-dropout status`."""
         settings, shard = self.settings, self.settings.shard
-        write_plan(self.store.root, plan_of(settings, self.fingerprint, self.data_source))
+        write_plan(self.store.root, settings.plan(self.fingerprint, self.data_source))
         missing = len(self.to_train())
         print_banner(
             title, self.progress, precision=settings.recipe.precision, data=data_line(self.data_source, self.data),

@@ -4,7 +4,8 @@ validated when made, then passed whole to `runner.open_study` and `runner.Study`
 Everything a study needs to know before it reads any data lives here: the profile, the experiments and seeds,
 the epochs, the recipe (selection, precision, determinism), the data's source and size, the results store,
 how runs are packed, shared, checkpointed and stopped. Unset counts and experiments take the profile's at
-once, so every field holds the value the study uses: `members()` and `run_key()` follow from them alone.
+once, so every field holds the value the study uses: `members()`, `run_key()` and `plan()` follow from them
+alone.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import dataclasses
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
+
+import keras
 
 from kt_dropout.config import (
     DEFAULT_CHECKPOINT_EVERY,
@@ -25,9 +28,11 @@ from kt_dropout.config import (
 from kt_dropout.errors import ConfigError
 from kt_dropout.packing.trainer import Member
 from kt_dropout.study.experiments import CONFIGS, EXPERIMENTS, resolve_experiments
+from kt_dropout.study.plans import Plan, PlannedRun
 from kt_dropout.study.profiles import DEFAULT_PACK_SIZE, Profile, get_profile
 from kt_dropout.training.budget import TimeBudget
-from kt_dropout.training.record import RunKey, run_key
+from kt_dropout.training.record import RunKey
+from kt_dropout.training.recording import run_key
 
 SYNTHETIC_HOLDOUT = 64  # the holdout split of a synthetic (smoke) study: its data has 128 training images
 
@@ -145,6 +150,16 @@ class StudySettings:
     def run_key(self, member: Member, data_fingerprint: str) -> RunKey:
         """The key a member's run of this study is stored under, on this backend and the data it names."""
         return run_key(member.config, self.recipe, member.seed, self.epochs, data_fingerprint)
+
+    def plan(self, data_fingerprint: str, data_source: str) -> Plan:
+        """The plan of this study on the data `data_fingerprint` names, on this process's Keras backend: every
+        (configuration, seed) of its experiments with its run key."""
+        runs = tuple(PlannedRun(m.name, m.seed, self.run_key(m, data_fingerprint).digest()) for m in self.members())
+        return Plan(
+            profile=self.profile.name, experiments=self.experiments, seeds=tuple(range(self.seeds)),
+            epochs=self.epochs, recipe=self.recipe, backend=keras.backend.backend(), data=data_fingerprint,
+            data_source=data_source, runs=runs,
+        )
 
 
 @contextlib.contextmanager

@@ -1,29 +1,27 @@
 """The record one (configuration, seed) run leaves: what it was, how it went, where it ran.
 
 `RunRecord` is the run's one form everywhere: `train` and `train_pack` return
-it, the results store writes its `to_json()` and reads files back with
-`from_json()`, and the verdicts, the report and the CLI read its attributes.
-Its JSON is the store's format since the first stored run: one flat object
-(schema 1) whose field names never change, so stored runs keep their keys.
-A field added later has a default (`distribution`), so older files still load.
+it (made by `recording.make_record`), the results store writes its `to_json()`
+and reads files back with `from_json()`, and the verdicts, the report and the
+CLI read its attributes. Its JSON is the store's format since the first stored
+run: one flat object (schema 1) whose field names never change, so stored runs
+keep their keys. A field added later has a default (`distribution`), so older
+files still load.
+
+This module is data and JSON only, without Keras: `kt-dropout status`,
+`report`, `compare` and `merge` read stores through it without starting a
+backend.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
 import hashlib
 import json
-import math
-import platform
 from typing import Any, Callable
-
-import keras
-import numpy as np
 
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.errors import StoreError
-from kt_dropout.training.callbacks import TrainingDiverged, check_finite
 
 RECORD_SCHEMA = 1
 KEY_LENGTH = 20  # hex digits of a run's key, which names its file in the store
@@ -145,7 +143,7 @@ class RunRecord:
     """One run: its key, name and outcome, its history and summary, its timings and where it ran.
 
     `history` maps each metric Keras logged to its per-epoch values; the summary fields come from it
-    (`summarize_history`). `status` is "ok" or "failed" (then `error` says why). Times are wall-clock
+    (`recording.summarize_history`). `status` is "ok" or "failed" (then `error` says why). Times are wall-clock
     seconds; in a pack of `pack_size` runs each member is charged an equal share of the pack's time.
     """
 
@@ -212,88 +210,3 @@ class RunRecord:
                 f"{run_key.digest()}, not {key}: it was changed after it was stored, or stored under another name"
             )
         return cls(key=run_key, **values)
-
-
-# --- making one ---------------------------------------------------------------------------------------------
-
-
-def environment() -> dict:
-    """Backend, library versions and machine: stored with every result."""
-    backend = keras.backend.backend()
-    versions = {"keras": keras.__version__}
-    try:
-        module = __import__({"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend, backend))
-        versions[backend] = getattr(module, "__version__", "?")
-    except ImportError:  # pragma: no cover - the backend is importable if Keras runs
-        pass
-    return {
-        "backend": backend,
-        "versions": versions,
-        "machine": platform.node(),
-        "devices": [str(d) for d in _devices()],
-    }
-
-
-def _devices():
-    try:
-        return keras.distribution.list_devices()
-    except Exception:  # some backends cannot list devices before first use
-        return []
-
-
-def summarize_history(history: dict[str, list[float]], selection: str) -> dict:
-    """Best epoch (1-based), its accuracy, the final accuracy and, in holdout mode, test accuracy there."""
-    val = [float("nan") if v is None else float(v) for v in history.get("val_accuracy", [])]
-    finite = [(v, i) for i, v in enumerate(val) if math.isfinite(v)]
-    if not finite:
-        return {"best_epoch": None, "best_val_accuracy": None, "final_val_accuracy": None, "test_accuracy": None}
-    best_value = max(v for v, _ in finite)
-    best_index = min(i for v, i in finite if v == best_value)  # the first epoch reaching the best, as Keras
-    test = history.get("test_accuracy")
-    return {
-        "best_epoch": best_index + 1,
-        "best_val_accuracy": best_value,
-        "final_val_accuracy": val[-1],
-        "test_accuracy": float(test[best_index]) if selection == "holdout" and test else None,
-    }
-
-
-def run_key(config: VGGConfig, recipe: Recipe, seed: int, epochs: int, data_fingerprint: str) -> RunKey:
-    """The key of a run of `config` on this backend: known before it trains (its checkpoint is named by it)."""
-    return RunKey(config=config, recipe=recipe, seed=int(seed), epochs=int(epochs), backend=keras.backend.backend(),
-                  data=data_fingerprint)
-
-
-def make_record(
-    *, name: str, config: VGGConfig, recipe: Recipe, seed: int, epochs: int, data_fingerprint: str,
-    history: dict, epoch_seconds: list[float], status: str = "ok", error: str | None = None, pack_size: int = 1,
-    distribution: str | None = None,
-) -> RunRecord:
-    """The record of a run that just ended, on this machine: a history with a NaN or infinite loss makes
-    it a failed run whatever `status` says."""
-    history = {k: tuple(float(v) for v in vs) for k, vs in history.items()}
-    steady = epoch_seconds[1:] or epoch_seconds  # the first epoch pays for compilation
-    if status == "ok":
-        try:
-            check_finite(history)
-        except TrainingDiverged as diverged:
-            status, error = "failed", str(diverged)
-    env = environment()
-    return RunRecord(
-        key=run_key(config, recipe, seed, epochs, data_fingerprint),
-        name=name,
-        status=status,
-        error=error,
-        history=history,
-        **summarize_history(history, recipe.selection),
-        epochs_run=len(history.get("loss", ())),
-        seconds=float(sum(epoch_seconds)),
-        seconds_per_epoch=float(np.median(steady)) if steady else None,
-        first_epoch_seconds=float(epoch_seconds[0]) if epoch_seconds else None,
-        pack_size=int(pack_size),
-        versions=env["versions"],
-        machine=env["machine"],
-        devices=tuple(env["devices"]),
-        finished_at=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        distribution=distribution,
-    )

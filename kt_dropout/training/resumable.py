@@ -18,7 +18,7 @@ import math
 import keras
 import numpy as np
 
-from kt_dropout.training import checkpoints, stops
+from kt_dropout.training import checkpoint_arrays, checkpoints, stops
 from kt_dropout.training.callbacks import (
     BestWeights,
     EpochTimer,
@@ -124,8 +124,8 @@ class _Run(keras.callbacks.Callback):
     def resume(self, model) -> None:
         path = self.checkpointing.path
         arrays, state = checkpoints.load(path, owner="fit", run_keys=self.run_keys, epochs=self.epochs)
-        checkpoints.restore_model(model, arrays, path)
-        self.best.restore(state.best[0], state.best_epochs[0], checkpoints.arrays_under("best", arrays))
+        checkpoint_arrays.restore_model(model, arrays, path)
+        self.best.restore(state.best[0], state.best_epochs[0], checkpoint_arrays.arrays_under("best", arrays))
         (self.seed,), self.epochs_done = state.seeds, state.epochs_done
         (self.history,), self.seconds_before = state.histories, state.epoch_seconds
 
@@ -138,7 +138,8 @@ class _Run(keras.callbacks.Callback):
 
     def save(self) -> None:
         checkpoints.save(self.checkpointing.path, {
-            **checkpoints.model_arrays(self.model), **checkpoints.arrays_of("best", self.best.weights or []),
+            **checkpoint_arrays.model_arrays(self.model),
+            **checkpoint_arrays.arrays_of("best", self.best.weights or []),
         }, CheckpointState(
             owner="fit", run_keys=self.run_keys, names=self.names, seeds=[self.seed], epochs=self.epochs,
             epochs_done=self.epochs_done, epoch_seconds=self.seconds_before + self.timer.seconds,

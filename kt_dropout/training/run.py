@@ -15,7 +15,8 @@ from kt_dropout.training.callbacks import TestScorer
 from kt_dropout.training.checkpoints import Checkpointing
 from kt_dropout.training.distribution import data_parallel, describe
 from kt_dropout.training.memory import releasing_traced_gradients
-from kt_dropout.training.record import RunRecord, make_record, run_key
+from kt_dropout.training.record import RunRecord
+from kt_dropout.training.recording import make_record, run_key
 
 
 def train(

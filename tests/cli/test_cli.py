@@ -26,8 +26,11 @@ from kt_dropout.errors import UsageError
 from kt_dropout.storage.locks import Lock
 from kt_dropout.study.experiments import CLAIMS, CONFIGS, EXPERIMENTS
 from kt_dropout.study.profiles import PROFILES
-from kt_dropout.study.results import ResultStore
-from kt_dropout.training.record import RunRecord, make_record
+from kt_dropout.study.plans import Plan, PlannedRun, write_plan
+from kt_dropout.study.results import CHECKPOINTS_FOLDER, ResultStore
+from kt_dropout.training import checkpoints
+from kt_dropout.training.record import RunRecord
+from kt_dropout.training.recording import make_record
 
 # Without TF_CPP_MIN_LOG_LEVEL: the CLI must start quietly by itself.
 ENV = {**{k: v for k, v in os.environ.items() if k != "TF_CPP_MIN_LOG_LEVEL"}, "KERAS_BACKEND": "jax"}
@@ -71,6 +74,45 @@ def test_help_and_experiments_start_no_backend(tmp_path):
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+def test_store_commands_start_no_backend(tmp_path):
+    """`status` (reading a plan, runs and a checkpoint's state), `report`, `compare` and `merge` read files only:
+    they answer without importing Keras, Keras Tuner or a backend (so without TensorFlow's start-up lines), and
+    the report draws its figures without a display."""
+    runs = [_run(seed, 2) for seed in (0, 1, 2)]
+    plan = Plan("smoke", ("batchnorm",), (0, 1, 2), 2, Recipe(), runs[0].key.backend, "data", "synthetic",
+                tuple(PlannedRun("bn", run.key.seed, run.key.digest()) for run in runs))
+    for name, stored in (("a", runs[:2]), ("b", runs)):  # a: seed 2 has 1 of 2 epochs checkpointed
+        store = ResultStore(tmp_path / name / "store")
+        for run in stored:
+            store.put(run)
+        write_plan(store.root, plan)
+    checkpoints.save(tmp_path / "a" / "store" / CHECKPOINTS_FOLDER / "pack.npz", {"model/0": [1.0]},
+                     checkpoints.CheckpointState(owner="pack", run_keys=[runs[2].key.digest()], names=["bn"],
+                                                 seeds=[2], epochs=2, epochs_done=1, epoch_seconds=[1.0],
+                                                 histories=[{}], alive=[True], best=[None], best_epochs=[None]))
+    code = (
+        "import contextlib, io, sys\n"
+        "from kt_dropout import cli\n"
+        "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
+        "    codes = [cli.main(argv) for argv in (['status', 'a'], ['status', 'a', '--json'], ['report', 'a'],\n"
+        "                                         ['compare', 'a', 'b'], ['merge', 'merged', 'a', 'b'])]\n"
+        "import matplotlib\n"
+        f"print(codes, sorted(m for m in {BACKEND_MODULES!r} if m in sys.modules), matplotlib.get_backend().lower())\n"
+        "print(out.getvalue())\n"
+    )
+    # Another Matplotlib backend asked for, and no display: the report chooses Agg itself.
+    env = {**{k: v for k, v in ENV.items() if k != "DISPLAY"}, "MPLBACKEND": "svg"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    first, output = result.stdout.split("\n", 1)
+    assert first == "[0, 0, 0, 0, 0] [] agg"
+    for fragment in ("bn               0, 1            2 (1 epochs)", '"partial": [\n        {\n         "seed": 2,',
+                     "report written to a/report/report.md", "## Paired runs (2: seeds [0, 1])",
+                     "3 run(s) merged into merged/store; it holds 3"):
+        assert fragment in output, output
 
 
 def assert_usage_error(result, command, *fragments):

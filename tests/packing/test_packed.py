@@ -23,7 +23,7 @@ from kt_dropout.training.checkpoints import (
     Checkpointing,
     TrainingIncomplete,
 )
-from kt_dropout.training.record import make_record
+from kt_dropout.training.recording import make_record
 from kt_dropout.training.resumable import EpochOrder
 
 TINY = VGGConfig(nfilters=(4, 8, 8), ndense=16)

@@ -193,7 +193,7 @@ def _load_test_post():
 
 def _record(name, seed, final, *, epochs=15, status="ok"):
     from kt_dropout.config import Recipe, VGGConfig
-    from kt_dropout.training.record import make_record
+    from kt_dropout.training.recording import make_record
 
     val = [0.1] * (epochs - 5) + [final] * 5
     history = {"loss": [1.0] * epochs, "accuracy": val, "val_loss": [1.0] * epochs, "val_accuracy": val}

@@ -11,7 +11,7 @@ from scipy import stats
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.study.compare import comparison
 from kt_dropout.study.results import ResultStore
-from kt_dropout.training.record import make_record
+from kt_dropout.training.recording import make_record
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,7 @@ from kt_dropout.config import Recipe
 from kt_dropout.study.experiments import CONFIGS, FINAL_WINDOW
 from kt_dropout.study.report import write_report
 from kt_dropout.study.verdicts import decide_all
-from kt_dropout.training.record import make_record
+from kt_dropout.training.recording import make_record
 
 EPOCHS = 15
 PEAKS = {"vanilla": 0.70, "bn": 0.80, "conv0.2": 0.83, "conv0.5": 0.74}

@@ -13,7 +13,8 @@ from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.study.results import MANIFEST, ResultStore, StudyKey, by_study
 from kt_dropout.study.runner import open_study
 from kt_dropout.study.settings import StudySettings
-from kt_dropout.training.record import RunKey, make_record
+from kt_dropout.training.record import RunKey
+from kt_dropout.training.recording import make_record
 
 HISTORY = {"loss": [1.0, 0.8], "accuracy": [0.4, 0.6], "val_loss": [1.1, 0.9], "val_accuracy": [0.45, 0.55]}
 

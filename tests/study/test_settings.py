@@ -5,7 +5,6 @@ import re
 
 import pytest
 
-from kt_dropout.study.plans import plan_of
 from kt_dropout.study.profiles import DEFAULT_PACK_SIZE, PROFILES
 from kt_dropout.study.settings import SettingError, StudySettings
 
@@ -27,12 +26,12 @@ def test_unset_settings_are_the_profiles_and_the_recipe_follows_the_settings(tmp
 
 def test_the_plan_is_computed_from_the_settings_and_the_data(tmp_path):
     settings = StudySettings("smoke", tmp_path, experiments=["batchnorm"], seeds=2, epochs=1)
-    plan = plan_of(settings, "data-1", "synthetic")
+    plan = settings.plan("data-1", "synthetic")
     assert (plan.profile, plan.experiments, plan.seeds, plan.epochs, plan.recipe, plan.data) == (
         "smoke", ("batchnorm",), (0, 1), 1, settings.recipe, "data-1")
     assert [(r.name, r.seed, r.key) for r in plan.runs] == [
         (m.name, m.seed, settings.run_key(m, "data-1").digest()) for m in settings.members()]
-    assert plan_of(settings, "data-2", "synthetic").id != plan.id  # other data: a study of its own
+    assert settings.plan("data-2", "synthetic").id != plan.id  # other data: a study of its own
 
 
 @pytest.mark.parametrize("changes, field, problem", [

@@ -21,7 +21,8 @@ from kt_dropout.study.runner import open_study
 from kt_dropout.study.settings import StudySettings
 from kt_dropout.study.status import format_status, store_status
 from kt_dropout.training import checkpoints
-from kt_dropout.training.record import RunKey, make_record
+from kt_dropout.training.record import RunKey
+from kt_dropout.training.recording import make_record
 
 EPOCHS, SEEDS, RECIPE, DATA = 12, (0, 1, 2), Recipe(), "fingerprint"
 

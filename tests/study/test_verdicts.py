@@ -24,7 +24,7 @@ from kt_dropout.study.verdicts import (
     seeds_needed,
     summarize_config,
 )
-from kt_dropout.training.record import make_record
+from kt_dropout.training.recording import make_record
 
 
 def run(name, final, *, seed=0, epochs=20, peak=None, test=None, status="ok"):

@@ -7,7 +7,8 @@ import re
 import pytest
 
 from kt_dropout.config import Recipe, VGGConfig
-from kt_dropout.training.record import RunRecord, make_record
+from kt_dropout.training.record import RunRecord
+from kt_dropout.training.recording import make_record
 
 # The stored field names of schema 1: renaming one would orphan every stored run.
 SCHEMA_1_FIELDS = {

@@ -13,7 +13,7 @@ from kt_dropout.data.cifar10 import DataError, synthetic_cifar10
 from kt_dropout.data.splits import prepare_splits
 from kt_dropout.training import checkpoints
 from kt_dropout.training.checkpoints import CheckpointError, Checkpointing, TrainingIncomplete
-from kt_dropout.training.record import summarize_history
+from kt_dropout.training.recording import summarize_history
 
 TINY = VGGConfig(nfilters=(4, 8, 8), ndense=16)
 
