@@ -11,9 +11,12 @@ shards' stores.
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 
 from kt_dropout.errors import ConfigError
-from kt_dropout.packing.trainer import Member
+
+if TYPE_CHECKING:  # only named in annotations: `--shard`'s parsing imports no Keras, so its errors come at once
+    from kt_dropout.packing.trainer import Member
 
 _SHARD = re.compile(r"\s*(\d+)\s*/\s*(\d+)\s*")
 

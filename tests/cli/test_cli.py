@@ -57,12 +57,12 @@ BACKEND_MODULES = ("keras", "keras_tuner", "tensorflow", "jax", "torch")
 
 
 def test_help_and_experiments_start_no_backend(tmp_path):
-    """`--help`, a parser error and `experiments` answer without importing Keras, Keras Tuner or a backend."""
+    """`--help`, parser errors (a bad `--shard` among them) and `experiments` answer without importing Keras, Keras Tuner or a backend."""
     code = (
         "import contextlib, io, sys\n"
         "from kt_dropout import cli\n"
         "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
-        "    for argv in (['--help'], ['search', '--tuner', 'nope']):\n"
+        "    for argv in (['--help'], ['search', '--tuner', 'nope'], ['reproduce', '--shard', '3/2']):\n"
         "        try:\n"
         "            cli.main(argv)\n"
         "        except SystemExit:\n"
