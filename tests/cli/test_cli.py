@@ -57,7 +57,8 @@ BACKEND_MODULES = ("keras", "keras_tuner", "tensorflow", "jax", "torch")
 
 
 def test_help_and_experiments_start_no_backend(tmp_path):
-    """`--help`, parser errors (a bad `--shard` among them) and `experiments` answer without importing Keras, Keras Tuner or a backend."""
+    """`--help`, parser errors (a bad `--shard` among them) and `experiments` answer without importing Keras,
+    Keras Tuner or a backend."""
     code = (
         "import contextlib, io, sys\n"
         "from kt_dropout import cli\n"
