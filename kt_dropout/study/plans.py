@@ -19,6 +19,7 @@ from pathlib import Path
 from kt_dropout.config import Recipe
 from kt_dropout.errors import StoreError
 from kt_dropout.storage.atomic import write_text
+from kt_dropout.storage.documents import read_json
 from kt_dropout.study.results import STUDIES_FOLDER
 from kt_dropout.training.record import KEY_LENGTH, canonical_json
 
@@ -93,9 +94,5 @@ def read_plans(store_root) -> list[Plan]:
     folder = Path(store_root) / STUDIES_FOLDER
     plans = []
     for path in sorted(folder.glob("*.json")) if folder.is_dir() else ():
-        try:
-            document = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as error:
-            raise StoreError(f"{path}: unreadable study plan ({error})") from None
-        plans.append(Plan.from_json(document, path))
+        plans.append(Plan.from_json(read_json(path, "a study plan"), path))
     return plans

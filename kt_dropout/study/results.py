@@ -26,6 +26,7 @@ from typing import Iterable, NamedTuple
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.errors import FileError, FileMissingError, StoreError, file_error
 from kt_dropout.storage.atomic import check_writable_folder, create_text, write_text
+from kt_dropout.storage.documents import DamagedFile, read_json
 from kt_dropout.training.record import KEY_LENGTH, RunRecord, canonical_json
 
 MANIFEST_NAME = "store.json"
@@ -70,11 +71,7 @@ def _is_store_file(name: str) -> bool:
 
 def _read_record(path: Path) -> RunRecord:
     """The record in a run file, which must be stored under its own key."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise StoreError(f"{path}: not JSON ({e})") from None
-    return RunRecord.from_json(data, source=path, key=path.stem)
+    return RunRecord.from_json(read_json(path, "a run record"), source=path, key=path.stem)
 
 
 def _try_read(path: Path) -> tuple[RunRecord | None, str | None]:
@@ -125,9 +122,9 @@ class ResultStore:
 
     def _check_manifest(self, path: Path) -> None:
         try:
-            found = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise StoreError(f"{self.root}: unreadable {MANIFEST_NAME} ({e}); refusing to use this folder") from e
+            found = read_json(path, "a results store's manifest")
+        except DamagedFile as e:
+            raise StoreError(f"{e}; refusing to use this folder") from e
         if found != MANIFEST:
             raise StoreError(
                 f"{self.root}: {MANIFEST_NAME} says {found!r} but this code reads {MANIFEST!r}; "
