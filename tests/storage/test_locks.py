@@ -2,6 +2,7 @@
 one's never (however long suspended); another host's lease ends at its expiry, capped; damaged lock files are
 named and taken over after a lease period; permission problems are one line naming the file."""
 
+import fcntl
 import json
 import os
 import shutil
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -164,6 +166,46 @@ def test_taking_over_a_stale_lock_never_removes_one_that_replaced_it_meanwhile(t
     with Lock(tmp_path / "thing", "the thing") as first:  # took it over first
         Lock(tmp_path / "thing", "the thing")._remove_if(stale["token"])  # the second one's late take-over
         assert json.loads(first.path.read_text())["pid"] == os.getpid()
+
+
+@pytest.mark.parametrize("operation", ["take over", "renew", "release"])
+def test_removing_or_renewing_a_lock_waits_for_a_takeover_in_progress_and_leaves_the_lock_it_made(tmp_path, operation):
+    """Another process is taking the lock over (it holds the guard file). A second taker that judged the same
+    dead holder gone, and a holder renewing or releasing its lock, wait for it, then leave its new lock alone."""
+    if operation == "take over":
+        lock = plant(tmp_path, lease=60, pid=dead_pid())
+        act = lambda: pytest.raises(LockHeld, lock.acquire)
+    else:
+        lock = Lock(tmp_path / "thing", "the thing", seconds=60)
+        lock.acquire()
+        act = lock.renew if operation == "renew" else lock.release
+    guard = os.open(tmp_path / ".thing.lock.guard", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(guard, fcntl.LOCK_EX)
+    results = []
+    acting = threading.Thread(target=lambda: results.append(act()))
+    acting.start()
+    time.sleep(0.3)
+    assert acting.is_alive()  # waiting for the guard
+    lock.path.unlink()  # the other process's takeover: its own lock in place of the one it judged gone
+    lock.path.write_text(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "start": process_start(
+        os.getpid()), "command": "kt-dropout reproduce", "since": "now", "expires": None, "token": "theirs"}))
+    os.unlink(tmp_path / ".thing.lock.guard")
+    os.close(guard)
+    acting.join(10)
+    assert len(results) == 1 and results[0] is not True  # refused, not renewed, nothing released
+    assert json.loads(lock.path.read_text())["token"] == "theirs"
+
+
+def test_a_lease_renewed_past_its_expiry_is_not_removed_by_a_takeover_that_saw_it_expired(tmp_path):
+    lease = Lock(tmp_path / "run", "the run", seconds=60)
+    lease.acquire()
+    holder = {**json.loads(lease.path.read_text()), "host": "another-host", "expires": time.time() - 1}
+    lease.path.write_text(json.dumps(holder))  # as another host's lease looks once its holder hung
+    taker = Lock(tmp_path / "run", "the run", seconds=60)
+    assert taker.held_by() is None  # seen expired...
+    assert lease.renew()  # ...and renewed by its holder, back in time, before the taker removes it
+    taker._remove_if(holder["token"])
+    assert json.loads(lease.path.read_text())["token"] == holder["token"]
 
 
 def test_a_lease_is_renewed_while_ours_and_not_once_lost(tmp_path):
