@@ -1,13 +1,17 @@
 """Which runs of a results store this process trains, so that several processes share one study.
 
 Before it trains a pack, a study leases each of the pack's runs: a `locks.Lock`
-on `<store>/leases/<run key>` (file `<run key>.lock`: host, pid, command,
-since, expires). A run another live process holds is left to it; a lease ends
-when its runs are stored, when its process stops (a `kill -9` leaves the file:
-on the same host a dead pid is taken over at once, from another host once
-`LEASE_SECONDS` have passed without a renewal). While held, leases are renewed
-from a background thread, so that neither a long first epoch (it compiles) nor
-a slow CPU epoch lets one expire under a live process.
+on `<store>/leases/<run key>` (file `<run key>.lock`: host, pid and its start,
+command, since, expires). A run another live process holds is left to it; a
+lease ends when its runs are stored, or when its process is gone: on the same
+host a dead holder (or a pid reused since) is taken over at once, and a live one
+keeps its lease however long it is suspended; from another host once
+`LEASE_SECONDS` have passed without a renewal, or `locks.EXPIRY_CAP_PERIODS`
+lease periods after its last renewal whatever its clock says. A damaged lease
+file is named in a warning and counts as held for `LEASE_SECONDS` after it was
+last written, then taken over. While held, leases are renewed from a background
+thread, so that neither a long first epoch (it compiles) nor a slow CPU epoch
+lets one expire under a live process on another host.
 
 `claimed_packs` plans packs from the missing runs nobody holds, claims one
 pack, yields it, and plans again from what is then left: a process that joins
@@ -20,10 +24,13 @@ import contextlib
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from kt_dropout.packing.trainer import Member
 from kt_dropout.storage.locks import Lock, LockHeld, holder_line
 from kt_dropout.study.results import LEASES_FOLDER
+
+if TYPE_CHECKING:  # only named in annotations: `status` reads LEASE_SECONDS without importing Keras
+    from kt_dropout.packing.trainer import Member
 
 LEASE_SECONDS = 300.0  # how long a lease outlives its last renewal (a dead host's runs wait this long)
 RENEWALS_PER_LEASE = 5  # renewed every LEASE_SECONDS / 5 while held
@@ -82,7 +89,8 @@ class Claims:
                     lock.release()
 
     def holder(self, key: str) -> dict | None:
-        """Who else holds the run `key`, while a live process does (None: free, stale, or ours)."""
+        """Who else holds the run `key`, while a live process does or a damaged lease counts as held (None: free,
+        stale, or ours)."""
         return None if key in self._held else self._lock(key).held_by()
 
     def _renew(self) -> None:

@@ -37,6 +37,7 @@ from tabulate import tabulate
 
 from kt_dropout.storage.locks import Lock, holder_line
 from kt_dropout.study.experiments import CLAIMS, EXPERIMENTS
+from kt_dropout.study.leases import LEASE_SECONDS
 from kt_dropout.study.plans import Plan, read_plans
 from kt_dropout.study.profiles import PROFILES
 from kt_dropout.study.results import (
@@ -68,10 +69,11 @@ def checkpoint_progress(root: Path) -> dict[str, dict]:
 
 
 def live_leases(root: Path) -> dict[str, dict]:
-    """Run key -> the holder of its live lease (`<store>/leases/<key>.lock`)."""
+    """Run key -> the holder of its live lease (`<store>/leases/<key>.lock`), or {`damaged`: the warning naming a
+    damaged lease, which counts as held until it is taken over}."""
     leases = {}
     for path in sorted((root / LEASES_FOLDER).glob("*.lock")):
-        holder = Lock(path.with_suffix(""), str(path)).held_by()
+        holder = Lock(path.with_suffix(""), str(path), seconds=LEASE_SECONDS).held_by()
         if holder is not None:
             leases[path.name.removesuffix(".lock")] = {k: v for k, v in holder.items() if k != "token"}
     return leases

@@ -112,10 +112,26 @@ def test_a_claim_is_decided_once_all_its_runs_are_stored_and_stale_leases_do_not
     assert study["model_epochs"]["remaining"] == 0 and study["eta_seconds"] == 0
     # A lease whose holder is gone (expired), beside a checkpoint nobody planned: listed, not counted as training.
     lease = store.root / LEASES_FOLDER / f"{'f' * 20}.lock"
-    lease.write_text(json.dumps({"host": "elsewhere", "pid": 1, "expires": 0}))
+    lease.write_text(json.dumps({"host": "elsewhere", "pid": 1, "expires": 0, "token": "t"}))
     checkpoints.save(store.root / CHECKPOINTS_FOLDER / "other.npz", {}, _state(
         run_keys=["e" * 20], names=["x"], seeds=[0], epochs_done=4, epochs=9, epoch_seconds=[]))
     assert store_status(store)["unplanned"] == [{"key": "e" * 20, "epochs_done": 4, "epochs": 9, "holder": None}]
+
+
+def test_a_damaged_lease_is_named_and_its_run_shown_held_not_missing(store, capsys):
+    """An empty lease file of bn 1 (what a full disk leaves): one warning names it, and bn 1 counts as being
+    trained until the lease is taken over, a lease period after it was written."""
+    lease = store.root / LEASES_FOLDER / f"{_key('bn', 1)}.lock"
+    lease.write_text("")
+    assert main(["status", "--json", str(store.root)]) == 0
+    out, err = capsys.readouterr()
+    line = f"damaged lease {lease}: is empty where a lease should be; taken over after "
+    warning = err.removeprefix("kt-dropout status: warning: ").removesuffix("\n")
+    assert warning.startswith(line) and "\n" not in warning, err
+    bn = json.loads(out)["studies"][0]["experiments"][0]["configurations"][1]
+    assert bn["missing"] == [] and bn["training"] == [{"seed": 1, "epochs_done": 0, "holder": {"damaged": warning}}]
+    assert main(["status", str(store.root)]) == 0
+    assert f"1 (0 epochs; {line}" in capsys.readouterr().out
 
 
 def test_a_store_without_plans_and_bad_input(tmp_path, capsys):
