@@ -1,4 +1,5 @@
-"""Leases under races: many processes contend for a few leases on one folder, and no two ever hold one.
+"""Leases under races: many processes contend for a few leases on one folder, and no two ever hold one; two
+`reproduce` processes of one study never both train a run.
 
 Each contender (`lease_contender.py`) forks a short-lived child per round that tries one of a few leases; a
 holder checks it is alone with an exclusive marker file, holds it for up to twice its (tiny) lease -- so a
@@ -8,12 +9,18 @@ lets go. Sized by KT_LEASE_RACES=PROCESSES,ROUNDS: by default 8,50 (3.3 s on 2 c
 12 s, 17-24 s while other tests ran, so it is left to KT_LEASE_RACES=8,200).
 """
 
+import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
+
+from kt_dropout.study.results import ResultStore
 
 
 CONTENDER = Path(__file__).with_name("lease_contender.py")
@@ -45,3 +52,42 @@ def test_contending_processes_never_both_hold_a_lease(tmp_path):
     assert totals["double"] == totals["stolen"] == totals["errors"] == 0, totals  # never two holders of one lease
     assert totals["acquired"] >= processes * rounds // 4 and totals["died"] >= processes * rounds // 20, totals
     assert set(os.listdir(tmp_path / "leases")) <= {"key0.lock", "key1.lock", "key2.lock"}  # no guard, no marker
+
+
+ENV = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+REPRODUCE = [sys.executable, "-m", "kt_dropout.cli", "reproduce", "batchnorm", "--profile", "smoke", "--seeds", "1",
+             "--epochs", "1", "--pack-size", "1", "--shard", "1/2", "--results", "r"]  # one of vanilla/seed0, bn/seed0
+TRAINING = re.compile(r"^\[\d+/\d+\] (\S+): training 1 epochs", re.MULTILINE)
+
+
+@pytest.mark.slow
+def test_a_run_whose_holder_is_suspended_past_its_lease_is_not_trained_by_a_second_claimant(tmp_path):
+    """Two processes of one study's shard, a single run. The first is suspended (SIGSTOP) as it starts training
+    the run, and its lease is made to look an hour past its expiry; the second then claims the run: it leaves
+    it, naming the first as its holder. Once continued, the first finishes it: the run is trained once."""
+    first = subprocess.Popen(REPRODUCE, cwd=tmp_path, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                             text=True)
+    try:
+        before = ""
+        while not TRAINING.search(before):
+            line = first.stderr.readline()
+            assert line, before
+            before += line
+        first.send_signal(signal.SIGSTOP)
+        held = TRAINING.search(before).group(1)
+        (lease,) = (tmp_path / "r" / "store" / "leases").glob("*.lock")
+        holder = json.loads(lease.read_text())
+        assert holder["pid"] == first.pid
+        lease.write_text(json.dumps({**holder, "expires": time.time() - 3600}))  # suspended an hour: expired
+        second = subprocess.run(REPRODUCE, cwd=tmp_path, env=ENV, capture_output=True, text=True, timeout=600)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    first.wait(timeout=600)
+    after = first.stderr.read()
+    assert "Traceback" not in before + after + second.stderr, before + after + second.stderr
+    trained = {"first": TRAINING.findall(before + after), "second": TRAINING.findall(second.stderr)}
+    assert trained == {"first": [held], "second": []}, trained
+    assert re.search(rf"1 run\(s\) still held by other processes: {held} \(pid {first.pid} on host ", second.stderr), \
+        second.stderr
+    (record,) = ResultStore(tmp_path / "r" / "store", create=False).records()
+    assert f"{record.name}/seed{record.key.seed}" == held and record.status == "ok"
