@@ -94,8 +94,9 @@ class Lock:
     def acquire(self) -> None:
         """Takes the lock, taking over a stale one; raises `LockHeld` naming the holder otherwise."""
         for _ in range(10):  # each round creates the lock, or finds it gone meanwhile, or removes a stale one
-            if self._create():
-                return
+            with self._guarded():  # not needed to create, but a filesystem without file locks is refused now
+                if self._create():
+                    return
             seen = self._look()
             if not seen.free:
                 line = holder_line(seen.holder)
@@ -249,8 +250,8 @@ class Lock:
             try:
                 fd = os.open(guard, os.O_RDWR | os.O_CREAT, 0o666)
             except OSError as e:
-                raise file_error(e, f"{self.what}: cannot open the lock's guard file {guard}: "
-                                    f"{e.strerror or e}") from None
+                raise file_error(e, f"{self.what}: cannot lock {self.path}: {e.strerror or e} (creating its guard "
+                                    f"file {guard.name})") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 current = os.path.samestat(os.fstat(fd), os.stat(guard))
@@ -258,8 +259,8 @@ class Lock:
                 current = False
             except OSError as e:
                 os.close(fd)
-                raise file_error(e, f"{self.what}: cannot lock {guard} ({e.strerror or e}): locks need a "
-                                    "filesystem with file locks") from None
+                raise file_error(e, f"{self.what}: cannot lock {self.path}: {e.strerror or e} (flock on its guard "
+                                    f"file {guard.name}: leases need a filesystem with file locks)") from None
             if current:
                 break
             os.close(fd)

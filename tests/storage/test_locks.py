@@ -267,7 +267,7 @@ def test_a_lock_file_or_folder_without_permission_is_one_line_naming_it(tmp_path
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     os.chmod(readonly, 0o755)
     assert result.stdout.splitlines() == [
-        f"{FileAccessError.__name__} the run bn/seed0: cannot create the lock file {readonly}/run.lock: "
-        "Permission denied",
+        f"{FileAccessError.__name__} the run bn/seed0: cannot lock {readonly}/run.lock: Permission denied "
+        "(creating its guard file .run.lock.guard)",
         f"{FileAccessError.__name__} the run bn/seed0: cannot read the lock file {private}/run.lock: "
         "permission denied"], result.stderr
