@@ -1,5 +1,6 @@
 """Leases under races: many processes contend for a few leases on one folder, and no two ever hold one; two
-`reproduce` processes of one study never both train a run.
+`reproduce` processes of one study never both train a run; a damaged lease holds its run for a lease period,
+named, and is then taken over.
 
 Each contender (`lease_contender.py`) forks a short-lived child per round that tries one of a few leases; a
 holder checks it is alone with an exclusive marker file, holds it for up to twice its (tiny) lease -- so a
@@ -20,7 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from kt_dropout.study.results import ResultStore
+from kt_dropout.study.leases import Claims, claimed_packs, held_line
+from kt_dropout.study.profiles import PROFILES
+from kt_dropout.study.results import LEASES_FOLDER, ResultStore
+from kt_dropout.study.runner import Study
+from kt_dropout.study.settings import StudySettings
 
 
 CONTENDER = Path(__file__).with_name("lease_contender.py")
@@ -91,3 +96,28 @@ def test_a_run_whose_holder_is_suspended_past_its_lease_is_not_trained_by_a_seco
         second.stderr
     (record,) = ResultStore(tmp_path / "r" / "store", create=False).records()
     assert f"{record.name}/seed{record.key.seed}" == held and record.status == "ok"
+
+
+def test_a_damaged_lease_holds_its_run_named_for_a_lease_period_then_the_run_is_trained(tmp_path):
+    """An empty lease file of bn/seed0 (what a full disk leaves): the study trains bn/seed1, leaves bn/seed0 and
+    names the damaged lease; once the file is a lease period old, bn/seed0 is claimed and trained."""
+    study = Study(StudySettings(PROFILES["smoke"], tmp_path / "store", pack_size=1), data=None,
+                  data_fingerprint="d", store=ResultStore(tmp_path / "store"), progress=None)
+    missing = study.to_train(["bn"])  # bn/seed0, bn/seed1
+    lease = tmp_path / "store" / LEASES_FOLDER / f"{study._key(missing[0])}.lock"
+    lease.parent.mkdir()
+    lease.write_text("")
+    with pytest.warns(UserWarning, match=rf"^damaged lease {lease}: is empty where a lease should be; taken over "
+                                         rf"after \d{{4}}-.* UTC$"):
+        with Claims(study.store.root, seconds=60) as claims:
+            trained = [pack for pack, _ in claimed_packs(claims, missing, key=study._key, done=lambda m: False,
+                                                         plan=study._plan)]
+            assert trained == [[missing[1]]]
+            assert held_line(claims, [missing[0]], study._key).startswith(
+                f"1 run(s) still held by other processes: bn/seed0 (damaged lease {lease}: is empty")
+            then = time.time() - 61
+            os.utime(lease, (then, then))
+            trained = [pack for pack, _ in claimed_packs(claims, missing[:1], key=study._key, done=lambda m: False,
+                                                         plan=study._plan)]
+            assert trained == [[missing[0]]]
+    assert not lease.parent.exists()  # taken over, then released: nothing left
