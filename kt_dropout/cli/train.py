@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from kt_dropout.cli.command import PROG, Command
@@ -31,14 +30,10 @@ def checkpoint_of(output: Path) -> Path:
 
 
 def _write_record(path: Path, record) -> None:
-    """Writes the record's JSON whole or not at all, readable as an ordinary file (`write_text`'s temp file,
-    which it renames, is private)."""
+    """Writes the record's JSON whole or not at all (`write_text`), as an ordinary file (its mode by the umask)."""
     from kt_dropout.storage.atomic import write_text
 
     write_text(path, json.dumps(record.to_json(), indent=1, sort_keys=True) + "\n")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def print_incomplete(stopped) -> None:

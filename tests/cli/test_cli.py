@@ -197,6 +197,39 @@ def test_train_writes_a_record_and_refuses_to_overwrite_it(tmp_path):
     assert output.read_bytes() == before
 
 
+@pytest.mark.slow
+def test_train_sets_a_damaged_checkpoint_aside_trains_from_scratch_and_writes_files_by_the_umask(tmp_path):
+    """A folder where `train -o run.json`'s checkpoint should be, then an empty checkpoint (what a crash or a
+    full disk leaves): each renamed aside (never deleted) with one warning naming it, and the run trains from
+    scratch. Under umask 002 (a store a group shares) the checkpoint and the record are group-writable files."""
+    args = ["train", *TINY, "--epochs", "2", "--output", "run.json"]
+    checkpoint = tmp_path / "run.json.checkpoint.npz"
+    checkpoint.mkdir()
+    (checkpoint / "mine").write_text("kept")
+
+    def train(*flags):
+        return subprocess.run([sys.executable, "-m", "kt_dropout.cli", *args, *flags], cwd=tmp_path, env=ENV,
+                              umask=0o002, capture_output=True, text=True, timeout=300)
+
+    stopped = train("--time-budget", "1s")
+    assert stopped.returncode == 75, stopped.stderr
+    warnings = [line for line in stopped.stderr.splitlines() if "warning" in line]
+    assert warnings == ["kt-dropout train: warning: run.json.checkpoint.npz: is a folder where a checkpoint should "
+                        "be; set aside as run.json.checkpoint.npz.damaged, training from scratch"], stopped.stderr
+    assert (tmp_path / "run.json.checkpoint.npz.damaged" / "mine").read_text() == "kept"
+    assert checkpoints.read_state(checkpoint).epochs_done == 1 and checkpoint.stat().st_mode & 0o777 == 0o664
+    checkpoint.write_bytes(b"")
+    finished = train()
+    assert finished.returncode == 0, finished.stderr
+    assert ("kt-dropout train: warning: run.json.checkpoint.npz: not a readable checkpoint (empty); set aside as "
+            "run.json.checkpoint.npz.damaged.2, training from scratch") in finished.stderr.splitlines()
+    assert [line.split(" ")[1] for line in finished.stderr.splitlines() if line.startswith("epoch ")] == ["1/2", "2/2"]
+    assert sorted(os.listdir(tmp_path)) == ["run.json", "run.json.checkpoint.npz.damaged",
+                                            "run.json.checkpoint.npz.damaged.2"]
+    assert (tmp_path / "run.json.checkpoint.npz.damaged.2").read_bytes() == b""
+    assert (tmp_path / "run.json").stat().st_mode & 0o777 == 0o664
+
+
 @pytest.mark.parametrize("args, fragments", [
     (["--dropout-conv", "0.5", "1.2", "0"], ["dropout_conv[1]"]),
     (["--data", "/nonexistent"], ["/nonexistent"]),
