@@ -218,12 +218,13 @@ class Study:
         progress.skip(done * len(pack))
         start = time.perf_counter()
         try:
-            records = self._fit(pack, progress, path)
+            with stops.training():  # a SIGTERM from the model's build until its runs are stored: a request
+                records = self._fit(pack, progress, path)
+                for record in records:
+                    self.store.put(record)
         except TrainingIncomplete as stopped:
             progress.line(f"{label} {stopped}")
             raise StudyIncomplete(self.model_epochs()) from None
-        for record in records:
-            self.store.put(record)
         _delete_checkpoint(path)
         progress.skip((self.settings.epochs - max(r.epochs_run for r in records)) * len(pack))  # all diverged: stopped
         progress.line(f"{label} done in {time.perf_counter() - start:.1f} s | {progress.status()}")

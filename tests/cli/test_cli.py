@@ -583,6 +583,16 @@ def test_sigterm_stops_train_at_an_epoch_boundary_and_the_rerun_ends_as_an_unint
     assert sorted(os.listdir(tmp_path)) == ["run.json", "straight.json"]
 
 
+@pytest.mark.slow
+def test_sigterm_while_the_model_is_built_exits_75_too(tmp_path):
+    """Sent as soon as the banner is out (the data is loaded; the model is being built and compiled): not
+    SIGTERM's default action (143) but exit 75, as at an epoch boundary, leaving nothing but a checkpoint."""
+    args = ["train", *TINY, "--epochs", "40", "--checkpoint-every", "1000", "--output", "run.json"]
+    stopped, _ = _signal_after(args, "  plan", signal.SIGTERM, tmp_path)
+    assert stopped.returncode == 75, stopped.stderr
+    assert "Traceback" not in stopped.stderr and set(os.listdir(tmp_path)) <= {"run.json.checkpoint.npz"}
+
+
 def test_reproduce_rejects_unknown_experiments_and_conflicting_packing(tmp_path):
     assert_usage_error(run_cli("reproduce", "nosuch", cwd=tmp_path), "reproduce", "nosuch", "batchnorm")
     assert_usage_error(
