@@ -288,12 +288,19 @@ class Checkpointing:
     def after_epoch(self, epochs_done: int, epochs: int, epoch_seconds: list[float], save: Callable[[], None]) -> None:
         """At the end of epoch `epochs_done` of `epochs` (nothing after the last): `save()`s the checkpoint when
         it is due; where training must stop (a SIGTERM, or `stop(epoch_seconds)`), saves it and raises
-        `TrainingIncomplete`."""
+        `TrainingIncomplete`. A save that fails (an `OSError`) is named in a warning and training goes on, not
+        stopping: its runs' records can still be stored at its end."""
         if epochs_done >= epochs:
             return
         reason = stops.requested() or (self.reason if self.stop is not None and self.stop(epoch_seconds) else None)
         if reason is not None or self.due(epochs_done):
-            save()
+            try:
+                save()
+            except OSError as error:  # a full disk, a folder made read-only: the runs' records can still be stored
+                warnings.warn(f"{self.path}: checkpoint not saved ({error.strerror or error}); training goes on"
+                              + (f", not stopping for {reason}: that would lose its epochs" if reason else ""),
+                              RuntimeWarning, stacklevel=2)
+                reason = None
             self._last_save = time.monotonic()
         if reason is not None:
             raise TrainingIncomplete(epochs_done, epochs, self.path, reason)

@@ -643,6 +643,19 @@ def test_reproduce_checks_its_report_folder_before_training(tmp_path):
     assert os.listdir(tmp_path / "results") == ["report-smoke"]
 
 
+@pytest.mark.skipif(not os.path.isdir("/sys/fs"), reason="needs Linux's sysfs: a folder that even root cannot write in")
+def test_reproduce_checks_its_checkpoints_folder_before_training(tmp_path):
+    """Not at the first checkpoint's save, 10 minutes into training by default. The checkpoints folder is a
+    link to /sys/fs, which nobody can write in (a read-only folder would not stop root)."""
+    ResultStore(tmp_path / "results" / "store")
+    (tmp_path / "results" / "store" / CHECKPOINTS_FOLDER).symlink_to("/sys/fs")
+    result = run_cli("reproduce", "batchnorm", *SMOKE, "--results", "results", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1] == ("kt-dropout reproduce: error: cannot write to results/store/checkpoints: "
+                                              "Permission denied")
+    assert ": training" not in result.stderr and not list((tmp_path / "results" / "store").glob("*.json"))[1:]
+
+
 @pytest.mark.parametrize("command, path", [
     (["reproduce", "batchnorm", *SMOKE, "--results", "file.txt/results"], "file.txt/results/report-smoke"),
     (["report", "results", "--out", "file.txt/report"], "file.txt/report"),

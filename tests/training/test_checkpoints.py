@@ -115,6 +115,25 @@ def test_a_checkpoint_set_aside_is_renamed_never_deleted_with_one_warning_naming
     assert (tmp_path / "c.npz.damaged.2" / "inside").read_text() == "kept"
 
 
+def test_a_checkpoint_that_cannot_be_saved_is_named_and_training_goes_on_instead_of_stopping(tmp_path):
+    """The folder became a file (or read-only, or the disk is full): one warning naming the checkpoint; no stop
+    (here asked for after every epoch), since stopping without a checkpoint would lose the epochs trained."""
+    (tmp_path / "folder").write_text("")
+    checkpointing = checkpoints.Checkpointing(tmp_path / "folder" / "c.npz", every_epochs=1, stop=lambda seconds: True)
+
+    def save():
+        checkpoints.save(checkpointing.path, {"model/0": np.zeros(1)}, _state())
+
+    with pytest.warns(RuntimeWarning) as warned:
+        checkpointing.after_epoch(2, 5, [1.0, 1.0], save)
+    assert [str(w.message) for w in warned] == [f"{checkpointing.path}: checkpoint not saved (File exists); "
+                                                "training goes on, not stopping for stopped: that would lose its epochs"]
+    (tmp_path / "folder").unlink()
+    with pytest.raises(checkpoints.TrainingIncomplete, match="stopped: 3 of 5 epochs done"):
+        checkpointing.after_epoch(3, 5, [1.0, 1.0, 1.0], save)
+    assert checkpoints.read_state(checkpointing.path).epochs_done == 2
+
+
 def test_the_data_order_depends_on_the_seed_and_the_epoch_alone():
     orders = {(seed, epoch): epoch_order(seed, epoch, 50).tolist() for seed in (0, 1) for epoch in (0, 1)}
     assert len({tuple(order) for order in orders.values()}) == 4 and sorted(orders[0, 0]) == list(range(50))
