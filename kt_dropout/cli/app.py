@@ -13,7 +13,7 @@ those that need it and turns their errors into exit statuses: a `KtDropoutError`
 line on stderr, `kt-dropout <command>: error: ...`, and exit status 2; any other exception is a bug in
 kt-dropout: its traceback, a line saying how to report it, and exit status 1. A search whose every trial
 failed exits 1; `reproduce` exits with `REPRODUCE_EXIT_CODES`; a run or study stopped by its time budget or a
-SIGTERM exits 75 (`budget.EXIT_INCOMPLETE`).
+SIGTERM exits 75 (`budget.EXIT_INCOMPLETE`), whenever the SIGTERM comes (`stops`).
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from kt_dropout.cli.search import Search
 from kt_dropout.cli.train import Train
 from kt_dropout.errors import KtDropoutError
 from kt_dropout.training import stops
+from kt_dropout.training.budget import EXIT_INCOMPLETE
 
 # What needs Keras (and so a backend) is imported inside the command that uses it: `--help`, the parser's
 # errors and the commands that need no backend answer at once, without starting TensorFlow or JAX.
@@ -96,6 +97,10 @@ def _run(command: Command, args) -> int:
         if command.needs_backend(args):
             _start_backend(args)
         return command.run(args)
+    except stops.Terminated:  # a SIGTERM outside training (loading data, building a model, between runs)
+        eprint(f"{PROG} {command.name}: {stops.TERMINATED}: stopped at once, outside training; what was stored "
+               "stays stored: rerun the same command to continue")
+        return EXIT_INCOMPLETE
     except KeyboardInterrupt:  # Ctrl-C: what was stored stays stored (every write is atomic)
         eprint(f"{PROG} {command.name}: interrupted" + (f"; {command.interrupted}" if command.interrupted else ""))
         return 130

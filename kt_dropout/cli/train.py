@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from kt_dropout.cli.command import PROG, Command
@@ -20,7 +19,7 @@ from kt_dropout.cli.flags import (
 )
 from kt_dropout.cli.outputs import check_output
 from kt_dropout.config import parse_every
-from kt_dropout.training import budget
+from kt_dropout.training import budget, stops
 
 DEFAULT_OUTPUT = "kt-dropout-run.json"
 
@@ -31,14 +30,10 @@ def checkpoint_of(output: Path) -> Path:
 
 
 def _write_record(path: Path, record) -> None:
-    """Writes the record's JSON whole or not at all, readable as an ordinary file (`write_text`'s temp file,
-    which it renames, is private)."""
+    """Writes the record's JSON whole or not at all (`write_text`), as an ordinary file (its mode by the umask)."""
     from kt_dropout.storage.atomic import write_text
 
     write_text(path, json.dumps(record.to_json(), indent=1, sort_keys=True) + "\n")
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def print_incomplete(stopped) -> None:
@@ -103,19 +98,20 @@ class Train(Command):
             data, source = data_of(args, config)
             print_banner(f"{PROG} train", precision=recipe.precision, data=data_line(source, data),
                          plan=plan_line(1, recipe.epochs, "run"))
-            try:
-                with Progress(recipe.epochs, epoch_lines=not args.verbose) as progress:
-                    record = train(
-                        config, data, recipe=recipe, seed=args.seed, name=config_name(config),
-                        data_fingerprint=data_fingerprint(data), verbose=1 if args.verbose else 0,
-                        callbacks=[progress.keras_callback()], distributed=args.data_parallel,
-                        checkpointing=checkpointing,
-                    )
-            except TrainingIncomplete as stopped:
-                print_incomplete(stopped)
-                return budget.EXIT_INCOMPLETE
-            _write_record(output, record)
-            checkpointing.path.unlink(missing_ok=True)
+            with stops.training():  # a SIGTERM from the model's build until the record is written: a request
+                try:
+                    with Progress(recipe.epochs, epoch_lines=not args.verbose) as progress:
+                        record = train(
+                            config, data, recipe=recipe, seed=args.seed, name=config_name(config),
+                            data_fingerprint=data_fingerprint(data), verbose=1 if args.verbose else 0,
+                            callbacks=[progress.keras_callback()], distributed=args.data_parallel,
+                            checkpointing=checkpointing,
+                        )
+                except TrainingIncomplete as stopped:
+                    print_incomplete(stopped)
+                    return budget.EXIT_INCOMPLETE
+                _write_record(output, record)
+                checkpointing.path.unlink(missing_ok=True)
         best = record.best_val_accuracy
         print(f"{record.name} seed {record.key.seed}: {record.status}" + (f" ({record.error})" if record.error else ""))
         print(f"best val_accuracy {best:.4f} at epoch {record.best_epoch}/{record.epochs_run}, "

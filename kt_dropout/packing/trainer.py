@@ -221,13 +221,17 @@ class PackTrainer:
         says so, or a SIGTERM came (`stops`), saves one and raises `TrainingIncomplete`. A resumed pack ends
         exactly as one that ran through: the checkpoint holds every variable and history, and each epoch's
         data order depends on the seeds and the epoch alone. A checkpoint this pack cannot continue (another
-        trainer's or other runs', unreadable, of an older format) raises a `CheckpointError` naming its file.
+        trainer's or other runs', unreadable, of an older format) is set aside (`checkpoints.set_aside`: renamed,
+        with a warning naming it) and the pack trains from scratch.
         """
         self.histories = [{key: [] for key in ("loss", "accuracy", "val_loss", "val_accuracy")} for _ in self.members]
         alive = [True] * len(self.members)
         seconds = []
         if checkpointing is not None and checkpointing.path.exists():
-            alive, seconds = self._resume(checkpointing.path, epochs)
+            try:
+                alive, seconds = self._resume(checkpointing.path, epochs)
+            except checkpoints.CheckpointError as error:  # the model is as built: the pack trains from scratch
+                checkpoints.set_aside(checkpointing.path, error)
         self.epoch = len(seconds)
         this_process = []  # what a time budget may estimate the next epoch from: no epoch of another machine
         with stops.training() if checkpointing is not None else contextlib.nullcontext():  # SIGTERM: at an epoch's end

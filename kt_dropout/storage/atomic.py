@@ -80,9 +80,12 @@ _NO_HARD_LINKS = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS}
 
 
 def _synced_temp(path: Path, write: Callable[[BinaryIO], object]) -> str:
-    """A temp file beside `path` that `write` filled, flushed to disk; removed again if writing fails."""
+    """A temp file beside `path` that `write` filled, flushed to disk; removed again if writing fails. Its mode
+    is an ordinary new file's (0666 less the umask), not `mkstemp`'s private 0600: it becomes `path`, and a
+    store that a group shares must be readable by the group."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as file:
             write(file)
             file.flush()
@@ -92,6 +95,17 @@ def _synced_temp(path: Path, write: Callable[[BinaryIO], object]) -> str:
             os.unlink(tmp)
         raise
     return tmp
+
+
+def _umask() -> int:
+    """This process's umask: from /proc where Linux shows it, else by setting it and back (a file that another
+    thread creates at that moment gets 0022 as its umask)."""
+    with contextlib.suppress(OSError, StopIteration, ValueError):
+        with open("/proc/self/status") as status:
+            return int(next(line for line in status if line.startswith("Umask:")).split()[1], 8)
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return umask
 
 
 def check_writable_folder(folder) -> None:

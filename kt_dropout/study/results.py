@@ -200,10 +200,16 @@ class ResultStore:
     @contextlib.contextmanager
     def _locked(self):
         """An exclusive lock on the manifest (which is never rewritten) while a stored run is read and
-        replaced; where the filesystem has no locks, none."""
-        with open(self.root / MANIFEST_NAME, "rb") as manifest:
-            with contextlib.suppress(OSError):  # ENOLCK, EINVAL, ...: a filesystem without flock
+        replaced; where it cannot be locked (ENOLCK, EINVAL, ...: a filesystem without flock), none, with a
+        warning naming the file: two processes replacing one failed run at once may then both write it."""
+        path = self.root / MANIFEST_NAME
+        with open(path, "rb") as manifest:
+            try:
                 fcntl.flock(manifest, fcntl.LOCK_EX)
+            except OSError as error:
+                warnings.warn(f"{path}: cannot be locked ({error.strerror or error}); a failed run is replaced "
+                              "without a lock, so two processes replacing it at once may both write it",
+                              stacklevel=3)
             yield
 
     def get(self, key: str, *, ok_only: bool = False) -> RunRecord | None:

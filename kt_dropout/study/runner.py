@@ -15,6 +15,7 @@ time it would take: the model-epochs to train times
 from __future__ import annotations
 
 import hashlib
+import os
 import time
 import warnings
 from pathlib import Path
@@ -24,6 +25,7 @@ import keras
 
 from kt_dropout.errors import KtDropoutError
 from kt_dropout.packing.trainer import Member, plan_packs, train_pack
+from kt_dropout.storage.atomic import check_writable_folder
 from kt_dropout.study.experiments import EXPERIMENTS, claim_priority
 from kt_dropout.study.leases import Claims, claimed_packs, held_line
 from kt_dropout.study.plans import write_plan
@@ -165,7 +167,8 @@ class Study:
             record = self.store.get(self._key(member))
             return record is not None and (record.status == "ok" or self._key(member) not in failed_before)
 
-        resumable = self._resumable(missing)
+        check_writable_folder(self.store.root / CHECKPOINTS_FOLDER)  # before training, not at its first save
+        resumable: list[list[Member]] = []
 
         def plan(free: list[Member]) -> list[list[Member]]:  # the checkpointed packs still free whole, then the rest
             packs = [pack for pack in resumable if all(m in free for m in pack)]
@@ -175,6 +178,7 @@ class Study:
         trained: set[Member] = set()
         epochs = self.settings.epochs
         with Progress(len(missing) * epochs, self.progress) as progress, Claims(self.store.root) as claims:
+            resumable.extend(self._resumable(missing, claims))
             packs = claimed_packs(claims, missing, key=self._key, done=done, plan=plan,
                                   gone=lambda members: progress.skip(len(members) * epochs))
             try:
@@ -198,7 +202,6 @@ class Study:
     def _train_pack(self, pack: list[Member], label: str, progress: Progress) -> None:
         """Trains one pack (or run) from its checkpoint if it has one, stores its runs, deletes the checkpoint."""
         path = self._checkpoint_path(pack)
-        done = _epochs_done(path)
         first = progress.first_epoch_seconds(len(pack))
         names = ", ".join(f"{m.name}/seed{m.seed}" for m in pack)
         if stops.requested():
@@ -208,22 +211,20 @@ class Study:
             progress.line(f"{label} {names}: not started, its first epoch (~{first:.0f} s as measured) would not "
                           f"fit in the time budget left ({max(0.0, budget.remaining()):.0f} s)")
             raise StudyIncomplete(self.model_epochs())
+        done = self._continued_epochs(pack, path)
         progress.line(f"{label} {names}: training {self.settings.epochs} epochs"
                       + (f" from the checkpoint after epoch {done}" if done else ""))
         progress.begin(label)
         progress.skip(done * len(pack))
         start = time.perf_counter()
         try:
-            records = self._fit(pack, progress, path)
-        except CheckpointError as error:  # damaged, an older format, another trainer's or other runs': of no use
-            warnings.warn(f"{error}; training its runs from scratch")
-            path.unlink(missing_ok=True)
-            records = self._fit(pack, progress, path)
+            with stops.training():  # a SIGTERM from the model's build until its runs are stored: a request
+                records = self._fit(pack, progress, path)
+                for record in records:
+                    self.store.put(record)
         except TrainingIncomplete as stopped:
             progress.line(f"{label} {stopped}")
             raise StudyIncomplete(self.model_epochs()) from None
-        for record in records:
-            self.store.put(record)
         _delete_checkpoint(path)
         progress.skip((self.settings.epochs - max(r.epochs_run for r in records)) * len(pack))  # all diverged: stopped
         progress.line(f"{label} done in {time.perf_counter() - start:.1f} s | {progress.status()}")
@@ -251,27 +252,42 @@ class Study:
         keys = ",".join(sorted(self._key(m) for m in pack))
         return self.store.root / CHECKPOINTS_FOLDER / f"{hashlib.sha256(keys.encode()).hexdigest()[:20]}.npz"
 
+    def _continued_epochs(self, pack: list[Member], path: Path) -> int:
+        """The epochs that the checkpoint at `path` holds of `pack`'s runs, once its identity is checked (it is
+        theirs, of their trainer and epochs); 0 when there is none, and when it cannot be continued: then it
+        is set aside (renamed, never deleted: `checkpoints.set_aside`) and the runs train from scratch."""
+        if not os.path.lexists(path):
+            return 0
+        try:
+            return checkpoints.continuable(path, owner="pack" if self.settings.packed else "fit",
+                                           run_keys=[self._key(m) for m in pack], epochs=self.settings.epochs).epochs_done
+        except CheckpointError as error:  # damaged, an older format, another trainer's or other runs'
+            checkpoints.set_aside(path, error, "training its runs from scratch")
+            return 0
+
     def _checkpoints(self) -> dict[Path, CheckpointState]:
-        """The readable checkpoints in the store, by file, with their states; an unreadable one is reported
-        and deleted (its runs train from scratch)."""
+        """The readable checkpoints in the store, by file, with their states. One that cannot be read is named
+        in a warning and left in place: it may be a live process's being written over a slow filesystem, or of
+        a newer version; whoever trains its runs sets it aside (`_continued_epochs`)."""
         states = {}
         for path in sorted((self.store.root / CHECKPOINTS_FOLDER).glob("*.npz")):
             try:
                 states[path] = checkpoints.read_state(path)
             except CheckpointError as error:
-                warnings.warn(f"{error}; deleted, its runs train from scratch")
-                path.unlink(missing_ok=True)
+                warnings.warn(f"{error}; left in place")
         return states
 
-    def _resumable(self, missing: list[Member]) -> list[list[Member]]:
-        """The packs of `missing` runs that a checkpoint holds, as they were (each run in one pack at most);
-        a checkpoint whose runs are all stored is deleted."""
+    def _resumable(self, missing: list[Member], claims: Claims) -> list[list[Member]]:
+        """The packs of `missing` runs that a checkpoint holds, as they were (each run in one pack at most).
+        A checkpoint whose runs are all stored successfully is deleted unless another live process holds one
+        of them (`claims`): a checkpoint of a pack that another process trains is never deleted."""
         by_key = {self._key(m): m for m in missing}
         packs, taken = [], set()
         for path, state in self._checkpoints().items():
             keys = state.run_keys
-            if all(self.store.get(key) is not None for key in keys):
-                _delete_checkpoint(path)  # its runs were stored, but it was not deleted yet
+            if all(self.store.get(key, ok_only=True) is not None for key in keys):
+                if not any(claims.holder(key) for key in keys):
+                    _delete_checkpoint(path)  # its runs were stored, but it was not deleted yet
             elif (self.settings.packed or len(keys) == 1) and set(keys) <= by_key.keys() - taken:
                 packs.append([by_key[key] for key in keys])
                 taken.update(keys)
@@ -317,14 +333,6 @@ class StudyIncomplete(Exception):
 def incomplete(done: int, total: int) -> str:
     """What a study (or an experiment of it) stopped by its time budget says, e.g. in the suite's skips."""
     return f"incomplete: {done} of {total} model-epochs done, rerun to continue"
-
-
-def _epochs_done(path: Path) -> int:
-    """The epochs a checkpoint holds; 0 when there is none or it cannot be read (training starts over)."""
-    try:
-        return checkpoints.read_state(path).epochs_done if path.exists() else 0
-    except CheckpointError:
-        return 0
 
 
 def _delete_checkpoint(path: Path) -> None:

@@ -24,17 +24,16 @@ def arrays_under(prefix: str, arrays: dict[str, np.ndarray]) -> list[np.ndarray]
     return [arrays[name] for name in sorted(names, key=lambda name: int(name.rsplit("/", 1)[1]))]
 
 
-def assign_from(prefix: str, variables, arrays: dict[str, np.ndarray], path) -> None:
-    """Assigns `arrays_of(prefix, ...)`'s arrays back to `variables`, refusing (naming the checkpoint file) a
-    checkpoint whose arrays do not fit them: another network, or a file from another version of this code."""
+def _fitting(prefix: str, variables, arrays: dict[str, np.ndarray], path) -> list[np.ndarray]:
+    """`arrays_of(prefix, ...)`'s arrays, once they are known to fit `variables` one by one; else a
+    `CheckpointError` naming the checkpoint file: another network, or a file from another version of this code."""
     stored = arrays_under(prefix, arrays)
     variables = list(variables)
     shapes = [tuple(array.shape) for array in stored]
     if shapes != [tuple(v.shape) for v in variables]:
         raise CheckpointError(f"{path}: the checkpoint's {prefix} arrays ({len(shapes)}) do not fit the "
                               f"{len(variables)} variables being restored; it was written for another network")
-    for variable, array in zip(variables, stored):
-        variable.assign(array)
+    return stored
 
 
 def model_arrays(model) -> dict[str, np.ndarray]:
@@ -44,8 +43,13 @@ def model_arrays(model) -> dict[str, np.ndarray]:
 
 
 def restore_model(model, arrays: dict[str, np.ndarray], path) -> None:
-    """Assigns `model_arrays`' arrays back to `model`, building its optimizer first if it is not yet."""
+    """Assigns `model_arrays`' arrays back to `model`, building its optimizer first if it is not yet. Every
+    array is checked before any is assigned, so that a checkpoint refused leaves the model as it was built:
+    its runs can train from scratch on it."""
     if not model.optimizer.built:
         model.optimizer.build(model.trainable_variables)
-    assign_from("model", model.variables, arrays, path)
-    assign_from("optimizer", model.optimizer.variables, arrays, path)
+    parts = [("model", model.variables), ("optimizer", model.optimizer.variables)]
+    fitting = [_fitting(prefix, variables, arrays, path) for prefix, variables in parts]
+    for (_, variables), stored in zip(parts, fitting):
+        for variable, array in zip(variables, stored):
+            variable.assign(array)

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Callable
@@ -29,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from kt_dropout.config import check_positive_int
-from kt_dropout.errors import KtDropoutError
+from kt_dropout.errors import KtDropoutError, file_error
 from kt_dropout.storage.atomic import write_with
 from kt_dropout.training import stops
 
@@ -41,8 +43,8 @@ OWNERS = {"fit": "a run trained alone", "pack": "a pack of runs"}  # what wrote 
 
 class CheckpointError(KtDropoutError, ValueError):
     """A checkpoint file that cannot be continued from (damaged, another format or version, written for other
-    runs or by another kind of trainer); the message names the file and the reason. Whoever owns the file may
-    delete it and train from scratch."""
+    runs or by another kind of trainer); the message names the file and the reason. The trainer about to
+    train its runs sets it aside (`set_aside`) and trains from scratch; nobody deletes it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,8 +94,7 @@ class CheckpointState:
         version = document.get("version")
         if isinstance(version, int) and version < VERSION:
             raise CheckpointError(f"{path}: a checkpoint of an older format (version {version}; this code reads "
-                                  f"version {VERSION}), which it cannot continue: delete it to train its runs from "
-                                  "scratch")
+                                  f"version {VERSION}), which it cannot continue")
         if version != VERSION:
             raise CheckpointError(f"{path}: checkpoint version {version!r}; this code reads {VERSION}")
         for name, (valid, expected) in _FIELDS.items():
@@ -161,12 +162,28 @@ def load(path, *, owner: str, run_keys: list[str], epochs: int) -> tuple[dict[st
     """
     arrays = _entries(path)
     state = _state(arrays.pop(STATE_ENTRY, None), path)
+    _check_identity(state, path, owner, run_keys, epochs)
+    return arrays, state
+
+
+def continuable(path, *, owner: str, run_keys: list[str], epochs: int) -> CheckpointState:
+    """The state of the checkpoint at `path` once it is known to be one that `load` would continue (the same
+    checks, without reading the arrays): what a trainer may announce as where it continues from.
+
+    Raises:
+        CheckpointError: as `load` does.
+    """
+    state = read_state(path)
+    _check_identity(state, path, owner, run_keys, epochs)
+    return state
+
+
+def _check_identity(state: CheckpointState, path, owner: str, run_keys: list[str], epochs: int) -> None:
     if state.owner != owner:
         raise CheckpointError(f"{path}: written by {OWNERS[state.owner]}, not by {OWNERS[owner]}")
     if (state.run_keys, state.epochs) != (list(run_keys), epochs):
         raise CheckpointError(f"{path}: the checkpoint of other runs ({', '.join(state.names) or 'unnamed'}, "
                               f"{state.epochs} epochs) than these ({epochs} epochs)")
-    return arrays, state
 
 
 def read_state(path) -> CheckpointState:
@@ -186,11 +203,41 @@ def _entries(path, names: list[str] | None = None) -> dict[str, np.ndarray]:
         CheckpointError: naming the file, when it cannot be read as one: missing, a folder, empty or cut
             short (what a crash or a full disk leaves: NumPy raises EOFError on an empty file), not a zip.
     """
+    if Path(path).is_dir():
+        raise CheckpointError(f"{path}: is a folder where a checkpoint should be")
     try:
         with np.load(path, allow_pickle=False) as entries:
             return {name: entries[name] for name in entries.files if names is None or name in names}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({error or type(error).__name__})") from None
+    except EOFError:
+        problem = "empty"
+    except zipfile.BadZipFile:
+        problem = "cut short: not a whole zip archive"
+    except ValueError:
+        problem = "garbage: not an .npz archive"
+    except OSError as error:
+        problem = error.strerror or type(error).__name__
+    raise CheckpointError(f"{path}: not a readable checkpoint ({problem})")
+
+
+def set_aside(path, error: CheckpointError, then: str = "training from scratch") -> Path:
+    """Renames the checkpoint (or whatever is) at `path`, which `error` says cannot be continued, to
+    `<name>.damaged` (`.damaged.2`, ... when taken) and warns in one line naming both; returns the new name.
+
+    Never deleted: it may be evidence of what went wrong, or another version's that this one cannot read; out
+    of the way, its runs can train from scratch (`then`) and save their own checkpoint at `path`.
+    """
+    path = Path(path)
+    aside, number = path.with_name(f"{path.name}.damaged"), 1
+    while os.path.lexists(aside):
+        number += 1
+        aside = path.with_name(f"{path.name}.damaged.{number}")
+    try:
+        os.rename(path, aside)
+    except OSError as problem:
+        raise file_error(problem, f"{error}; it cannot be set aside as {aside.name}: {problem.strerror or problem}; "
+                                  "move it away to train its runs from scratch") from None
+    warnings.warn(f"{error}; set aside as {aside.name}, {then}", RuntimeWarning, stacklevel=2)
+    return aside
 
 
 def _state(document, path) -> CheckpointState:
@@ -241,12 +288,19 @@ class Checkpointing:
     def after_epoch(self, epochs_done: int, epochs: int, epoch_seconds: list[float], save: Callable[[], None]) -> None:
         """At the end of epoch `epochs_done` of `epochs` (nothing after the last): `save()`s the checkpoint when
         it is due; where training must stop (a SIGTERM, or `stop(epoch_seconds)`), saves it and raises
-        `TrainingIncomplete`."""
+        `TrainingIncomplete`. A save that fails (an `OSError`) is named in a warning and training goes on, not
+        stopping: its runs' records can still be stored at its end."""
         if epochs_done >= epochs:
             return
         reason = stops.requested() or (self.reason if self.stop is not None and self.stop(epoch_seconds) else None)
         if reason is not None or self.due(epochs_done):
-            save()
+            try:
+                save()
+            except OSError as error:  # a full disk, a folder made read-only: the runs' records can still be stored
+                warnings.warn(f"{self.path}: checkpoint not saved ({error.strerror or error}); training goes on"
+                              + (f", not stopping for {reason}: that would lose its epochs" if reason else ""),
+                              RuntimeWarning, stacklevel=2)
+                reason = None
             self._last_save = time.monotonic()
         if reason is not None:
             raise TrainingIncomplete(epochs_done, epochs, self.path, reason)

@@ -80,7 +80,8 @@ def fit(
         callbacks: run after the epoch timer and the recipe's callbacks, before the checkpoint's.
         identity: whose checkpoint it is: `run_keys` and `names` (`checkpoints.CheckpointState`'s; other
             entries are not used). A checkpoint that is not this run's (another owner's, other `run_keys` or
-            `epochs`, unreadable or of an older format) raises a `checkpoints.CheckpointError` naming its file.
+            `epochs`, unreadable or of an older format) is set aside (`checkpoints.set_aside`: renamed, with a
+            warning naming it) and the run trains from scratch.
         **fit_kwargs: passed to `model.fit` (`verbose`, Hyperband's `initial_epoch`, ...).
     """
     arrays = isinstance(x, np.ndarray)
@@ -90,7 +91,10 @@ def fit(
     best, timer = BestWeights(), EpochTimer()
     run = _Run(checkpointing, dict(identity or {}), epochs, seed, best, timer)
     if checkpointing is not None and checkpointing.path.exists():
-        run.resume(model)
+        try:
+            run.resume(model)
+        except checkpoints.CheckpointError as error:  # the model is as built: the run trains from scratch
+            checkpoints.set_aside(checkpointing.path, error)
     initial_epoch = fit_kwargs.pop("initial_epoch", 0) if run.epochs_done == 0 else run.epochs_done
     ordering = []
     if arrays:

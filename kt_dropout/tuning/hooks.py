@@ -29,6 +29,10 @@ class TrialHook:
     def on_trial_begin(self, trial) -> None:
         """Before the trial builds its model."""
 
+    def on_resumed(self, trials: list, epochs_done: int, epoch_seconds: list[float]) -> None:
+        """After `on_trial_begin`, when the trials (one trained alone, or a pack's) continue a checkpoint that
+        holds `epochs_done` epochs, trained in `epoch_seconds` by the processes before this one."""
+
     def on_epoch_end(self, trial, epoch: int, logs: dict) -> None:
         """After each epoch of a trial trained alone."""
 
@@ -58,7 +62,8 @@ class TrialSeed(TrialHook):
 
 class TrialTiming(TrialHook):
     """Records each trial's wall time and epochs as its "seconds" and "epochs" metrics, which Keras Tuner saves
-    with the trial (and a worker sends to the chief), so a resumed search still knows them."""
+    with the trial (and a worker sends to the chief), so a resumed search still knows them. A trial continued
+    from its checkpoint counts the checkpoint's epochs and their seconds too: the whole trial's."""
 
     def __init__(self):
         self._started: dict[str, float] = {}
@@ -66,6 +71,11 @@ class TrialTiming(TrialHook):
 
     def on_trial_begin(self, trial) -> None:
         self._started[trial.trial_id], self._epochs[trial.trial_id] = time.perf_counter(), 0
+
+    def on_resumed(self, trials: list, epochs_done: int, epoch_seconds: list[float]) -> None:
+        for trial in trials:
+            self._epochs[trial.trial_id] += epochs_done
+            self._started[trial.trial_id] -= sum(epoch_seconds)
 
     def on_epoch_end(self, trial, epoch: int, logs: dict) -> None:
         self._epochs[trial.trial_id] += 1
@@ -135,6 +145,11 @@ class ProgressReport(TrialHook):
     def on_trial_begin(self, trial) -> None:
         self._epochs[trial.trial_id] = 0
         self.progress.begin(f"trial {trial.trial_id}")
+
+    def on_resumed(self, trials: list, epochs_done: int, epoch_seconds: list[float]) -> None:
+        for trial in trials:
+            self._epochs[trial.trial_id] += epochs_done
+        self.progress.skip(epochs_done * len(trials))
 
     def on_epoch_end(self, trial, epoch: int, logs: dict) -> None:
         self._epochs[trial.trial_id] += 1

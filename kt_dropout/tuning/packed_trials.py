@@ -35,7 +35,7 @@ from kt_dropout.packing.model import load_member
 from kt_dropout.packing.trainer import Member, PackTrainer, plan_packs
 from kt_dropout.training import stops
 from kt_dropout.training.callbacks import check_finite
-from kt_dropout.training.checkpoints import Checkpointing, TrainingIncomplete
+from kt_dropout.training.checkpoints import Checkpointing, CheckpointState, TrainingIncomplete
 from kt_dropout.tuning import trial_checkpoints
 from kt_dropout.tuning.trial_checkpoints import SearchIncomplete
 
@@ -115,9 +115,12 @@ class PackedTrials:
         for trial in trials:
             self.tuner.on_trial_begin(trial)
             trial.metrics.update("pack_size", len(trials))
-        checkpointing = trial_checkpoints.checkpointing(self.tuner, trials, trial_checkpoints.PACK_CHECKPOINT, self.every)
+        checkpointing, state = trial_checkpoints.checkpointing(self.tuner, trials, trial_checkpoints.PACK_CHECKPOINT,
+                                                               self.every)
+        if state is not None:
+            self.tuner.on_trials_resumed(trials, state)
         try:
-            outcomes = self._train(members, data, recipe, epochs, trials, checkpointing)
+            outcomes = self._train(members, data, recipe, epochs, trials, checkpointing, state)
         except TrainingIncomplete as stopped:  # not a failure: Keras Tuner must neither end nor retry them
             raise SearchIncomplete(f"trials {ids} {stopped}") from None
         except Exception as error:  # the pack as a whole failed (e.g. out of memory): so did each of its trials
@@ -142,11 +145,11 @@ class PackedTrials:
         check_finite(outcome)
         return _as_history({key: outcome[key] for key in _HISTORY_KEYS})
 
-    def _train(self, members, data, recipe, epochs, trials, checkpointing: Checkpointing | None) -> list[dict]:
-        """Trains the pack, continuing its `checkpointing` checkpoint with the seeds it holds if there is one;
-        after every epoch, writes the weights of each member whose val_accuracy rose (for `load_model`)."""
-        state = None if checkpointing is None else trial_checkpoints.resumable_state(
-            checkpointing.path, [member.name for member in members])
+    def _train(self, members, data, recipe, epochs, trials, checkpointing: Checkpointing | None,
+               state: CheckpointState | None) -> list[dict]:
+        """Trains the pack, continuing its `checkpointing` checkpoint (`state`: its state) with the seeds it holds
+        if there is one; after every epoch, writes the weights of each member whose val_accuracy rose (for
+        `load_model`)."""
         if state is not None:  # a search without a seed drew them when the pack started
             members = [dataclasses.replace(member, seed=seed) for member, seed in zip(members, state.seeds)]
         trainer = PackTrainer(members, data, recipe)

@@ -6,14 +6,16 @@ the epoch checkpoints of every trainer (`training.checkpoints`: a "fit" run's an
 Tuner hands the trials that were running when a search was killed back to the next step, so a pack
 normally comes back whole; when its trials come back otherwise (another `trials_per_step`, packed rather
 than alone or the reverse, a distributed search's lost worker), a checkpoint of the old grouping cannot be
-continued exactly, and is deleted with a warning: those trials start over; so is one that cannot be read
-(damaged, of an older format: any `CheckpointError`).
+continued exactly, and is deleted with a warning: those trials start over. One that cannot be read (damaged,
+a folder, of an older format: any `CheckpointError`) is set aside instead (`checkpoints.set_aside`: renamed,
+never deleted) and its trials start over: a damaged checkpoint never fails a trial.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import warnings
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from kt_dropout.training.checkpoints import (
     CheckpointState,
     TrainingIncomplete,
     read_state,
+    set_aside,
 )
 
 TRIAL_CHECKPOINT = "checkpoint.npz"
@@ -55,7 +58,9 @@ class TrialCheckpoints:
         Raises:
             SearchIncomplete: a SIGTERM stopped the trial after saving its checkpoint.
         """
-        checkpointing = self._checkpointing(tuner, trial)
+        checkpointing, state = self._checkpointing(tuner, trial)
+        if state is not None:
+            tuner.on_trials_resumed([trial], state)
         if checkpointing is not None:
             kwargs.update(checkpointing=checkpointing, identity=_trial_identity(trial))
         try:
@@ -70,11 +75,11 @@ class TrialCheckpoints:
             checkpointing.path.unlink(missing_ok=True)
         return results
 
-    def _checkpointing(self, tuner, trial) -> Checkpointing | None:
-        """None for trials that cannot resume from a checkpoint (see `search`'s `checkpoint_every`), or when
-        checkpoints are off."""
+    def _checkpointing(self, tuner, trial) -> tuple[Checkpointing | None, CheckpointState | None]:
+        """`checkpointing`'s; (None, None) for trials that cannot resume from a checkpoint (see `search`'s
+        `checkpoint_every`)."""
         if isinstance(tuner, keras_tuner.Hyperband) or tuner.executions_per_trial != 1:
-            return None
+            return None, None
         return checkpointing(tuner, [trial], TRIAL_CHECKPOINT, self.every)
 
 
@@ -99,14 +104,14 @@ def trial_folder(tuner, trial_id: str) -> Path | None:
 
 def resumable_state(path: Path, names: list[str]) -> CheckpointState | None:
     """The state of the checkpoint at `path` (a `TRIAL_CHECKPOINT` or `PACK_CHECKPOINT`) if it is that of the
-    runs `names` (in that order), written by the trainer of its kind (`OWNERS`); else None, deleting (with a
-    warning) a checkpoint there that is unreadable, of an older format, or another grouping's."""
-    if not path.exists():
+    runs `names` (in that order), written by the trainer of its kind (`OWNERS`); else None, setting aside (with
+    a warning) one there that cannot be read or is of an older format, and deleting another grouping's."""
+    if not os.path.lexists(path):
         return None
     try:
         state = read_state(path)
     except CheckpointError as error:
-        _discard(path, str(error))
+        set_aside(path, error, "the trial starts over")
         return None
     if (state.owner, state.names) != (OWNERS[path.name], names):
         _discard(path, f"{path}: the checkpoint of {', '.join(state.names) or 'unnamed runs'} "
@@ -115,18 +120,19 @@ def resumable_state(path: Path, names: list[str]) -> CheckpointState | None:
     return state
 
 
-def checkpointing(tuner, trials: list, name: str, every: dict | None) -> Checkpointing | None:
+def checkpointing(tuner, trials: list, name: str, every: dict | None) -> tuple[Checkpointing | None,
+                                                                                 CheckpointState | None]:
     """Where `trials` keep their epoch checkpoint: `name` (`TRIAL_CHECKPOINT` for a trial trained alone,
-    `PACK_CHECKPOINT` for a pack, even of one) in the first trial's folder, saved `every` (`config.parse_every`'s);
-    None when `every` is None or the project is a URL. Deletes the trials' checkpoints of another grouping first,
-    and theirs at `name` unless they can continue it (`resumable_state`)."""
+    `PACK_CHECKPOINT` for a pack, even of one) in the first trial's folder, saved `every` (`config.parse_every`'s),
+    and the state of the checkpoint there that they continue (None: they start); (None, None) when `every` is
+    None or the project is a URL. Deletes the trials' checkpoints of another grouping first, and theirs at
+    `name` unless they can continue it (`resumable_state`)."""
     folders = [trial_folder(tuner, trial.trial_id) for trial in trials]
     if every is None or folders[0] is None:
-        return None
+        return None, None
     path = folders[0] / name
     discard_others(folders, keep=path)
-    resumable_state(path, [trial_name(trial) for trial in trials])
-    return Checkpointing(path, **every)
+    return Checkpointing(path, **every), resumable_state(path, [trial_name(trial) for trial in trials])
 
 
 def discard_others(folders, keep: Path) -> None:
@@ -134,11 +140,14 @@ def discard_others(folders, keep: Path) -> None:
     trials that is no more."""
     for folder in folders:
         for path in (folder / TRIAL_CHECKPOINT, folder / PACK_CHECKPOINT):
-            if path != keep and path.exists():
+            if path != keep and os.path.lexists(path):
                 _discard(path, f"{path}: written when its trial trained in another grouping")
 
 
 def _discard(path: Path, why: str) -> None:
+    if not path.is_file():  # a folder, say: nothing a search wrote, so not the search's to delete
+        set_aside(path, CheckpointError(f"{path}: not a checkpoint file"), "the trial starts over")
+        return
     warnings.warn(f"{why}; it cannot be continued exactly: deleted, the trial starts over", RuntimeWarning,
                   stacklevel=3)
     path.unlink(missing_ok=True)

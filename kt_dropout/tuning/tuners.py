@@ -65,6 +65,12 @@ class HookedTuner:
             hook.on_epoch_end(trial, epoch, logs or {})
         super().on_epoch_end(trial, model, epoch, logs)
 
+    def on_trials_resumed(self, trials: list, state) -> None:
+        """After `on_trial_begin`, when `trials` (one trained alone, or a pack's) continue the checkpoint whose
+        `checkpoints.CheckpointState` is `state`."""
+        for hook in self.hooks:
+            hook.on_resumed(trials, state.epochs_done, state.epoch_seconds)
+
     def on_pack_epoch_end(self, trials: list, epoch: int, logs: dict) -> None:
         """`PackedTrials`' hook after every epoch (1-based) of a pack, with the trials still training and their
         metrics, one value each per name: the packed trials' counterpart of `on_epoch_end`."""

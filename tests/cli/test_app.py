@@ -11,6 +11,7 @@ from kt_dropout import errors
 from kt_dropout.cli.app import COMMANDS, build_parser, main
 from kt_dropout.cli.command import Command
 from kt_dropout.cli.parser import Parser
+from kt_dropout.training import stops
 
 ENV = {**os.environ, "KERAS_BACKEND": "jax"}
 
@@ -32,10 +33,11 @@ NEEDS_BACKEND = {"experiments": False, "train": True, "search": True, "reproduce
 
 @pytest.fixture(autouse=True)
 def keeps_sigint():
-    """`main` installs its Ctrl-C handler (`stops.enable`); the test session keeps its own."""
-    handler = signal.getsignal(signal.SIGINT)
+    """`main` installs its Ctrl-C and SIGTERM handlers (`stops.enable`); the test session keeps its own."""
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     yield
-    signal.signal(signal.SIGINT, handler)
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
 
 
 def test_the_commands_are_those_of_the_cli():
@@ -113,6 +115,41 @@ def test_any_other_exception_is_a_bug_shown_with_its_traceback_and_exit_status_1
 def test_ctrl_c_in_a_command_says_what_it_leaves_and_exits_130(capsys):
     assert main(["raising"], commands=[Raising(KeyboardInterrupt())]) == 130
     assert capsys.readouterr().err == "kt-dropout raising: interrupted; what stays\n"
+
+
+def test_a_sigterm_outside_training_says_what_it_leaves_and_exits_75(capsys):
+    assert main(["raising"], commands=[Raising(stops.Terminated())]) == 75
+    assert capsys.readouterr().err == ("kt-dropout raising: terminated (SIGTERM): stopped at once, outside training; "
+                                       "what was stored stays stored: rerun the same command to continue\n")
+
+
+SIGTERMED = """
+import os, signal, sys
+from kt_dropout.training import stops
+stops.enable()
+if sys.argv[1] == "training":
+    with stops.training():
+        os.kill(os.getpid(), signal.SIGTERM)
+    print(stops.requested(), flush=True)
+    os.kill(os.getpid(), signal.SIGTERM)  # a second one: the default action, at once
+try:
+    os.kill(os.getpid(), signal.SIGTERM)
+    print("not raised")
+except stops.Terminated:
+    stops.raise_if_interrupted()  # a SIGTERM that Keras swallowed (a bare except:) is raised again
+"""
+
+
+def test_a_sigterm_while_training_is_a_request_and_anywhere_else_raises_terminated_at_once(tmp_path):
+    """Training: a request, for the trainer to stop at its next epoch boundary; then SIGTERM's default action.
+    Elsewhere (loading data, building a model): `Terminated` where it lands, which `main` turns into exit 75."""
+    def run(where):
+        return subprocess.run([sys.executable, "-c", SIGTERMED, where], capture_output=True, text=True, timeout=60)
+
+    training, elsewhere = run("training"), run("elsewhere")
+    assert (training.returncode, training.stdout) == (-signal.SIGTERM, "terminated (SIGTERM)\n"), training.stderr
+    assert elsewhere.returncode == 1 and elsewhere.stdout == "" and elsewhere.stderr.splitlines()[-1] == (
+        "kt_dropout.training.stops.Terminated"), elsewhere.stderr
 
 
 def test_a_bug_in_a_real_command_shows_its_traceback_and_how_to_report_it(tmp_path):

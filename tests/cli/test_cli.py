@@ -197,6 +197,39 @@ def test_train_writes_a_record_and_refuses_to_overwrite_it(tmp_path):
     assert output.read_bytes() == before
 
 
+@pytest.mark.slow
+def test_train_sets_a_damaged_checkpoint_aside_trains_from_scratch_and_writes_files_by_the_umask(tmp_path):
+    """A folder where `train -o run.json`'s checkpoint should be, then an empty checkpoint (what a crash or a
+    full disk leaves): each renamed aside (never deleted) with one warning naming it, and the run trains from
+    scratch. Under umask 002 (a store a group shares) the checkpoint and the record are group-writable files."""
+    args = ["train", *TINY, "--epochs", "2", "--output", "run.json"]
+    checkpoint = tmp_path / "run.json.checkpoint.npz"
+    checkpoint.mkdir()
+    (checkpoint / "mine").write_text("kept")
+
+    def train(*flags):
+        return subprocess.run([sys.executable, "-m", "kt_dropout.cli", *args, *flags], cwd=tmp_path, env=ENV,
+                              umask=0o002, capture_output=True, text=True, timeout=300)
+
+    stopped = train("--time-budget", "1s")
+    assert stopped.returncode == 75, stopped.stderr
+    warnings = [line for line in stopped.stderr.splitlines() if "warning" in line]
+    assert warnings == ["kt-dropout train: warning: run.json.checkpoint.npz: is a folder where a checkpoint should "
+                        "be; set aside as run.json.checkpoint.npz.damaged, training from scratch"], stopped.stderr
+    assert (tmp_path / "run.json.checkpoint.npz.damaged" / "mine").read_text() == "kept"
+    assert checkpoints.read_state(checkpoint).epochs_done == 1 and checkpoint.stat().st_mode & 0o777 == 0o664
+    checkpoint.write_bytes(b"")
+    finished = train()
+    assert finished.returncode == 0, finished.stderr
+    assert ("kt-dropout train: warning: run.json.checkpoint.npz: not a readable checkpoint (empty); set aside as "
+            "run.json.checkpoint.npz.damaged.2, training from scratch") in finished.stderr.splitlines()
+    assert [line.split(" ")[1] for line in finished.stderr.splitlines() if line.startswith("epoch ")] == ["1/2", "2/2"]
+    assert sorted(os.listdir(tmp_path)) == ["run.json", "run.json.checkpoint.npz.damaged",
+                                            "run.json.checkpoint.npz.damaged.2"]
+    assert (tmp_path / "run.json.checkpoint.npz.damaged.2").read_bytes() == b""
+    assert (tmp_path / "run.json").stat().st_mode & 0o777 == 0o664
+
+
 @pytest.mark.parametrize("args, fragments", [
     (["--dropout-conv", "0.5", "1.2", "0"], ["dropout_conv[1]"]),
     (["--data", "/nonexistent"], ["/nonexistent"]),
@@ -550,6 +583,16 @@ def test_sigterm_stops_train_at_an_epoch_boundary_and_the_rerun_ends_as_an_unint
     assert sorted(os.listdir(tmp_path)) == ["run.json", "straight.json"]
 
 
+@pytest.mark.slow
+def test_sigterm_while_the_model_is_built_exits_75_too(tmp_path):
+    """Sent as soon as the banner is out (the data is loaded; the model is being built and compiled): not
+    SIGTERM's default action (143) but exit 75, as at an epoch boundary, leaving nothing but a checkpoint."""
+    args = ["train", *TINY, "--epochs", "40", "--checkpoint-every", "1000", "--output", "run.json"]
+    stopped, _ = _signal_after(args, "  plan", signal.SIGTERM, tmp_path)
+    assert stopped.returncode == 75, stopped.stderr
+    assert "Traceback" not in stopped.stderr and set(os.listdir(tmp_path)) <= {"run.json.checkpoint.npz"}
+
+
 def test_reproduce_rejects_unknown_experiments_and_conflicting_packing(tmp_path):
     assert_usage_error(run_cli("reproduce", "nosuch", cwd=tmp_path), "reproduce", "nosuch", "batchnorm")
     assert_usage_error(
@@ -598,6 +641,19 @@ def test_reproduce_checks_its_report_folder_before_training(tmp_path):
     assert_usage_error(result, "reproduce", "cannot write to results/report-smoke", "is not a folder")
     assert len(result.stderr.strip().splitlines()) == 1  # no training, no progress lines
     assert os.listdir(tmp_path / "results") == ["report-smoke"]
+
+
+@pytest.mark.skipif(not os.path.isdir("/sys/fs"), reason="needs Linux's sysfs: a folder that even root cannot write in")
+def test_reproduce_checks_its_checkpoints_folder_before_training(tmp_path):
+    """Not at the first checkpoint's save, 10 minutes into training by default. The checkpoints folder is a
+    link to /sys/fs, which nobody can write in (a read-only folder would not stop root)."""
+    ResultStore(tmp_path / "results" / "store")
+    (tmp_path / "results" / "store" / CHECKPOINTS_FOLDER).symlink_to("/sys/fs")
+    result = run_cli("reproduce", "batchnorm", *SMOKE, "--results", "results", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.splitlines()[-1] == ("kt-dropout reproduce: error: cannot write to results/store/checkpoints: "
+                                              "Permission denied")
+    assert ": training" not in result.stderr and not list((tmp_path / "results" / "store").glob("*.json"))[1:]
 
 
 @pytest.mark.parametrize("command, path", [

@@ -1,4 +1,6 @@
 import dataclasses
+import errno
+import fcntl
 import json
 import os
 import re
@@ -112,6 +114,24 @@ def test_write_failure_leaves_the_old_file_and_no_temp_file(tmp_path, monkeypatc
         store.put(record(seed=1))
     assert store.get(key).status == "failed"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["store.json", f"{key}.json"])
+
+
+def test_a_store_that_cannot_be_locked_says_so_naming_the_file_and_still_stores(tmp_path, monkeypatch):
+    """A filesystem without flock (ENOLCK: some NFS and FUSE mounts; not one this test can mount, hence the
+    injected error): one warning naming the manifest, not silence, and the run is stored all the same."""
+    store = ResultStore(tmp_path)
+    key = store.put(record(status="failed"))
+
+    def no_locks(*args):
+        raise OSError(errno.ENOLCK, os.strerror(errno.ENOLCK))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(UserWarning) as warned:
+        store.put(record())
+    assert [str(w.message) for w in warned] == [
+        f"{tmp_path / 'store.json'}: cannot be locked (No locks available); a failed run is replaced without a "
+        "lock, so two processes replacing it at once may both write it"]
+    assert store.get(key).status == "ok"
 
 
 def test_a_failed_run_is_replaced_by_a_successful_one_never_the_reverse(tmp_path):

@@ -84,11 +84,12 @@ def test_stopped_and_killed_reproduce_resumes_from_its_checkpoints(tmp_path):
     finished = _runs(tmp_path)
     mtimes = _mtimes(tmp_path, finished)
 
-    damaged = tmp_path / "results" / "store" / "checkpoints" / f"{'0' * 20}.npz"
+    damaged = tmp_path / "results" / "store" / "checkpoints" / f"{'0' * 20}.npz"  # no pack's: maybe another version's
     damaged.write_bytes(b"not a checkpoint")
     again = _reproduce(tmp_path)
     assert again.returncode == 0, again.stderr
-    assert f"kt-dropout reproduce: warning: {damaged.relative_to(tmp_path)}: not a readable checkpoint" in again.stderr
+    assert (f"kt-dropout reproduce: warning: {damaged.relative_to(tmp_path)}: not a readable checkpoint (garbage: not "
+            "an .npz archive); left in place\n") in again.stderr
     assert not set(_trained(again.stderr)) & {f"{r.name}/seed0, {r.name}/seed1" for r in finished.values()}
     after, expected = _runs(tmp_path), _runs(reference)
     assert set(after) == set(expected) and len(after) == 4
@@ -96,15 +97,16 @@ def test_stopped_and_killed_reproduce_resumes_from_its_checkpoints(tmp_path):
         assert (record.status, record.history, record.best_epoch) == (
             expected[name].status, expected[name].history, expected[name].best_epoch), name
     assert _mtimes(tmp_path, finished) == mtimes  # finished runs were neither retrained nor rewritten
-    assert not any((tmp_path / "results" / "store" / "checkpoints").iterdir())  # deleted once stored, temp files too
+    assert os.listdir(damaged.parent) == [damaged.name]  # the others deleted once stored, temp files too
     assert (tmp_path / "results" / "report-smoke" / "report.md").is_file()
 
 
 @pytest.mark.slow
 def test_a_checkpoint_of_other_runs_is_replaced_with_a_warning_when_runs_train_alone_as_in_packs(tmp_path):
     """With `--pack-size 1` each run trains alone (`keras.Model.fit`); a checkpoint at its place that is not its
-    own (here one naming another run) is named in one warning, as a pack's is, and the run trains from scratch:
-    the study goes on instead of stopping at the first such file."""
+    own (here one naming another run) is set aside (renamed, never deleted) with one warning naming it, as a
+    pack's is, and the run trains from scratch, not announced as continuing it: the study goes on instead of
+    stopping at the first such file. An empty checkpoint file of no run of the study is named and left alone."""
     alone = ("--pack-size", "1", "--seeds", "1")  # one seed: two runs are enough to see the study go on
     stopped = _reproduce(tmp_path, *alone, "--time-budget", "1s")
     assert stopped.returncode == BUDGET_SPENT, stopped.stderr
@@ -114,12 +116,19 @@ def test_a_checkpoint_of_other_runs_is_replaced_with_a_warning_when_runs_train_a
     with np.load(path) as entries:
         arrays = {name: entries[name] for name in entries.files if name != checkpoints.STATE_ENTRY}
     checkpoints.save(path, arrays, dataclasses.replace(state, run_keys=["f" * 20]))
+    other = path.with_name(f"{'e' * 20}.npz")
+    other.write_bytes(b"")
 
     again = _reproduce(tmp_path, *alone)
     assert again.returncode == 0, again.stderr
     warning = (f"kt-dropout reproduce: warning: {path.relative_to(tmp_path)}: the checkpoint of other runs (bn, 3 "
-               "epochs) than these (3 epochs); training its runs from scratch\n")
+               f"epochs) than these (3 epochs); set aside as {path.name}.damaged, training its runs from scratch\n")
     assert again.stderr.count(warning) == 1, again.stderr
+    assert (f"kt-dropout reproduce: warning: {other.relative_to(tmp_path)}: not a readable checkpoint (empty); left "
+            "in place\n") in again.stderr
+    assert _trained(again.stderr) == {"bn/seed0": "", "vanilla/seed0": ""}  # from scratch, and said so
     runs = _runs(tmp_path).values()
     assert sorted(f"{r.name}/seed{r.key.seed}" for r in runs) == ["bn/seed0", "vanilla/seed0"]
-    assert all(r.status == "ok" and len(r.history["loss"]) == 3 for r in runs) and not any(path.parent.iterdir())
+    assert all(r.status == "ok" and len(r.history["loss"]) == 3 for r in runs)
+    assert sorted(os.listdir(path.parent)) == sorted([other.name, f"{path.name}.damaged"])
+    assert checkpoints.read_state(path.with_name(f"{path.name}.damaged")).run_keys == ["f" * 20]

@@ -24,7 +24,8 @@ ONE_TRIAL = [*FLAGS, "--max-trials", "2", "--space", "dropout_dense=0.0,0.3"]
 PACKED = [*FLAGS, "--max-trials", "2", "--trials-per-step", "2", "--space", "dropout_dense=0.0,0.3,0.5"]
 # Resumes the killed search in `killed`, then searches the same uninterrupted in `straight` (argv: the flags
 # as JSON, then the two folders); prints each trial's row, a digest of its best epoch's weights and, for a
-# packed trial, its whole history.
+# packed trial, its whole history; then, per folder, the epoch (0-based) that each trial or pack trained first
+# in this process: where it continued its checkpoint.
 RESUME = """
 import hashlib, json, sys
 import numpy as np
@@ -36,7 +37,9 @@ from kt_dropout.packing.trainer import PackTrainer
 from kt_dropout.tuning import packed_trials
 from kt_dropout.tuning.search import search
 
-histories = {}
+from kt_dropout.training import resumable
+
+histories, firsts = {}, []
 
 class Recording(PackTrainer):
     def train(self, *args, **kwargs):
@@ -44,7 +47,18 @@ class Recording(PackTrainer):
         histories.update({member.name: history for member, history in zip(self.members, self.histories)})
         return seconds
 
-packed_trials.PackTrainer = Recording
+    def train_epoch(self):
+        if not getattr(self, "started", False):
+            self.started = True
+            firsts.append(self.epoch)
+        return super().train_epoch()
+
+class Starting(resumable.EpochOrder):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        firsts.append(self.epoch)
+
+packed_trials.PackTrainer, resumable.EpochOrder = Recording, Starting
 flags = json.loads(sys.argv[1])
 for directory in sys.argv[2:]:
     args = build_parser().parse_args(["search", *flags, "--directory", directory])
@@ -56,6 +70,8 @@ for directory in sys.argv[2:]:
         weights = b"".join(np.ascontiguousarray(w).tobytes() for w in model.get_weights())
         print("RESULT " + json.dumps({**row, "weights": hashlib.sha256(weights).hexdigest(),
                                       "history": histories.get("trial_" + row["trial_id"])}))
+    print("FIRSTS " + json.dumps(firsts))
+    firsts.clear()
 """
 
 
@@ -79,10 +95,11 @@ def test_a_killed_trial_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted
     assert [json.loads((project / f"trial_{i}" / "trial.json").read_text())["status"] for i in (0, 1)] == [
         "COMPLETED", "RUNNING"]
     finished = (project / "trial_0" / "trial.json").stat().st_mtime_ns
-    (first, resumed), (first_straight, straight) = _resume_and_search_straight(tmp_path, env, ONE_TRIAL)
+    ((first, resumed), (first_straight, straight)), firsts = _resume_and_search_straight(tmp_path, env, ONE_TRIAL)
     assert (project / "trial_0" / "trial.json").stat().st_mtime_ns == finished
     assert first["status"] == resumed["status"] == straight["status"] == "COMPLETED"
-    assert resumed["epochs"] == EPOCHS - done and straight["epochs"] == EPOCHS  # continued, not started over
+    assert firsts == [[done], [0, 0]]  # continued, not started over: trial_1 alone, from its checkpoint
+    assert resumed["epochs"] == straight["epochs"] == EPOCHS  # the whole trial's, not this process's alone
     for field in ("val_accuracy", "best_epoch", "weights", "dropout_dense"):
         assert first[field] == first_straight[field], field
         assert resumed[field] == straight[field], field
@@ -93,16 +110,40 @@ def test_a_killed_trial_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted
 def test_a_killed_pack_of_trials_resumes_from_its_checkpoint_and_ends_as_an_uninterrupted_one(tmp_path, env):
     checkpoint = tmp_path / "killed" / "p" / "trial_0" / "pack_checkpoint.npz"
     done, _ = _stop(tmp_path, env, PACKED, checkpoint, signal.SIGKILL, after=2)
-    resumed, straight = _resume_and_search_straight(tmp_path, env, PACKED)
+    (resumed, straight), firsts = _resume_and_search_straight(tmp_path, env, PACKED)
     assert len(resumed) == len(straight) == 2
+    assert firsts == [[done], [0]]  # continued, not started over
     for again, through in zip(resumed, straight):
         assert again["status"] == through["status"] == "COMPLETED"
         assert again["pack_size"] == through["pack_size"] == 2
-        assert again["epochs"] == EPOCHS - done and through["epochs"] == EPOCHS  # continued, not started over
+        assert again["epochs"] == through["epochs"] == EPOCHS  # the whole trial's, not this process's alone
         assert len(again["history"]["loss"]) == EPOCHS
         for field in ("history", "val_accuracy", "best_epoch", "weights", "dropout_dense", "dropout_conv_1"):
             assert again[field] == through[field], field
     assert not list((tmp_path / "killed").rglob("*checkpoint.npz"))  # deleted once the trials ended
+
+
+@pytest.mark.slow
+def test_a_damaged_trial_checkpoint_is_set_aside_and_its_trial_restarts_instead_of_failing(tmp_path, env):
+    """A trial stopped by a SIGTERM, whose checkpoint is then cut short (what a full disk leaves): the rerun
+    names it in one warning, renames it aside, and trains the trial from scratch to the end (not FAILED, which
+    would end every later rerun with "all 1 trials failed")."""
+    flags = [*FLAGS, "--max-trials", "1", "--space", "dropout_dense=0.3"]
+    checkpoint = tmp_path / "killed" / "p" / "trial_0" / "checkpoint.npz"
+    _, status = _stop(tmp_path, env, flags, checkpoint, signal.SIGTERM, after=1)
+    assert status == 75, (tmp_path / "killed.log").read_text()
+    checkpoint.write_bytes(checkpoint.read_bytes()[:100])
+    again = subprocess.run([sys.executable, "-m", "kt_dropout.cli", "search", *flags, "--directory", "killed"],
+                           cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    warning = ("kt-dropout search: warning: killed/p/trial_0/checkpoint.npz: not a readable checkpoint (cut short: "
+               "not a whole zip archive); set aside as checkpoint.npz.damaged, the trial starts over")
+    assert [line for line in again.stderr.splitlines() if "warning" in line] == [warning], again.stderr
+    trial = json.loads((checkpoint.parent / "trial.json").read_text())
+    assert trial["status"] == "COMPLETED" and trial["metrics"]["metrics"]["epochs"]["observations"][0]["value"] == [
+        EPOCHS]
+    assert sorted(os.listdir(checkpoint.parent)).count("checkpoint.npz.damaged") == 1
+    assert not checkpoint.exists()
 
 
 def _stop(tmp_path, env, flags, checkpoint, sent: signal.Signals, after: int) -> tuple[int, int]:
@@ -121,13 +162,15 @@ def _stop(tmp_path, env, flags, checkpoint, sent: signal.Signals, after: int) ->
     return done, status
 
 
-def _resume_and_search_straight(tmp_path, env, flags) -> tuple[list[dict], list[dict]]:
-    """The trials of the killed search once resumed, and those of the same search uninterrupted."""
+def _resume_and_search_straight(tmp_path, env, flags) -> tuple[tuple[list[dict], list[dict]], list[list[int]]]:
+    """The trials of the killed search once resumed, and those of the same search uninterrupted; and in each,
+    the first epoch that each trial (or pack) trained in that process."""
     result = subprocess.run([sys.executable, "-c", RESUME, json.dumps(flags), "killed", "straight"], cwd=tmp_path,
                             env=env, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line[7:]) for line in result.stdout.splitlines() if line.startswith("RESULT ")]
-    return rows[:len(rows) // 2], rows[len(rows) // 2:]
+    firsts = [json.loads(line[7:]) for line in result.stdout.splitlines() if line.startswith("FIRSTS ")]
+    return (rows[:len(rows) // 2], rows[len(rows) // 2:]), firsts
 
 
 def _epochs_done(checkpoint) -> int:

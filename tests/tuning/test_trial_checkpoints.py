@@ -29,10 +29,16 @@ def test_a_pack_continues_only_its_own_grouping_of_trials(tmp_path):
                                             r"\(pack\).*starts over"):
         assert resumable_state(path, ["trial_0", "trial_2"]) is None
     assert not path.exists()
-    path.write_bytes(b"damaged")
-    with pytest.warns(RuntimeWarning, match="not a readable checkpoint"):
+    path.write_bytes(b"")  # what a crash or a full disk leaves: set aside, never deleted
+    with pytest.warns(RuntimeWarning, match=r"not a readable checkpoint \(empty\); set aside as "
+                                            r"pack_checkpoint\.npz\.damaged, the trial starts over$"):
         assert resumable_state(path, ["trial_0"]) is None
-    assert not path.exists()
+    assert not path.exists() and path.with_name(f"{PACK_CHECKPOINT}.damaged").read_bytes() == b""
+    path.mkdir()
+    with pytest.warns(RuntimeWarning, match=r"is a folder where a checkpoint should be; set aside as "
+                                            r"pack_checkpoint\.npz\.damaged\.2"):
+        assert resumable_state(path, ["trial_0"]) is None
+    assert not path.exists() and path.with_name(f"{PACK_CHECKPOINT}.damaged.2").is_dir()
 
 
 def test_checkpoints_of_another_grouping_are_deleted_and_the_kept_one_stays(tmp_path):
@@ -43,6 +49,10 @@ def test_checkpoints_of_another_grouping_are_deleted_and_the_kept_one_stays(tmp_
     with pytest.warns(RuntimeWarning, match="another grouping"):
         discard_others([first, second], keep=keep)
     assert keep.exists() and not alone.exists() and not old_pack.exists()
+    alone.mkdir()  # not a file a search wrote: set aside, not deleted (nor a crash)
+    with pytest.warns(RuntimeWarning, match=r"checkpoint\.npz: not a checkpoint file; set aside as checkpoint\.npz\.damaged"):
+        discard_others([first, second], keep=keep)
+    assert keep.exists() and not alone.exists() and (first / f"{TRIAL_CHECKPOINT}.damaged").is_dir()
 
 
 def test_a_trial_continues_only_the_checkpoint_of_its_kind_of_trainer(tmp_path):
