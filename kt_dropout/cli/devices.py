@@ -167,7 +167,12 @@ def _stop(children: list[subprocess.Popen]) -> None:
 
 def worst(statuses: list[int]) -> int:
     """The most severe exit status: any not in `RESULT_STATUSES` (usage error, interruption, crash), then 75, 3,
-    1, 0."""
+    1, 0 -- but a 75 counts only when no child decided the claims (0, 1 or 3): a child that did so found every
+    run of the study stored, so whatever another left to it (a budget spent, runs it saw held) was done."""
+    decided = any(status in RESULT_STATUSES and status != EXIT_INCOMPLETE for status in statuses)
+    if decided:
+        statuses = [status for status in statuses if status != EXIT_INCOMPLETE]
+
     def severity(status: int) -> tuple:
         known = status in RESULT_STATUSES
         return (not known, RESULT_STATUSES.index(status) if known else status)

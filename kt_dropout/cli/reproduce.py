@@ -33,7 +33,8 @@ REPRODUCE_EXIT_CODES = (
     f"{EXIT_FAILED} a run failed, or a claim the profile decides is insufficient; "
     f"{EXIT_CONTRADICTED} a claim the profile decides is contradicted (before {EXIT_FAILED}); 2 a usage error; "
     f"{budget.EXIT_INCOMPLETE} the time budget was spent, or a SIGTERM came, before the study was trained "
-    "(checkpointed: rerun to continue)"
+    "(checkpointed: rerun to continue), or other processes still hold runs of it when this one has nothing else "
+    "to train (rerun once they end)"
 )
 
 
@@ -122,7 +123,7 @@ def _reproduce(args) -> int:
     """Trains what the experiments need (reusing stored runs), decides their claims, writes the report."""
     from kt_dropout.storage.atomic import check_writable_folder
     from kt_dropout.study.report import write_report
-    from kt_dropout.study.runner import AcceleratorRequired, StudyIncomplete, open_study
+    from kt_dropout.study.runner import AcceleratorRequired, RunsHeld, StudyIncomplete, open_study
     from kt_dropout.study.settings import StudySettings
     from kt_dropout.study.verdicts import decide_all
     from kt_dropout.training.progress import format_seconds
@@ -147,6 +148,13 @@ def _reproduce(args) -> int:
     study.announce(f"{PROG} reproduce: {', '.join(experiments)}")
     try:
         records = [run for runs in study.runs(settings.configs()).values() for run in runs]  # trains only what is missing
+    except RunsHeld:
+        print("nothing else to train here: other processes hold the rest of the study (named above)")
+        for line in study.remaining():
+            print(f"  {line}")
+        print("rerun the same command once they end: it trains what they leave, or decides the claims and "
+              "writes the report")
+        return budget.EXIT_INCOMPLETE
     except StudyIncomplete:
         why = stops.requested() or f"time budget spent ({format_seconds(args.time_budget)})"
         print(f"{why}: stopped at an epoch boundary, checkpoint saved")

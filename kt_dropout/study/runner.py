@@ -24,11 +24,11 @@ from typing import Iterable
 import keras
 
 from kt_dropout.errors import KtDropoutError
-from kt_dropout.packing.trainer import Member, plan_packs, train_pack
+from kt_dropout.packing.trainer import Member, train_pack
 from kt_dropout.storage.atomic import check_writable_folder
 from kt_dropout.study.experiments import EXPERIMENTS, claim_priority
 from kt_dropout.study.leases import Claims, claimed_packs, held_line
-from kt_dropout.study.plans import write_plan
+from kt_dropout.study.plans import settle_plan
 from kt_dropout.study.profiles import Profile
 from kt_dropout.study.results import (
     CHECKPOINTS_FOLDER,
@@ -78,6 +78,7 @@ class Study:
     ):
         self.settings, self.data, self.fingerprint, self.store = settings, data, data_fingerprint, store
         self.data_source = data_source
+        self.plan = settings.plan(data_fingerprint, data_source)  # the store's, once `settle_plan` read it
         self._attempted: set[str] = set()  # keys trained in this session: a failed run is not retried in it
         conv = settings.profile.conv_implementation(keras.backend.backend())
         self.pack_options = {"conv_implementation": conv, **pack_options}
@@ -99,17 +100,23 @@ class Study:
         """`members` that are in this study's shard (all of them without one)."""
         if self.settings.shard is None:
             return members
-        mine = set(share(self._plan(self.settings.members()), self.settings.shard))
+        by_key = {self._key(m): m for m in self.settings.members()}
+        packs = [[by_key[key] for key in pack] for pack in self.plan.packs]
+        mine = set(share(packs, self.settings.shard))
         return [m for m in members if m in mine]
 
     def _plan(self, members: list[Member]) -> list[list[Member]]:
-        return plan_packs(members, self.settings.pack_size) if self.settings.packed else [[m] for m in members]
+        return self.settings.packs(members)
+
+    def settle_plan(self) -> None:
+        """Follows the study's plan that the store keeps, or writes this one there (`plans.settle_plan`): every
+        shard takes its share of the same packs. Raises `plans.PlanMismatch` naming what differs."""
+        self.plan = settle_plan(self.store.root, self.plan, unfinished=lambda plan: any(
+            self.store.get(run.key, ok_only=True) is None for run in plan.runs))
 
     def announce(self, title: str) -> None:
-        """Prints the banner: backend, devices, precision, data, profile and what is left to train; writes the
-        study's plan into the store, for `kt-dropout status`."""
+        """Prints the banner: backend, devices, precision, data, profile and what is left to train."""
         settings, shard = self.settings, self.settings.shard
-        write_plan(self.store.root, settings.plan(self.fingerprint, self.data_source))
         missing = len(self.to_train())
         print_banner(
             title, self.progress, precision=settings.recipe.precision, data=data_line(self.data_source, self.data),
@@ -156,7 +163,7 @@ class Study:
     def _train(self, missing: list[Member]) -> None:
         """Trains the packs of `missing` that this process claims (`leases`), storing each pack's runs as it ends;
         packs a checkpoint holds come first, as they were. Runs that other processes store or hold meanwhile are
-        left to them, and named at the end."""
+        left to them; those still held at the end are named, and raise `RunsHeld`."""
         if self._stopped:
             self._attempted.difference_update(self._key(m) for m in missing)
             raise StudyIncomplete(self.model_epochs())
@@ -198,6 +205,8 @@ class Study:
             held = held_line(claims, left, self._key)
             if held:
                 progress.line(held)
+        if held:
+            raise RunsHeld(held, self.model_epochs())
 
     def _train_pack(self, pack: list[Member], label: str, progress: Progress) -> None:
         """Trains one pack (or run) from its checkpoint if it has one, stores its runs, deletes the checkpoint."""
@@ -330,6 +339,15 @@ class StudyIncomplete(Exception):
         super().__init__(incomplete(self.done, self.total))
 
 
+class RunsHeld(StudyIncomplete):
+    """This process has nothing left to train, but other live processes still hold runs of the study (`held`
+    names them and their holders): the study is not complete yet, rerunning later finishes or reports it."""
+
+    def __init__(self, held: str, model_epochs: tuple[int, int]):
+        super().__init__(model_epochs)
+        self.held = held
+
+
 def incomplete(done: int, total: int) -> str:
     """What a study (or an experiment of it) stopped by its time budget says, e.g. in the suite's skips."""
     return f"incomplete: {done} of {total} model-epochs done, rerun to continue"
@@ -385,7 +403,9 @@ def open_study(settings: StudySettings, *, progress=STDERR) -> Study:
     fingerprint differs. Without a GPU or TPU, a profile other than smoke raises
     `AcceleratorRequired` unless `settings.allow_cpu`: before the data is loaded,
     counting the runs the store holds on any data, and again after, counting
-    those it holds on this data. `progress`: see `Study`.
+    those it holds on this data. The study then follows the plan its store keeps, or writes it there
+    (`Study.settle_plan`: `plans.PlanMismatch` when this process's planning settings differ from it).
+    `progress`: see `Study`.
     """
     from kt_dropout.data.cifar10 import (
         cifar10_source,
@@ -406,6 +426,7 @@ def open_study(settings: StudySettings, *, progress=STDERR) -> Study:
     subset = describe_subset(whole, data)
     study = Study(settings, data, data_fingerprint(data), store, progress=progress,
                   data_source=f"{source} ({subset})" if subset else source)
+    study.settle_plan()
     if not settings.allow_cpu:
         check_accelerator(profile, len(study.to_train()) * settings.epochs, len(data[0][0]))
     return study

@@ -26,7 +26,7 @@ from kt_dropout.config import (
     parse_every,
 )
 from kt_dropout.errors import ConfigError
-from kt_dropout.packing.trainer import Member
+from kt_dropout.packing.trainer import Member, plan_packs
 from kt_dropout.study.experiments import CONFIGS, EXPERIMENTS, resolve_experiments
 from kt_dropout.study.plans import Plan, PlannedRun
 from kt_dropout.study.profiles import DEFAULT_PACK_SIZE, Profile, get_profile
@@ -151,14 +151,23 @@ class StudySettings:
         """The key a member's run of this study is stored under, on this backend and the data it names."""
         return run_key(member.config, self.recipe, member.seed, self.epochs, data_fingerprint)
 
+    def packs(self, members: list[Member]) -> list[list[Member]]:
+        """`members` in the packs they train in (`packing.plan_packs`), or one by one when not `packed`."""
+        return plan_packs(members, self.pack_size) if self.packed else [[m] for m in members]
+
     def plan(self, data_fingerprint: str, data_source: str) -> Plan:
         """The plan of this study on the data `data_fingerprint` names, on this process's Keras backend: every
-        (configuration, seed) of its experiments with its run key."""
-        runs = tuple(PlannedRun(m.name, m.seed, self.run_key(m, data_fingerprint).digest()) for m in self.members())
+        (configuration, seed) of its experiments with its run key, and the packs of all of them."""
+        def key(member: Member) -> str:
+            return self.run_key(member, data_fingerprint).digest()
+
+        members = self.members()
         return Plan(
             profile=self.profile.name, experiments=self.experiments, seeds=tuple(range(self.seeds)),
             epochs=self.epochs, recipe=self.recipe, backend=keras.backend.backend(), data=data_fingerprint,
-            data_source=data_source, runs=runs,
+            data_source=data_source, runs=tuple(PlannedRun(m.name, m.seed, key(m)) for m in members),
+            pack_size=self.pack_size, packs=tuple(tuple(map(key, pack)) for pack in self.packs(members)),
+            shards=None if self.shard is None else self.shard[1],
         )
 
 

@@ -8,7 +8,8 @@ from any machine that sees the store, while other processes train into it.
 `store_status` returns one JSON document (what `--json` prints):
 
 - `store`: the store folder.
-- `studies`: one per plan: `id`, `profile`, `seeds`, `epochs`, `backend`, `recipe`, `data`, `data_source`;
+- `studies`: one per readable plan (a plan file that cannot be read is skipped with one warning naming it):
+  `id`, `profile`, `seeds`, `epochs`, `backend`, `recipe` (its `epochs` the study's), `data`, `data_source`;
   `experiments`: [{`name`, `configurations`: [{`name`, `done`: [seed], `partial`: [{`seed`, `epochs_done`}],
   `training`: [{`seed`, `epochs_done`, `holder`: {host, pid, command, since, ...}}], `failed`: [{`seed`,
   `error`}], `missing`: [seed]}]}] (every seed in exactly one list; a run being trained is in `training` whatever
@@ -38,7 +39,7 @@ from tabulate import tabulate
 from kt_dropout.storage.locks import Lock, holder_line
 from kt_dropout.study.experiments import CLAIMS, EXPERIMENTS
 from kt_dropout.study.leases import LEASE_SECONDS
-from kt_dropout.study.plans import Plan, read_plans
+from kt_dropout.study.plans import Plan, plan_files
 from kt_dropout.study.profiles import PROFILES
 from kt_dropout.study.results import (
     CHECKPOINTS_FOLDER,
@@ -104,7 +105,7 @@ def _plan_status(plan: Plan, store: ResultStore, checkpoints: dict, leases: dict
     per_epoch = speed["seconds_per_model_epoch"]
     return {
         "id": plan.id, "profile": plan.profile, "seeds": list(plan.seeds), "epochs": plan.epochs,
-        "backend": plan.backend, "recipe": plan.recipe.to_dict(), "data": plan.data, "data_source": plan.data_source,
+        "backend": plan.backend, "recipe": _recipe(plan.recipe, plan.epochs), "data": plan.data, "data_source": plan.data_source,
         "experiments": [
             {"name": name, "configurations": [_configuration(plan, config, states) for config in EXPERIMENTS[name].configs]}
             for name in plan.experiments if name in EXPERIMENTS
@@ -160,6 +161,12 @@ def _claims(plan: Plan, records: dict, states: dict) -> list[dict]:
     return claims
 
 
+def _recipe(recipe, epochs: int) -> dict:
+    """The recipe's fields with the study's epochs: a study keeps `Recipe.epochs` at its default (the post's 250)
+    and says its length apart."""
+    return recipe.replace(epochs=epochs).to_dict()
+
+
 def _stored(records) -> list[dict]:
     studies = []
     for key, runs in by_study(records).items():
@@ -168,14 +175,19 @@ def _stored(records) -> list[dict]:
             counts = configurations.setdefault(record.name, {"ok": 0, "failed": 0})
             counts["ok" if record.status == "ok" else "failed"] += 1
         studies.append({"epochs": key.epochs, "backend": key.backend, "data": key.data,
-                        "recipe": key.recipe.to_dict(), "configurations": configurations})
+                        "recipe": _recipe(key.recipe, key.epochs), "configurations": configurations})
     return studies
 
 
 def store_status(store: ResultStore) -> dict:
     """The status document of `store` (module docstring)."""
     root = store.root
-    plans = read_plans(root)
+    plans = []
+    for plan, error in plan_files(root):
+        if error is None:
+            plans.append(plan)
+        else:  # one bad plan file hides no other study
+            warnings.warn(f"study plans: skipping a bad plan file: {error}", stacklevel=2)
     checkpoints, leases = checkpoint_progress(root), live_leases(root)
     planned = {run.key for plan in plans for run in plan.runs}
     unplanned = sorted((set(checkpoints) | set(leases)) - planned)

@@ -1,5 +1,6 @@
 """One study shared by several processes: `--shard` shares, leases between concurrent processes, `--devices`."""
 
+import dataclasses
 import json
 import os
 import re
@@ -11,8 +12,10 @@ from collections import Counter
 import pytest
 
 from kt_dropout.study.leases import Claims, claimed_packs, held_line
+from kt_dropout.cli import devices
+from kt_dropout.study.plans import PlanMismatch, read_plan, read_plans, settle_plan, write_plan
 from kt_dropout.study.profiles import PROFILES
-from kt_dropout.study.results import ResultStore
+from kt_dropout.study.results import STUDIES_FOLDER, ResultStore
 from kt_dropout.study.runner import Study
 from kt_dropout.study.settings import StudySettings
 from kt_dropout.study.shards import parse_shard
@@ -37,6 +40,77 @@ def test_the_shards_of_a_study_are_whole_packs_disjoint_and_cover_it_whatever_is
         first = _study(store, (1, 2))
         first._attempted.update(first._key(m) for m in shares[0][:4])  # as if stored
         assert first.to_train() == shares[0][4:]
+
+
+def _settings(store, **changes) -> StudySettings:
+    return StudySettings(PROFILES["smoke"], store.root, **{"pack_size": 3, **changes})
+
+
+def _opened(store, **changes) -> Study:
+    """A study of the smoke profile (no data) that has settled its plan in `store`, as `open_study` does."""
+    study = Study(_settings(store, **changes), data=None, data_fingerprint="d", store=store, progress=None)
+    study.settle_plan()
+    return study
+
+
+def test_every_shard_follows_the_packs_of_the_plan_the_first_one_stored(tmp_path):
+    """The first process writes the plan with its packs; a later shard takes its share of those packs, even
+    where its own planning would split them otherwise (here: the stored packs rotated by one, so that each shard's
+    share is the other's of its own planning)."""
+    store = ResultStore(tmp_path / "store")
+    first = _opened(store, shard=(1, 2))
+    path = store.root / STUDIES_FOLDER / f"{first.plan.id}.json"
+    stored = read_plan(path)
+    assert stored == first.plan and stored.shards == 2 and stored.pack_size == 3
+    assert [list(pack) for pack in stored.packs] == [[first._key(m) for m in pack]
+                                                     for pack in first._plan(first.settings.members())]
+    rotated = stored.packs[1:] + stored.packs[:1]
+    write_plan(store.root, dataclasses.replace(stored, packs=rotated))
+    for index in (1, 2):
+        later = _opened(store, shard=(index, 2))
+        assert sorted(map(later._key, later.to_train())) == sorted(k for p in rotated[index - 1::2] for k in p)
+    assert read_plan(path).packs == rotated  # read, not rewritten
+
+
+def test_a_process_with_other_planning_settings_is_refused_naming_each_setting_and_both_values(tmp_path):
+    store = ResultStore(tmp_path / "store")
+    first = _opened(store, shard=(1, 2))
+    path = store.root / STUDIES_FOLDER / f"{first.plan.id}.json"
+    for changes, named in [({"pack_size": 2, "shard": (2, 2)}, "pack size 2 here, 3 in the plan"),
+                           ({"pack_size": 1}, "pack size 1 here, 3 in the plan"),  # a rerun without a shard too
+                           ({"shard": (1, 3)}, "shards 3 here, 2 in the plan")]:
+        with pytest.raises(PlanMismatch) as refused:
+            _opened(store, **changes)
+        assert str(refused.value) == (
+            f"{path}: this study's plan, which all its processes follow, was made with other settings: {named}; give "
+            "this process the plan's settings (or remove the plan file if no process trains the study now)")
+    # Another study (another id) of the profile, while the sharded one is unfinished: refused for a shard ...
+    with pytest.raises(PlanMismatch) as refused:
+        _opened(store, shard=(2, 2), epochs=3, seeds=3, precision="mixed_bfloat16")
+    assert str(refused.value) == (
+        f"{path}: the plan of an unfinished smoke study that shards train was made with other settings than this "
+        "shard's: seeds 3 here, 2 in the plan; epochs 3 here, 2 in the plan; recipe precision mixed_bfloat16 here, "
+        "None in the plan; give every shard the same settings (or remove that plan file if its study is abandoned)")
+    other = _opened(store, epochs=3)  # ... not for a process without one: a study of its own
+    assert other.plan.id != first.plan.id and len(list((store.root / STUDIES_FOLDER).iterdir())) == 2
+    # ... nor once the sharded study is finished.
+    assert settle_plan(store.root, dataclasses.replace(other.plan, shards=2),
+                       unfinished=lambda plan: False).shards == 2
+
+
+def test_a_plan_from_before_packs_were_stored_is_replaced(tmp_path):
+    store = ResultStore(tmp_path / "store")
+    study = Study(_settings(store, shard=(1, 2)), data=None, data_fingerprint="d", store=store, progress=None)
+    old = dataclasses.replace(study.plan, pack_size=None, packs=None, shards=None)
+    document = {**old.to_json(), "version": 1}
+    for field in ("pack_size", "packs", "shards"):
+        del document[field]
+    path = store.root / STUDIES_FOLDER / f"{old.id}.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(document))
+    assert read_plan(path) == old
+    study.settle_plan()
+    assert read_plan(path) == study.plan and study.plan.packs
 
 
 @pytest.mark.parametrize("text", ["0/2", "3/2", "a/b", "1/0", "2", "-1/2"])
@@ -118,14 +192,63 @@ def test_two_processes_on_one_store_train_every_run_exactly_once(tmp_path):
     runs = Counter(run for _, run in trained)
     assert sorted(runs) == ["bn/seed0", "bn/seed1", "vanilla/seed0", "vanilla/seed1"] and set(runs.values()) == {1}, \
         result.stderr  # each run trained once, by one process
-    assert re.search(r"^\[device 0\] exit status 0\n\[device 1\] exit status 0$", result.stderr, re.MULTILINE)
+    # A child that ran out of work while the other still trained exits 75 (rerun later); the one that stored the
+    # last run exits 0, and so does the parent.
+    statuses = dict(re.findall(r"^\[device (\d)\] exit status (\d+)$", result.stderr, re.MULTILINE))
+    assert sorted(statuses) == ["0", "1"] and "0" in statuses.values() and set(statuses.values()) <= {"0", "75"}
+    decided = [device for device, status in statuses.items() if status == "0"]
     store = ResultStore(tmp_path / "r" / "store", create=False)
     assert len(store.records()) == 4 and all(r.status == "ok" for r in store.records())
     assert not (store.root / "leases").exists()  # every lease released, the emptied folder removed
-    assert result.stdout.count("report written to r/report-smoke/report.md") == 2
+    assert result.stdout.count("report written to r/report-smoke/report.md") == len(decided)
     report = (tmp_path / "r" / "report-smoke" / "report.md").read_text()  # the last one written: every run
     assert re.search(r"^\| vanilla +\| 0 +\| 0 +\| — +\| 0\.\d+", report, re.MULTILINE), report
     assert re.search(r"^\| bn +\| 0 +\| 0 +\| — +\| 0\.\d+", report, re.MULTILINE), report
+
+
+SHARD = ("reproduce", "batchnorm", "--profile", "smoke", "--seeds", "2", "--epochs", "1", "--results", "r")
+
+
+@pytest.mark.slow
+def test_shards_share_the_stored_plan_another_pack_size_is_refused_and_runs_held_elsewhere_exit_75(tmp_path):
+    """Shard 1/2 (pack size 2) stores the plan and trains its pack; shard 2/2 with pack size 1, which would split
+    the study otherwise (one run of neither share), is refused in one line naming both values and trains nothing;
+    with the plan's settings it trains the other pack, less a run this test holds, and exits 75 naming it."""
+    first = _cli(*SHARD, "--pack-size", "2", "--shard", "1/2", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    store = ResultStore(tmp_path / "r" / "store", create=False)
+    (plan,) = read_plans(store.root)
+    assert (plan.pack_size, plan.shards, len(plan.packs)) == (2, 2, 2) and all(len(p) == 2 for p in plan.packs)
+    assert {r.key.digest() for r in store.records()} == set(plan.packs[0])
+
+    refused = _cli(*SHARD, "--pack-size", "1", "--shard", "2/2", cwd=tmp_path)
+    path = os.path.join("r", "store", STUDIES_FOLDER, f"{plan.id}.json")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr, refused.stderr
+    assert refused.stderr.splitlines()[-1] == (
+        f"kt-dropout reproduce: error: {path}: this study's plan, which all its processes follow, was made with "
+        "other settings: pack size 1 here, 2 in the plan; give this process the plan's settings (or remove the plan "
+        "file if no process trains the study now)"), refused.stderr
+    assert len(store.records()) == 2
+
+    names = {run.key: f"{run.name}/seed{run.seed}" for run in plan.runs}
+    alone, held = plan.packs[1]
+    with Claims(store.root, seconds=3600) as other:  # another live process holds one run of shard 2's pack
+        assert other.claim({held: names[held]}) == [held]
+        second = _cli(*SHARD, "--pack-size", "2", "--shard", "2/2", cwd=tmp_path)
+    assert second.returncode == 75, second.stderr
+    assert re.findall(r"^\[\d+/\d+\] (.+): training 1 epochs$", second.stderr, re.MULTILINE) == [names[alone]]
+    assert re.search(rf"^1 run\(s\) still held by other processes: {names[held]} \(pid {os.getpid()} on host ",
+                     second.stderr, re.MULTILINE), second.stderr
+    assert second.stdout.startswith("nothing else to train here: other processes hold the rest of the study "
+                                    "(named above)\n  done: 3 of 4 runs stored"), second.stdout
+    assert {r.key.digest() for r in store.records()} == {*plan.packs[0], alone}
+
+
+@pytest.mark.parametrize("statuses, status", [([0, 75], 0), ([75, 1], 1), ([3, 75, 0], 3), ([75, 75], 75),
+                                               ([2, 75, 0], 2), ([0, 130], 130), ([], 0)])
+def test_the_parent_of_devices_exits_with_the_worst_status_where_a_75_counts_only_if_no_child_decided(
+        statuses, status):
+    assert devices.worst(statuses) == status
 
 
 def test_devices_all_on_a_cpu_and_bad_device_lists_are_usage_errors(tmp_path):

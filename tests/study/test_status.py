@@ -2,6 +2,8 @@
 
 import hashlib
 import json
+import re
+import tracemalloc
 
 import keras
 import pytest
@@ -96,7 +98,9 @@ def test_status_counts_every_state_the_model_epochs_speed_eta_and_waiting_claims
     assert document["unplanned"] == [] and document["stored"][0]["configurations"] == {
         "vanilla": {"ok": 1, "failed": 1}, "bn": {"ok": 1, "failed": 0}}
     json.dumps(document)  # one JSON document
+    assert study["recipe"]["epochs"] == EPOCHS and document["stored"][0]["recipe"]["epochs"] == EPOCHS
     text = format_status(document)
+    assert f", epochs={EPOCHS}, " in text and "epochs=250" not in text, text  # the study's, not Recipe's default
     for fragment in ("vanilla", "2 (3 epochs; pid ", "1 (diverged at epoch 3)", "30 of 72 done, 42 remaining",
                      "1.5 s per model-epoch", "ETA: 63 s", "C1 not decidable yet: waiting for bn (2 runs), "
                      "vanilla (2 runs)"):
@@ -142,10 +146,52 @@ def test_a_store_without_plans_and_bad_input(tmp_path, capsys):
     assert "no study plans in this store" in format_status(document)
     assert main(["status", str(tmp_path / "nowhere")]) == 2
     assert "kt-dropout status: error: " in capsys.readouterr().err
-    (store.root / STUDIES_FOLDER).mkdir()
-    (store.root / STUDIES_FOLDER / "bad.json").write_text("{}")
-    assert main(["status", str(store.root)]) == 2
-    assert f"{store.root / STUDIES_FOLDER / 'bad.json'}: not a kt-dropout-study-plan file" in capsys.readouterr().err
+
+
+def test_bad_plan_files_are_named_one_line_each_and_hide_no_other_study(store, capsys):
+    """Plans are read with `documents.read_json`: garbage, an empty file, a JSON list, a folder and an object
+    that is not a plan are each one warning naming the file; the good plan's study is shown whole."""
+    folder = store.root / STUDIES_FOLDER
+    bad = {"0garbage.json": b"\x00{not json", "1empty.json": b"", "2list.json": b"[1, 2]", "4other.json": b"{}"}
+    for name, data in bad.items():
+        (folder / name).write_bytes(data)
+    (folder / "3folder.json").mkdir()
+    assert main(["status", str(store.root)]) == 0
+    out, err = capsys.readouterr()
+    lines = err.splitlines()
+    assert len(lines) == 5 and all(line.startswith("kt-dropout status: warning: study plans: skipping a bad plan "
+                                                   f"file: {folder}/") for line in lines), err
+    for name, problem in [("0garbage.json", "is not a study plan: not JSON"), ("1empty.json", "is empty"),
+                          ("2list.json", "is not a study plan: it holds a JSON list"), ("3folder.json", "is a folder"),
+                          ("4other.json", "not a kt-dropout-study-plan file")]:
+        assert sum(f"{folder / name}: {problem}" in line for line in lines) == 1, (name, err)
+    assert "C1 not decidable yet: waiting for bn (2 runs), vanilla (2 runs)" in out and "30 of 72 done" in out
+
+
+def test_a_huge_run_file_is_refused_before_reading_and_the_rest_of_the_store_reads(store, capsys, tmp_path):
+    """A 100 MB run file (sparse: no disk used) is named as damaged by `status` and `report`, unread: status's
+    memory stays far below the file's size, and every other run is counted and reported."""
+    huge = store.root / f"{'a' * 20}.json"
+    with open(huge, "wb") as file:
+        file.truncate(100 * 1024 * 1024)
+    warning = (f"kt-dropout status: warning: results store: skipping a bad run file: {huge}: 104,857,600 bytes, "
+               "larger than a run record can be (4,194,304 bytes); not read")
+    tracemalloc.start()
+    try:
+        assert main(["status", str(store.root)]) == 0
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    out, err = capsys.readouterr()
+    assert warning in err.splitlines(), err
+    assert peak < 20 * 1024 * 1024, peak  # read in whole, the file alone would take 100 MB
+    assert "30 of 72 done" in out and "stored runs of 12 epochs on" in out and "vanilla 1 (+1 failed), bn 1" in out
+    assert main(["report", str(store.root), "--out", str(tmp_path / "report")]) == 0
+    out, err = capsys.readouterr()
+    assert warning.replace("status", "report", 1) in err.splitlines(), err
+    report = (tmp_path / "report" / "report.md").read_text()
+    runs = {m[0]: m[1:] for m in re.findall(r"^\| (vanilla|bn) +\| (\d+) +\| (\d+) +\| 0\.", report, re.MULTILINE)}
+    assert runs == {"vanilla": ("1", "1"), "bn": ("1", "0")}, report  # runs, failed: every readable record
 
 
 def test_opening_a_study_for_training_writes_its_plan_once(tmp_path):
