@@ -18,9 +18,10 @@ Whether a holder is gone is decided as a scheduler would:
   someone removes it.
 
 The lock file is only ever removed or rewritten under an exclusive `flock` on a guard file beside it
-(`.<name>.lock.guard`), after reading it again: a release or renewal touches only a lock that still holds
-this lock's token, a takeover only the lock it judged gone and that is still gone. So no process can
-remove or overwrite a lock that another one took meanwhile. Creating needs no guard: a link never replaces.
+(`.<name>.lock.guard`, there only while in use), after reading it again: a release or renewal touches only a
+lock that still holds this lock's token, a takeover only the lock it judged gone and that is still gone. So no
+process can remove or overwrite a lock that another one took meanwhile. A link never replaces, so creating
+needs no guard; it takes it all the same, so that a filesystem without file locks is refused at once.
 """
 
 from __future__ import annotations
@@ -94,7 +95,7 @@ class Lock:
     def acquire(self) -> None:
         """Takes the lock, taking over a stale one; raises `LockHeld` naming the holder otherwise."""
         for _ in range(10):  # each round creates the lock, or finds it gone meanwhile, or removes a stale one
-            with self._guarded():  # not needed to create, but a filesystem without file locks is refused now
+            with self._guarded():  # (module docstring)
                 if self._create():
                     return
             seen = self._look()
@@ -240,7 +241,8 @@ class Lock:
 
     @contextlib.contextmanager
     def _guarded(self):
-        """An exclusive `flock` on the guard file beside the lock, while the lock file is removed or rewritten.
+        """An exclusive `flock` on the guard file beside the lock, while the lock file is created, removed or
+        rewritten.
 
         The guard file is removed on the way out, under the lock, so that it does not outlive the lock; a
         process that locked the file just removed finds it is no longer the one at that name, and retries.
