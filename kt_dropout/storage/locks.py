@@ -1,26 +1,27 @@
 """A lock file that says who holds it, so a second process refuses a folder or file in use instead of mixing.
 
-The lock is a small JSON file (host, pid, the pid's start, command, since,
-expires, lease period, token) that appears whole or not at all: it is written to
+The lock is a small JSON file (host, pid, the pid's start and namespace,
+command, since, expires, lease period, token) that appears whole or not at all: it is written to
 a temp file and hard-linked to its name, which fails if the name exists
 (`os.link` is the atomic create that, unlike `O_CREAT | O_EXCL`, never shows a
 half-written holder, and works on NFS).
 
 Whether a holder is gone is decided as a scheduler would:
 
-- on this host, by its pid and the pid's recorded start (`processes.running`), before any expiry: a live
-  holder keeps its lock however long it was suspended (SIGSTOP, a Slurm suspend), a dead one -- or a pid
-  now reused by another process -- is taken over at once;
-- from another host, which cannot be asked, once its `expires` time has passed (how a lease on a shared
+- on this host (and in this pid namespace), by its pid and the pid's recorded start (`processes.running`),
+  before any expiry: a live holder keeps its lock however long it was suspended (SIGSTOP, a Slurm suspend), a
+  dead one -- or a pid now reused by another process -- is taken over at once;
+- from another host (or a container of this one that does not share its pids), which cannot be asked, once its `expires` time has passed (how a lease on a shared
   filesystem ends), or once the file is `EXPIRY_CAP_PERIODS` lease periods old, whatever `expires` says;
 - a damaged lock file (empty, garbage, a folder: `documents.read_json`) is named in a warning, counts as held
   for one lease period after it was last written, and is then taken over; without a lease it stays until
   someone removes it.
 
 The lock file is only ever removed or rewritten under an exclusive `flock` on a guard file beside it
-(`.<name>.lock.guard`), after reading it again: a release or renewal touches only a lock that still holds
-this lock's token, a takeover only the lock it judged gone and that is still gone. So no process can
-remove or overwrite a lock that another one took meanwhile. Creating needs no guard: a link never replaces.
+(`.<name>.lock.guard`, there only while in use), after reading it again: a release or renewal touches only a
+lock that still holds this lock's token, a takeover only the lock it judged gone and that is still gone. So no
+process can remove or overwrite a lock that another one took meanwhile. A link never replaces, so creating
+needs no guard; it takes it all the same, so that a filesystem without file locks is refused at once.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from typing import NamedTuple
 from kt_dropout.errors import FileAccessError, FileError, file_error
 from kt_dropout.storage.atomic import create_text, write_text
 from kt_dropout.storage.documents import DamagedFile, read_json
-from kt_dropout.storage.processes import process_start, running
+from kt_dropout.storage.processes import pid_namespace, process_start, running
 
 # Another host's lease is taken over once its file is this many lease periods old (the file's mtime: when its
 # holder last wrote it), even if its `expires` is later: a host whose clock runs years ahead must not hold a run
@@ -94,7 +95,7 @@ class Lock:
     def acquire(self) -> None:
         """Takes the lock, taking over a stale one; raises `LockHeld` naming the holder otherwise."""
         for _ in range(10):  # each round creates the lock, or finds it gone meanwhile, or removes a stale one
-            with self._guarded():  # not needed to create, but a filesystem without file locks is refused now
+            with self._guarded():  # (module docstring)
                 if self._create():
                     return
             seen = self._look()
@@ -155,6 +156,7 @@ class Lock:
         now = time.time()
         return {
             "host": socket.gethostname(), "pid": os.getpid(), "start": process_start(os.getpid()),
+            "pid_namespace": pid_namespace(),
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "since": _utc(self._since),
             "expires": None if self.seconds is None else now + self.seconds, "seconds": self.seconds,
             "token": self._token,
@@ -215,7 +217,8 @@ class Lock:
     def _stale(holder: dict, written: float) -> bool:
         """Whether `holder`, whose file was last written at `written`, is gone (module docstring)."""
         pid = holder.get("pid")
-        if holder.get("host") == socket.gethostname() and isinstance(pid, int):
+        if (holder.get("host") == socket.gethostname() and isinstance(pid, int)
+                and holder.get("pid_namespace") in (None, pid_namespace())):  # None: not recorded (no /proc)
             return not running(pid, holder.get("start"))
         expires, period, now = holder.get("expires"), holder.get("seconds"), time.time()
         if isinstance(expires, (int, float)) and expires < now:
@@ -240,7 +243,8 @@ class Lock:
 
     @contextlib.contextmanager
     def _guarded(self):
-        """An exclusive `flock` on the guard file beside the lock, while the lock file is removed or rewritten.
+        """An exclusive `flock` on the guard file beside the lock, while the lock file is created, removed or
+        rewritten.
 
         The guard file is removed on the way out, under the lock, so that it does not outlive the lock; a
         process that locked the file just removed finds it is no longer the one at that name, and retries.

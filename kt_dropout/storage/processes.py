@@ -4,7 +4,9 @@ A pid alone is reused: on a busy host, a dead holder's pid soon names another
 process, which would keep its lock held for ever. So a lock also records its
 holder's start: the boot it ran in and its start time in clock ticks since that
 boot (field 22 of Linux's `/proc/<pid>/stat`), which no later process with the
-same pid can share. Where there is no `/proc` (macOS), the pid alone decides.
+same pid can share. Where there is no `/proc` (macOS), the pid alone decides. And a pid means something only
+in its pid namespace: containers that share their host's name (Docker with `--net=host`) do not see each
+other's processes, so a lock records its holder's namespace too (`pid_namespace`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,14 @@ def process_start(pid: int) -> str | None:
     (no /proc, or the process is gone)."""
     stat = _stat(pid)
     return None if stat is None else stat[1]
+
+
+def pid_namespace() -> str | None:
+    """This process's pid namespace ("pid:[4026531836]"); None where there is no /proc."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return None
 
 
 def running(pid: int, start: str | None) -> bool:

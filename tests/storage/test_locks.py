@@ -17,7 +17,7 @@ import pytest
 
 from kt_dropout.errors import FileAccessError
 from kt_dropout.storage.locks import EXPIRY_CAP_PERIODS, Lock, LockHeld
-from kt_dropout.storage.processes import process_start
+from kt_dropout.storage.processes import pid_namespace, process_start
 
 
 def dead_pid() -> int:
@@ -65,6 +65,16 @@ def test_a_lock_whose_pid_now_names_another_process_is_taken_over_at_once(tmp_pa
     assert lock.held_by() is None
     with lock:
         assert json.loads(lock.path.read_text())["token"] != "x"
+
+
+def test_a_holder_in_another_pid_namespace_of_this_host_is_judged_as_another_hosts(tmp_path):
+    """A container sharing this host's name but not its pids: its pid means nothing here, so its lock is not
+    taken over for a pid that is not running here; its lease ends at its expiry."""
+    namespace = {"pid": dead_pid(), "pid_namespace": "pid:[1]"}
+    with pytest.raises(LockHeld, match=f"on host {socket.gethostname()}"):
+        plant(tmp_path, **namespace).acquire()
+    with plant(tmp_path, lease=60, expires=time.time() - 1, **namespace) as lock:
+        assert json.loads(lock.path.read_text())["pid_namespace"] == pid_namespace()
 
 
 def test_a_live_holder_on_this_host_keeps_its_lease_past_its_expiry_and_loses_it_when_it_dies(tmp_path):
