@@ -164,7 +164,7 @@ def settle_plan(store_root, plan: Plan, *, unfinished: Callable[[Plan], bool]) -
                     "give every shard the same settings (or remove that plan file if its study is abandoned)")
     path.parent.mkdir(exist_ok=True)
     try:
-        if create_text(path, _text(plan)):
+        if not path.exists() and create_text(path, _text(plan)):  # a rerun writes nothing, not even a temp file
             return plan
         stored = read_plan(path)
     except FileNotFoundError:  # a filesystem without hard links, where create_text writes nothing
