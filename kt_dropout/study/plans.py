@@ -73,7 +73,8 @@ class Plan:
 
     def settings(self) -> dict[str, object]:
         """What planning the study took, by setting: two processes whose settings differ split it differently."""
-        recipe = {f"recipe {name}": value for name, value in self.recipe.to_dict().items() if name != "epochs"}
+        recipe = {f"recipe {name}": value for name, value in dataclasses.asdict(self.recipe).items()
+                  if name != "epochs"}  # every field, the defaults `Recipe.to_dict` leaves out too
         return {"profile": self.profile, "experiments": ",".join(self.experiments), "seeds": len(self.seeds),
                 "epochs": self.epochs, **recipe, "backend": self.backend, "data": self.data,
                 "pack size": self.pack_size, "shards": self.shards}
