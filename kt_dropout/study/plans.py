@@ -73,7 +73,8 @@ class Plan:
 
     def settings(self) -> dict[str, object]:
         """What planning the study took, by setting: two processes whose settings differ split it differently."""
-        recipe = {f"recipe {name}": value for name, value in self.recipe.to_dict().items() if name != "epochs"}
+        recipe = {f"recipe {name}": value for name, value in dataclasses.asdict(self.recipe).items()
+                  if name != "epochs"}  # every field, the defaults `Recipe.to_dict` leaves out too
         return {"profile": self.profile, "experiments": ",".join(self.experiments), "seeds": len(self.seeds),
                 "epochs": self.epochs, **recipe, "backend": self.backend, "data": self.data,
                 "pack size": self.pack_size, "shards": self.shards}
@@ -164,7 +165,7 @@ def settle_plan(store_root, plan: Plan, *, unfinished: Callable[[Plan], bool]) -
                     "give every shard the same settings (or remove that plan file if its study is abandoned)")
     path.parent.mkdir(exist_ok=True)
     try:
-        if create_text(path, _text(plan)):
+        if not path.exists() and create_text(path, _text(plan)):  # a rerun writes nothing, not even a temp file
             return plan
         stored = read_plan(path)
     except FileNotFoundError:  # a filesystem without hard links, where create_text writes nothing

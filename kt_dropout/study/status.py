@@ -9,7 +9,8 @@ from any machine that sees the store, while other processes train into it.
 
 - `store`: the store folder.
 - `studies`: one per readable plan (a plan file that cannot be read is skipped with one warning naming it):
-  `id`, `profile`, `seeds`, `epochs`, `backend`, `recipe` (its `epochs` the study's), `data`, `data_source`;
+  `id`, `profile`, `seeds`, `epochs`, `pack_size` and `shards` (null in a plan from before they were kept, or
+  without shards), `backend`, `recipe` (its `epochs` the study's), `data`, `data_source`;
   `experiments`: [{`name`, `configurations`: [{`name`, `done`: [seed], `partial`: [{`seed`, `epochs_done`}],
   `training`: [{`seed`, `epochs_done`, `holder`: {host, pid, command, since, ...}}], `failed`: [{`seed`,
   `error`}], `missing`: [seed]}]}] (every seed in exactly one list; a run being trained is in `training` whatever
@@ -105,6 +106,7 @@ def _plan_status(plan: Plan, store: ResultStore, checkpoints: dict, leases: dict
     per_epoch = speed["seconds_per_model_epoch"]
     return {
         "id": plan.id, "profile": plan.profile, "seeds": list(plan.seeds), "epochs": plan.epochs,
+        "pack_size": plan.pack_size, "shards": plan.shards,
         "backend": plan.backend, "recipe": _recipe(plan.recipe, plan.epochs), "data": plan.data, "data_source": plan.data_source,
         "experiments": [
             {"name": name, "configurations": [_configuration(plan, config, states) for config in EXPERIMENTS[name].configs]}
@@ -225,8 +227,10 @@ def format_status(document: dict) -> str:
     for study in document["studies"]:
         recipe = ", ".join(f"{k}={v}" for k, v in study["recipe"].items())
         seeds = ", ".join(map(str, study["seeds"]))
+        split = "".join([f", packs of up to {study['pack_size']}" if study["pack_size"] else "",
+                         f", {study['shards']} shards" if study["shards"] else ""])
         lines += ["", f"study {study['id']}: profile {study['profile']}, {study['epochs']} epochs, seeds {seeds}, "
-                      f"{study['backend']}, data {study['data_source'] or study['data']}"]
+                      f"{study['backend']}, data {study['data_source'] or study['data']}{split}"]
         lines += [f"  recipe: {recipe}", ""]
         rows = [[experiment["name"], c["name"], *(_seeds(c[state]) for state in STATES)]
                 for experiment in study["experiments"] for c in experiment["configurations"]]

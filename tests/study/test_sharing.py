@@ -90,7 +90,7 @@ def test_a_process_with_other_planning_settings_is_refused_naming_each_setting_a
     assert str(refused.value) == (
         f"{path}: the plan of an unfinished smoke study that shards train was made with other settings than this "
         "shard's: seeds 3 here, 2 in the plan; epochs 3 here, 2 in the plan; recipe precision mixed_bfloat16 here, "
-        "None in the plan; give every shard the same settings (or remove that plan file if its study is abandoned)")
+        "float32 in the plan; give every shard the same settings (or remove that plan file if its study is abandoned)")
     other = _opened(store, epochs=3)  # ... not for a process without one: a study of its own
     assert other.plan.id != first.plan.id and len(list((store.root / STUDIES_FOLDER).iterdir())) == 2
     # ... nor once the sharded study is finished.

@@ -68,8 +68,9 @@ def store(tmp_path):
     (store.root / CHECKPOINTS_FOLDER).mkdir()
     (store.root / LEASES_FOLDER).mkdir()
     runs = tuple(PlannedRun(name, seed, _key(name, seed)) for name in ("vanilla", "bn") for seed in SEEDS)
+    packs = (tuple(run.key for run in runs if run.seed == 2), *((run.key,) for run in runs if run.seed != 2))
     write_plan(store.root, Plan("quick", ("batchnorm",), SEEDS, EPOCHS, RECIPE, keras.backend.backend(), DATA,
-                                "synthetic", runs))
+                                "synthetic", runs, pack_size=2, packs=packs, shards=3))
     store.put(_record("vanilla", 0, seconds=1.0))
     store.put(_record("bn", 0, seconds=2.0))
     store.put(_record("vanilla", 1, status="failed"))
@@ -98,10 +99,12 @@ def test_status_counts_every_state_the_model_epochs_speed_eta_and_waiting_claims
     assert document["unplanned"] == [] and document["stored"][0]["configurations"] == {
         "vanilla": {"ok": 1, "failed": 1}, "bn": {"ok": 1, "failed": 0}}
     json.dumps(document)  # one JSON document
+    assert (study["pack_size"], study["shards"]) == (2, 3)
     assert study["recipe"]["epochs"] == EPOCHS and document["stored"][0]["recipe"]["epochs"] == EPOCHS
     text = format_status(document)
     assert f", epochs={EPOCHS}, " in text and "epochs=250" not in text, text  # the study's, not Recipe's default
-    for fragment in ("vanilla", "2 (3 epochs; pid ", "1 (diverged at epoch 3)", "30 of 72 done, 42 remaining",
+    for fragment in (f"{EPOCHS} epochs, seeds 0, 1, 2, ", ", data synthetic, packs of up to 2, 3 shards\n",
+                     "vanilla", "2 (3 epochs; pid ", "1 (diverged at epoch 3)", "30 of 72 done, 42 remaining",
                      "1.5 s per model-epoch", "ETA: 63 s", "C1 not decidable yet: waiting for bn (2 runs), "
                      "vanilla (2 runs)"):
         assert fragment in text, text
