@@ -25,6 +25,7 @@ from kt_dropout.data.cifar10 import data_fingerprint, first_per_class, synthetic
 from kt_dropout.errors import UsageError
 from kt_dropout.storage.locks import Lock
 from kt_dropout.study.experiments import CLAIMS, CONFIGS, EXPERIMENTS
+from kt_dropout.study.leases import Claims
 from kt_dropout.study.profiles import PROFILES
 from kt_dropout.study.plans import Plan, PlannedRun, write_plan
 from kt_dropout.study.results import CHECKPOINTS_FOLDER, ResultStore
@@ -453,6 +454,29 @@ def test_reproduce_skips_a_bad_run_file_naming_it_and_trains_that_run_again(repr
                        f"{bad.relative_to(tmp_path)}: seed: expected an integer, got 'zero'")], result.stderr
     assert "1 runs x 1 epochs = 1 model-epochs to train; 3 runs already stored" in result.stderr
     assert ResultStore(tmp_path / "tmp" / "store", create=False).problems() == []  # trained again, replaced
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("reproduced")  # one worker builds the module's smoke study once
+def test_reproduce_never_deletes_the_checkpoint_of_runs_a_live_process_holds(reproduced, tmp_path):
+    """A checkpoint whose runs are all stored is deleted as left over, unless a live process (here this test)
+    holds a lease on one of its runs: it may be retraining them on a store shared with a newer version."""
+    _copy_study(reproduced, tmp_path)
+    store = ResultStore(tmp_path / "tmp" / "store", create=False)
+    runs = {f"{r.name}/seed{r.key.seed}": r.key.digest() for r in store.records()}
+    (store.root / f"{runs['vanilla/seed0']}.json").unlink()  # something to train, so that the study looks
+    folder = store.root / CHECKPOINTS_FOLDER
+    for name, keys in (("held.npz", [runs["bn/seed0"], runs["bn/seed1"]]), ("left.npz", [runs["vanilla/seed1"]])):
+        checkpoints.save(folder / name, {"model/0": [1.0]}, checkpoints.CheckpointState(
+            owner="pack", run_keys=keys, names=["bn"] * len(keys), seeds=list(range(len(keys))), epochs=1,
+            epochs_done=0, epoch_seconds=[], histories=[{}] * len(keys), alive=[True] * len(keys),
+            best=[None] * len(keys), best_epochs=[None] * len(keys)))
+    with Claims(store.root) as claims:
+        assert claims.claim({runs["bn/seed1"]: "the run bn/seed1"}) == [runs["bn/seed1"]]
+        result = run_cli("reproduce", "batchnorm", *SMOKE, "--results", "tmp", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert os.listdir(folder) == ["held.npz"]
+    assert store.get(runs["vanilla/seed0"]).status == "ok"
 
 
 @pytest.mark.slow
