@@ -231,6 +231,27 @@ def test_train_sets_a_damaged_checkpoint_aside_trains_from_scratch_and_writes_fi
     assert (tmp_path / "run.json").stat().st_mode & 0o777 == 0o664
 
 
+def test_status_names_each_damaged_checkpoint_and_moves_nothing(tmp_path):
+    """Empty, cut short, garbage, a folder: one warning each, naming it; `status` only reads (whoever trains
+    the runs sets a damaged checkpoint aside)."""
+    folder = tmp_path / "res" / "store" / CHECKPOINTS_FOLDER
+    ResultStore(folder.parent)
+    folder.mkdir()
+    damage = {"empty.npz": b"", "cut.npz": b"PK\x03\x04", "garbage.npz": b"not a checkpoint"}
+    for name, content in damage.items():
+        (folder / name).write_bytes(content)
+    (folder / "folder.npz").mkdir()
+    result = run_cli("status", "res", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    problems = {"empty.npz": "not a readable checkpoint (empty)", "cut.npz": "not a readable checkpoint (cut short: "
+                "not a whole zip archive)", "garbage.npz": "not a readable checkpoint (garbage: not an .npz archive)",
+                "folder.npz": "is a folder where a checkpoint should be"}
+    warned = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warned) == 4 and all(any(f"{name}: {problem}" in line for line in warned)
+                                    for name, problem in problems.items()), result.stderr
+    assert sorted(os.listdir(folder)) == sorted(problems)
+
+
 @pytest.mark.parametrize("args, fragments", [
     (["--dropout-conv", "0.5", "1.2", "0"], ["dropout_conv[1]"]),
     (["--data", "/nonexistent"], ["/nonexistent"]),
