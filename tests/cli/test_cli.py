@@ -481,7 +481,8 @@ def test_reproduce_skips_a_bad_run_file_naming_it_and_trains_that_run_again(repr
 @pytest.mark.xdist_group("reproduced")  # one worker builds the module's smoke study once
 def test_reproduce_never_deletes_the_checkpoint_of_runs_a_live_process_holds(reproduced, tmp_path):
     """A checkpoint whose runs are all stored is deleted as left over, unless a live process (here this test)
-    holds a lease on one of its runs: it may be retraining them on a store shared with a newer version."""
+    holds a lease on one of its runs: it may be retraining them on a store shared with a newer version. One
+    that cannot be read (whose runs are unknown) is named and left in place."""
     _copy_study(reproduced, tmp_path)
     store = ResultStore(tmp_path / "tmp" / "store", create=False)
     runs = {f"{r.name}/seed{r.key.seed}": r.key.digest() for r in store.records()}
@@ -492,11 +493,14 @@ def test_reproduce_never_deletes_the_checkpoint_of_runs_a_live_process_holds(rep
             owner="pack", run_keys=keys, names=["bn"] * len(keys), seeds=list(range(len(keys))), epochs=1,
             epochs_done=0, epoch_seconds=[], histories=[{}] * len(keys), alive=[True] * len(keys),
             best=[None] * len(keys), best_epochs=[None] * len(keys)))
+    (folder / "unread.npz").write_bytes(b"")
     with Claims(store.root) as claims:
         assert claims.claim({runs["bn/seed1"]: "the run bn/seed1"}) == [runs["bn/seed1"]]
         result = run_cli("reproduce", "batchnorm", *SMOKE, "--results", "tmp", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert os.listdir(folder) == ["held.npz"]
+    assert sorted(os.listdir(folder)) == ["held.npz", "unread.npz"]
+    assert ("kt-dropout reproduce: warning: tmp/store/checkpoints/unread.npz: not a readable checkpoint (empty); "
+            "left in place") in result.stderr.splitlines()
     assert store.get(runs["vanilla/seed0"]).status == "ok"
 
 
