@@ -25,6 +25,7 @@ from kt_dropout.data.cifar10 import data_fingerprint, first_per_class, synthetic
 from kt_dropout.errors import UsageError
 from kt_dropout.storage.locks import Lock
 from kt_dropout.study.experiments import CLAIMS, CONFIGS, EXPERIMENTS
+from kt_dropout.study.leases import Claims
 from kt_dropout.study.profiles import PROFILES
 from kt_dropout.study.plans import Plan, PlannedRun, write_plan
 from kt_dropout.study.results import CHECKPOINTS_FOLDER, ResultStore
@@ -228,6 +229,27 @@ def test_train_sets_a_damaged_checkpoint_aside_trains_from_scratch_and_writes_fi
                                             "run.json.checkpoint.npz.damaged.2"]
     assert (tmp_path / "run.json.checkpoint.npz.damaged.2").read_bytes() == b""
     assert (tmp_path / "run.json").stat().st_mode & 0o777 == 0o664
+
+
+def test_status_names_each_damaged_checkpoint_and_moves_nothing(tmp_path):
+    """Empty, cut short, garbage, a folder: one warning each, naming it; `status` only reads (whoever trains
+    the runs sets a damaged checkpoint aside)."""
+    folder = tmp_path / "res" / "store" / CHECKPOINTS_FOLDER
+    ResultStore(folder.parent)
+    folder.mkdir()
+    damage = {"empty.npz": b"", "cut.npz": b"PK\x03\x04", "garbage.npz": b"not a checkpoint"}
+    for name, content in damage.items():
+        (folder / name).write_bytes(content)
+    (folder / "folder.npz").mkdir()
+    result = run_cli("status", "res", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    problems = {"empty.npz": "not a readable checkpoint (empty)", "cut.npz": "not a readable checkpoint (cut short: "
+                "not a whole zip archive)", "garbage.npz": "not a readable checkpoint (garbage: not an .npz archive)",
+                "folder.npz": "is a folder where a checkpoint should be"}
+    warned = [line for line in result.stderr.splitlines() if "warning" in line]
+    assert len(warned) == 4 and all(any(f"{name}: {problem}" in line for line in warned)
+                                    for name, problem in problems.items()), result.stderr
+    assert sorted(os.listdir(folder)) == sorted(problems)
 
 
 @pytest.mark.parametrize("args, fragments", [
@@ -453,6 +475,33 @@ def test_reproduce_skips_a_bad_run_file_naming_it_and_trains_that_run_again(repr
                        f"{bad.relative_to(tmp_path)}: seed: expected an integer, got 'zero'")], result.stderr
     assert "1 runs x 1 epochs = 1 model-epochs to train; 3 runs already stored" in result.stderr
     assert ResultStore(tmp_path / "tmp" / "store", create=False).problems() == []  # trained again, replaced
+
+
+@pytest.mark.slow
+@pytest.mark.xdist_group("reproduced")  # one worker builds the module's smoke study once
+def test_reproduce_never_deletes_the_checkpoint_of_runs_a_live_process_holds(reproduced, tmp_path):
+    """A checkpoint whose runs are all stored is deleted as left over, unless a live process (here this test)
+    holds a lease on one of its runs: it may be retraining them on a store shared with a newer version. One
+    that cannot be read (whose runs are unknown) is named and left in place."""
+    _copy_study(reproduced, tmp_path)
+    store = ResultStore(tmp_path / "tmp" / "store", create=False)
+    runs = {f"{r.name}/seed{r.key.seed}": r.key.digest() for r in store.records()}
+    (store.root / f"{runs['vanilla/seed0']}.json").unlink()  # something to train, so that the study looks
+    folder = store.root / CHECKPOINTS_FOLDER
+    for name, keys in (("held.npz", [runs["bn/seed0"], runs["bn/seed1"]]), ("left.npz", [runs["vanilla/seed1"]])):
+        checkpoints.save(folder / name, {"model/0": [1.0]}, checkpoints.CheckpointState(
+            owner="pack", run_keys=keys, names=["bn"] * len(keys), seeds=list(range(len(keys))), epochs=1,
+            epochs_done=0, epoch_seconds=[], histories=[{}] * len(keys), alive=[True] * len(keys),
+            best=[None] * len(keys), best_epochs=[None] * len(keys)))
+    (folder / "unread.npz").write_bytes(b"")
+    with Claims(store.root) as claims:
+        assert claims.claim({runs["bn/seed1"]: "the run bn/seed1"}) == [runs["bn/seed1"]]
+        result = run_cli("reproduce", "batchnorm", *SMOKE, "--results", "tmp", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(folder)) == ["held.npz", "unread.npz"]
+    assert ("kt-dropout reproduce: warning: tmp/store/checkpoints/unread.npz: not a readable checkpoint (empty); "
+            "left in place") in result.stderr.splitlines()
+    assert store.get(runs["vanilla/seed0"]).status == "ok"
 
 
 @pytest.mark.slow

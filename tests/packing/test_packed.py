@@ -18,11 +18,8 @@ from kt_dropout.packing.model import (
     pack_weights,
 )
 from kt_dropout.packing.trainer import Member, PackTrainer, plan_packs, train_pack
-from kt_dropout.training.checkpoints import (
-    CheckpointError,
-    Checkpointing,
-    TrainingIncomplete,
-)
+from kt_dropout.training import checkpoints
+from kt_dropout.training.checkpoints import Checkpointing, TrainingIncomplete
 from kt_dropout.training.recording import make_record
 from kt_dropout.training.resumable import EpochOrder
 
@@ -269,8 +266,10 @@ def test_a_pack_stopped_and_resumed_ends_as_one_that_ran_through(tmp_path):
     assert trainer.histories == straight
     for got, want in zip(_weights(trainer), weights):
         np.testing.assert_array_equal(got, want)
-    with pytest.raises(CheckpointError, match=r"pack.npz: the checkpoint of other runs \(drop, bn, 3 epochs\)"):
-        stopped.train(4, checkpointing=Checkpointing(path))
+    with pytest.warns(RuntimeWarning, match=r"pack.npz: the checkpoint of other runs \(drop, bn, 3 epochs\).*; set "
+                                            r"aside as pack\.npz\.damaged, training from scratch$"):
+        assert len(stopped.train(4, checkpointing=Checkpointing(path, every_seconds=None))) == 4
+    assert not path.exists() and checkpoints.read_state(tmp_path / "pack.npz.damaged").epochs == 3
 
 
 @pytest.mark.skipif(keras.backend.backend() == "jax", reason="the JAX backend keeps images on the device")

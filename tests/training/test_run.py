@@ -12,7 +12,7 @@ from kt_dropout import Recipe, VGGConfig, train
 from kt_dropout.data.cifar10 import DataError, synthetic_cifar10
 from kt_dropout.data.splits import prepare_splits
 from kt_dropout.training import checkpoints
-from kt_dropout.training.checkpoints import CheckpointError, Checkpointing, TrainingIncomplete
+from kt_dropout.training.checkpoints import Checkpointing, TrainingIncomplete
 from kt_dropout.training.recording import summarize_history
 
 TINY = VGGConfig(nfilters=(4, 8, 8), ndense=16)
@@ -174,8 +174,16 @@ def test_a_run_stopped_at_an_epoch_boundary_resumes_to_the_uninterrupted_runs_re
     assert record.best_epoch == expected.best_epoch and record.key == expected.key
     assert all(np.array_equal(a, b) for a, b in zip(straight[0], resumed[0]))
     assert record.history["val_accuracy"] != (record.history["val_accuracy"][0],) * epochs  # it learned something
-    with pytest.raises(CheckpointError, match=r"run.checkpoint.npz: the checkpoint of other runs \(model, 4 epochs\)"):
-        run(seed=6, checkpointing=Checkpointing(path, every_seconds=None))
-    checkpoints.save(path, {}, dataclasses.replace(state, owner="pack"))  # a pack's of this one run
-    with pytest.raises(CheckpointError, match="run.checkpoint.npz: written by a pack of runs, not by a run trained"):
-        run(checkpointing=Checkpointing(path, every_seconds=None))
+    with pytest.warns(RuntimeWarning, match=r"run.checkpoint.npz: the checkpoint of other runs \(model, 4 epochs\) "
+                                            r"than these \(4 epochs\); set aside as run\.checkpoint\.npz\.damaged, "
+                                            "training from scratch$"):
+        assert len(run(seed=6, checkpointing=Checkpointing(path, every_seconds=None)).history["loss"]) == epochs
+    # This run's, but its optimizer's arrays do not fit (another version's): refused before any array is assigned,
+    # so the run trains from scratch exactly as one never stopped, not from the checkpoint's weights.
+    with np.load(path.with_name(f"{path.name}.damaged")) as entries:
+        arrays = {name: entries[name] for name in entries.files if name not in (checkpoints.STATE_ENTRY, "optimizer/0")}
+    checkpoints.save(path, arrays, state)
+    with pytest.warns(RuntimeWarning, match=r"the checkpoint's optimizer arrays \(\d+\) do not fit .*; set aside as "
+                                            r"run\.checkpoint\.npz\.damaged\.2, training from scratch$"):
+        again = run(checkpointing=Checkpointing(path, every_seconds=None))
+    assert again.history == expected.history and again.best_epoch == expected.best_epoch
