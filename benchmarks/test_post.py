@@ -23,8 +23,8 @@ from kt_dropout.study.experiments import CLAIMS, EXPERIMENTS
 from kt_dropout.study.runner import StudyIncomplete, incomplete
 from kt_dropout.study.verdicts import (
     CONTRADICTED,
+    EARLY_TRAINING,
     INSUFFICIENT,
-    NOT_DECIDABLE,
     SUPPORTED,
     decide,
     summarize_config,
@@ -61,7 +61,7 @@ def test_claim(claim_id, study):
         pytest.skip(f"not decided in the {profile.name} profile ({profile.description}): {verdict.summary()}")
     with _skipped_if_incomplete(study, claim.configs):
         verdict = decide(claim, study.runs(claim.configs))
-    if verdict.status == NOT_DECIDABLE:
+    if verdict.status == EARLY_TRAINING:
         pytest.skip(verdict.summary())
     if verdict.status in (CONTRADICTED, INSUFFICIENT):
         pytest.fail(verdict.summary())

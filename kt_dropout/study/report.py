@@ -30,10 +30,10 @@ from kt_dropout.study.experiments import (  # noqa: E402
 from kt_dropout.study.profiles import CIFAR10_TITLE, PROFILES  # noqa: E402
 from kt_dropout.study.verdicts import (  # noqa: E402
     CONTRADICTED,
+    EARLY_TRAINING,
     INSUFFICIENT,
     MAX_SEEDS,
     MIN_RUNS,
-    NOT_DECIDABLE,
     POWER,
     SUPPORTED,
     UNRESOLVED,
@@ -56,7 +56,7 @@ FOREST_FIGURE = "forest.png"
 #: One colour per configuration, the same in every figure.
 COLOURS = {name: plt.get_cmap("tab20")(i % 20) for i, name in enumerate(CONFIGS)}
 STATUS_COLOURS = {SUPPORTED: "tab:green", CONTRADICTED: "tab:red", UNRESOLVED: "tab:orange",
-                  INSUFFICIENT: "tab:gray", NOT_DECIDABLE: "tab:gray"}
+                  INSUFFICIENT: "tab:gray", EARLY_TRAINING: "tab:gray"}
 
 
 def write_report(
@@ -166,8 +166,9 @@ def _claims_overview(verdicts: list[ClaimVerdict], level: str, out_dir: Path) ->
         "threshold. A claim is supported when every comparison is (intersection-union); contradicted when "
         "a comparison is rejected the other way under **Holm**'s correction over the claim's comparisons "
         f"(family-wise one-sided error {(1 - float(level[:-1]) / 100) / 2:.1%}); insufficient under {MIN_RUNS} "
-        "successful runs a side or with no spread; not decidable when the runs are shorter than the epochs at "
-        f"which the post's statement can be observed. MDD: the smallest true difference beyond the threshold "
+        "successful runs a side or with no spread. Runs shorter than the post's (it trains 250 epochs) are "
+        "**early training**: the verdict is computed and shown with its numbers and what they say so far, "
+        "for every claim alike, but decides nothing. MDD: the smallest true difference beyond the threshold "
         f"that this test detects with {POWER:.0%} power at the observed spread and seeds."
     )
     rows = [
@@ -184,7 +185,7 @@ def _claims_overview(verdicts: list[ClaimVerdict], level: str, out_dir: Path) ->
 
 
 def _status(verdict: ClaimVerdict) -> str:
-    text = f"{verdict.status} {verdict.reason}".strip()
+    text = verdict.label
     return text + (" -- **the post's test-selected metric disagrees**" if verdict.disagrees else "")
 
 
@@ -338,11 +339,11 @@ def _plot_forest(verdicts: list[ClaimVerdict], path: Path) -> bool:
         return False
     fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.8))
     for y, (claim, c) in enumerate(rows):
-        colour = STATUS_COLOURS[NOT_DECIDABLE if claim.status == NOT_DECIDABLE else c.status]
+        colour = STATUS_COLOURS[c.status]
         ax.plot([c.ci_low, c.ci_high], [y, y], color=colour, linewidth=3)
         ax.plot(c.difference, y, "o", color=colour)
         ax.plot([c.comparison.threshold] * 2, [y - 0.35, y + 0.35], color="black", linewidth=1.5)
-    labels = [f"{claim.claim.id} {c.comparison}" + (" (not decidable)" if claim.status == NOT_DECIDABLE else "")
+    labels = [f"{claim.claim.id} {c.comparison}" + (" (early training)" if claim.status == EARLY_TRAINING else "")
               for claim, c in rows]
     ax.set_yticks(range(len(rows)), labels)
     ax.invert_yaxis()
