@@ -163,6 +163,18 @@ def _planned(profile, items):
     return [e for e in selected if e in profile.experiments] or None
 
 
+def pytest_terminal_summary(terminalreporter):
+    """Counts the claims by outcome (`outcomes.summary_line`), from what each `test_claim` recorded."""
+    from kt_dropout.study.outcomes import PROPERTY, summary_line
+
+    categories = [value for reports in terminalreporter.stats.values() for report in reports
+                  if getattr(report, "when", None) == "call"  # each phase's report carries the test's properties
+                  for name, value in report.user_properties if name == PROPERTY]
+    if categories:
+        terminalreporter.write_sep("=", "kt-dropout claims")
+        terminalreporter.write_line(summary_line(categories))
+
+
 def pytest_sessionfinish(session):
     """Writes the report of whatever the session trained or reused."""
     chosen = session.config.stash.get(STUDY, None)
