@@ -33,7 +33,6 @@ STATUS_MARKERS = {SUPPORTED: "o", CONTRADICTED: "X", UNRESOLVED: "D", INSUFFICIE
 #: Each metric's difference a − b, in its own units.
 UNITS = {
     "accuracy": f"difference a − b in test accuracy (mean of the last {FINAL_WINDOW} epochs)",
-    "best_accuracy": "difference a − b in best test accuracy (test-selected)",
     "late_degradation": f"difference a − b of late drops: peak accuracy minus the mean of the last {FINAL_WINDOW} "
                         "epochs",
     "best_epoch": "difference a − b in epochs: epoch of the best validation accuracy",

@@ -23,6 +23,7 @@ from kt_dropout.study.experiments import (  # noqa: E402
     EXPERIMENTS,
     FINAL_WINDOW,
     METRICS,
+    POST_EPOCHS,
     Experiment,
     claims_for,
     resolve_experiments,
@@ -161,7 +162,7 @@ def _claims_overview(verdicts: list[ClaimVerdict], level: str, out_dir: Path) ->
         "threshold. A claim is supported when every comparison is (intersection-union); contradicted when "
         "a comparison is rejected the other way under **Holm**'s correction over the claim's comparisons "
         f"(family-wise one-sided error {(1 - float(level[:-1]) / 100) / 2:.1%}); insufficient under {MIN_RUNS} "
-        "successful runs a side or with no spread. Runs shorter than the post's (it trains 250 epochs) are "
+        f"successful runs a side or with no spread. Runs shorter than the post's {POST_EPOCHS} epochs are "
         "**early training**: the verdict is computed and shown with its numbers and what they say so far, "
         "for every claim alike, but decides nothing. MDD: the smallest true difference beyond the threshold "
         f"that this test detects with {POWER:.0%} power at the observed spread and seeds."
@@ -180,8 +181,7 @@ def _claims_overview(verdicts: list[ClaimVerdict], level: str, out_dir: Path) ->
 
 
 def _status(verdict: ClaimVerdict) -> str:
-    text = verdict.label
-    return text + (" -- **the post's test-selected metric disagrees**" if verdict.disagrees else "")
+    return verdict.label + (" -- **the post's test-selected metric disagrees**" if verdict.disagrees else "")
 
 
 def _number(value, fmt: str) -> str:
