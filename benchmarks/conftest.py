@@ -4,7 +4,8 @@ It opens when collection ends, if the session runs tests that need it (test_post
 `-m gpu`), so that bad options, missing data and GPU-length training on a machine without a GPU or TPU
 (a profile other than smoke, unless `--kt-allow-cpu` / `KT_ALLOW_CPU=1`) stop the session before any test
 starts (pytest's usage error, exit status 4). Its banner and progress go to the terminal past pytest's
-output capture.
+output capture. At the end the terminal summary counts the claims by outcome (`study/outcomes.py`), and the
+report is written.
 """
 
 import sys
