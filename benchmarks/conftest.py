@@ -4,7 +4,8 @@ It opens when collection ends, if the session runs tests that need it (test_post
 `-m gpu`), so that bad options, missing data and GPU-length training on a machine without a GPU or TPU
 (a profile other than smoke, unless `--kt-allow-cpu` / `KT_ALLOW_CPU=1`) stop the session before any test
 starts (pytest's usage error, exit status 4). Its banner and progress go to the terminal past pytest's
-output capture.
+output capture. At the end the terminal summary counts the claims by outcome (`study/outcomes.py`), and the
+report is written.
 """
 
 import sys
@@ -161,6 +162,18 @@ def _planned(profile, items):
     """The experiments this session selected that the profile trains, so that they train together in packs."""
     selected = [i.callspec.params["experiment"] for i in items if getattr(i, "originalname", "") == "test_experiment"]
     return [e for e in selected if e in profile.experiments] or None
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Counts the claims by outcome (`outcomes.summary_line`), from what each `test_claim` recorded."""
+    from kt_dropout.study.outcomes import PROPERTY, summary_line
+
+    categories = [value for reports in terminalreporter.stats.values() for report in reports
+                  if getattr(report, "when", None) == "call"  # each phase's report carries the test's properties
+                  for name, value in report.user_properties if name == PROPERTY]
+    if categories:
+        terminalreporter.write_sep("=", "kt-dropout claims")
+        terminalreporter.write_line(summary_line(categories))
 
 
 def pytest_sessionfinish(session):

@@ -2,17 +2,19 @@
 
 `test_experiment` trains one experiment's configurations (every seed), records
 the time per epoch with pytest-benchmark, and fails when any run failed or
-diverged, naming it. `test_claim` decides one claim from the stored runs
-(`kt_dropout.study.verdicts`):
+diverged, naming it, or (on real data) when a configuration has not learned.
+`test_claim` decides one claim from the stored runs
+(`kt_dropout.study.verdicts`) and passes, fails or skips as
+`kt_dropout.study.outcomes` says:
 
-- supported -> passes; contradicted -> fails;
-- insufficient (missing or failed runs) in a profile meant to decide it -> fails;
-- unresolved (the interval straddles the threshold) -> xfail, with the numbers;
-- not decidable at the study's epochs, or not decided by the profile -> skip, with the reason.
+- supported -> passes; contradicted or insufficient -> fails;
+- unresolved at the end of its seeds -> fails: "not reproduced with N seeds", with the numbers;
+- early training (runs shorter than the post's 250 epochs), or not decided by the profile -> skip, with the
+  numbers.
 
 Both skip, never pass nor fail, when the time budget (`--kt-time-budget`) stopped
 the training of runs they need: "incomplete: N of M model-epochs done, rerun to
-continue".
+continue". The terminal summary counts the claims by outcome (`conftest.py`).
 """
 
 import contextlib
@@ -20,15 +22,9 @@ import contextlib
 import pytest
 
 from kt_dropout.study.experiments import CLAIMS, EXPERIMENTS
+from kt_dropout.study.outcomes import FAIL, INCOMPLETE, PROPERTY, SKIP, claim_outcome, not_learned
 from kt_dropout.study.runner import StudyIncomplete, incomplete
-from kt_dropout.study.verdicts import (
-    CONTRADICTED,
-    INSUFFICIENT,
-    NOT_DECIDABLE,
-    SUPPORTED,
-    decide,
-    summarize_config,
-)
+from kt_dropout.study.verdicts import decide, summarize_config
 
 pytestmark = pytest.mark.gpu
 
@@ -51,28 +47,31 @@ def test_experiment(experiment, study, benchmark):
     for name, config_runs in runs.items():
         seeds = study.settings.seeds
         assert len(config_runs) == seeds, f"{name}: {len(config_runs)} runs for {seeds} seeds"
+    stuck = not_learned(runs, profile)
+    assert stuck is None, stuck
 
 
 @pytest.mark.parametrize("claim_id", list(CLAIMS))
-def test_claim(claim_id, study):
+def test_claim(claim_id, study, record_property):
     claim, profile = CLAIMS[claim_id], study.settings.profile
     if claim_id not in profile.claims:
         verdict = decide(claim, study.stored_runs(claim.configs))  # what is there; trains nothing
-        pytest.skip(f"not decided in the {profile.name} profile ({profile.description}): {verdict.summary()}")
-    with _skipped_if_incomplete(study, claim.configs):
-        verdict = decide(claim, study.runs(claim.configs))
-    if verdict.status == NOT_DECIDABLE:
-        pytest.skip(verdict.summary())
-    if verdict.status in (CONTRADICTED, INSUFFICIENT):
-        pytest.fail(verdict.summary())
-    if verdict.status != SUPPORTED:
-        pytest.xfail(verdict.summary())
+    else:
+        with _skipped_if_incomplete(study, claim.configs, record_property):
+            verdict = decide(claim, study.runs(claim.configs))
+    outcome = claim_outcome(verdict, profile)
+    record_property(PROPERTY, outcome.category)
+    if outcome.action == FAIL:
+        pytest.fail(outcome.message)
+    if outcome.action == SKIP:
+        pytest.skip(outcome.message)
 
 
 @contextlib.contextmanager
-def _skipped_if_incomplete(study, configs):
+def _skipped_if_incomplete(study, configs, record_property=lambda name, value: None):
     """Skips the test, counting the model-epochs of `configs`' runs, when the time budget stopped their training."""
     try:
         yield
     except StudyIncomplete:
+        record_property(PROPERTY, INCOMPLETE)
         pytest.skip(incomplete(*study.model_epochs(configs)))

@@ -6,7 +6,7 @@ from tabulate import tabulate
 
 from kt_dropout.cli.command import Command
 from kt_dropout.cli.flags import config_changes
-from kt_dropout.study.experiments import CLAIMS, CONFIGS, EXPERIMENTS
+from kt_dropout.study.experiments import CLAIMS, CONFIGS, EXPERIMENTS, POST_EPOCHS
 from kt_dropout.study.profiles import PROFILES
 
 
@@ -28,9 +28,10 @@ class Experiments(Command):
         print("\nClaims\n")
         print(tabulate([[c.id, c.experiment, c.min_epochs, "; ".join(map(str, c.comparisons)), c.text]
                         for c in CLAIMS.values()],
-                       headers=["claim", "experiment", "needs epochs", "comparisons", "text"]))
+                       headers=["claim", "experiment", "decided at epochs", "comparisons", "text"]))
         print("\nProfiles (kt-dropout reproduce --profile NAME)\n")
         rows = [[p.name, p.epochs, p.seeds, ", ".join(p.experiments), ", ".join(p.claims) or "none", p.description]
                 for p in PROFILES.values()]
-        print(tabulate(rows, headers=["profile", "epochs", "seeds", "trains", "decides", "what for"]))
+        print(tabulate(rows, headers=["profile", "epochs", "seeds", "trains",
+                                      f"its claims (decided at {POST_EPOCHS} epochs)", "what for"]))
         return 0

@@ -29,7 +29,7 @@ DEFAULT_RESULTS = "kt_results"
 EXIT_FAILED, EXIT_CONTRADICTED = 1, 3
 REPRODUCE_EXIT_CODES = (
     "exit status: 0 every run succeeded and no claim the profile decides is contradicted or insufficient "
-    "(supported, unresolved, or not decidable at these epochs); "
+    "(supported, unresolved, or early training: runs shorter than the post's); "
     f"{EXIT_FAILED} a run failed, or a claim the profile decides is insufficient; "
     f"{EXIT_CONTRADICTED} a claim the profile decides is contradicted (before {EXIT_FAILED}); 2 a usage error; "
     f"{budget.EXIT_INCOMPLETE} the time budget was spent, or a SIGTERM came, before the study was trained "

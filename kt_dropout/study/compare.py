@@ -71,7 +71,7 @@ def comparison(reference: list[RunRecord], other: list[RunRecord], claims=DEFAUL
     chosen = [CLAIMS[c] for c in claims]
     verdicts = zip(decide_all([r for r, _ in pairs], chosen), decide_all([o for _, o in pairs], chosen))
     decided = tabulate(
-        [[mine.claim.id, mine.status, theirs.status, mine.summary(), theirs.summary()] for mine, theirs in verdicts],
+        [[mine.claim.id, mine.label, theirs.label, mine.summary(), theirs.summary()] for mine, theirs in verdicts],
         headers=["claim", "reference", "other", "reference's comparisons", "other's comparisons"], tablefmt="github",
     )
     seeds = sorted({r.key.seed for r, _ in pairs})

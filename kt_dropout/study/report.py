@@ -23,20 +23,17 @@ from kt_dropout.study.experiments import (  # noqa: E402
     EXPERIMENTS,
     FINAL_WINDOW,
     METRICS,
+    POST_EPOCHS,
     Experiment,
     claims_for,
     resolve_experiments,
 )
+from kt_dropout.study.forest import plot_forest  # noqa: E402
 from kt_dropout.study.profiles import CIFAR10_TITLE, PROFILES  # noqa: E402
 from kt_dropout.study.verdicts import (  # noqa: E402
-    CONTRADICTED,
-    INSUFFICIENT,
     MAX_SEEDS,
     MIN_RUNS,
-    NOT_DECIDABLE,
     POWER,
-    SUPPORTED,
-    UNRESOLVED,
     ClaimVerdict,
     ComparisonVerdict,
     decide_all,
@@ -53,10 +50,9 @@ SELECTION_MODES = {
 }
 BEST_ACCURACY_FIGURE = "best-accuracy.png"
 FOREST_FIGURE = "forest.png"
-#: One colour per configuration, the same in every figure.
-COLOURS = {name: plt.get_cmap("tab20")(i % 20) for i, name in enumerate(CONFIGS)}
-STATUS_COLOURS = {SUPPORTED: "tab:green", CONTRADICTED: "tab:red", UNRESOLVED: "tab:orange",
-                  INSUFFICIENT: "tab:gray", NOT_DECIDABLE: "tab:gray"}
+#: One colour per configuration, the same in every figure: tab20's strong colours for the first ten
+#: (vanilla ... wide, those the first experiments compare), its pale ones after.
+COLOURS = {name: plt.get_cmap("tab20")((2 * i) % 20 + (i // 10) % 2) for i, name in enumerate(CONFIGS)}
 
 
 def write_report(
@@ -166,26 +162,26 @@ def _claims_overview(verdicts: list[ClaimVerdict], level: str, out_dir: Path) ->
         "threshold. A claim is supported when every comparison is (intersection-union); contradicted when "
         "a comparison is rejected the other way under **Holm**'s correction over the claim's comparisons "
         f"(family-wise one-sided error {(1 - float(level[:-1]) / 100) / 2:.1%}); insufficient under {MIN_RUNS} "
-        "successful runs a side or with no spread; not decidable when the runs are shorter than the epochs at "
-        f"which the post's statement can be observed. MDD: the smallest true difference beyond the threshold "
+        f"successful runs a side or with no spread. Runs shorter than the post's {POST_EPOCHS} epochs are "
+        "**early training**: the verdict is computed and shown with its numbers and what they say so far, "
+        "for every claim alike, but decides nothing. MDD: the smallest true difference beyond the threshold "
         f"that this test detects with {POWER:.0%} power at the observed spread and seeds."
     )
     rows = [
-        (f"**{v.claim.id}**", v.claim.experiment, _status(v), v.test_selected.status if v.test_selected else "—",
+        (f"**{v.claim.id}**", v.claim.experiment, _status(v), v.test_selected.evidence if v.test_selected else "—",
          f"{v.claim.min_epochs}", v.claim.text)
         for v in verdicts
     ]
-    headers = ["claim", "experiment", "verdict", "post's metric (test-selected) would say", "needs epochs",
+    headers = ["claim", "experiment", "verdict", "post's metric (test-selected) would say", "decided at epochs",
                "claim text"]
     table = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
-    forest = _plot_forest(verdicts, out_dir / FOREST_FIGURE)
-    figure = f"\n\n![forest plot of every comparison]({FOREST_FIGURE})" if forest else ""
+    forest = plot_forest(verdicts, out_dir / FOREST_FIGURE)
+    figure = f"\n\n![forest plot: every comparison, one panel per claim]({FOREST_FIGURE})" if forest else ""
     return f"## Claims\n\n{rule}{figure}\n\n{table}"
 
 
 def _status(verdict: ClaimVerdict) -> str:
-    text = f"{verdict.status} {verdict.reason}".strip()
-    return text + (" -- **the post's test-selected metric disagrees**" if verdict.disagrees else "")
+    return verdict.label + (" -- **the post's test-selected metric disagrees**" if verdict.disagrees else "")
 
 
 def _number(value, fmt: str) -> str:
@@ -229,10 +225,10 @@ def _claim_block(verdict: ClaimVerdict, level: str) -> str:
             "—" if shadow is None else _interval(shadow, fmt),
         ))
     headers = ["comparison", "metric", "test", "n", f"difference [{level} CI] verdict", "threshold", "MDD",
-               "seeds needed", "post's best epoch (test-selected, optimistic)"]
+               "seeds needed", "the same on the post's best test accuracy (test-selected, optimistic)"]
     table = tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
     c = verdict.claim
-    why = f"Margins: {c.margins}. Observable from {c.min_epochs} epochs: {c.horizon}."
+    why = f"Margins: {c.margins}. Decided at {c.min_epochs} epochs: {c.horizon}."
     return f"### {c.id}: {_status(verdict)}\n\n{c.text}\n\n{why}\n\n{table}"
 
 
@@ -327,32 +323,6 @@ def _plot_best_accuracy(groups: dict[str, list[RunRecord]], path: Path, holdout:
     ax.set_title("Accuracy per configuration: seeds (dots), mean ± sd (diamond)")
     ax.grid(axis="x", alpha=0.3)
     _save(fig, path)
-
-
-def _plot_forest(verdicts: list[ClaimVerdict], path: Path) -> bool:
-    """One row per comparison with an interval (accuracy-scale metrics): the interval coloured by its verdict
-    (grey when the claim is not decidable at these epochs), the difference as a dot, the threshold as a black
-    tick. False: nothing to plot."""
-    rows = [(v, c) for v in verdicts for c in v.comparisons if c.ci_low is not None and c.metric != "best_epoch"]
-    if not rows:
-        return False
-    fig, ax = plt.subplots(figsize=(9, 0.45 * len(rows) + 1.8))
-    for y, (claim, c) in enumerate(rows):
-        colour = STATUS_COLOURS[NOT_DECIDABLE if claim.status == NOT_DECIDABLE else c.status]
-        ax.plot([c.ci_low, c.ci_high], [y, y], color=colour, linewidth=3)
-        ax.plot(c.difference, y, "o", color=colour)
-        ax.plot([c.comparison.threshold] * 2, [y - 0.35, y + 0.35], color="black", linewidth=1.5)
-    labels = [f"{claim.claim.id} {c.comparison}" + (" (not decidable)" if claim.status == NOT_DECIDABLE else "")
-              for claim, c in rows]
-    ax.set_yticks(range(len(rows)), labels)
-    ax.invert_yaxis()
-    ax.axvline(0, color="gray", linewidth=0.8, linestyle=":")
-    ax.set_xlabel(f"difference a − b in test accuracy, mean of the last {FINAL_WINDOW} epochs; black tick: threshold")
-    ax.set_title("Every comparison's interval: green supported, red contradicted, orange unresolved,\n"
-                 "grey not decidable at these epochs or insufficient", fontsize=10)
-    ax.grid(axis="x", alpha=0.3)
-    _save(fig, path)
-    return True
 
 
 def _save(fig, path: Path) -> None:

@@ -19,8 +19,10 @@ direction by Holm's step-down procedure over the claim's comparisons, which
 keeps the chance of wrongly calling any of them contradicted at (1 - confidence)/2
 (the same one-sided level as supported; with one comparison it is "the interval
 lies below the threshold"). Fewer than `MIN_RUNS` runs a side, or no spread at
-all, is insufficient. A study shorter than the claim's `min_epochs` leaves it
-not decidable, whatever the numbers.
+all, is insufficient. Runs shorter than the claim's `min_epochs` (the post's
+250 epochs) are early training: the verdict is computed all the same and its
+numbers shown, with what they say so far (`ClaimVerdict.evidence`), but its
+status is `EARLY_TRAINING`, for every claim alike.
 
 Each comparison also carries its minimum detectable difference: how far beyond
 the threshold a true difference must be for this test, at this spread and
@@ -50,7 +52,7 @@ from kt_dropout.study.experiments import (
 from kt_dropout.training.record import RunRecord
 
 SUPPORTED, CONTRADICTED, UNRESOLVED, INSUFFICIENT = "supported", "contradicted", "unresolved", "insufficient"
-NOT_DECIDABLE = "not decidable"
+EARLY_TRAINING = "early training"
 MIN_RUNS = 2  # a t interval needs a sample variance
 NO_SPREAD = 1e-9  # sds below this are float rounding: accuracies on 10,000 images move in steps of 1e-4
 POWER = 0.8
@@ -145,8 +147,10 @@ class ComparisonVerdict:
 class ClaimVerdict:
     """A claim decided: its status, each comparison's verdict (in the claim's order), and why when undecided.
 
+    `evidence` is what the comparisons say (supported, contradicted, unresolved or insufficient); `status` is
+    the same unless the runs are shorter than the claim's `min_epochs`: then EARLY_TRAINING, its numbers kept.
     `test_selected` is the same claim decided on the post's test-selected best accuracy (None when the claim
-    has no accuracy comparison); `disagrees` says whether that verdict differs.
+    has no accuracy comparison); `disagrees` says whether that evidence differs.
     """
 
     claim: Claim
@@ -155,15 +159,23 @@ class ClaimVerdict:
     epochs: int | None
     reason: str = ""
     test_selected: ClaimVerdict | None = None
+    evidence: str = ""
 
     @property
     def disagrees(self) -> bool:
-        return self.test_selected is not None and self.test_selected.status != self.status
+        return self.test_selected is not None and self.test_selected.evidence != self.evidence
+
+    @property
+    def label(self) -> str:
+        """The status in words: "early training, 15 epochs: supported so far" for an early verdict."""
+        if self.status == EARLY_TRAINING:
+            return f"{EARLY_TRAINING}, {self.epochs} epochs: {self.evidence} so far"
+        return self.status
 
     def summary(self) -> str:
-        """One line, e.g. for a pytest fail/xfail/skip message."""
-        reason = f" {self.reason}" if self.reason else ""
-        return f"{self.claim.id} {self.status}{reason}: " + "; ".join(str(v) for v in self.comparisons)
+        """One line, e.g. for a pytest fail/skip message."""
+        reason = f" ({self.reason})" if self.reason else ""
+        return f"{self.claim.id} {self.label}{reason}: " + "; ".join(str(v) for v in self.comparisons)
 
 
 def minimum_detectable(se: float, df: float, alpha: float, power: float = POWER) -> float:
@@ -260,13 +272,14 @@ def decide(
     """The claim's verdict (module docstring); `selected=True` decides it on the post's test-selected metric."""
     comparisons = _decide_comparisons(claim, runs_by_config, confidence, selected)
     epochs = min((r.key.epochs for name in claim.configs for r in runs_by_config.get(name, [])), default=None)
-    status, reason = _claim_status([v.status for v in comparisons]), ""
+    status = evidence = _claim_status([v.status for v in comparisons])
+    reason = ""
     if epochs is not None and epochs < claim.min_epochs:
-        status, reason = NOT_DECIDABLE, f"at {epochs} epochs (needs ≥ {claim.min_epochs}: {claim.horizon})"
+        status, reason = EARLY_TRAINING, f"the post decides at {claim.min_epochs} epochs"
     shadow = None
     if not selected and any(c.metric == "accuracy" for c in claim.comparisons):
         shadow = decide(claim, runs_by_config, confidence, selected=True)
-    return ClaimVerdict(claim, status, comparisons, epochs, reason, shadow)
+    return ClaimVerdict(claim, status, comparisons, epochs, reason, shadow, evidence)
 
 
 def group_by_name(records: Iterable[RunRecord]) -> dict[str, list[RunRecord]]:

@@ -733,9 +733,9 @@ def test_reproduce_exit_status_says_what_went_wrong(tmp_path):
     from kt_dropout.study.verdicts import decide_all
 
     def runs(name, finals, status="ok"):
-        return [make_record(name=name, config=VGGConfig(), recipe=Recipe(), seed=seed, epochs=15,
-                            data_fingerprint="d", history={"loss": [1.0] * 15, "val_accuracy": [v] * 15},
-                            epoch_seconds=[1.0] * 15, status=status) for seed, v in enumerate(finals)]
+        return [make_record(name=name, config=VGGConfig(), recipe=Recipe(), seed=seed, epochs=250,
+                            data_fingerprint="d", history={"loss": [1.0] * 250, "val_accuracy": [v] * 250},
+                            epoch_seconds=[1.0] * 250, status=status) for seed, v in enumerate(finals)]
 
     good, bad = [0.80, 0.815, 0.83], [0.70, 0.71, 0.725]
     c1 = [CLAIMS["C1"]]

@@ -179,6 +179,53 @@ def test_conv_benchmark_checks_and_times_every_formulation(tmp_path):
     assert re.search(r"\| float32 +\| all layers", (tmp_path / "conv.md").read_text())
 
 
+def _stored_study(tmp_path, finals):
+    """A full-profile study's folder whose store holds, for each (configuration, seed) in `finals`, a run of
+    250 epochs ending at that accuracy, under the key the suite's study on JAX looks for; and a tiny CIFAR-10
+    `.npz` for it to load. Nothing is left to train for those configurations."""
+    import dataclasses
+
+    from kt_dropout.study.runner import open_study
+    from kt_dropout.study.settings import StudySettings
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "cifar.npz"
+    np.savez(data, x_train=rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8), y_train=np.arange(20) % 10,
+             x_test=rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8), y_test=np.arange(10))
+    settings = StudySettings("full", tmp_path / "results" / "store", data_path=data, allow_cpu=True)
+    study = open_study(settings, progress=None)
+    for member in settings.members(finals):
+        record = _record(member.name, member.seed, finals[member.name][member.seed])
+        key = settings.run_key(member, study.fingerprint)
+        study.store.put(record.replace(key=dataclasses.replace(key, backend="jax")))
+    return data
+
+
+@pytest.mark.slow
+def test_a_suite_run_fails_on_claims_its_profile_decides_that_are_not_reproduced_or_contradicted(tmp_path):
+    """The full profile's suite (`pytest benchmarks -m gpu`) on stored runs: C1, unresolved at the end of its 3
+    seeds, fails ("not reproduced"); C3's comparisons disagree (bn beats conv0.5, conv0.5 beats conv0.2):
+    contradicted, it fails; C4 passes. The terminal summary counts them."""
+    data = _stored_study(tmp_path, {
+        "vanilla": [0.80, 0.82, 0.81], "bn": [0.81, 0.845, 0.825],  # C1: +0.017 [-0.002, +0.036] vs +0.01
+        "conv0.5": [0.70, 0.71, 0.72], "conv0.2": [0.60, 0.61, 0.625], "half": [0.78, 0.795, 0.80],
+    })
+    result = _pytest(*(f"benchmarks/test_post.py::test_claim[{c}]" for c in ("C1", "C3", "C4")), "-m", "gpu",
+                     "--kt-profile", "full", "--kt-results", str(tmp_path / "results"), "--kt-data", str(data),
+                     env={"KT_ALLOW_CPU": "1"})
+    assert result.returncode == pytest.ExitCode.TESTS_FAILED, result.stdout + result.stderr
+    assert "; 15 runs already stored" in result.stderr and "val_accuracy" not in result.stderr  # nothing trained
+    assert ("Failed: C1 not reproduced with 3 seeds: bn − vanilla = +0.017 [-0.002, +0.036] vs +0.010 "
+            "(superiority, paired, n=3/3, MDD 0.025)") in result.stdout, result.stdout
+    assert re.search(r"Failed: C3 contradicted \(1 of 2 comparisons supported\): conv0\.2 − conv0\.5 = -0\.098 "
+                     r"\[-0\.106, -0\.091\] vs \+0\.000 \(superiority, paired, n=3/3, MDD 0\.009\)$", result.stdout,
+                     re.MULTILINE), result.stdout
+    assert re.search(r"^FAILED .*test_claim\[C1\]", result.stdout, re.MULTILINE)
+    assert re.search(r"^FAILED .*test_claim\[C3\]", result.stdout, re.MULTILINE)
+    assert "2 failed, 1 passed" in result.stdout.splitlines()[-1]
+    assert "claims: 1 supported, 1 contradicted, 1 not reproduced, 0 early training\n" in result.stdout
+
+
 # --- The suite can fail: test_post's tests run in-process against a study of hand-made runs --------------
 
 
@@ -191,7 +238,7 @@ def _load_test_post():
     return module
 
 
-def _record(name, seed, final, *, epochs=15, status="ok"):
+def _record(name, seed, final, *, epochs=250, status="ok"):
     from kt_dropout.config import Recipe, VGGConfig
     from kt_dropout.training.recording import make_record
 
@@ -203,12 +250,12 @@ def _record(name, seed, final, *, epochs=15, status="ok"):
 
 
 class _Study:
-    """What test_post asks of a `Study`, over fixed records (the quick profile: 3 seeds, decides C1, C3, C4)."""
+    """What test_post asks of a `Study`, over fixed records (3 seeds; the full profile decides every claim)."""
 
-    def __init__(self, records):
+    def __init__(self, records, profile="full"):
         from kt_dropout.study.settings import StudySettings
 
-        self.settings, self.records = StudySettings("quick", "unused", seeds=3), records
+        self.settings, self.records = StudySettings(profile, "unused", seeds=3), records
 
     def runs(self, names, along=()):
         grouped = {}
@@ -247,21 +294,63 @@ def test_test_experiment_fails_naming_a_failed_run():
     post.test_experiment("batchnorm", _Study(_runs("vanilla", VANILLA) + _runs("bn", BN)), _Benchmark())
 
 
-@pytest.mark.parametrize("vanilla, bn, epochs, outcome", [
-    (VANILLA, BN, 15, None),  # supported: passes
-    (BN, VANILLA, 15, pytest.fail.Exception),  # contradicted
-    (VANILLA[:1], BN, 15, pytest.fail.Exception),  # insufficient in a profile meant to decide it
-    ([0.80, 0.82, 0.81], [0.81, 0.845, 0.825], 15, pytest.xfail.Exception),  # unresolved: interval across +0.01
-    (VANILLA, BN, 5, pytest.skip.Exception),  # not decidable at 5 epochs (C1 needs 10)
-])
-def test_test_claim_outcomes(vanilla, bn, epochs, outcome):
+@pytest.mark.parametrize("profile", ["quick", "full"])
+def test_test_experiment_fails_when_a_configuration_has_not_learned_on_real_data(profile):
     post = _load_test_post()
-    study = _Study(_runs("vanilla", vanilla, epochs=epochs) + _runs("bn", bn, epochs=epochs))
-    if outcome is None:
-        post.test_claim("C1", study)
-        return
-    with pytest.raises(outcome, match="C1 "):
-        post.test_claim("C1", study)
+    at_chance = _runs("vanilla", [0.10, 0.12, 0.31]) + _runs("bn", BN)  # mean 0.177: one seed learning is not enough
+    with pytest.raises(AssertionError, match=r"^1 configuration\(s\) did not learn \(mean test accuracy of the last "
+                                             r"epochs below 0\.2, chance is 0\.1\): vanilla 0\.177 \(seeds: 0\.100, "
+                                             r"0\.120, 0\.310\)$"):
+        post.test_experiment("batchnorm", _Study(at_chance, profile), _Benchmark())
+    post.test_experiment("batchnorm", _Study(_runs("vanilla", [0.19, 0.20, 0.22]) + _runs("bn", BN), profile),
+                         _Benchmark())  # mean 0.203
+    post.test_experiment("batchnorm", _Study(at_chance, "smoke"), _Benchmark())  # synthetic data: nothing to learn
+
+
+class _Properties(list):
+    """pytest's `record_property`, kept."""
+
+    def __call__(self, name, value):
+        self.append((name, value))
+
+
+def _outcome(test, *args):
+    """What a test function of test_post did: ("pass", ""), ("fail", message), ("skip", message) or ("xfail",
+    message); an error propagates."""
+    try:
+        test(*args)
+    except pytest.xfail.Exception as xfailed:  # a kind of pytest.fail.Exception, that never fails a session
+        return "xfail", str(xfailed)
+    except pytest.fail.Exception as failed:
+        return "fail", str(failed)
+    except pytest.skip.Exception as skipped:
+        return "skip", str(skipped)
+    return "pass", ""
+
+
+@pytest.mark.parametrize("vanilla, bn, epochs, profile, outcome, category, message", [
+    (VANILLA, BN, 250, "full", "pass", "supported", ""),
+    (BN, VANILLA, 250, "full", "fail", "contradicted", "C1 contradicted: bn − vanilla = -0.103 "),
+    (VANILLA[:1], BN, 250, "full", "fail", "insufficient", "C1 insufficient: "),
+    # unresolved at the end of its seeds, in a profile meant to decide it: not reproduced, a failure
+    ([0.80, 0.82, 0.81], [0.81, 0.845, 0.825], 250, "full", "fail", "not reproduced",
+     "C1 not reproduced with 3 seeds: bn − vanilla = +0.017 [-0.002, +0.036] vs +0.010 (superiority, paired, "
+     "n=3/3, MDD 0.025)"),
+    # early training: skipped with its numbers and what they say so far, in the profile or outside it
+    (VANILLA, BN, 15, "quick", "skip", "early training",
+     "C1 early training, 15 epochs: supported so far (the post decides at 250 epochs): bn − vanilla = +0.103"),
+    (BN, VANILLA, 15, "quick", "skip", "early training", "C1 early training, 15 epochs: contradicted so far"),
+    (VANILLA, BN, 250, "smoke", "skip", "not in this profile",
+     "not decided in the smoke profile (synthetic data, networks 1/16 wide: machinery check, decides nothing): "
+     "C1 supported: "),
+])
+def test_test_claim_outcomes(vanilla, bn, epochs, profile, outcome, category, message):
+    post = _load_test_post()
+    study = _Study(_runs("vanilla", vanilla, epochs=epochs) + _runs("bn", bn, epochs=epochs), profile)
+    recorded = _Properties()
+    did, said = _outcome(post.test_claim, "C1", study, recorded)
+    assert did == outcome and said.startswith(message), (did, said)
+    assert recorded == [("kt_claim_outcome", category)]
 
 
 class _Stopped(_Study):
@@ -278,8 +367,10 @@ class _Stopped(_Study):
 
 def test_tests_whose_runs_the_time_budget_left_incomplete_are_skipped_not_passed_nor_failed():
     post = _load_test_post()
+    recorded = _Properties()
     with pytest.raises(pytest.skip.Exception, match=r"^incomplete: 3 of 12 model-epochs done, rerun to continue$"):
-        post.test_claim("C1", _Stopped([]))
+        post.test_claim("C1", _Stopped([]), recorded)
+    assert recorded == [("kt_claim_outcome", "incomplete")]
     with pytest.raises(pytest.skip.Exception, match=r"^incomplete: 3 of 12 model-epochs done, rerun to continue$"):
         post.test_experiment("batchnorm", _Stopped([]), _Benchmark())
 

@@ -46,7 +46,8 @@ def test_compare_pairs_runs_and_decides_claims_in_both(tmp_path):
     low, high = stats.ttest_rel([0.002, 0.004, 0.003], [0.0, 0.0, 0.0]).confidence_interval(0.95)
     assert re.search(rf"\| bn +\| +3 \| +\+0\.8100 \| +\+0\.8130 \| +\+0\.0030 \| +{re.escape(f'{low:+.4f}')} \| +{re.escape(f'{high:+.4f}')} \|",
                      result.stdout), result.stdout
-    assert re.search(r"\| C1 +\| supported +\| supported +\|", result.stdout)
+    assert re.search(r"\| C1 +\| early training, 10 epochs: supported so far +\| early training, 10 epochs: "
+                     r"supported so far +\|", result.stdout)
     for args, problem in [((a, tmp_path / "none"), str(tmp_path / "none")), ((a, b, "--claims", "C99"), "C99")]:
         bad = _compare(*args)
         assert bad.returncode == 2 and "kt-dropout compare: error:" in bad.stderr and problem in bad.stderr

@@ -1,6 +1,7 @@
 """The verdict logic on hand-made runs whose answers are known."""
 
 import math
+import re
 
 import numpy as np
 import pytest
@@ -9,8 +10,12 @@ from scipy import stats
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.study.experiments import (
     CLAIMS,
+    CONSIDERABLE,
     FINAL_WINDOW,
+    MARGINAL,
     NONINFERIORITY,
+    POST_EPOCHS,
+    WIDE_MARGIN,
     Claim,
     Comparison,
 )
@@ -123,16 +128,41 @@ def test_fewer_than_two_runs_is_insufficient():
     assert "insufficient" in str(verdict)
 
 
-def test_a_horizon_shorter_than_the_claims_is_not_decidable():
-    claim = CLAIMS["C2"]
-    clearly = {"conv0.2": runs("conv0.2", A, epochs=30), "bn": runs("bn", B, epochs=30)}
-    verdict = decide(claim, clearly)
-    assert verdict.status == "not decidable"
-    assert f"at 30 epochs (needs ≥ {claim.min_epochs}" in verdict.summary()
-    assert verdict.comparisons[0].status == "supported"  # the numbers are still shown
-    long = {n: [r.replace(key=r.key.__class__(**{**vars(r.key), "epochs": claim.min_epochs})) for r in rs]
-            for n, rs in clearly.items()}
-    assert decide(claim, long).status == "supported"
+@pytest.mark.parametrize("claim_id, values, evidence", [
+    ("C1", {"bn": A, "vanilla": B}, "supported"),
+    ("C2", {"conv0.2": B, "bn": A}, "contradicted"),  # C2's early numbers point against it ...
+    ("C3", {"bn": A, "conv0.2": A, "conv0.5": B}, "supported"),  # ... C3's for it: both shown alike
+    ("C4", {"half": [0.80, 0.81, 0.80], "conv0.5": [0.795, 0.80, 0.81]}, "unresolved"),
+])
+def test_runs_shorter_than_the_posts_are_early_training_for_every_claim_alike_with_their_numbers(
+        claim_id, values, evidence):
+    """An early verdict is computed and shown with its numbers and which way they point, whatever the claim;
+    at the post's 250 epochs the same numbers decide."""
+    claim = CLAIMS[claim_id]
+    early = {name: runs(name, v, epochs=15) for name, v in values.items()}
+    verdict = decide(claim, early)
+    assert (verdict.status, verdict.evidence, verdict.epochs) == ("early training", evidence, 15)
+    assert verdict.summary().startswith(f"{claim_id} early training, 15 epochs: {evidence} so far "
+                                        "(the post decides at 250 epochs): ")
+    assert all(c.ci_low is not None for c in verdict.comparisons)  # the numbers are shown
+    trained = {name: runs(name, v, epochs=claim.min_epochs) for name, v in values.items()}
+    assert decide(claim, trained).status == evidence and decide(claim, trained).label == evidence
+
+
+def test_every_claim_is_decided_at_the_posts_250_epochs_for_reasons_quoted_from_the_post():
+    for claim in CLAIMS.values():
+        assert claim.min_epochs == POST_EPOCHS == 250, claim.id
+        assert "'We will train each network for 250 epochs" in claim.horizon, claim.id
+        assert re.search(r"'[^']{8,}'", claim.margins), claim.id  # the post's words for the margin
+        assert not re.search(r"store|\b0\.\d|at \d+ epochs", claim.horizon), claim.id  # never this project's data
+
+
+def test_margins_are_the_posts_words_for_relevance():
+    assert (MARGINAL, CONSIDERABLE, WIDE_MARGIN) == (0.005, 0.01, 0.02)
+    assert {c.margin for c in CLAIMS["C1"].comparisons} == {CONSIDERABLE}
+    assert {c.margin for c in CLAIMS["C4"].comparisons} == {WIDE_MARGIN}
+    assert {c.margin for c in CLAIMS["C5"].comparisons + CLAIMS["C7"].comparisons if c.kind == NONINFERIORITY} \
+        == {MARGINAL}
 
 
 def test_holm_adjusted_p_values():
@@ -178,15 +208,17 @@ def test_minimum_detectable_difference_and_seeds_needed():
     assert verdict.mdd > 0 and verdict.seeds_needed == 2
 
 
-def test_the_verdict_metric_is_selection_free_and_the_posts_is_reported_beside():
-    """conv0.2 peaks high once but ends lower than bn: the post's best-epoch metric says it wins, ours not."""
+@pytest.mark.parametrize("epochs", [250, 15])
+def test_the_verdict_metric_is_selection_free_and_the_posts_is_reported_beside(epochs):
+    """conv0.2 peaks high once but ends lower than bn: the post's best-epoch metric says it wins, ours not
+    (in early training too: the evidence disagrees)."""
     data = {
-        "conv0.2": [run("conv0.2", f, seed=i, peak=0.90, epochs=120) for i, f in enumerate([0.80, 0.81, 0.79])],
-        "bn": [run("bn", f, seed=i, epochs=120) for i, f in enumerate([0.85, 0.86, 0.855])],
+        "conv0.2": [run("conv0.2", f, seed=i, peak=0.90, epochs=epochs) for i, f in enumerate([0.80, 0.81, 0.79])],
+        "bn": [run("bn", f, seed=i, epochs=epochs) for i, f in enumerate([0.85, 0.86, 0.855])],
     }
     verdict = decide(CLAIMS["C2"], data)
-    assert verdict.status == "contradicted"
-    assert verdict.test_selected.status == "supported" and verdict.disagrees
+    assert verdict.evidence == "contradicted" and verdict.test_selected.evidence == "supported"
+    assert verdict.disagrees and verdict.status == ("contradicted" if epochs == 250 else "early training")
     assert verdict.comparisons[0].metric == "accuracy"
     assert verdict.test_selected.comparisons[0].metric == "best_accuracy"
 
@@ -205,8 +237,8 @@ def test_metric_values():
 
 
 def test_c10_contrasts_vanillas_late_degradation_with_bns():
-    vanilla = [run("vanilla", f, seed=i, peak=0.80, epochs=200) for i, f in enumerate([0.75, 0.76, 0.74])]
-    bn = [run("bn", f, seed=i, peak=f + d, epochs=200) for i, (f, d) in enumerate([(0.85, 0.002), (0.86, 0.0),
+    vanilla = [run("vanilla", f, seed=i, peak=0.80, epochs=250) for i, f in enumerate([0.75, 0.76, 0.74])]
+    bn = [run("bn", f, seed=i, peak=f + d, epochs=250) for i, (f, d) in enumerate([(0.85, 0.002), (0.86, 0.0),
                                                                                     (0.855, 0.004)])]
     assert decide(CLAIMS["C10"], {"vanilla": vanilla, "bn": bn}).status == "supported"
     both = {"vanilla": vanilla, "bn": [r.replace(name="bn") for r in vanilla]}
@@ -224,8 +256,8 @@ def test_decide_all_decides_every_claim_in_order():
     records = runs("vanilla", [0.70, 0.71, 0.72]) + runs("bn", [0.80, 0.815, 0.83])
     verdicts = decide_all(records)
     assert [v.claim.id for v in verdicts] == [f"C{i}" for i in range(1, 11)]
-    assert verdicts[0].status == "supported"  # C1 at 20 epochs
-    assert verdicts[1].status == "not decidable"
+    assert verdicts[0].status == "early training" and verdicts[0].evidence == "supported"  # C1 at 20 epochs
+    assert verdicts[1].status == "early training" and verdicts[1].evidence == "insufficient"  # C2: no conv0.2
 
 
 def test_summarize_config():
