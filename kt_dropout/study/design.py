@@ -26,6 +26,7 @@ import numpy as np
 from scipy import stats
 
 from kt_dropout.study.experiments import NONINFERIORITY, Claim, Comparison
+from kt_dropout.study.profiles import DEFAULT_MAX_SEEDS
 from kt_dropout.study.results import by_study
 from kt_dropout.study.sequential import ALPHA, FIRST_LOOK
 from kt_dropout.study.verdicts import PAIRED, WELCH, group_by_name, metric_values, minimum_detectable
@@ -35,7 +36,6 @@ POWER = 0.8  # per claim
 #: best_epoch (C9's "additional epochs"). What a margin-0 superiority claim is planned to detect.
 RELEVANT = 0.005
 RELEVANT_EPOCHS = 10.0
-DEFAULT_MAX_SEEDS = 50
 
 #: Seconds one model-epoch of the post's network takes on a GPU, for planning only: packs of 20 on one
 #: NVIDIA H100, JAX, float32, 50,000 + 10,000 images per epoch (benchmarks/results/speed-h100/speed.md).
@@ -181,7 +181,7 @@ class ClaimPlan:
 
     claim: Claim
     seeds: int
-    powerable: bool  # every comparison reaches its power within the most seeds
+    powerable: bool | None  # every comparison reaches its power within the most seeds; None: no variance yet
     comparisons: tuple[ComparisonPlan, ...]
     epochs: int
 
@@ -200,6 +200,8 @@ class ClaimPlan:
         mdds = ", ".join("MDD ?" if p.mdd is None else f"MDD {fmt(p, p.mdd)}" for p in self.comparisons)
         cost = (f"{self.model_epochs:,} model-epochs, ~{self.gpu_seconds / 3600:.1f} GPU h")
         head = f"{self.claim.id}: {self.seeds} seeds per configuration"
+        if self.powerable is None:
+            return f"{head}: a pilot (no runs to estimate its variance from yet); {cost}"
         if not self.powerable:
             short = [str(p.comparison) for p in self.comparisons if p.seeds is None]
             head += f" (the most): NOT POWERABLE within them ({'; '.join(short)})"
@@ -207,7 +209,8 @@ class ClaimPlan:
 
 
 def plan_claim(claim: Claim, records, *, max_seeds: int, epochs: int, seeding: str = "global") -> ClaimPlan:
-    """The claim's plan from the runs in `records` (module docstring), capped at `max_seeds` per configuration."""
+    """The claim's plan from the runs in `records` (module docstring), capped at `max_seeds` per configuration;
+    a pilot of `FIRST_LOOK` seeds when the runs give no variance for one of its comparisons."""
     records, m = list(records), len(claim.comparisons)
     target = 1 - (1 - POWER) / m
     by_metric = {metric: samples(records, metric) for metric in {c.metric for c in claim.comparisons}}
@@ -218,8 +221,11 @@ def plan_claim(claim: Claim, records, *, max_seeds: int, epochs: int, seeding: s
         gap = planning_gap(comparison)
         seeds = variance and seeds_for(test, difference_variance(test, variance.value), gap, target, max_seeds)
         made.append((comparison, test, variance, gap, seeds))
-    powerable = all(seeds is not None for *_, seeds in made)
-    planned = max(seeds for *_, seeds in made) if powerable else max_seeds
+    if any(variance is None for _, _, variance, _, _ in made):
+        powerable, planned = None, min(FIRST_LOOK, max_seeds)
+    else:
+        powerable = all(seeds is not None for *_, seeds in made)
+        planned = max(seeds for *_, seeds in made) if powerable else max_seeds
     plans = tuple(
         ComparisonPlan(c, test, v, gap, target, seeds,
                        v and mdd(test, difference_variance(test, v.value), planned, target))

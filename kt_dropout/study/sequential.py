@@ -115,8 +115,9 @@ def decisions(t_against, df, seeds, max_seeds: int, alpha: float = ALPHA):
     return decision, first
 
 
-def claim_decision(t_against, df, seeds, max_seeds: int, alpha: float = ALPHA) -> tuple[str, list[str]]:
-    """A claim's decision and its comparisons' from their t statistics at each look (rows: comparisons).
+def claim_decision(t_against, df, seeds, max_seeds: int, alpha: float = ALPHA) -> tuple[str, list[str], int]:
+    """A claim's decision, its comparisons' and the index of the look that decided it (the last look taken when
+    undecided), from their t statistics at each look (rows: comparisons); later looks do not change it.
 
     Each comparison: supported at its first upward crossing at level `alpha`. Contradicted (Holm, module
     docstring): at each look in turn, a comparison not yet decided whose statistic lies at or below minus its
@@ -140,9 +141,10 @@ def claim_decision(t_against, df, seeds, max_seeds: int, alpha: float = ALPHA) -
             if not hit:
                 break
             status[hit[0]] = CONTRADICTED
-    status = [NOT_REPRODUCED if s == CONTINUE and last else s for s in status]
-    if CONTRADICTED in status:
-        return CONTRADICTED, status
-    if all(s == SUPPORTED for s in status):
-        return SUPPORTED, status
-    return (NOT_REPRODUCED if last else CONTINUE), status
+        if CONTRADICTED in status:
+            return CONTRADICTED, status, k
+        if all(s == SUPPORTED for s in status):
+            return SUPPORTED, status, k
+    if last:
+        return NOT_REPRODUCED, [NOT_REPRODUCED if s == CONTINUE else s for s in status], t_against.shape[1] - 1
+    return CONTINUE, status, t_against.shape[1] - 1

@@ -95,10 +95,12 @@ def test_a_claim_is_contradicted_by_holm_over_its_comparisons():
     df = np.full((2, 2), 10.0)
     bar, holm_bar = (sequential.t_boundaries(z_boundaries((0.5, 1.0), a)[-1], 10.0) for a in (0.025, 0.0125))
     both_between = np.array([[0.0, -(bar + holm_bar) / 2], [0.0, -(bar + holm_bar) / 2]])
-    assert claim_decision(both_between, df, (3, 6), 6) == (NOT_REPRODUCED, [NOT_REPRODUCED] * 2)
+    assert claim_decision(both_between, df, (3, 6), 6) == (NOT_REPRODUCED, [NOT_REPRODUCED] * 2, 1)
     one_beyond = np.array([[0.0, -holm_bar - 0.1], [0.0, -(bar + holm_bar) / 2]])
-    assert claim_decision(one_beyond, df, (3, 6), 6) == (CONTRADICTED, [CONTRADICTED] * 2)
+    assert claim_decision(one_beyond, df, (3, 6), 6) == (CONTRADICTED, [CONTRADICTED] * 2, 1)
     split = np.array([[0.0, bar + 0.1], [0.0, 0.0]])
-    assert claim_decision(split, df, (3, 6), 6) == (NOT_REPRODUCED, [SUPPORTED, NOT_REPRODUCED])
+    assert claim_decision(split, df, (3, 6), 6) == (NOT_REPRODUCED, [SUPPORTED, NOT_REPRODUCED], 1)
     assert claim_decision(np.array([[0.0, bar + 0.1], [9.0, 0.0]]), df, (3, 6), 6) == (SUPPORTED,
-                                                                                     [SUPPORTED, SUPPORTED])
+                                                                                     [SUPPORTED, SUPPORTED], 1)
+    decided_early = np.array([[9.0, -9.0], [9.0, -9.0]])  # supported at the first look: the second changes nothing
+    assert claim_decision(decided_early, df, (3, 6), 6) == (SUPPORTED, [SUPPORTED, SUPPORTED], 0)
