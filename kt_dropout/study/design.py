@@ -155,13 +155,12 @@ def seeds_for(test: str, spread: float, gap: float, target: float, max_seeds: in
     return next((n for n in range(FIRST_LOOK, max_seeds + 1) if power(test, spread, n, gap) >= target), None)
 
 
-def seeds_needed(difference: float, threshold: float, test: str, variance: Variance | None,
+def seeds_needed(difference: float, threshold: float, test: str, spread: float,
                  max_seeds: int = DEFAULT_MAX_SEEDS) -> int | None:
-    """Seeds a side that would support the observed difference with `POWER`, from a pooled variance: only where
-    the estimate points the claim's way (beyond its threshold); None otherwise or beyond `max_seeds`."""
-    if variance is None:
-        return None
-    return seeds_for(test, difference_variance(test, variance.value), difference - threshold, POWER, max_seeds)
+    """Seeds a side that would support the observed difference with `POWER` (`spread`: n x the variance of the
+    difference with n seeds a side, from a pooled variance: `difference_variance`), only where the estimate
+    points the claim's way (beyond its threshold); None otherwise or beyond `max_seeds`."""
+    return seeds_for(test, spread, difference - threshold, POWER, max_seeds)
 
 
 @dataclasses.dataclass(frozen=True)

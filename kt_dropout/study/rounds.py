@@ -52,7 +52,8 @@ def _with_seeds(study: Study, seeds: dict[str, int]) -> Study:
                  data_source=study.data_source, **study.pack_options)
 
 
-def plan_study(study: Study, *, max_seeds: int, variance_records=(), variance: str = "the study's own store") -> tuple[Study, dict]:
+def plan_study(study: Study, *, max_seeds: int, variance_records=(),
+               variance: str = "the study's own store") -> tuple[Study, dict]:
     """The study with each configuration's planned seeds (the most that a claim needing it plans), and its
     design document, written into the store (planned claims kept from an earlier call, pilots planned again).
     The variance is pooled over the study's store's runs (its pilots among them) and `variance_records`

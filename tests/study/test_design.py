@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from kt_dropout.study import design
-from kt_dropout.study.design import Correlation, Variance
+from kt_dropout.study.design import Correlation
 from kt_dropout.study.experiments import CLAIMS, Comparison
 from kt_dropout.study.results import ResultStore
 from kt_dropout.study.verdicts import PAIRED, WELCH, group_by_name, metric_values
@@ -68,11 +68,11 @@ def test_seeds_for_is_the_fewest_that_reach_the_power():
 
 
 def test_seeds_needed_only_where_the_estimate_points_the_claims_way():
-    variance = Variance(0.007**2, 16, "test")
-    assert design.seeds_needed(-0.010, 0.0, WELCH, variance) is None  # C2's estimate: against the claim
-    assert design.seeds_needed(0.0, 0.0, WELCH, variance) is None
-    n = design.seeds_needed(0.008, 0.0, WELCH, variance)
-    assert design.power(WELCH, design.difference_variance(WELCH, variance.value), n, 0.008) >= design.POWER
+    spread = design.difference_variance(WELCH, 0.007**2)
+    assert design.seeds_needed(-0.010, 0.0, WELCH, spread) is None  # C2's estimate: against the claim
+    assert design.seeds_needed(0.0, 0.0, WELCH, spread) is None
+    n = design.seeds_needed(0.008, 0.0, WELCH, spread)
+    assert design.power(WELCH, spread, n, 0.008) >= design.POWER > design.power(WELCH, spread, n - 1, 0.008)
 
 
 def test_a_claim_is_planned_at_its_power_per_comparison(records):
