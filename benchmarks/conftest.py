@@ -87,16 +87,29 @@ def _by_power(config) -> bool:
     return seeds == "auto" or config.getoption("--kt-until-decided")
 
 
-def _planned_study(config, study, terminal):
-    """The study with its seeds planned by power, its plan shown; with `--kt-until-decided`, trained in rounds
-    first (`rounds.run_rounds`), so that the tests find its runs stored, and the study at the seeds reached (or
-    the round that the time budget stopped, whose tests then skip as incomplete)."""
+def _power_options(config):
+    """(most seeds, variance stores, their runs) when seeds are planned by power, else None; read before the
+    study opens, so that a bad option writes nothing."""
     from kt_dropout.cli.results import open_store
-    from kt_dropout.study import planned, rounds
 
     stores = [s for s in (config.getoption("--kt-variance-from") or "").split(",") if s]
-    variance = [r for store in stores for r in open_store(Path(store)).records()]
+    if not _by_power(config):
+        for option in ("--kt-max-seeds", "--kt-variance-from"):
+            if config.getoption(option) not in (None, ""):
+                raise UsageError(f"{_named(option)} plans seeds: it needs --kt-seeds auto or --kt-until-decided")
+        return None
     max_seeds = _int_option(config, "--kt-max-seeds") or DEFAULT_MAX_SEEDS
+    return max_seeds, stores, [r for store in stores for r in open_store(Path(store)).records()]
+
+
+def _planned_study(config, study, terminal, power):
+    """The study with its seeds planned by power (`power`: `_power_options`), its plan shown; with
+    `--kt-until-decided`, trained in rounds first (`rounds.run_rounds`), so that the tests find its runs stored,
+    and the study at the seeds reached (or the round that the time budget stopped, whose tests then skip as
+    incomplete)."""
+    from kt_dropout.study import planned, rounds
+
+    max_seeds, stores, variance = power
 
     def plan(study):
         return rounds.plan_study(study, max_seeds=max_seeds, variance_records=variance,
@@ -149,11 +162,11 @@ def pytest_collection_finish(session):
         return
     try:
         _train_per_device(config, session.items)
-        settings = _settings(config, session.items)
+        settings, power = _settings(config, session.items), _power_options(config)
         chosen = open_study(settings, progress=_Terminal(config))
         stops.enable()  # SIGTERM: its training stops at the next epoch boundary, its tests are skipped as incomplete
-        if _by_power(config):
-            chosen = _planned_study(config, chosen, _Terminal(config))
+        if power:
+            chosen = _planned_study(config, chosen, _Terminal(config), power)
         else:
             chosen.announce("kt-dropout suite (pytest benchmarks -m gpu)")
     except AcceleratorRequired as error:
