@@ -33,7 +33,7 @@ REPRODUCE_EXIT_CODES = (
     f"{EXIT_FAILED} a run failed, or a claim the profile decides is insufficient; "
     f"{EXIT_CONTRADICTED} a claim the profile decides is contradicted (before {EXIT_FAILED}); 2 a usage error; "
     f"{budget.EXIT_INCOMPLETE} the time budget was spent, or a SIGTERM came, before the study was trained "
-    "(checkpointed: rerun to continue)"
+    "(checkpointed: rerun to continue), or an --until-decided round waits for runs other processes hold"
 )
 
 
