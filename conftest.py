@@ -15,7 +15,11 @@ OPTIONS = {
     # option: (environment variable, default, help)
     "--kt-profile": ("KT_PROFILE", "quick", "suite profile: smoke, quick or full"),
     "--kt-epochs": ("KT_EPOCHS", None, "epochs per run (default: the profile's)"),
-    "--kt-seeds": ("KT_SEEDS", None, "seeds per configuration (default: the profile's)"),
+    "--kt-seeds": ("KT_SEEDS", None, "seeds per configuration, or auto: planned by power per claim, as reproduce "
+                                     "--seeds auto (default: the profile's)"),
+    "--kt-max-seeds": ("KT_MAX_SEEDS", None, "most seeds per configuration of a study planned by power [50]"),
+    "--kt-variance-from": ("KT_VARIANCE_FROM", None, "plan seeds from the pooled variance of these results stores' "
+                                                     "runs too (comma-separated), as reproduce --variance-from"),
     "--kt-results": ("KT_RESULTS", "kt_results", "results folder (store and report)"),
     "--kt-data": ("KT_DROPOUT_DATA", None, "CIFAR-10 location (see kt_dropout.load_cifar10)"),
     "--kt-train-size": ("KT_TRAIN_SIZE", None, "train on the first N training images, class by class in turn [all]"),
@@ -41,6 +45,10 @@ def pytest_addoption(parser):
     group.addoption("--kt-allow-cpu", action="store_true", default=os.environ.get("KT_ALLOW_CPU", "0") not in ("", "0"),
                     help="train the quick or full profile without a GPU or TPU, which is otherwise refused with the "
                          "estimated time [env KT_ALLOW_CPU=1]")
+    group.addoption("--kt-until-decided", action="store_true",
+                    default=os.environ.get("KT_UNTIL_DECIDED", "0") not in ("", "0"),
+                    help="train in rounds until each claim is decided, as reproduce --until-decided (implies "
+                         "--kt-seeds auto) [env KT_UNTIL_DECIDED=1]")
     group.addoption("--kt-deterministic", action="store_true",
                     default=os.environ.get("KT_DETERMINISTIC", "0") not in ("", "0"),
                     help="deterministic kernels (Recipe.deterministic): replays on the same GPU agree, slower; a "

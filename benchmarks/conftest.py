@@ -19,8 +19,9 @@ from kt_dropout.config import (
     parse_duration,
     parse_positive_int,
 )
-from kt_dropout.study.profiles import get_profile
-from kt_dropout.study.runner import AcceleratorRequired, open_study
+from kt_dropout.errors import UsageError
+from kt_dropout.study.profiles import DEFAULT_MAX_SEEDS, get_profile
+from kt_dropout.study.runner import AcceleratorRequired, StudyIncomplete, open_study
 from kt_dropout.study.settings import SettingError, StudySettings
 from kt_dropout.study.shards import parse_shard
 from kt_dropout.training import stops
@@ -61,7 +62,7 @@ def _settings(config, items) -> StudySettings:
             Path(config.getoption("--kt-results")) / "store",
             experiments=_planned(get_profile(config.getoption("--kt-profile")), items),
             epochs=_int_option(config, "--kt-epochs"),
-            seeds=_int_option(config, "--kt-seeds"),
+            seeds=None if _by_power(config) else _int_option(config, "--kt-seeds"),
             data_path=config.getoption("--kt-data"),
             train_size=_int_option(config, "--kt-train-size"),
             test_size=_int_option(config, "--kt-test-size"),
@@ -78,7 +79,56 @@ def _settings(config, items) -> StudySettings:
         raise SettingError(_named(f"--kt-{error.field.replace('_', '-')}"), error.problem) from None
 
 
-STUDY = pytest.StashKey()
+def _by_power(config) -> bool:
+    """Whether the session's seeds are planned by power (`--kt-seeds auto` or `--kt-until-decided`)."""
+    seeds = config.getoption("--kt-seeds")
+    if config.getoption("--kt-until-decided") and seeds not in (None, "", "auto"):
+        raise UsageError(f"{_named('--kt-until-decided')} plans its seeds: {_named('--kt-seeds')} {seeds} "
+                         "conflicts with it (use --kt-max-seeds)")
+    return seeds == "auto" or config.getoption("--kt-until-decided")
+
+
+def _power_options(config):
+    """(most seeds, variance stores, their runs) when seeds are planned by power, else None; read before the
+    study opens, so that a bad option writes nothing."""
+    from kt_dropout.cli.results import open_store
+
+    stores = [s for s in (config.getoption("--kt-variance-from") or "").split(",") if s]
+    if not _by_power(config):
+        for option in ("--kt-max-seeds", "--kt-variance-from"):
+            if config.getoption(option) not in (None, ""):
+                raise UsageError(f"{_named(option)} plans seeds: it needs --kt-seeds auto or --kt-until-decided")
+        return None
+    max_seeds = _int_option(config, "--kt-max-seeds") or DEFAULT_MAX_SEEDS
+    return max_seeds, stores, [r for store in stores for r in open_store(Path(store)).records()]
+
+
+def _planned_study(config, study, terminal, power):
+    """The study with its seeds planned by power (`power`: `_power_options`), its plan shown; with
+    `--kt-until-decided`, trained in rounds first (`rounds.run_rounds`), so that the tests find its runs stored,
+    and the study at the seeds reached (or the round that the time budget stopped, whose tests then skip as
+    incomplete)."""
+    from kt_dropout.study import planned, rounds
+
+    max_seeds, stores, variance = power
+
+    def plan(study):
+        return rounds.plan_study(study, max_seeds=max_seeds, variance_records=variance,
+                                 variance=", ".join(["the study's own store", *stores]))
+
+    study, design = plan(study)
+    study.announce("kt-dropout suite (pytest benchmarks -m gpu)")
+    planned.print_design(design, terminal)
+    if config.getoption("--kt-until-decided"):
+        try:
+            config.stash[SEQUENTIAL], study = rounds.run_rounds(study, design, lambda line: terminal.write(line + "\n"),
+                                                                plan)
+        except StudyIncomplete as stopped:
+            return stopped.study
+    return study
+
+
+STUDY, SEQUENTIAL = pytest.StashKey(), pytest.StashKey()  # the study; with --kt-until-decided, its verdicts
 
 
 class _Terminal:
@@ -113,15 +163,18 @@ def pytest_collection_finish(session):
         return
     try:
         _train_per_device(config, session.items)
-        settings = _settings(config, session.items)
+        settings, power = _settings(config, session.items), _power_options(config)
         chosen = open_study(settings, progress=_Terminal(config))
+        stops.enable()  # SIGTERM: its training stops at the next epoch boundary, its tests are skipped as incomplete
+        if power:
+            chosen = _planned_study(config, chosen, _Terminal(config), power)
+        else:
+            chosen.announce("kt-dropout suite (pytest benchmarks -m gpu)")
     except AcceleratorRequired as error:
         raise pytest.UsageError(f"{error}; --kt-allow-cpu (or KT_ALLOW_CPU=1) trains here anyway") from None
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, UsageError) as error:
         raise pytest.UsageError(str(error)) from None
     config.stash[STUDY] = chosen
-    stops.enable()  # SIGTERM: its training stops at the next epoch boundary, its tests are skipped as incomplete
-    chosen.announce("kt-dropout suite (pytest benchmarks -m gpu)")
 
 
 @pytest.fixture(scope="session")
@@ -134,7 +187,8 @@ REPRODUCE_FLAGS = {"--kt-profile": "--profile", "--kt-epochs": "--epochs", "--kt
                    "--kt-results": "--results", "--kt-data": "--data", "--kt-train-size": "--train-size",
                    "--kt-test-size": "--test-size", "--kt-selection": "--selection", "--kt-precision": "--precision",
                    "--kt-pack-size": "--pack-size", "--kt-shard": "--shard",
-                   "--kt-checkpoint-every": "--checkpoint-every", "--kt-time-budget": "--time-budget"}
+                   "--kt-checkpoint-every": "--checkpoint-every", "--kt-time-budget": "--time-budget",
+                   "--kt-max-seeds": "--max-seeds", "--kt-variance-from": "--variance-from"}
 
 
 def _train_per_device(config, items):
@@ -150,8 +204,8 @@ def _train_per_device(config, items):
     planned = _planned(get_profile(config.getoption("--kt-profile")), items) or []
     argv = ["reproduce", *planned, *(f"{flag}={config.getoption(option)}" for option, flag in REPRODUCE_FLAGS.items()
                                      if config.getoption(option) not in (None, ""))]
-    argv += [flag for option, flag in (("--kt-allow-cpu", "--allow-cpu"), ("--kt-deterministic", "--deterministic"))
-             if config.getoption(option)]
+    argv += [flag for option, flag in (("--kt-allow-cpu", "--allow-cpu"), ("--kt-deterministic", "--deterministic"),
+                                       ("--kt-until-decided", "--until-decided")) if config.getoption(option)]
     terminal = _Terminal(config)
     status = devices.run_per_device(argv, chosen, out=terminal, err=terminal)
     if status not in devices.RESULT_STATUSES:  # a verdict or a failed run is the session's to report

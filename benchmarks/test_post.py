@@ -45,7 +45,7 @@ def test_experiment(experiment, study, benchmark):
     expected = set(EXPERIMENTS[experiment].configs)
     assert set(runs) == expected, f"missing runs for {sorted(expected - set(runs))}"
     for name, config_runs in runs.items():
-        seeds = study.settings.seeds
+        seeds = study.settings.seeds_of(name)
         assert len(config_runs) == seeds, f"{name}: {len(config_runs)} runs for {seeds} seeds"
     stuck = not_learned(runs, profile)
     assert stuck is None, stuck

@@ -17,11 +17,11 @@ from kt_dropout.cli.flags import (
     add_size_flags,
 )
 from kt_dropout.cli.parser import did_you_mean, flag_type, positive_int
-from kt_dropout.cli.results import STORE_FOLDER
+from kt_dropout.cli.results import STORE_FOLDER, open_store
 from kt_dropout.config import Recipe
 from kt_dropout.errors import UsageError
 from kt_dropout.study.experiments import EXPERIMENTS, claims_for
-from kt_dropout.study.profiles import DEFAULT_PACK_SIZE, PROFILES
+from kt_dropout.study.profiles import DEFAULT_MAX_SEEDS, DEFAULT_PACK_SIZE, PROFILES
 from kt_dropout.training import budget, stops
 
 DEFAULT_RESULTS = "kt_results"
@@ -34,7 +34,7 @@ REPRODUCE_EXIT_CODES = (
     f"{EXIT_CONTRADICTED} a claim the profile decides is contradicted (before {EXIT_FAILED}); 2 a usage error; "
     f"{budget.EXIT_INCOMPLETE} the time budget was spent, or a SIGTERM came, before the study was trained "
     "(checkpointed: rerun to continue), or other processes still hold runs of it when this one has nothing else "
-    "to train (rerun once they end)"
+    "to train, or an --until-decided round waits for runs they hold (rerun once they end)"
 )
 
 
@@ -43,6 +43,10 @@ def _experiment(name: str) -> str:
         raise argparse.ArgumentTypeError(
             f"unknown experiment {name!r}{did_you_mean(name, EXPERIMENTS)}; known: {', '.join(EXPERIMENTS)}")
     return name
+
+
+def _seeds(text: str) -> int | str:
+    return text if text == "auto" else positive_int(text)
 
 
 def _shard(text: str) -> tuple[int, int]:
@@ -71,7 +75,9 @@ class Reproduce(Command):
         parser.add_argument("--profile", choices=list(PROFILES), default="quick",
                             help="smoke: tiny networks on synthetic data; quick: 15 epochs; full: the post's "
                                  "250 [quick]")
-        parser.add_argument("--seeds", type=positive_int, metavar="N", help="seeds per configuration [the profile's]")
+        parser.add_argument("--seeds", type=_seeds, metavar="N|auto",
+                            help="seeds per configuration, or auto: planned per claim for 80%% power from a pooled "
+                                 "variance (see --max-seeds) [the profile's]")
         parser.add_argument("--epochs", type=positive_int, metavar="N", help="epochs per run [the profile's]")
         parser.add_argument("--results", default=DEFAULT_RESULTS, metavar="DIR",
                             help=f"results folder: store/ and report-PROFILE/ [{DEFAULT_RESULTS}]")
@@ -100,6 +106,19 @@ class Reproduce(Command):
                                  "process pinned to its GPU (CUDA_VISIBLE_DEVICES), all into RESULTS; lines are "
                                  "prefixed with the device; exits with the worst status. On a CPU an explicit list "
                                  "runs that many CPU processes (pinning does nothing there)")
+        power = parser.add_argument_group(
+            "seeds planned by power (--seeds auto: each claim's seeds, the MDD they give, model-epochs and GPU time "
+            "are shown before training and by kt-dropout status)")
+        power.add_argument("--max-seeds", type=positive_int, metavar="N",
+                           help=f"most seeds per configuration; claims not powerable within them are named "
+                                f"[{DEFAULT_MAX_SEEDS}]")
+        power.add_argument("--variance-from", action="append", metavar="STORE",
+                           help="plan from the pooled variance of this results store's runs (repeatable) [the "
+                                "study's own store; a claim with no runs there first trains a pilot of 3 seeds]")
+        power.add_argument("--until-decided", action="store_true",
+                           help="train in rounds (3 seeds, then twice as many for the configurations of claims "
+                                "still undecided, up to their planned seeds) and stop each claim once supported or "
+                                "contradicted (group-sequential, O'Brien-Fleming-type spending); implies --seeds auto")
         add_checkpoint_flag(parser, "each pack (or run) saves its checkpoint in RESULTS/store/checkpoints/ "
                                     "(rerunning the command continues from it; deleted once its runs are stored)")
         add_budget_flag(parser)
@@ -130,9 +149,18 @@ def _reproduce(args) -> int:
 
     if args.no_pack and args.pack_size is not None and args.pack_size > 1:
         raise UsageError(f"--no-pack conflicts with --pack-size {args.pack_size}")
+    if args.until_decided and args.seeds not in (None, "auto"):
+        raise UsageError(f"--until-decided plans its seeds: --seeds {args.seeds} conflicts with it (use --max-seeds)")
+    auto = args.seeds == "auto" or args.until_decided
+    for flag, value in (("--max-seeds", args.max_seeds), ("--variance-from", args.variance_from)):
+        if value is not None and not auto:
+            raise UsageError(f"{flag} plans seeds: it needs --seeds auto or --until-decided")
+    # read before any data or training: a bad STORE is a usage error at once
+    variance = [r for store in args.variance_from or () for r in open_store(Path(store)).records()]
     results = Path(args.results)
     settings = StudySettings(
-        args.profile, results / STORE_FOLDER, experiments=args.experiments, epochs=args.epochs, seeds=args.seeds,
+        args.profile, results / STORE_FOLDER, experiments=args.experiments, epochs=args.epochs,
+        seeds=None if auto else args.seeds,
         data_path=args.data, train_size=args.train_size, test_size=args.test_size, selection=args.selection,
         precision=args.precision, deterministic=args.deterministic, pack_size=1 if args.no_pack else args.pack_size,
         shard=args.shard, checkpoint_every=args.checkpoint_every, allow_cpu=args.allow_cpu,
@@ -145,9 +173,23 @@ def _reproduce(args) -> int:
         study = open_study(settings)
     except AcceleratorRequired as error:
         raise UsageError(f"{error}; --allow-cpu trains here anyway") from None
+    if auto:
+        from kt_dropout.study import planned, rounds
+
+        def plan(study):
+            return rounds.plan_study(study, max_seeds=args.max_seeds or DEFAULT_MAX_SEEDS, variance_records=variance,
+                                     variance=", ".join(["the study's own store", *(args.variance_from or ())]))
+
+        study, design = plan(study)
     study.announce(f"{PROG} reproduce: {', '.join(experiments)}")
+    if auto:
+        planned.print_design(design, study.progress)
     try:
-        records = [run for runs in study.runs(settings.configs()).values() for run in runs]  # trains only what is missing
+        if args.until_decided:
+            sequential, study = rounds.run_rounds(study, design, print, plan)
+            records = study.records()
+        else:
+            records = [run for runs in study.runs(settings.configs()).values() for run in runs]  # only what is missing
     except RunsHeld:
         print("nothing else to train here: other processes hold the rest of the study (named above)")
         for line in study.remaining():
@@ -155,16 +197,20 @@ def _reproduce(args) -> int:
         print("rerun the same command once they end: it trains what they leave, or decides the claims and "
               "writes the report")
         return budget.EXIT_INCOMPLETE
-    except StudyIncomplete:
+    except StudyIncomplete as stopped:
         why = stops.requested() or f"time budget spent ({format_seconds(args.time_budget)})"
         print(f"{why}: stopped at an epoch boundary, checkpoint saved")
-        for line in study.remaining():
+        for line in getattr(stopped, "study", study).remaining():
             print(f"  {line}")
         print("rerun the same command to continue")
         return budget.EXIT_INCOMPLETE
     claims = [c for name in experiments for c in claims_for(name)]
-    decided = {v.claim.id: v for v in decide_all(records, [c for c in claims if c.id in profile.claims])}
-    print(f"Claims ({profile.name} profile, {settings.epochs} epochs, {settings.seeds} seeds):")
+    if args.until_decided:
+        decided = {v.claim.id: v for v in sequential}
+    else:
+        decided = {v.claim.id: v for v in decide_all(records, [c for c in claims if c.id in profile.claims])}
+    seeds = "seeds planned by power" if auto else f"{settings.seeds} seeds"
+    print(f"Claims ({profile.name} profile, {settings.epochs} epochs, {seeds}):")
     for claim in claims:
         print(f"  {decided[claim.id].summary()}" if claim.id in decided
               else f"  {claim.id} not decided in this profile: {claim.text}")
@@ -173,7 +219,10 @@ def _reproduce(args) -> int:
     failed = [f"{r.name}/seed{r.key.seed}" for r in records if r.status != "ok"]
     if failed:
         eprint(f"{len(failed)} run(s) failed: {', '.join(failed)}")
-    return reproduce_exit_status(records, decided.values())
+    if args.until_decided and any(v.status == rounds.CONTINUE for v in sequential):
+        print("a round is waiting for runs that other processes hold or that failed: rerun to continue")
+        return budget.EXIT_INCOMPLETE
+    return reproduce_exit_status(records, [v for v in decided.values() if v.claim.id in profile.claims])
 
 
 def reproduce_exit_status(records: list, verdicts) -> int:

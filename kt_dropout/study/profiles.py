@@ -24,6 +24,7 @@ from kt_dropout.study.experiments import CLAIMS, EXPERIMENTS
 #: The report's title for runs on CIFAR-10 (and for runs whose profile the report is not told).
 CIFAR10_TITLE = "Dropout with batch normalization on CIFAR-10: results"
 DEFAULT_PACK_SIZE = 20  # the most runs of one shape that a study trains together as one packed model
+DEFAULT_MAX_SEEDS = 50  # the most seeds per configuration a study planned by power (`design`) trains
 
 
 @dataclasses.dataclass(frozen=True)

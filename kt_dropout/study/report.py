@@ -221,7 +221,8 @@ def _claim_block(verdict: ClaimVerdict, level: str) -> str:
         rows.append((
             f"{v.comparison} ({v.comparison.kind})", v.metric, v.test or "—",
             f"{v.n_a}/{v.n_b}", _interval(v, fmt), f"{v.comparison.threshold:{fmt}}", _number(v.mdd, fmt[1:]),
-            "—" if v.ci_low is None else (v.seeds_needed or f"> {MAX_SEEDS}"),
+            "—" if v.ci_low is None or v.difference <= v.comparison.threshold  # against the claim: none
+            else (v.seeds_needed or f"> {MAX_SEEDS}"),
             "—" if shadow is None else _interval(shadow, fmt),
         ))
     headers = ["comparison", "metric", "test", "n", f"difference [{level} CI] verdict", "threshold", "MDD",

@@ -36,7 +36,8 @@ _RUN_FILE = re.compile(rf"[0-9a-f]{{{KEY_LENGTH}}}\.json")
 # Folders a store keeps beside its run files: epoch checkpoints of unfinished runs and packs, leases on the
 # runs being trained, and the plans of the studies trained into it.
 CHECKPOINTS_FOLDER, LEASES_FOLDER, STUDIES_FOLDER = "checkpoints", "leases", "studies"
-STORE_FOLDERS = (CHECKPOINTS_FOLDER, LEASES_FOLDER, STUDIES_FOLDER)
+DESIGNS_FOLDER = "designs"  # seeds planned by power (`rounds`)
+STORE_FOLDERS = (CHECKPOINTS_FOLDER, LEASES_FOLDER, STUDIES_FOLDER, DESIGNS_FOLDER)
 
 
 class StudyKey(NamedTuple):

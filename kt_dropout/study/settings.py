@@ -55,6 +55,8 @@ class StudySettings:
         experiments: the experiments to train (default: the profile's); the first one asked for trains the
             missing runs of all of them, packed together.
         epochs, seeds: epochs per run and seeds per configuration (default: the profile's).
+        config_seeds: (configuration, seeds) pairs that override `seeds` for those configurations (a study whose
+            seeds are planned by power, `design.seeds_per_config`, or trained in rounds, `rounds`).
         data_path: where CIFAR-10 is (default: the standard lookup); a synthetic profile reads none.
         train_size, test_size: keep the first images of each class (`cifar10.first_per_class`; default: all).
         selection, precision, deterministic: the `Recipe`'s.
@@ -77,6 +79,7 @@ class StudySettings:
     experiments: tuple[str, ...] | None = None
     epochs: int | None = None
     seeds: int | None = None
+    config_seeds: tuple[tuple[str, int], ...] = ()
     data_path: Path | str | None = None
     train_size: int | None = None
     test_size: int | None = None
@@ -100,6 +103,9 @@ class StudySettings:
             value = getattr(self, field)
             with _field(field):
                 self._set(field, default if value is None else check_positive_int(field, value))
+        with _field("config_seeds"):
+            self._set("config_seeds", tuple(sorted((str(name), check_positive_int(f"seeds of {name}", n))
+                                                   for name, n in dict(self.config_seeds).items())))
         with _field("experiments"):
             self._set("experiments", tuple(e.name for e in resolve_experiments(list(self.experiments
                                                                                     or profile.experiments))))
@@ -135,6 +141,10 @@ class StudySettings:
         """The configurations of the study's experiments, each once (experiments share some)."""
         return list(dict.fromkeys(name for e in self.experiments for name in EXPERIMENTS[e].configs))
 
+    def seeds_of(self, name: str) -> int:
+        """The seeds of one configuration."""
+        return dict(self.config_seeds).get(name, self.seeds)
+
     def members(self, names: Iterable[str] | None = None) -> list[Member]:
         """Every seed's run of the named configurations (default: the study's), scaled to the profile.
 
@@ -145,7 +155,7 @@ class StudySettings:
         unknown = [n for n in names if n not in CONFIGS]
         if unknown:
             raise ConfigError(f"unknown configuration(s): {', '.join(unknown)}; known: {', '.join(CONFIGS)}")
-        return [Member(n, self.profile.scale(CONFIGS[n]), seed) for n in names for seed in range(self.seeds)]
+        return [Member(n, self.profile.scale(CONFIGS[n]), seed) for n in names for seed in range(self.seeds_of(n))]
 
     def run_key(self, member: Member, data_fingerprint: str) -> RunKey:
         """The key a member's run of this study is stored under, on this backend and the data it names."""
@@ -163,7 +173,8 @@ class StudySettings:
 
         members = self.members()
         return Plan(
-            profile=self.profile.name, experiments=self.experiments, seeds=tuple(range(self.seeds)),
+            profile=self.profile.name, experiments=self.experiments,
+            seeds=tuple(range(max(self.seeds_of(n) for n in self.configs()))),
             epochs=self.epochs, recipe=self.recipe, backend=keras.backend.backend(), data=data_fingerprint,
             data_source=data_source, runs=tuple(PlannedRun(m.name, m.seed, key(m)) for m in members),
             pack_size=self.pack_size, packs=tuple(tuple(map(key, pack)) for pack in self.packs(members)),

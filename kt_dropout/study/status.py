@@ -27,6 +27,8 @@ from any machine that sees the store, while other processes train into it.
 - `stored`: every study the run records form (`StudyKey`), with or without a plan: `epochs`, `backend`,
   `data`, `recipe`, `configurations`: {name: {`ok`, `failed`}}.
 - `unplanned`: checkpoints and leases of runs that no plan lists: [{`key`, `epochs_done`, `epochs`, `holder`}].
+- `designs`: the seeds planned by power (`planned`): per study planned so, each claim's planned seeds,
+  whether they reach its power, MDD, model-epochs and estimated GPU time.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from tabulate import tabulate
 from kt_dropout.storage.locks import Lock, holder_line
 from kt_dropout.study.experiments import CLAIMS, EXPERIMENTS
 from kt_dropout.study.leases import LEASE_SECONDS
+from kt_dropout.study.planned import design_lines, read_designs
 from kt_dropout.study.plans import Plan, plan_files
 from kt_dropout.study.profiles import PROFILES
 from kt_dropout.study.results import (
@@ -200,6 +203,7 @@ def store_status(store: ResultStore) -> dict:
         "unplanned": [{"key": key, "epochs_done": checkpoints.get(key, {}).get("epochs_done"),
                        "epochs": checkpoints.get(key, {}).get("epochs"), "holder": leases.get(key)}
                       for key in unplanned],
+        "designs": read_designs(root),
     }
 
 
@@ -255,6 +259,9 @@ def format_status(document: dict) -> str:
                 lines.append(f"  claim {claim['id']} not decidable yet: waiting for {waiting}")
     if not document["studies"]:
         lines += ["", "no study plans in this store (written by reproduce and the suite since status existed)"]
+    for design in document["designs"]:
+        lines += ["", f"design {design['id']}: profile {design['profile']}, {design['epochs']} epochs, "
+                      f"{', '.join(design['experiments'])}", *design_lines(design)]
     for stored in document["stored"]:
         counts = ", ".join(f"{name} {c['ok']}" + (f" (+{c['failed']} failed)" if c["failed"] else "")
                            for name, c in stored["configurations"].items())

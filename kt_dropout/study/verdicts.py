@@ -26,8 +26,9 @@ status is `EARLY_TRAINING`, for every claim alike.
 
 Each comparison also carries its minimum detectable difference: how far beyond
 the threshold a true difference must be for this test, at this spread and
-number of seeds, to support it with `POWER` probability (noncentral t), and the
-seeds per configuration that would detect the observed difference.
+number of seeds, to support it with `POWER` probability (noncentral t), and, where
+the observed difference points the claim's way, the seeds per configuration that
+would detect it (`design.seeds_needed`, from the pooled variance).
 """
 
 from __future__ import annotations
@@ -129,7 +130,8 @@ class ComparisonVerdict:
     test: str | None = None  # PAIRED or WELCH
     p_against: float = 1.0  # one-sided p-value against "difference >= threshold" (before Holm)
     mdd: float | None = None  # minimum detectable difference beyond the threshold at POWER
-    seeds_needed: int | None = None  # per configuration, to detect the observed difference; None: > MAX_SEEDS
+    seeds_needed: int | None = None  # per configuration, to detect the observed difference where it points the
+    # claim's way (`design.seeds_needed`); None: against the claim or > MAX_SEEDS
     reason: str = ""
 
     def __str__(self) -> str:
@@ -185,23 +187,6 @@ def minimum_detectable(se: float, df: float, alpha: float, power: float = POWER)
     return float(optimize.brentq(lambda d: stats.nct.sf(critical, df, d / se) - power, 0.0, 100 * se))
 
 
-def _se_df(test: str, sds: tuple[float, ...], n: int) -> tuple[float, float]:
-    """Standard error and degrees of freedom with `n` seeds per configuration: paired (sd of the differences)
-    or Welch (each side's sd, Welch-Satterthwaite df)."""
-    if test == PAIRED:
-        return sds[0] / math.sqrt(n), n - 1
-    va, vb = (s**2 / n for s in sds)
-    return math.sqrt(va + vb), (va + vb) ** 2 / ((va**2 + vb**2) / (n - 1))
-
-
-def seeds_needed(test: str, sds: tuple[float, ...], gap: float, alpha: float) -> int | None:
-    """The fewest seeds per configuration whose minimum detectable difference is at most `gap`."""
-    for n in range(MIN_RUNS, MAX_SEEDS + 1):
-        if gap > 0 and minimum_detectable(*_se_df(test, sds, n), alpha) <= gap:
-            return n
-    return None
-
-
 def compare(
     comparison: Comparison, runs_by_config: dict[str, list[RunRecord]], confidence: float = 0.95,
     metric: str | None = None,
@@ -232,8 +217,18 @@ def compare(
         **base, status=SUPPORTED if ci.low > threshold else UNRESOLVED, ci_low=float(ci.low),
         ci_high=float(ci.high), p_against=float(t_test(x - threshold, y, alternative="less").pvalue),
         mdd=minimum_detectable(se, result.df, alpha),
-        seeds_needed=seeds_needed(base["test"], sds, abs(base["difference"] - threshold), alpha),
+        seeds_needed=_seeds_needed(base["difference"], threshold, base["test"], x, y),
     )
+
+
+def _seeds_needed(difference: float, threshold: float, test: str, x, y) -> int | None:
+    """`design.seeds_needed` from this comparison's spread: the paired differences' variance, or for Welch the
+    two configurations' variance pooled (both with their degrees of freedom)."""
+    from kt_dropout.study import design  # design plans from this module's metrics
+
+    spread = (float(np.var(x - y, ddof=1)) if test == PAIRED
+              else design.difference_variance(WELCH, design.pooled_variance([x, y]).value))
+    return design.seeds_needed(difference, threshold, test, spread, MAX_SEEDS)
 
 
 def holm(p_values: list[float]) -> list[float]:

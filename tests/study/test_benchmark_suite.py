@@ -87,6 +87,10 @@ def test_gpu_length_study_on_a_cpu_stops_the_session_before_any_test_unless_allo
     ({"KT_SEEDS": "0"}, "--kt-seeds (env KT_SEEDS): expected a positive integer, got '0'"),
     ({"KT_CHECKPOINT_EVERY": "soon"}, "--kt-checkpoint-every (env KT_CHECKPOINT_EVERY): expected a positive duration "
                                       "such as 90s, 9m, 1.5h or 2d, got 'soon'"),  # refused by the StudySettings
+    ({"KT_UNTIL_DECIDED": "1", "KT_SEEDS": "4"}, "--kt-until-decided (env KT_UNTIL_DECIDED) plans its seeds: "
+                                                 "--kt-seeds (env KT_SEEDS) 4 conflicts with it (use --kt-max-seeds)"),
+    ({"KT_SEEDS": "auto", "KT_VARIANCE_FROM": "nowhere"}, "nowhere: neither a results folder (with store/) nor a "
+                                                          "results store (with store.json)"),
 ])
 def test_a_bad_option_is_a_usage_error_naming_the_option_and_its_variable_and_zero_is_not_the_default(
         tmp_path, env, error):

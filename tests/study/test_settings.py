@@ -56,3 +56,15 @@ def test_a_bad_setting_is_refused_when_made_naming_its_field(tmp_path, changes, 
         StudySettings(**{"profile": "smoke", "results": tmp_path, **changes})
     assert (refused.value.field, "\n" in str(refused.value)) == (field, False)
     assert not any(tmp_path.iterdir())  # nothing made
+
+
+def test_configurations_may_have_seeds_of_their_own(tmp_path):
+    """A study planned by power: bn and vanilla at their planned seeds, the plan listing seeds up to the most."""
+    settings = StudySettings("smoke", tmp_path, experiments=("batchnorm", "capacity"), seeds=2,
+                             config_seeds=(("vanilla", 5), ("bn", 3)))
+    members = settings.members()
+    assert [(name, sum(m.name == name for m in members)) for name in settings.configs()] == [
+        ("vanilla", 5), ("bn", 3), ("conv0.5", 2), ("half", 2)]
+    assert settings.seeds_of("half") == 2 and settings.plan("d", "synthetic").seeds == (0, 1, 2, 3, 4)
+    with pytest.raises(SettingError, match=r"^config_seeds: seeds of bn: must be a positive integer, got 0"):
+        StudySettings("smoke", tmp_path, config_seeds=(("bn", 0),))
