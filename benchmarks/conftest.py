@@ -131,6 +131,13 @@ def _planned_study(config, study, terminal, power):
 STUDY, SEQUENTIAL = pytest.StashKey(), pytest.StashKey()  # the study; with --kt-until-decided, its verdicts
 
 
+@pytest.fixture(scope="session")
+def sequential(pytestconfig):
+    """With --kt-until-decided, the claims' verdicts from the rounds, by claim id; otherwise None."""
+    verdicts = pytestconfig.stash.get(SEQUENTIAL, None)
+    return None if verdicts is None else {v.claim.id: v for v in verdicts}
+
+
 class _Terminal:
     """stderr past pytest's capture (as its live logging writes), so that progress shows while a test trains.
 

@@ -22,7 +22,15 @@ import contextlib
 import pytest
 
 from kt_dropout.study.experiments import CLAIMS, EXPERIMENTS
-from kt_dropout.study.outcomes import FAIL, INCOMPLETE, PROPERTY, SKIP, claim_outcome, not_learned
+from kt_dropout.study.outcomes import (
+    FAIL,
+    INCOMPLETE,
+    PROPERTY,
+    SKIP,
+    claim_outcome,
+    not_learned,
+    sequential_outcome,
+)
 from kt_dropout.study.runner import StudyIncomplete, incomplete
 from kt_dropout.study.verdicts import decide, summarize_config
 
@@ -52,19 +60,25 @@ def test_experiment(experiment, study, benchmark):
 
 
 @pytest.mark.parametrize("claim_id", list(CLAIMS))
-def test_claim(claim_id, study, record_property):
-    claim, profile = CLAIMS[claim_id], study.settings.profile
-    if claim_id not in profile.claims:
-        verdict = decide(claim, study.stored_runs(claim.configs))  # what is there; trains nothing
-    else:
-        with _skipped_if_incomplete(study, claim.configs, record_property):
-            verdict = decide(claim, study.runs(claim.configs))
-    outcome = claim_outcome(verdict, profile)
+def test_claim(claim_id, study, sequential, record_property):
+    outcome = _outcome(CLAIMS[claim_id], study, sequential, record_property)
     record_property(PROPERTY, outcome.category)
     if outcome.action == FAIL:
         pytest.fail(outcome.message)
     if outcome.action == SKIP:
         pytest.skip(outcome.message)
+
+
+def _outcome(claim, study, sequential, record_property):
+    """The claim's outcome: from its rounds' sequential verdict under --kt-until-decided, else decided from its
+    runs (trained if the profile decides it, only those stored otherwise)."""
+    profile = study.settings.profile
+    if sequential is not None and claim.id in sequential:
+        return sequential_outcome(sequential[claim.id], profile)
+    if claim.id not in profile.claims:
+        return claim_outcome(decide(claim, study.stored_runs(claim.configs)), profile)  # trains nothing
+    with _skipped_if_incomplete(study, claim.configs, record_property):
+        return claim_outcome(decide(claim, study.runs(claim.configs)), profile)
 
 
 @contextlib.contextmanager

@@ -28,9 +28,10 @@ DEFAULT_RESULTS = "kt_results"
 
 EXIT_FAILED, EXIT_CONTRADICTED = 1, 3
 REPRODUCE_EXIT_CODES = (
-    "exit status: 0 every run succeeded and no claim the profile decides is contradicted or insufficient "
-    "(supported, unresolved, or early training: runs shorter than the post's); "
-    f"{EXIT_FAILED} a run failed, or a claim the profile decides is insufficient; "
+    "exit status: 0 every run succeeded and every claim the profile decides is supported, or in early training "
+    "(runs shorter than the post's), as the suite passes or skips them; "
+    f"{EXIT_FAILED} a run failed, a configuration did not learn, or a claim the profile decides is insufficient or "
+    "not reproduced (unresolved at the end of its seeds); "
     f"{EXIT_CONTRADICTED} a claim the profile decides is contradicted (before {EXIT_FAILED}); 2 a usage error; "
     f"{budget.EXIT_INCOMPLETE} the time budget was spent, or a SIGTERM came, before the study was trained "
     "(checkpointed: rerun to continue), or other processes still hold runs of it when this one has nothing else "
@@ -141,6 +142,7 @@ class Reproduce(Command):
 def _reproduce(args) -> int:
     """Trains what the experiments need (reusing stored runs), decides their claims, writes the report."""
     from kt_dropout.storage.atomic import check_writable_folder
+    from kt_dropout.study.outcomes import claim_outcome, sequential_outcome
     from kt_dropout.study.report import write_report
     from kt_dropout.study.runner import AcceleratorRequired, RunsHeld, StudyIncomplete, open_study
     from kt_dropout.study.settings import StudySettings
@@ -222,15 +224,21 @@ def _reproduce(args) -> int:
     if args.until_decided and any(v.status == rounds.CONTINUE for v in sequential):
         print("a round is waiting for runs that other processes hold or that failed: rerun to continue")
         return budget.EXIT_INCOMPLETE
-    return reproduce_exit_status(records, [v for v in decided.values() if v.claim.id in profile.claims])
+    judge = sequential_outcome if args.until_decided else claim_outcome
+    outcomes = [judge(v, profile) for v in decided.values() if v.claim.id in profile.claims]
+    return reproduce_exit_status(records, outcomes, profile)
 
 
-def reproduce_exit_status(records: list, verdicts) -> int:
-    """`REPRODUCE_EXIT_CODES` for the study's records (`RunRecord`s) and the verdicts of the claims its profile
-    decides."""
-    from kt_dropout.study.verdicts import CONTRADICTED, INSUFFICIENT
+def reproduce_exit_status(records: list, outcomes, profile) -> int:
+    """`REPRODUCE_EXIT_CODES` for the study's records (`RunRecord`s) and the suite's outcomes
+    (`study.outcomes.Outcome`) of the claims its profile decides: the command fails where the suite would."""
+    from kt_dropout.study.outcomes import FAIL, not_learned
+    from kt_dropout.study.verdicts import CONTRADICTED, group_by_name
 
-    statuses = {v.status for v in verdicts}
-    if CONTRADICTED in statuses:
+    failing = {o.category for o in outcomes if o.action == FAIL}
+    if CONTRADICTED in failing:
         return EXIT_CONTRADICTED
-    return EXIT_FAILED if INSUFFICIENT in statuses or any(r.status != "ok" for r in records) else 0
+    stuck = not_learned(group_by_name(records), profile)
+    if stuck:
+        eprint(stuck)
+    return EXIT_FAILED if failing or stuck or any(r.status != "ok" for r in records) else 0

@@ -62,6 +62,20 @@ def claim_outcome(verdict: ClaimVerdict, profile: Profile) -> Outcome:
                    _failure(verdict, f"not reproduced with {seeds} seeds", lambda v: v.status != SUPPORTED))
 
 
+def sequential_outcome(verdict, profile: Profile) -> Outcome:
+    """The suite's outcome of a claim decided in rounds (`rounds.SequentialVerdict`), by the same rules: a claim
+    still waiting for a round (its runs held by other processes) is incomplete, not a failure."""
+    if verdict.claim.id not in profile.claims:
+        return Outcome(SKIP, OUTSIDE, f"not decided in the {profile.name} profile: {verdict.summary()}")
+    if verdict.epochs < verdict.claim.min_epochs:
+        return Outcome(SKIP, EARLY_TRAINING, verdict.summary())
+    if verdict.status == SUPPORTED:
+        return Outcome(PASS, SUPPORTED, verdict.summary())
+    if verdict.status in (CONTRADICTED, NOT_REPRODUCED):
+        return Outcome(FAIL, verdict.status, verdict.summary())
+    return Outcome(SKIP, INCOMPLETE, f"{verdict.summary()}; its next round waits: rerun to continue")
+
+
 def _failure(verdict: ClaimVerdict, what: str, shown) -> str:
     """"C2 not reproduced with 3 seeds: conv0.2 − bn = ... [CI] vs threshold (..., MDD ...)": the comparisons
     `shown` picks, each with its difference, interval and minimum detectable difference, and how many of the

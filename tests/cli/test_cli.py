@@ -731,6 +731,8 @@ def test_merge_with_a_bad_source_creates_no_target(tmp_path):
 
 def test_reproduce_exit_status_says_what_went_wrong(tmp_path):
     from kt_dropout.cli.reproduce import EXIT_CONTRADICTED, EXIT_FAILED, reproduce_exit_status
+    from kt_dropout.study.outcomes import claim_outcome
+    from kt_dropout.study.profiles import PROFILES
     from kt_dropout.study.verdicts import decide_all
 
     def runs(name, finals, status="ok"):
@@ -738,15 +740,18 @@ def test_reproduce_exit_status_says_what_went_wrong(tmp_path):
                             data_fingerprint="d", history={"loss": [1.0] * 250, "val_accuracy": [v] * 250},
                             epoch_seconds=[1.0] * 250, status=status) for seed, v in enumerate(finals)]
 
-    good, bad = [0.80, 0.815, 0.83], [0.70, 0.71, 0.725]
-    c1 = [CLAIMS["C1"]]
+    good, bad, close = [0.80, 0.815, 0.83], [0.70, 0.71, 0.725], [0.79, 0.81, 0.835]
+    full = PROFILES["full"]
     for records, expected in [
         (runs("bn", good) + runs("vanilla", bad), 0),
         (runs("bn", bad) + runs("vanilla", good), EXIT_CONTRADICTED),
         (runs("bn", good) + runs("vanilla", bad[:1]), EXIT_FAILED),  # insufficient
+        (runs("bn", good) + runs("vanilla", close), EXIT_FAILED),  # not reproduced: unresolved at its seeds
         (runs("bn", good) + runs("vanilla", bad) + runs("conv0.5", [0.1], status="failed"), EXIT_FAILED),
+        (runs("bn", good) + runs("vanilla", bad) + runs("conv0.5", [0.1, 0.11]), EXIT_FAILED),  # did not learn
     ]:
-        assert reproduce_exit_status(records, decide_all(records, c1)) == expected
+        outcomes = [claim_outcome(v, full) for v in decide_all(records, [CLAIMS["C1"]])]
+        assert reproduce_exit_status(records, outcomes, full) == expected
     help_text = " ".join(run_cli("reproduce", "--help", cwd=tmp_path).stdout.split())
     assert "exit status: 0 every run succeeded" in help_text and f"{EXIT_CONTRADICTED} a claim" in help_text
 

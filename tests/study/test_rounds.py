@@ -9,18 +9,20 @@ from test_verdicts import runs
 from kt_dropout.data.cifar10 import data_fingerprint, synthetic_cifar10
 from kt_dropout.study import planned, rounds
 from kt_dropout.study.experiments import CLAIMS
+from kt_dropout.study.outcomes import FAIL, INCOMPLETE, OUTSIDE, PASS, SKIP, sequential_outcome
+from kt_dropout.study.profiles import PROFILES
 from kt_dropout.study.results import ResultStore
 from kt_dropout.study.runner import Study
 from kt_dropout.study.sequential import CONTINUE, CONTRADICTED, NOT_REPRODUCED, SUPPORTED
 from kt_dropout.study.settings import StudySettings
 from kt_dropout.study.status import format_status, store_status
-from kt_dropout.study.verdicts import WELCH
+from kt_dropout.study.verdicts import EARLY_TRAINING, WELCH
 
 COMMITTED = Path(__file__).parents[2] / "benchmarks" / "results" / "quick-h100" / "store"
-C1 = CLAIMS["C1"]  # bn > vanilla + 0.01, at >= 10 epochs
+C1 = CLAIMS["C1"]  # bn > vanilla + 0.01, decided at the post's 250 epochs
 
 
-def verdict(bn, vanilla, planned_seeds, epochs=20):
+def verdict(bn, vanilla, planned_seeds, epochs=250):
     found = {"bn": runs("bn", bn, epochs=epochs), "vanilla": runs("vanilla", vanilla, epochs=epochs)}
     return rounds.sequential_verdict(C1, found, planned_seeds, epochs, WELCH)
 
@@ -38,7 +40,7 @@ def test_a_clear_effect_against_the_claim_contradicts_it():
 def test_a_look_needs_every_seed_below_it():
     """Seeds 0, 1 and 3 stored: seed 2 is missing, so no look of 3 seeds yet."""
     found = {"bn": runs("bn", [0.9, 0.91]) + runs("bn", [0.9], first_seed=3), "vanilla": runs("vanilla", [0.5] * 4)}
-    v = rounds.sequential_verdict(C1, found, 12, 20, WELCH)
+    v = rounds.sequential_verdict(C1, found, 12, 250, WELCH)
     assert (v.status, v.seeds) == (CONTINUE, 0)
     assert v.summary() == "C1 continue: no look yet (its first: 3 seeds)"
 
@@ -90,3 +92,20 @@ def test_a_damaged_design_is_one_error_naming_the_file(tmp_path):
     (folder / "x.json").write_text('{"format": "something else"}')
     with pytest.raises(ValueError, match=r"x.json: not a kt-dropout-seeds-design file"):
         planned.read_designs(tmp_path)
+
+
+def test_the_suite_judges_claims_decided_in_rounds_as_it_judges_fixed_ones():
+    """Supported passes; contradicted and not reproduced fail; a claim waiting for its next round, in early
+    training, or outside the profile skips (`outcomes.sequential_outcome`)."""
+    full, clear, level = PROFILES["full"], ([0.900, 0.902, 0.901], [0.500, 0.503, 0.501]), ([0.80, 0.82, 0.81],
+                                                                                              [0.80, 0.81, 0.805])
+    cases = [(verdict(*clear, 12, epochs=250), full, PASS, SUPPORTED),
+             (verdict(*reversed(clear), 12, epochs=250), full, FAIL, CONTRADICTED),
+             (verdict(*level, 3, epochs=250), full, FAIL, NOT_REPRODUCED),
+             (verdict(*level, 6, epochs=250), full, SKIP, INCOMPLETE),
+             (verdict(*clear, 12, epochs=20), full, SKIP, EARLY_TRAINING),
+             (verdict(*clear, 12, epochs=250), PROFILES["smoke"], SKIP, OUTSIDE)]
+    for v, profile, action, category in cases:
+        outcome = sequential_outcome(v, profile)
+        assert (outcome.action, outcome.category) == (action, category), v.summary()
+        assert outcome.message.startswith(v.summary()) or v.summary() in outcome.message
