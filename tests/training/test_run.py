@@ -1,6 +1,5 @@
 """One configuration trained with the post's recipe: the record it leaves."""
 
-import dataclasses
 import functools
 import re
 
