@@ -12,8 +12,10 @@ paired differences, and the ratio of those sds per-layer/global with a paired bo
 
 The data is real CIFAR-10 (`--data`: any source `load_cifar10` reads), its first `--train-size` training and
 `--test-size` test images class by class. Every run trains alone (`training.train`, the one-by-one path), on
-the backend Keras is set to (TensorFlow ran fastest on CPU). Finished runs are kept in `runs.json` in `--out`,
-so a rerun continues where one stopped.
+the backend Keras is set to (TensorFlow ran fastest on CPU). Finished runs are kept as
+one file per run in `--out`/runs/, each claimed before it trains (delete a killed run's `.claim` to retrain it):
+a rerun continues where one stopped, and
+processes started side by side share the runs (the summary is written by the one that finds all runs done).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ WIDTH = 8  # networks 1/WIDTH as wide as the post's
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", required=True, help="CIFAR-10 (an .npz, the tarball or a batches folder)")
-    parser.add_argument("--out", required=True, help="folder for runs.json, seeding.json and seeding.md")
+    parser.add_argument("--out", required=True, help="folder for runs/, seeding.json and seeding.md")
     parser.add_argument("--seeds", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--train-size", type=int, default=4000)
@@ -60,28 +62,35 @@ def configs() -> dict:
                                         ndense=CONFIGS[name].ndense // WIDTH) for name in CONFIG_NAMES}
 
 
-def train_all(args, runs_path: Path) -> dict:
-    """{scheme: {seed: {config: final test accuracy}}}, training the runs not yet in `runs_path`."""
+def train_all(args, runs: Path) -> dict:
+    """{scheme: {seed: {config: final test accuracy}}}, training the runs not yet in folder `runs` (one JSON file
+    per run). Each run is claimed first (an exclusive `.claim` file), so several processes share the work."""
     from kt_dropout.config import Recipe
     from kt_dropout.data.cifar10 import data_fingerprint, first_per_class, load_cifar10
     from kt_dropout.training.run import train
 
-    runs = json.loads(runs_path.read_text()) if runs_path.exists() else {}
+    runs.mkdir(exist_ok=True)
     data = first_per_class(load_cifar10(args.data), args.train_size, args.test_size)
     for seed in range(args.seeds):
         for scheme in SCHEMES:
             recipe = Recipe(batch_size=args.batch_size, epochs=args.epochs, seeding=scheme)
             for name, config in configs().items():
-                done = runs.setdefault(scheme, {}).setdefault(str(seed), {})
-                if name in done:
+                path = runs / f"{scheme}-{seed}-{name}.json"
+                try:
+                    (runs / f"{path.name}.claim").touch(exist_ok=False)
+                except FileExistsError:
                     continue
                 record = train(config, data, recipe=recipe, seed=seed, name=name, verbose=0,
                                data_fingerprint=data_fingerprint(data))
-                done[name] = record.final_val_accuracy
-                runs_path.write_text(json.dumps(runs, indent=1))
+                path.write_text(json.dumps({"scheme": scheme, "seed": seed, "name": name,
+                                            "final_val_accuracy": record.final_val_accuracy}))
                 print(f"{scheme} seed {seed} {name}: {record.final_val_accuracy:.4f} ({record.seconds:.0f} s)",
                       flush=True)
-    return runs
+    results = {}
+    for path in runs.glob("*.json"):
+        run = json.loads(path.read_text())
+        results.setdefault(run["scheme"], {}).setdefault(str(run["seed"]), {})[run["name"]] = run["final_val_accuracy"]
+    return results
 
 
 def _sd_ratio(new_a, new_b, old_a, old_b, axis=-1):
@@ -135,7 +144,11 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    runs = train_all(args, out / "runs.json")
+    runs = train_all(args, out / "runs")
+    missing = args.seeds * len(SCHEMES) * len(CONFIG_NAMES) - sum(len(r) for s in runs.values() for r in s.values())
+    if missing:
+        print(f"{missing} runs still training in other processes; the last to finish writes the summary")
+        return
     rows = summarize(runs, args.seeds)
     sizes = {"train_images": args.train_size, "test_images": args.test_size, "seeds": args.seeds,
              "epochs": args.epochs, "batch_size": args.batch_size, "width": f"1/{WIDTH}",
