@@ -72,8 +72,9 @@ def build_model(
         x = keras.layers.MaxPooling2D(pool_size=(2, 2), name=f"block{block + 1}_pool")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     for dense in (1, 2):
-        x = keras.layers.Dense(config.ndense, kernel_initializer=_kernel(seed, f"dense{dense}"), name=f"dense{dense}")(x)
-        x = _activation_stack(x, config, config.dropout_dense, f"dense{dense}", seed)
+        prefix = f"dense{dense}"
+        x = keras.layers.Dense(config.ndense, kernel_initializer=_kernel(seed, prefix), name=prefix)(x)
+        x = _activation_stack(x, config, config.dropout_dense, prefix, seed)
     # float32 whatever the precision: a bfloat16 softmax would round the probabilities the loss reads.
     outputs = keras.layers.Dense(config.num_classes, activation="softmax", dtype="float32",
                                  kernel_initializer=_kernel(seed, "predictions"), name="predictions")(x)
