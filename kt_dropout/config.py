@@ -13,6 +13,7 @@ import re
 from typing import Any, Callable
 
 from kt_dropout.errors import ConfigError
+from kt_dropout.seeding import SCHEMES
 
 NUM_BLOCKS = 3
 
@@ -208,6 +209,10 @@ class Recipe:
             on GPUs but a different recipe, so its runs are stored apart.
         deterministic: deterministic kernels (`kt_dropout.determinism`), so that a replay on the same GPU,
             backend and versions gives the same history; slower on GPUs. CPU runs replay exactly without it.
+        seeding: where the run's random numbers come from (`kt_dropout.seeding`): "per-layer" (each layer's
+            initial weights and dropout masks from its own seed, derived from the run's seed and the layer's
+            name, so configurations share what they can at one seed) or "global" (Keras's one global stream,
+            the scheme of the runs stored before this field: they read back as "global").
     """
 
     learning_rate: float = 1e-3
@@ -218,6 +223,7 @@ class Recipe:
     holdout: int = 5000
     precision: str = "float32"
     deterministic: bool = False
+    seeding: str = "per-layer"
 
     SELECTIONS = ("test", "holdout")
     PRECISIONS = ("float32", "mixed_bfloat16")
@@ -231,6 +237,7 @@ class Recipe:
         check_positive_int("holdout", self.holdout)
         check_choice("precision", self.precision, self.PRECISIONS)
         check_bool("deterministic", self.deterministic)
+        check_choice("seeding", self.seeding, SCHEMES)
         object.__setattr__(self, "learning_rate", learning_rate)
         object.__setattr__(self, "pixel_scale", pixel_scale)
 
@@ -238,18 +245,22 @@ class Recipe:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        """The fields, less `precision` when it is the post's float32 and `deterministic` when off: runs stored
-        before they existed keep their keys."""
+        """The fields, less `precision` when it is the post's float32, `deterministic` when off and `seeding` when
+        "global": runs stored before they existed keep their keys (and are never mixed with per-layer runs)."""
         fields = dataclasses.asdict(self)
         if fields["precision"] == "float32":
             del fields["precision"]
         if not fields["deterministic"]:
             del fields["deterministic"]
+        if fields["seeding"] == "global":
+            del fields["seeding"]
         return fields
 
     @classmethod
     def from_dict(cls, data: dict) -> "Recipe":
-        return cls(**_known_fields(cls, data, "Recipe"))
+        """The recipe `to_dict` wrote: without `seeding` it is "global", the scheme of every run stored before
+        the field existed (and the form `to_dict` gives it)."""
+        return cls(**{"seeding": "global", **_known_fields(cls, data, "Recipe")})
 
 
 def _plain(value):

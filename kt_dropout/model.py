@@ -9,15 +9,26 @@ import keras
 from kt_dropout import determinism
 from kt_dropout.config import NUM_BLOCKS, Recipe, VGGConfig
 from kt_dropout.objectives import accuracy, crossentropy
+from kt_dropout.seeding import layer_seed
 
 
-def _activation_stack(x, config: VGGConfig, rate: float, prefix: str):
+def _seed(seed: int | None, layer: str) -> int | None:
+    """Layer `layer`'s own seed under "per-layer" seeding; None (Keras's global stream) under "global"."""
+    return None if seed is None else layer_seed(seed, layer)
+
+
+def _kernel(seed: int | None, layer: str) -> keras.initializers.Initializer:
+    """Keras's default kernel initializer (Glorot uniform), seeded as `_seed` says; biases start at zero."""
+    return keras.initializers.GlorotUniform(seed=_seed(seed, layer))
+
+
+def _activation_stack(x, config: VGGConfig, rate: float, prefix: str, seed: int | None):
     """BatchNorm (if enabled) -> ReLU -> Dropout, the post's order after every conv and dense layer."""
     if config.batchnorm:
         x = keras.layers.BatchNormalization(name=f"{prefix}_bn")(x)
     x = keras.layers.Activation("relu", name=f"{prefix}_relu")(x)
     if rate > 0:  # Dropout(0) is an identity: leave it out
-        x = keras.layers.Dropout(rate, name=f"{prefix}_dropout")(x)
+        x = keras.layers.Dropout(rate, seed=_seed(seed, f"{prefix}_dropout"), name=f"{prefix}_dropout")(x)
     return x
 
 
@@ -32,7 +43,8 @@ def rescaling(pixel_scale: float) -> keras.layers.Rescaling:
 
 
 def build_model(
-    config: VGGConfig | None = None, name: str = "dropout_vgg", pixel_scale: float = 1.0 / 256.0
+    config: VGGConfig | None = None, name: str = "dropout_vgg", pixel_scale: float = 1.0 / 256.0,
+    seed: int | None = None,
 ) -> keras.Model:
     """Builds the post's VGG-like CNN for `config` (uncompiled).
 
@@ -42,6 +54,10 @@ def build_model(
     followed by BatchNorm -> ReLU -> Dropout(block rate), then a 2x2 max-pool.
     Then Flatten, two Dense(ndense) -> BatchNorm -> ReLU -> Dropout(dense rate),
     and a softmax classifier. Layers keep Keras's defaults (biases, initializers).
+
+    `seed`: the run's seed under "per-layer" seeding (`kt_dropout.seeding`): each layer's initializer and
+    dropout draw from `layer_seed(seed, its name)`. None: from Keras's global stream, as
+    `keras.utils.set_random_seed` seeded it ("global" seeding).
     """
     config = config or VGGConfig()
     inputs = keras.Input(shape=config.input_shape, name="image")
@@ -50,25 +66,36 @@ def build_model(
         filters, rate = config.nfilters[block], config.dropout_conv[block]
         for conv, padding in ((1, "same"), (2, "valid")):
             prefix = f"block{block + 1}_conv{conv}"
-            x = keras.layers.Conv2D(filters, (3, 3), padding=padding, name=prefix)(x)
-            x = _activation_stack(x, config, rate, prefix)
+            x = keras.layers.Conv2D(filters, (3, 3), padding=padding, kernel_initializer=_kernel(seed, prefix),
+                                    name=prefix)(x)
+            x = _activation_stack(x, config, rate, prefix, seed)
         x = keras.layers.MaxPooling2D(pool_size=(2, 2), name=f"block{block + 1}_pool")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     for dense in (1, 2):
-        x = keras.layers.Dense(config.ndense, name=f"dense{dense}")(x)
-        x = _activation_stack(x, config, config.dropout_dense, f"dense{dense}")
+        prefix = f"dense{dense}"
+        x = keras.layers.Dense(config.ndense, kernel_initializer=_kernel(seed, prefix), name=prefix)(x)
+        x = _activation_stack(x, config, config.dropout_dense, prefix, seed)
     # float32 whatever the precision: a bfloat16 softmax would round the probabilities the loss reads.
-    outputs = keras.layers.Dense(config.num_classes, activation="softmax", dtype="float32", name="predictions")(x)
+    outputs = keras.layers.Dense(config.num_classes, activation="softmax", dtype="float32",
+                                 kernel_initializer=_kernel(seed, "predictions"), name="predictions")(x)
     return keras.Model(inputs, outputs, name=name)
 
 
-def build_compiled(config: VGGConfig, recipe: Recipe) -> keras.Model:
-    """`build_model(config)` under the recipe's precision and pixel scale, compiled with the recipe; the
-    backend's kernels deterministic or not as the recipe says (`determinism.use`)."""
+def build_compiled(config: VGGConfig, recipe: Recipe, seed: int | None = None) -> keras.Model:
+    """`build_model(config)` under the recipe's precision and pixel scale, seeded as the recipe says
+    (`layer_seeds`), compiled with the recipe; the backend's kernels deterministic or not as the recipe says
+    (`determinism.use`)."""
     determinism.use(recipe.deterministic)
     with precision_scope(recipe.precision):
-        model = build_model(config, pixel_scale=recipe.pixel_scale)
+        model = build_model(config, pixel_scale=recipe.pixel_scale, seed=layer_seeds(recipe, seed))
     return compile_model(model, recipe)
+
+
+def layer_seeds(recipe: Recipe, seed: int | None) -> int | None:
+    """`build_model`'s `seed` for a run seeded `seed` under `recipe.seeding`: the run's seed under "per-layer",
+    None (the global stream) under "global" or for a model built without a run seed (a tuner's trial, seeded
+    through the global stream by its search)."""
+    return seed if recipe.seeding == "per-layer" else None
 
 
 @contextlib.contextmanager

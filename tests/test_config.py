@@ -48,6 +48,7 @@ def test_invalid_config_names_the_field(kwargs, field):
         ({"selection": "val"}, "selection"),
         ({"holdout": 0}, "holdout"),
         ({"precision": "float16"}, "precision"),
+        ({"seeding": "shared"}, "seeding"),
     ],
 )
 def test_invalid_recipe_names_the_field(kwargs, field):
@@ -102,3 +103,13 @@ def test_a_count_of_zero_or_not_a_count_is_an_error_naming_its_variable(text):
             parse_positive_ints("KT_SPEED_PACKS", text)
     with pytest.raises(ValueError, match=f"^KT_CONV_BATCH: expected a positive integer, got {text!r}$"):
         parse_positive_int("KT_CONV_BATCH", text)
+
+
+def test_new_recipes_seed_per_layer_and_stored_ones_without_the_field_read_as_global():
+    """A stored run's key is its recipe's dict: "global" (the scheme of every run stored before the field) is left
+    out, so those runs keep their keys and read back as what they were; "per-layer" runs are keyed apart."""
+    assert Recipe().seeding == "per-layer" and Recipe().to_dict()["seeding"] == "per-layer"
+    assert "seeding" not in Recipe(seeding="global").to_dict()
+    assert Recipe.from_dict({}).seeding == "global"
+    for seeding in ("global", "per-layer"):
+        assert Recipe.from_dict(Recipe(seeding=seeding).to_dict()).seeding == seeding

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from kt_dropout import Recipe, VGGConfig, build_model, compile_model
 from kt_dropout.model import build_compiled
 from kt_dropout.objectives import accuracy, crossentropy
+from kt_dropout.seeding import layer_seed
 
 rates = st.sampled_from([0.0, 0.2, 0.5, 0.75])
 
@@ -143,3 +144,67 @@ def test_a_saved_model_loads_with_its_loss_and_metric(tmp_path):
     model.save(tmp_path / "model.keras")
     loaded = keras.saving.load_model(tmp_path / "model.keras")
     assert loaded.evaluate(images, labels, verbose=0) == model.evaluate(images, labels, verbose=0)
+
+
+# --- seeding (`Recipe.seeding`, `kt_dropout.seeding`) ---------------------------------------------------------
+
+SMALL = VGGConfig(nfilters=(4, 8, 8), ndense=16)
+PINNED_SEEDS = [1544467587, 1442110883, 410736255]
+DROPOUTS = {  # configurations that differ only in dropout
+    "bn": SMALL, "conv0.2": SMALL.replace(dropout_conv=(0.2, 0.2, 0.2)), "dense0.5": SMALL.replace(dropout_dense=0.5),
+    "conv0.2+dense0.5": SMALL.replace(dropout_conv=(0.2, 0.2, 0.2), dropout_dense=0.5),
+}
+
+
+def initial_weights(config: VGGConfig, seeding: str, seed: int = 7, stream: int | None = None) -> dict:
+    """Each weighted layer's initial values, built as `training.train` builds a run seeded `seed` (the global
+    stream seeded `stream`, by default `seed`)."""
+    keras.utils.set_random_seed(seed if stream is None else stream)
+    model = build_compiled(config, Recipe(seeding=seeding), seed)
+    return {layer.name: layer.get_weights() for layer in model.layers if layer.weights}
+
+
+def same(a: list, b: list) -> bool:
+    return all(x.shape == y.shape and np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_configurations_differing_only_in_dropout_start_from_identical_weights_under_per_layer_seeding():
+    """Every layer of the same name and shape starts from the same values at one seed; under "global" a dropout
+    layer takes a draw from the one stream and shifts every layer built after it."""
+    for seeding in ("per-layer", "global"):
+        weights = {name: initial_weights(config, seeding) for name, config in DROPOUTS.items()}
+        for name in ("conv0.2", "dense0.5", "conv0.2+dense0.5"):
+            assert weights[name].keys() == weights["bn"].keys()
+            differ = [layer for layer, values in weights[name].items() if not same(values, weights["bn"][layer])]
+            assert (differ == []) == (seeding == "per-layer"), (seeding, name, differ)
+
+
+def test_per_layer_weights_depend_on_the_run_seed_alone():
+    """Not on the global stream (a tuner or a test may have drawn from it), and differently for another seed."""
+    reference = initial_weights(SMALL, "per-layer", seed=7)
+    assert all(same(values, reference[layer])
+               for layer, values in initial_weights(SMALL, "per-layer", seed=7, stream=99).items())
+    assert not same(initial_weights(SMALL, "per-layer", seed=8)["block1_conv1"], reference["block1_conv1"])
+
+
+def test_per_layer_dropout_masks_are_shared_across_configurations_and_change_with_the_step():
+    """A dropout layer's mask depends on (seed, layer, step): dense0.5's first dense dropout drops what
+    conv0.2+dense0.5's does at the same seed and step; under "global" the conv dropouts drew from the stream
+    before it, so it draws other masks; the next step draws anew."""
+    ones = np.ones((64, 16), "float32")
+
+    def masks(config, seeding):
+        keras.utils.set_random_seed(7)
+        layer = build_compiled(config, Recipe(seeding=seeding), 7).get_layer("dense1_dropout")
+        return [keras.ops.convert_to_numpy(layer(ones, training=True)) for _ in range(2)]
+
+    for seeding in ("per-layer", "global"):
+        (a1, a2), (b1, _) = masks(DROPOUTS["dense0.5"], seeding), masks(DROPOUTS["conv0.2+dense0.5"], seeding)
+        assert np.array_equal(a1, b1) == (seeding == "per-layer"), seeding
+        assert not np.array_equal(a1, a2)
+
+
+def test_layer_seeds_are_stable_across_processes():
+    """Pinned: a salted `hash()` or a changed derivation would give stored per-layer runs other weights."""
+    assert [layer_seed(0, "block1_conv1"), layer_seed(1, "block1_conv1"), layer_seed(0, "dense1")] == PINNED_SEEDS
+    assert layer_seed(-1, "dense1") == layer_seed(2**63 - 1, "dense1")

@@ -9,6 +9,7 @@ import dataclasses
 from kt_dropout.cli.parser import flag_type, positive_int
 from kt_dropout.config import DEFAULT_CHECKPOINT_EVERY, Recipe, VGGConfig, parse_duration, parse_every
 from kt_dropout.errors import UsageError
+from kt_dropout.seeding import SCHEMES
 from kt_dropout.study.experiments import CONFIGS
 from kt_dropout.training import budget
 
@@ -62,6 +63,10 @@ def add_recipe_flags(parser: argparse.ArgumentParser, epochs_help: str) -> None:
                        help=f"size of the holdout split, with --selection holdout [{default.holdout}]")
     group.add_argument("--precision", choices=Recipe.PRECISIONS, help=PRECISION_HELP)
     group.add_argument("--deterministic", action="store_true", default=None, help=DETERMINISTIC_HELP)
+    group.add_argument("--seeding", choices=SCHEMES,
+                       help="each layer's initial weights and dropout masks from its own seed, derived from the run's "
+                            "seed and the layer's name (per-layer), or Keras's one global stream, as runs stored "
+                            f"before this flag (global) [{default.seeding}]")
 
 
 def add_data_flags(parser: argparse.ArgumentParser) -> None:

@@ -27,16 +27,27 @@ import numpy as np
 
 from kt_dropout.config import NUM_BLOCKS, VGGConfig, check_choice
 from kt_dropout.model import rescaling
+from kt_dropout.seeding import layer_seed
 
 
 class GroupDropout(keras.layers.Layer):
-    """Dropout whose rate is given per channel (the last axis): one rate per packed member."""
+    """Dropout whose rate is given per channel (the last axis): one rate per packed member.
 
-    def __init__(self, rates, seed=None, **kwargs):
+    `seed`: one generator for the whole layer ("global" seeding). `member_seeds`: one generator per member,
+    each drawing the mask of its own equal group of channels, so that a member's masks depend on its seed, the
+    layer and the step alone, not on the pack it is in ("per-layer" seeding).
+    """
+
+    def __init__(self, rates, seed=None, member_seeds=None, **kwargs):
         super().__init__(**kwargs)
         self.rates = [float(r) for r in rates]
-        self.seed = seed
-        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.seed, self.member_seeds = seed, member_seeds
+        if member_seeds is None:
+            self.seed_generators = [keras.random.SeedGenerator(seed)]
+        else:
+            if len(self.rates) % len(member_seeds):
+                raise ValueError(f"member_seeds: {len(member_seeds)} members cannot share {len(self.rates)} channels")
+            self.seed_generators = [keras.random.SeedGenerator(s) for s in member_seeds]
         self.supports_masking = True
 
     def call(self, inputs, training=False):
@@ -46,7 +57,15 @@ class GroupDropout(keras.layers.Layer):
         # noise takes only 128 values, so it would drop 20.3% instead of 20%, and 1/(1 - rate) would be
         # rounded before it scales. In float32 the casts are no-ops and this is the float32 layer exactly.
         rates = keras.ops.convert_to_tensor(np.asarray(self.rates, dtype="float32"), dtype="float32")
-        noise = keras.random.uniform(keras.ops.shape(inputs), seed=self.seed_generator, dtype="float32")
+        shape = keras.ops.shape(inputs)
+        if len(self.seed_generators) == 1:
+            noise = keras.random.uniform(shape, seed=self.seed_generators[0], dtype="float32")
+        else:  # each member's channels from its own generator
+            width = len(self.rates) // len(self.seed_generators)
+            noise = keras.ops.concatenate([
+                keras.random.uniform((*shape[:-1], width), seed=generator, dtype="float32")
+                for generator in self.seed_generators
+            ], axis=-1)
         keep = keras.ops.cast(noise >= rates, "float32")
         return keras.ops.cast(keras.ops.cast(inputs, "float32") * keep / (1.0 - rates), inputs.dtype)
 
@@ -54,7 +73,7 @@ class GroupDropout(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        return {**super().get_config(), "rates": self.rates, "seed": self.seed}
+        return {**super().get_config(), "rates": self.rates, "seed": self.seed, "member_seeds": self.member_seeds}
 
 
 CONV_IMPLEMENTATIONS = ("grouped", "im2col", "shifts")
@@ -135,19 +154,23 @@ def _per_channel(rates: list[float], width: int) -> list[float]:
     return [r for r in rates for _ in range(width)]
 
 
-def _activation_stack(x, shape: VGGConfig, rates: list[float], width: int, prefix: str):
+def _activation_stack(x, shape: VGGConfig, rates: list[float], width: int, prefix: str,
+                      member_seeds: list[int] | None):
     """BatchNorm -> ReLU -> GroupDropout over K*width channels, as `model._activation_stack` per member."""
     if shape.batchnorm:
         x = keras.layers.BatchNormalization(name=f"{prefix}_bn")(x)
     x = keras.layers.Activation("relu", name=f"{prefix}_relu")(x)
     if any(r > 0 for r in rates):
-        x = GroupDropout(_per_channel(rates, width), name=f"{prefix}_dropout")(x)
+        name = f"{prefix}_dropout"
+        seeds = None if member_seeds is None else [layer_seed(seed, name) for seed in member_seeds]
+        x = GroupDropout(_per_channel(rates, width), member_seeds=seeds, name=name)(x)
     return x
 
 
 def build_packed_model(
     configs: list[VGGConfig], input_groups: list[int] | None = None, pixel_scale: float = 1.0 / 256.0,
     name: str = "packed_dropout_vgg", input_dtype: str = "uint8", conv_implementation: str = "grouped",
+    member_seeds: list[int] | None = None,
 ) -> keras.Model:
     """One model holding `len(configs)` members: images (B, H, W, 3*S) in, (B, K, classes) out.
 
@@ -156,7 +179,9 @@ def build_packed_model(
 
     Layer names match `build_model`'s, so `pack_weights`/`member_weights` map weights by name.
     `input_dtype` must be the images' own: Keras casts inputs to it, and a cast of float pixels to
-    uint8 would drop their fractions.
+    uint8 would drop their fractions. `member_seeds`: the members' run seeds under "per-layer" seeding, whose
+    dropout layers then draw from the seeds `build_model` gives them (`GroupDropout`); None: "global".
+    The weights are initialised from the global stream: `pack_weights` copies the members' own in.
     """
     check_packable(configs)
     check_choice("conv_implementation", conv_implementation, CONV_IMPLEMENTATIONS)
@@ -178,7 +203,7 @@ def build_packed_model(
         for conv, padding in ((1, "same"), (2, "valid")):
             prefix = f"block{block + 1}_conv{conv}"
             x = _packed_conv(k, filters, padding, conv_implementation, prefix)(x)
-            x = _activation_stack(x, shape, rates, filters, prefix)
+            x = _activation_stack(x, shape, rates, filters, prefix, member_seeds)
         x = keras.layers.MaxPooling2D(pool_size=(2, 2), name=f"block{block + 1}_pool")(x)
     # Flatten each member's (h, w, filters) in the same order as keras.layers.Flatten does.
     h, w = x.shape[1], x.shape[2]
@@ -192,7 +217,7 @@ def build_packed_model(
             "bki,kio->bko", output_shape=(k, shape.ndense), bias_axes="ko", name=f"dense{dense}"
         )(x)
         x = keras.layers.Reshape((k * shape.ndense,), name=f"dense{dense}_join")(x)
-        x = _activation_stack(x, shape, dense_rates, shape.ndense, f"dense{dense}")
+        x = _activation_stack(x, shape, dense_rates, shape.ndense, f"dense{dense}", member_seeds)
         x = keras.layers.Reshape((k, shape.ndense), name=f"dense{dense}_split")(x)
     x = keras.layers.EinsumDense(
         "bki,kio->bko", output_shape=(k, shape.num_classes), bias_axes="ko", name="predictions"

@@ -2,7 +2,8 @@
 
 Every member starts from exactly the weights a separate `training.train` run
 with its seed would start from (the member is built with that seed and copied
-into the pack), and trains on the batches that run would: each epoch's order
+into the pack); under "per-layer" seeding its dropout layers draw their masks
+from the seeds they have alone, whatever else is in the pack; and it trains on the batches that run would: each epoch's order
 of the training data is `order.epoch_order(seed, epoch, n)`, the rule of every
 training here. Members that share a seed share that order; seeds differ in data
 order as well as in initialization and dropout masks.
@@ -22,7 +23,7 @@ import numpy as np
 from kt_dropout import determinism
 from kt_dropout.config import Recipe, VGGConfig, check_positive_int
 from kt_dropout.data.splits import selection_split
-from kt_dropout.model import build_model, precision_scope
+from kt_dropout.model import build_model, layer_seeds, precision_scope
 from kt_dropout.packing.device_epochs import DeviceEpochs
 from kt_dropout.packing.model import (
     build_packed_model,
@@ -145,12 +146,15 @@ class PackTrainer:
         initial = []
         for member in self.members:
             keras.utils.set_random_seed(member.seed)
-            initial.append(build_model(member.config))  # float32 weights, whatever the precision
+            # float32 weights, whatever the precision
+            initial.append(build_model(member.config, seed=layer_seeds(self.recipe, member.seed)))
         keras.utils.set_random_seed(self.seeds[0])
+        per_layer = self.recipe.seeding == "per-layer"
         with precision_scope(self.recipe.precision):
             model = build_packed_model(
                 [m.config for m in self.members], self.groups, self.recipe.pixel_scale,
                 input_dtype=self.x_train.dtype.name, conv_implementation=conv_implementation,
+                member_seeds=[m.seed for m in self.members] if per_layer else None,
             )
         pack_weights(model, initial)
         model.compile(

@@ -60,7 +60,7 @@ def train(
     splits = prepare_splits(data, recipe, config, "train(): data")
     with (data_parallel() if distributed else contextlib.nullcontext()) as distribution:
         keras.utils.set_random_seed(seed)
-        model = build_compiled(config, recipe)
+        model = build_compiled(config, recipe, seed)
         extra = [TestScorer(splits.x_test, splits.y_test, recipe.batch_size)] if splits.x_test is not None else []
         key = run_key(config, recipe, seed, epochs, data_fingerprint)
         with releasing_traced_gradients():

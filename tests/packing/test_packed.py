@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from kt_dropout.config import Recipe, VGGConfig
-from kt_dropout.model import build_model, compile_model
+from kt_dropout.model import build_compiled, build_model
 from kt_dropout.packing.model import (
     CONV_IMPLEMENTATIONS,
     GroupDropout,
@@ -37,10 +37,10 @@ def _data(n_train=192, n_test=64, seed=0):
 def _train_separately(member: Member, data, recipe: Recipe, epochs: int) -> keras.Model:
     """What `training.train` does, on the batches it trains on (`resumable.EpochOrder`: the (seed, epoch) order
     of every training), from raw images and class indices, as the pack gets them; without the best epoch's
-    weights restored at the end."""
+    weights restored at the end; seeded as the recipe says."""
     (x, y), _ = data
     keras.utils.set_random_seed(member.seed)
-    model = compile_model(build_model(member.config), recipe)
+    model = build_compiled(member.config, recipe, member.seed)
     batches = EpochOrder(x, y, recipe.batch_size, member.seed)
     model.fit(batches, epochs=epochs, shuffle=False, verbose=0, callbacks=[batches.epoch_callback()])
     return model
@@ -98,6 +98,38 @@ def test_packed_training_with_batchnorm_gives_the_predictions_of_separate_traini
     for k, (packed, separate) in enumerate(_train_both(TINY, Recipe(batch_size=32), data)):
         model = load_member(build_model(TINY), packed)
         np.testing.assert_allclose(model.predict(x_test, verbose=0), separate.predict(x_test, verbose=0), atol=2e-3)
+
+
+@pytest.mark.parametrize("seeding", ["per-layer", "global"])
+def test_a_pack_member_starts_from_the_weights_of_the_same_run_alone(seeding):
+    """Under either seeding: every layer of every member, whatever else is in the pack."""
+    members = [Member("bn", TINY, 5), Member("conv0.2", TINY.replace(dropout_conv=(0.2, 0.2, 0.2)), 5),
+               Member("dense0.5", TINY.replace(dropout_dense=0.5), 6)]
+    recipe = Recipe(batch_size=32, seeding=seeding)
+    trainer = PackTrainer(members, _data(n_train=32, n_test=8), recipe)
+    for k, member in enumerate(members):
+        keras.utils.set_random_seed(member.seed)  # as `training.train` builds the run
+        alone = build_compiled(member.config, recipe, member.seed)
+        packed = trainer.member_weights(k)
+        for layer in alone.layers:
+            for got, want in zip(packed.get(layer.name, []), layer.get_weights(), strict=True):
+                np.testing.assert_array_equal(got, want, err_msg=f"{member.name} {layer.name}")
+
+
+def test_a_members_dropout_masks_depend_on_its_seed_and_layer_not_on_the_pack():
+    """Under "per-layer" seeding each member's channels draw from the seed its layer has alone: a member seeded
+    5 drops the same channels at the same step in any pack, and differently from a member seeded 6."""
+    conv = TINY.replace(dropout_conv=(0.2, 0.2, 0.2))
+
+    def mask(seeds: list[int], member: int) -> np.ndarray:
+        layer = build_packed_model([conv] * len(seeds), member_seeds=seeds).get_layer("block1_conv1_dropout")
+        out = keras.ops.convert_to_numpy(layer(np.ones((4, 8, 8, 4 * len(seeds)), "float32"), training=True))
+        return out[..., 4 * member : 4 * (member + 1)]
+
+    alone = mask([5], 0)
+    np.testing.assert_array_equal(mask([6, 5], 1), alone)
+    np.testing.assert_array_equal(mask([6, 6, 5], 2), alone)
+    assert not np.array_equal(mask([6, 5], 0), alone)
 
 
 def test_group_dropout_drops_each_group_at_its_rate():

@@ -4,9 +4,12 @@ import json
 import math
 import re
 
+from pathlib import Path
+
 import pytest
 
 from kt_dropout.config import Recipe, VGGConfig
+from kt_dropout.storage.documents import read_json
 from kt_dropout.training.record import RunRecord
 from kt_dropout.training.recording import make_record
 
@@ -94,3 +97,14 @@ def test_a_record_is_frozen():
 def test_not_an_object_is_refused():
     with pytest.raises(ValueError, match=re.escape("x.json: not a run record (a JSON object), got list")):
         RunRecord.from_json([], source="x.json")
+
+
+@pytest.mark.parametrize("store", ["quick-h100", "conv-dropout-30ep-h100", "quick-bf16-h200"])
+def test_committed_runs_keep_their_keys_and_read_as_global_seeding(store):
+    """Runs stored before `Recipe.seeding` existed hash to the names they were stored under, and say "global"."""
+    files = [path for path in (Path(__file__).parents[2] / "benchmarks/results" / store / "store").glob("*.json")
+             if path.name != "store.json"]
+    assert files
+    for path in files:
+        run = RunRecord.from_json(read_json(path, "a run record"), source=str(path), key=path.stem)
+        assert run.key.recipe.seeding == "global"
