@@ -56,10 +56,16 @@ class Correlation:
 DESIGN_CORRELATION: Correlation | None = None
 
 
-def choose_test(seeding: str, same_seeds: bool, correlation: Correlation | None = DESIGN_CORRELATION) -> str:
+def choose_test(seeding: str, same_seeds: bool, correlation: Correlation | None) -> str:
     """PAIRED or WELCH by the design alone (module docstring)."""
     shared = seeding == "per-layer" and same_seeds
     return PAIRED if shared and correlation is not None and correlation.low > 0 else WELCH
+
+
+def design_test(seeding: str) -> str:
+    """The test for two configurations' runs at the same seeds, seeded by `seeding`, under the measured
+    `DESIGN_CORRELATION`."""
+    return choose_test(seeding, True, DESIGN_CORRELATION)
 
 
 def relevant(metric: str) -> float:
@@ -215,7 +221,7 @@ def plan_claim(claim: Claim, records, *, max_seeds: int, epochs: int, seeding: s
     by_metric = {metric: samples(records, metric) for metric in {c.metric for c in claim.comparisons}}
     made = []
     for comparison in claim.comparisons:
-        test = choose_test(seeding, same_seeds=True)
+        test = design_test(seeding)
         variance = comparison_variance(comparison, by_metric[comparison.metric], claim)
         gap = planning_gap(comparison)
         seeds = variance and seeds_for(test, difference_variance(test, variance.value), gap, target, max_seeds)

@@ -23,7 +23,7 @@ import numpy as np
 from scipy import stats
 
 from kt_dropout.study import planned
-from kt_dropout.study.design import choose_test, plan_claim
+from kt_dropout.study.design import design_test, plan_claim
 from kt_dropout.errors import ConfigError
 from kt_dropout.study.experiments import FINAL_WINDOW, Claim, claims_for
 from kt_dropout.study.plans import write_plan
@@ -155,7 +155,7 @@ def run_rounds(study: Study, design: dict, say: Callable[[str], None],
                           f"{settings.epochs} epochs give none")
     claims = [c for c in deciding_claims(settings) if c.id in design["claims"]]
     names = list(dict.fromkeys(n for c in claims for n in c.configs))
-    test = choose_test(getattr(settings.recipe, "seeding", "global"), same_seeds=True)
+    test = design_test(settings.recipe.seeding)
     trained = None
     while True:
         pilots = [c.id for c in claims if design["claims"][c.id]["powerable"] is None]

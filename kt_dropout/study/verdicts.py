@@ -7,9 +7,10 @@ accuracy over epochs, picks its epoch on the test set and is optimistic -- by
 different amounts for different configurations -- so it is reported beside the
 verdict (`ClaimVerdict.test_selected`), never used for it.
 
-Test: runs of two configurations with the same seeds share the data order, so
-they are compared **paired** by seed (`ttest_rel`); otherwise with **Welch's**
-interval (`ttest_ind(equal_var=False)`). A comparison is supported when the
+Test: fixed by the design, never by the results (`design.choose_test`): **paired**
+by seed (`ttest_rel`) only when both configurations' runs were seeded "per-layer",
+at the same seeds, and the seeding benchmark measured that such runs correlate;
+otherwise **Welch's** interval (`ttest_ind(equal_var=False)`). A comparison is supported when the
 two-sided `confidence` interval of the difference lies above its threshold
 (`Comparison.threshold`: +margin for superiority, -margin for non-inferiority).
 
@@ -187,6 +188,15 @@ def minimum_detectable(se: float, df: float, alpha: float, power: float = POWER)
     return float(optimize.brentq(lambda d: stats.nct.sf(critical, df, d / se) - power, 0.0, 100 * se))
 
 
+def _design_test(runs_by_config: dict[str, list[RunRecord]], comparison: Comparison) -> str:
+    """PAIRED or WELCH as the design fixes it (`design.choose_test`): by how the runs were seeded, never by
+    their results. Runs of two seeding schemes share nothing by design."""
+    from kt_dropout.study import design  # design plans from this module's metrics
+
+    schemes = {r.key.recipe.seeding for name in (comparison.a, comparison.b) for r in runs_by_config.get(name, [])}
+    return design.design_test(schemes.pop() if len(schemes) == 1 else "mixed")
+
+
 def compare(
     comparison: Comparison, runs_by_config: dict[str, list[RunRecord]], confidence: float = 0.95,
     metric: str | None = None,
@@ -201,7 +211,7 @@ def compare(
     if short:
         return ComparisonVerdict(**base, status=INSUFFICIENT,
                                  reason=f"need at least {MIN_RUNS} successful runs of {' and '.join(short)}")
-    paired = a.keys() == b.keys()
+    paired = a.keys() == b.keys() and _design_test(runs_by_config, comparison) == PAIRED
     x, y = np.array([a[s] for s in sorted(a)]), np.array([b[s] for s in (sorted(a) if paired else sorted(b))])
     base.update(difference=float(x.mean() - y.mean()), test=PAIRED if paired else WELCH)
     sds = (float(np.std(x - y, ddof=1)),) if paired else (float(np.std(x, ddof=1)), float(np.std(y, ddof=1)))

@@ -35,6 +35,7 @@ def _intervals(ax):
     return [(*line.get_xdata(), matplotlib.colors.to_hex(line.get_color()), line.get_linestyle()) for line in lines]
 
 
+@pytest.mark.usefixtures("correlated_design")
 def test_each_claim_has_its_panel_on_its_own_scale_readable_at_a_third_and_at_a_hundredth():
     big = _verdict("C1", vanilla=[0.50, 0.52, 0.49], bn=[0.80, 0.83, 0.81])  # a difference of 0.31
     small = _verdict("C2", bn=[0.80, 0.81, 0.82], conv0_2=[0.81, 0.818, 0.832])  # 0.01

@@ -28,10 +28,11 @@ from kt_dropout.study.verdicts import (
     minimum_detectable,
     summarize_config,
 )
+from kt_dropout.study import design
 from kt_dropout.training.recording import make_record
 
 
-def run(name, final, *, seed=0, epochs=20, peak=None, test=None, status="ok"):
+def run(name, final, *, seed=0, epochs=20, peak=None, test=None, status="ok", seeding="per-layer"):
     """A run at 0.1 until one peak epoch (`peak`, default `final`), then `FINAL_WINDOW` epochs at `final`.
 
     In holdout mode (`test` given) the test accuracy at the selected epoch is `test`."""
@@ -40,7 +41,7 @@ def run(name, final, *, seed=0, epochs=20, peak=None, test=None, status="ok"):
     if test is not None:
         history["test_accuracy"] = [test if v == max(val) else 0.0 for v in val]
     return make_record(
-        name=name, config=VGGConfig(), recipe=Recipe(selection="holdout" if test is not None else "test"),
+        name=name, config=VGGConfig(), recipe=Recipe(selection="holdout" if test is not None else "test", seeding=seeding),
         seed=seed, epochs=epochs, data_fingerprint="d", history=history, epoch_seconds=[1.0] * epochs,
         status=status, error=None if status == "ok" else "boom",
     )
@@ -63,6 +64,7 @@ def groups(**values):
 A, B = [0.80, 0.815, 0.82], [0.70, 0.71, 0.73]
 
 
+@pytest.mark.usefixtures("correlated_design")
 def test_same_seeds_pair_and_other_seeds_use_welch_with_the_textbook_intervals():
     paired = compare(Comparison("x", "y"), groups(x=A, y=B))
     d = np.subtract(A, B)
@@ -78,12 +80,24 @@ def test_same_seeds_pair_and_other_seeds_use_welch_with_the_textbook_intervals()
     assert (welch.ci_low, welch.ci_high) == pytest.approx((d.mean() - half, d.mean() + half))
 
 
+@pytest.mark.usefixtures("correlated_design")
 def test_pairing_by_seed_resolves_what_welch_cannot():
     """Seeds differ a lot, the pair difference little: paired supports, Welch on the same numbers does not."""
     base = np.array([0.70, 0.75, 0.80, 0.85])
     better = base + np.array([0.010, 0.012, 0.009, 0.011])
     assert compare(Comparison("x", "y"), groups(x=better, y=base)).status == "supported"
     assert compare(Comparison("x", "y"), groups(x=better, y_other_seeds=base)).status == "unresolved"
+
+
+def test_the_design_not_the_results_chooses_the_test(correlated_design, monkeypatch):
+    """Paired only for runs seeded "per-layer" at the same seeds under a measured correlation; "global" runs
+    (every store before per-layer seeding), a mix of schemes, or no measurement: Welch, whatever the numbers."""
+    assert compare(Comparison("x", "y"), groups(x=A, y=B)).test == "paired"
+    old = {"x": runs("x", A, seeding="global"), "y": runs("y", B, seeding="global")}
+    assert compare(Comparison("x", "y"), old).test == "Welch"
+    assert compare(Comparison("x", "y"), {"x": old["x"], "y": groups(y=B)["y"]}).test == "Welch"
+    monkeypatch.setattr(design, "DESIGN_CORRELATION", None)
+    assert compare(Comparison("x", "y"), groups(x=A, y=B)).test == "Welch"
 
 
 def test_a_tie_is_unresolved_for_superiority_and_supported_for_non_inferiority():
@@ -111,6 +125,7 @@ def test_margin_shifts_the_threshold():
     assert decide(one, data).status == "contradicted"
 
 
+@pytest.mark.usefixtures("correlated_design")
 @pytest.mark.parametrize("x, y", [
     ([0.8, 0.8], [0.7, 0.7]),  # no spread on either side
     ([0.80, 0.81, 0.82], [0.70, 0.71, 0.72]),  # paired differences all equal
@@ -127,6 +142,7 @@ def test_fewer_than_two_runs_is_insufficient():
     assert "insufficient" in str(verdict)
 
 
+@pytest.mark.usefixtures("correlated_design")
 @pytest.mark.parametrize("claim_id, values, evidence", [
     ("C1", {"bn": A, "vanilla": B}, "supported"),
     ("C2", {"conv0.2": B, "bn": A}, "contradicted"),  # C2's early numbers point against it ...
@@ -243,6 +259,7 @@ def test_c10_contrasts_vanillas_late_degradation_with_bns():
     assert decide(CLAIMS["C10"], both).status != "supported"  # degrading alike is no contrast
 
 
+@pytest.mark.usefixtures("correlated_design")
 def test_failed_runs_do_not_count():
     data = groups(x=A, y=B)
     data["x"].append(run("x", 0.1, seed=9, status="failed"))
