@@ -76,6 +76,8 @@ def train_all(args, runs: Path) -> dict:
             recipe = Recipe(batch_size=args.batch_size, epochs=args.epochs, seeding=scheme)
             for name, config in configs().items():
                 path = runs / f"{scheme}-{seed}-{name}.json"
+                if path.exists():
+                    continue
                 try:
                     (runs / f"{path.name}.claim").touch(exist_ok=False)
                 except FileExistsError:
@@ -155,7 +157,8 @@ def main(argv=None) -> None:
              "nfilters": list(configs()["bn"].nfilters), "ndense": configs()["bn"].ndense}
     about = {"machine": args.machine, "versions": versions(), "date": datetime.datetime.now(datetime.UTC).isoformat(
         timespec="seconds"), "sizes": sizes, "data": "CIFAR-10 (JPEG copy), first images class by class",
-        "accuracy": "test accuracy after the last epoch", "seconds": round(time.perf_counter() - start)}
+        "accuracy": "test accuracy after the last epoch",
+        "seconds_of_the_summarizing_process": round(time.perf_counter() - start)}
     (out / "seeding.json").write_text(json.dumps({**about, "rows": rows}, indent=1))
     text = (f"# Seeding benchmark: {args.machine}\n\n{about['date']}; {json.dumps(about['versions'])}\n\n"
             f"{args.train_size} training / {args.test_size} test images ({about['data']}), networks {sizes['width']} "
