@@ -109,6 +109,12 @@ def _introduced_configs() -> dict[str, set[str]]:
 # --- Markdown -------------------------------------------------------------------------------------------
 
 
+SEEDING_NOTES = {  # what a store's runs share at one seed (`kt_dropout.seeding`)
+    "per-layer": "per-layer (configurations at one seed share each same-named layer's initial weights)",
+    "global": "global (Keras's one stream; stored before per-layer seeding)",
+}
+
+
 def _distinct(values: Iterable) -> str:
     found = sorted({str(v) for v in values})
     return ", ".join(found) if found else "—"
@@ -121,6 +127,7 @@ def _header(records: list[RunRecord], profile: str | None, data: str | None) -> 
         ("epochs", _distinct(r.key.epochs for r in records)),
         ("seeds", _seeds(records)),
         ("precision", _distinct(r.key.recipe.precision for r in records)),
+        ("seeding", _distinct(SEEDING_NOTES[r.key.recipe.seeding] for r in records)),
         ("data", f"{data} (fingerprint {fingerprints})" if data else f"fingerprint {fingerprints}"),
         ("backend", _distinct(r.key.backend for r in records)),
         ("devices", _distinct(", ".join(r.devices) for r in records)),

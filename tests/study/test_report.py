@@ -103,6 +103,7 @@ def test_header_names_profile_and_data_and_claims_show_both_metrics(records, tmp
     markdown = write_report(records, tmp_path, profile="quick", data="CIFAR-10 copy").read_text()
     assert re.search(r"\| profile +\| quick +\|", markdown)
     assert "CIFAR-10 copy (fingerprint cifar10-abc)" in markdown
+    assert re.search(r"\| seeding +\| per-layer \(configurations at one seed share", markdown)
     c3 = markdown[markdown.index("### C3"):]
     assert re.search(rf"\| {design.design_test('per-layer')} +\|", c3) and "MDD" in c3  # the design's test, named
     # the column of the post's metric holds differences of best accuracies, and is named so (not "best epoch")
