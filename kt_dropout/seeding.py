@@ -16,9 +16,8 @@ import hashlib
 
 import numpy as np
 
-from kt_dropout.training.order import SEED_RANGE
-
 SCHEMES = ("per-layer", "global")
+SEED_RANGE = 2**63  # numpy takes non-negative seeds; negative ones wrap into this range
 SEED_BITS = 31  # a Keras seed is an int on every backend; 31 bits fit a signed 32-bit one
 
 

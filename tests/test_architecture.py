@@ -1,6 +1,6 @@
 """The package's layering, as the README's Architecture section draws it, checked on the source.
 
-Layers, lowest first: `_compat` and `errors` < `storage` < the network (`config`, `model`, `objectives`, `determinism`)
+Layers, lowest first: `_compat` and `errors` < `storage` < the network (`config`, `model`, `objectives`, `determinism`, `seeding`)
 < `data` < `training` < `packing` < `tuning` and `study` (which never import each other) < `cli`. A module
 imports its own layer and the layers below it, never one above; only the package's `__init__` sees
 everything. Private modules of Keras, Keras Tuner, TensorFlow and JAX are imported in `_compat` only.
@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "kt_dropout"
-NETWORK = ("config", "model", "objectives", "determinism")
+NETWORK = ("config", "model", "objectives", "determinism", "seeding")
 PACKAGES = ("storage", "data", "training", "packing", "tuning", "study", "cli")
 ORDER = ("compat", "storage", "network", "data", "training", "packing")  # each imports only those before it
 ALLOWED = {layer: set(ORDER[: ORDER.index(layer) + 1]) for layer in ORDER}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-SEED_RANGE = 2**63  # `default_rng` takes non-negative seeds; negative ones wrap into this range
+from kt_dropout.seeding import SEED_RANGE
 
 
 def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:

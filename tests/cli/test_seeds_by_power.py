@@ -11,7 +11,7 @@ from kt_dropout.study.results import ResultStore
 from kt_dropout.study.status import format_status, store_status
 
 ROUNDS = ["reproduce", "batchnorm", "--profile", "smoke", "--epochs", "5", "--train-size", "96", "--until-decided",
-          "--max-seeds", "6", "--results", "r"]
+          "--max-seeds", "4", "--results", "r"]
 
 
 def test_flags_that_plan_seeds_are_refused_where_they_cannot_apply_before_anything_is_written(tmp_path):
@@ -48,7 +48,7 @@ def rounds_run(tmp_path_factory):
 @pytest.mark.xdist_group("rounds")
 def test_until_decided_trains_a_pilot_plans_from_it_runs_a_second_round_and_stops(rounds_run):
     """Smoke (synthetic data, 5 epochs, bn and vanilla): the first round is C1's and C10's pilot (3 seeds), their
-    plan comes from its runs (capped at 6: not powerable), the second round takes them to 6 seeds, where each
+    plan comes from its runs (capped at 4: not powerable), the second round takes them to 4 seeds, where each
     claim is decided or not reproduced, and the command stops. A rerun resumes: it trains nothing and decides
     the same. Status shows the plan."""
     cwd, result = rounds_run
@@ -59,17 +59,17 @@ def test_until_decided_trains_a_pilot_plans_from_it_runs_a_second_round_and_stop
     out = result.stdout.splitlines()
     assert [line for line in out if line.startswith("round: ")] == [
         "round: bn seeds 0-2, vanilla seeds 0-2 (undecided: C1, C10)",
-        "round: bn seeds 0-5, vanilla seeds 0-5 (undecided: C1, C10)"], result.stdout
-    assert any(line.startswith("planned from its pilot: C1: 6 seeds per configuration (the most): NOT POWERABLE")
+        "round: bn seeds 0-3, vanilla seeds 0-3 (undecided: C1, C10)"], result.stdout
+    assert any(line.startswith("planned from its pilot: C1: 4 seeds per configuration (the most): NOT POWERABLE")
                for line in out), result.stdout
     claims = [line for line in out if re.match(r"  C1 |  C10 ", line)]
     assert len(claims) == 2 and all(re.match(
-        r"  C1?0? (supported|contradicted|not reproduced) \(early training, 5 epochs\) (at \d of 6 planned seeds|"
-        r"with 6 seeds): ", line) for line in claims), result.stdout
-    assert len(list((cwd / "r" / "store").glob("*.json"))) == 2 * 6 + 1
+        r"  C1?0? (supported|contradicted|not reproduced) \(early training, 5 epochs\) (at \d of 4 planned seeds|"
+        r"with 4 seeds): ", line) for line in claims), result.stdout
+    assert len(list((cwd / "r" / "store").glob("*.json"))) == 2 * 4 + 1
     again = run_cli(*ROUNDS, cwd=cwd)
     assert again.returncode == 0 and "training" not in again.stderr, again.stderr
     assert [line for line in again.stdout.splitlines() if re.match(r"  C1 |  C10 ", line)] == claims
     status = format_status(store_status(ResultStore(cwd / "r" / "store", create=False)))
-    assert re.search(r"^  C1: 6 seeds per configuration \(the most\): NOT POWERABLE within them \(bn > vanilla \+ "
-                     r"0.01\); MDD [\d.]+ beyond the thresholds; 60 model-epochs, ~0.0 GPU h$", status, re.MULTILINE)
+    assert re.search(r"^  C1: 4 seeds per configuration \(the most\): NOT POWERABLE within them \(bn > vanilla \+ "
+                     r"0.01\); MDD [\d.]+ beyond the thresholds; 40 model-epochs, ~0.0 GPU h$", status, re.MULTILINE)
