@@ -22,10 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import warnings
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kt_dropout.errors import KtDropoutError
 from kt_dropout.storage.locks import Lock, LockHeld, holder_line
 from kt_dropout.study.results import LEASES_FOLDER
 
@@ -94,10 +96,21 @@ class Claims:
         return None if key in self._held else self._lock(key).held_by()
 
     def _renew(self) -> None:
+        """Renews every held lease each fifth of a lease period. A renewal that fails (the folder turned
+        unwritable, a network filesystem's error) is named in one warning and tried again next time: the
+        thread must outlive it, or every lease of this process would expire while it trains."""
+        failing: set[str] = set()
         while not self._stop.wait(self.seconds / RENEWALS_PER_LEASE):
             with self._mutex:
-                for lock in self._held.values():
-                    lock.renew()  # False once lost (this process stalled past its lease): its run is stored anyway
+                for key, lock in self._held.items():
+                    try:
+                        lock.renew()  # False once lost (this process stalled past its lease): its run is stored anyway
+                        failing.discard(key)
+                    except (OSError, KtDropoutError) as error:
+                        if key not in failing:
+                            warnings.warn(f"cannot renew the lease {lock.path} ({error}); trying again in "
+                                          f"{self.seconds / RENEWALS_PER_LEASE:.0f} s", stacklevel=1)
+                        failing.add(key)
 
 
 def claimed_packs(

@@ -18,6 +18,7 @@ import pytest
 from kt_dropout.errors import FileAccessError
 from kt_dropout.storage.locks import EXPIRY_CAP_PERIODS, Lock, LockHeld
 from kt_dropout.storage.processes import pid_namespace, process_start
+from kt_dropout.study.leases import Claims
 
 
 def dead_pid() -> int:
@@ -281,3 +282,25 @@ def test_a_lock_file_or_folder_without_permission_is_one_line_naming_it(tmp_path
         "(creating its guard file .run.lock.guard)",
         f"{FileAccessError.__name__} the run bn/seed0: cannot read the lock file {private}/run.lock: "
         "permission denied"], result.stderr
+
+
+def test_a_failed_renewal_is_named_once_and_the_leases_are_renewed_again_after_it(tmp_path, monkeypatch):
+    """An error while renewing (an unwritable folder, a network filesystem's hiccup; injected here, as root
+    writes anywhere) must not end the renewal thread: its leases would all expire while this process trains."""
+    failures = []
+    renew = Lock.renew
+
+    def failing_once(lock):
+        if not failures:
+            failures.append(lock.path)
+            raise PermissionError(13, "Permission denied")
+        return renew(lock)
+
+    monkeypatch.setattr(Lock, "renew", failing_once)
+    with pytest.warns(UserWarning, match=r"cannot renew the lease .*run1\.lock \(\[Errno 13\] Permission denied\)"):
+        with Claims(tmp_path, seconds=0.5) as claims:
+            assert claims.claim({"run1": "the run run1"}) == ["run1"]
+            lease = tmp_path / "leases" / "run1.lock"
+            expires = json.loads(lease.read_text())["expires"]
+            time.sleep(0.35)  # the first renewal fails, the next ones renew
+            assert failures and json.loads(lease.read_text())["expires"] > expires
