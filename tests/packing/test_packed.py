@@ -82,7 +82,13 @@ def _train_both(config, recipe, data, epochs=2, **options):
 
 @pytest.mark.parametrize("implementation", CONV_IMPLEMENTATIONS)
 def test_packed_training_without_dropout_gives_the_weights_of_separate_training(implementation):
-    runs = _train_both(TINY.replace(batchnorm=False), Recipe(batch_size=32), _data(), conv_implementation=implementation)
+    """The same math, to float32 round-off. Under the initial weights of "global" seeding, with which these
+    tolerances were set: from per-layer seeding's start, on JAX, round-off grows past them after two epochs
+    (one weight of 144 off by 1.2e-5 with grouped convolutions, most of block1_conv1 by up to 7e-4 with
+    im2col; on TensorFlow all three stay within). That both paths start alike under either scheme is
+    `test_a_pack_member_starts_from_the_weights_of_the_same_run_alone`."""
+    recipe = Recipe(batch_size=32, seeding="global")
+    runs = _train_both(TINY.replace(batchnorm=False), recipe, _data(), conv_implementation=implementation)
     for packed, separate in runs:
         for layer in separate.layers:
             for got, want in zip(packed.get(layer.name, []), layer.get_weights()):
