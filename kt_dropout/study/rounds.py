@@ -70,7 +70,7 @@ def plan_study(study: Study, *, max_seeds: int, variance_records=(),
             claims[claim.id] = kept[claim.id]
             continue
         plan = plan_claim(claim, variance_records, max_seeds=max_seeds, epochs=settings.epochs,
-                          seeding=getattr(settings.recipe, "seeding", "global"))
+                          seeding=settings.recipe.seeding)
         claims[claim.id] = {"seeds": plan.seeds, "powerable": plan.powerable, "line": plan.line(),
                             "model_epochs": plan.model_epochs, "gpu_seconds": plan.gpu_seconds,
                             "mdd": [p.mdd for p in plan.comparisons]}
