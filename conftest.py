@@ -59,25 +59,35 @@ def pytest_configure(config):
     """With `-n` (pytest-xdist), tests marked `xdist_group` (they share an expensive module fixture) run on one
     worker. Set here, not as `--dist loadgroup` in addopts: pytest-benchmark turns itself off whenever `--dist`
     is set, which would leave the GPU suite's own benchmark records empty."""
+    if getattr(config.option, "numprocesses", None) and _selects_gpu_length_work(config):
+        raise pytest.UsageError("-m gpu and -m speed run in one process, without -n: pytest-xdist turns "
+                                "pytest-benchmark off, and the training fills the GPU by itself")
     if getattr(config.option, "numprocesses", None) and config.option.dist == "load":
         config.option.dist = "loadgroup"
-    _share_jax_compilations(config)
+    _compile_jax_fast(config)
     if config.getoption("--kt-deterministic"):  # before JAX starts its backend, which reads XLA_FLAGS once
         from kt_dropout.determinism import prepare_environment
 
         prepare_environment()
 
 
-def _share_jax_compilations(config):
+def _selects_gpu_length_work(config) -> bool:
+    return any(marker in (config.option.markexpr or "") for marker in GPU_LENGTH)
+
+
+def _compile_jax_fast(config):
     """The CPU tests compile the same tiny networks again and again, in the test processes and in the CLI and
     suite subprocesses they start (on JAX); JAX's persistent compilation cache, shared through the environment,
-    compiles each once (a JAX `kt-dropout train` subprocess: 27 s cold, 11 s warm). Not for GPU-length work
+    compiles each once (a JAX `kt-dropout train` subprocess: 27 s cold, 11 s warm), and without XLA's slow
+    optimizations, which tiny networks do not repay. Not for GPU-length work
     (`-m gpu`/`-m speed`), whose timings should not depend on an earlier session, nor over a user's own cache."""
-    if any(marker in (config.option.markexpr or "") for marker in ("gpu", "speed")):
+    if _selects_gpu_length_work(config):
         return
     cache = config.rootpath / ".pytest_cache" / "jax-compilation-cache"
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache))
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    # Unoptimized, a JAX `kt-dropout train` subprocess of 3 epochs took 10.5 s of CPU instead of 18 s (cold cache).
+    os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 
 #: Markers of GPU-length jobs, each run only when the `-m` expression names it (never in a plain `pytest`).

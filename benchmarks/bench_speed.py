@@ -75,6 +75,8 @@ from kt_dropout.study.profiles import get_profile
 from kt_dropout.training.recording import environment
 from kt_dropout.training.run import train
 
+from measured import CLOCK
+
 pytestmark = pytest.mark.speed
 
 MIX = ("bn", "conv0.2", "conv0.5", "conv0.2+dense0.5")  # a study's pack: configurations x seeds
@@ -190,13 +192,15 @@ def _tflops(flops, seconds):
 def _fit_row(data, recipe, profile, epochs, variant: str = "") -> dict:
     config = profile.scale(CONFIGS["conv0.2+dense0.5"])
     recipe = recipe.replace(**(parse_fit_variant(variant) if variant else {}))
-    record = train(config, data, recipe=recipe, epochs=epochs, verbose=0)
+    timer = EpochTimer()
+    record = train(config, data, recipe=recipe, epochs=epochs, verbose=0, callbacks=[timer])
     steady = record.seconds_per_epoch
     history = record.history
     return {
         "way": "keras.fit, one model" + (f", {variant}" if variant else ""), "models": 1,
         "variant": f"keras.fit+{variant}" if variant else "keras.fit",
         "first_epoch_s": record.first_epoch_seconds, "epoch_s": steady, "s_per_model_epoch": steady,
+        "model_epoch_seconds": timer.seconds[1:],
         "device_bytes_in_use": _device_bytes_in_use(),
         "member_loss": [[v] for v in history["loss"]], "member_accuracy": [[v] for v in history["accuracy"]],
         "member_val_accuracy": [[v] for v in history["val_accuracy"]],
@@ -227,6 +231,7 @@ def _pack_row(size, variant, data, recipe, profile, settings, out) -> Iterator[d
         "device_data": trainer.device_data,
         "conv_implementation": kwargs.get("conv_implementation", "grouped"),
         "first_epoch_s": seconds[0], "epoch_s": steady, "s_per_model_epoch": steady / size,
+        "model_epoch_seconds": [s / size for s in seconds[1:]],
         "device_bytes_in_use": memory,
         "fit_s": split["fit"], "eval_s": split["evaluate"],
         "train_tflops": _tflops(3 * flops * n_train, split["fit"]),
@@ -245,30 +250,73 @@ def _pack_row(size, variant, data, recipe, profile, settings, out) -> Iterator[d
     gc.collect()
 
 
-def _measure(profile, out: Path) -> dict:
-    settings = _settings()
-    images = settings["images"]
-    data = synthetic_cifar10(n_train=images, n_test=images // 5)
-    recipe = Recipe()
+class EpochTimer(keras.callbacks.Callback):
+    """Each epoch's seconds of a `fit`, as the packs time theirs."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds, self._start = [], None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def _ways(settings) -> list[tuple]:
+    """The rows to measure, in order: ("fit", variant) and ("pack", size, variant); the first is the baseline."""
+    return ([("fit", "")] + [("fit", v) for v in settings["fit_variants"]]
+            + [("pack", size, variant) for size, variant in _plan(settings)])
+
+
+def _way_id(way) -> str:
+    return f"keras.fit{'+' + way[1] if way[1] else ''}" if way[0] == "fit" else f"pack{way[1]}-{way[2]}"
+
+
+SETTINGS = _settings()  # read as the tests are collected: a bad setting is an error naming its variable
+WAYS = _ways(SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def table(pytestconfig):
+    """The run's data and its result, which each way's test adds its row to and writes out; finished (and
+    written so) once every way has run."""
+    profile = get_profile(pytestconfig.getoption("--kt-profile"))
+    out = Path(pytestconfig.getoption("--kt-results"))
+    images = SETTINGS["images"]
     result = {
-        "images": images, "validation_images": images // 5, "batch_size": recipe.batch_size,
-        "epochs": settings["epochs"], "settings": settings, "profile": profile.name,
+        "images": images, "validation_images": images // 5, "batch_size": Recipe().batch_size,
+        "epochs": SETTINGS["epochs"], "settings": SETTINGS, "profile": profile.name,
         "forward_flops_per_image": forward_flops(profile.scale(CONFIGS["bn"])),
         "environment": {**environment(), "platform": platform.platform()}, "rows": [], "finished": False,
     }
-    result["rows"].append(_fit_row(data, recipe, profile, settings["epochs"]))
+    data = synthetic_cifar10(n_train=images, n_test=images // 5)
+    yield profile, out, data, result
+    result["finished"] = len(result["rows"]) == len(WAYS)
     _write(out, result)
-    for variant in settings["fit_variants"]:
-        result["rows"].append(_fit_row(data, recipe, profile, settings["epochs"], variant))
+
+
+@pytest.mark.benchmark(timer=CLOCK)
+@pytest.mark.parametrize("way", WAYS, ids=_way_id)
+def test_speed(way, table, benchmark):
+    """One way of training; its benchmark rounds are its seconds per model-epoch, one per epoch after the
+    first (which compiles). Network widths follow --kt-profile (smoke shrinks them); the data is synthetic."""
+    profile, out, data, result = table
+    if way != WAYS[0] and not result["rows"]:
+        pytest.skip("needs the keras.fit baseline, measured first in the same run (select it too)")
+    if way[0] == "fit":
+        rows = [_fit_row(data, Recipe(), profile, SETTINGS["epochs"], way[1])]
+    else:
+        rows = _pack_row(way[1], way[2], data, Recipe(), profile, SETTINGS, out)
+    for row in rows:
+        if not result["rows"] or result["rows"][-1] is not row:
+            result["rows"].append(row)
         _write(out, result)
-    for size, variant in _plan(settings):
-        for row in _pack_row(size, variant, data, recipe, profile, settings, out):
-            if result["rows"][-1] is not row:
-                result["rows"].append(row)
-            _write(out, result)
-    result["finished"] = True
-    _write(out, result)
-    return result
+    CLOCK.replay(benchmark, row["model_epoch_seconds"])
+    benchmark.extra_info.update(way=row["way"], speedup=row["speedup"])
+    assert row["epoch_s"] > 0
+    assert all(np.isfinite(np.asarray(row["member_loss"], dtype=float)).ravel()), row["way"]
 
 
 # --- tracing (JAX profiler) ------------------------------------------------------------------------
@@ -480,14 +528,3 @@ def _write(out: Path, result: dict) -> None:
     if profiles:
         text += "\n## Where the time goes (JAX profiler, training steps only)\n\n" + "\n".join(profiles) + "\n"
     (out / "speed.md").write_text(text)
-
-
-def test_speed(benchmark, pytestconfig):
-    """Network widths follow --kt-profile (smoke shrinks them); the data is always synthetic."""
-    profile = get_profile(pytestconfig.getoption("--kt-profile"))
-    out = Path(pytestconfig.getoption("--kt-results"))
-    result = benchmark.pedantic(_measure, args=(profile, out), rounds=1, iterations=1)
-    benchmark.extra_info.update({r["way"]: r["s_per_model_epoch"] for r in result["rows"]})
-    assert all(r["epoch_s"] > 0 for r in result["rows"])
-    for row in result["rows"]:
-        assert all(np.isfinite(np.asarray(row["member_loss"], dtype=float)).ravel()), row["way"]

@@ -43,7 +43,15 @@ def test_the_gpu_marker_selects_every_experiment_and_claim_and_no_benchmark():
     for claim in CLAIMS:
         assert f"test_claim[{claim}]" in result.stdout
     assert "bench_speed.py" not in result.stdout and "bench_conv.py" not in result.stdout
-    assert f"{len(EXPERIMENTS) + len(CLAIMS)}/{len(EXPERIMENTS) + len(CLAIMS) + 2} tests collected" in result.stdout
+    speed = 5 + 1 + 2 * 7  # bench_speed: keras.fit and 4 pack sizes; bench_conv: a check, 2 dtypes x 7 formulations
+    assert f"{len(EXPERIMENTS) + len(CLAIMS)}/{len(EXPERIMENTS) + len(CLAIMS) + speed} tests collected" in result.stdout
+
+
+def test_gpu_length_work_with_xdist_is_a_usage_error():
+    """pytest-xdist would turn pytest-benchmark off without a word, leaving the benchmark records empty."""
+    result = _pytest("benchmarks", "-m", "speed", "-n", "2", "--collect-only", "-q")
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "ERROR: -m gpu and -m speed run in one process, without -n: pytest-xdist" in result.stderr
 
 
 def test_without_a_marker_nothing_trains(tmp_path):
@@ -134,9 +142,12 @@ def test_smoke_profile_runs_end_to_end_and_resumes(tmp_path):
     assert report.startswith(SMOKE_TITLE)
     assert "C1" in report and "vanilla" in report and "| bn" in report
     assert (tmp_path / "report-smoke" / "curves-batchnorm.png").stat().st_size > 10_000
-    bench = json.loads((tmp_path / "bench.json").read_text())
-    extra = bench["benchmarks"][0]["extra_info"]
-    assert extra["bn seconds_per_epoch"] > 0
+    # The benchmark's rounds are the experiment's own runs' seconds per model-epoch, not the session's training.
+    [bench] = json.loads((tmp_path / "bench.json").read_text())["benchmarks"]
+    assert bench["name"] == "test_experiment[batchnorm]" and bench["stats"]["rounds"] == 4
+    seconds = sorted(r.seconds_per_epoch for r in records)
+    assert (bench["stats"]["min"], bench["stats"]["max"]) == pytest.approx((seconds[0], seconds[-1]), rel=1e-9)
+    assert bench["extra_info"]["bn seconds_per_epoch"] > 0
 
     mtimes = {p.name: p.stat().st_mtime_ns for p in runs}
     second = _pytest(*args)
@@ -149,16 +160,25 @@ def test_smoke_profile_runs_end_to_end_and_resumes(tmp_path):
 def test_speed_benchmark_writes_its_table(tmp_path):
     # No float32 pack sizes of its own (every pack row compiles, the test's cost): the variants' size brings one.
     result = _pytest("benchmarks/bench_speed.py", "-m", "speed", "--kt-profile", "smoke", "--kt-results", str(tmp_path),
+                     "--benchmark-json", str(tmp_path / "bench.json"),
                      env={"KT_SPEED_PACKS": "", "KT_SPEED_IMAGES": "128", "KT_SPEED_FIT_VARIANTS": "bs32",
                           "KT_SPEED_VARIANTS": "im2col", "KT_SPEED_VARIANT_PACK": "2", "KT_SPEED_TRACE": "f32",
-                          "KT_SPEED_TRACE_STEPS": "1"})
+                          "KT_SPEED_TRACE_STEPS": "1", "KT_SPEED_EPOCHS": "3"})
     assert result.returncode == 0, result.stdout + result.stderr
     speed = json.loads((tmp_path / "speed.json").read_text())
     rows = speed["rows"]
-    assert [(r["models"], r["variant"]) for r in rows] == [
+    assert speed["finished"] and [(r["models"], r["variant"]) for r in rows] == [
         (1, "keras.fit"), (1, "keras.fit+bs32"), (2, "f32"), (2, "im2col"),
     ]
     assert rows[0]["speedup"] == 1.0
+    # One benchmark per way of training, whose rounds are its seconds per model-epoch after the compiling epoch.
+    benchmarks = json.loads((tmp_path / "bench.json").read_text())["benchmarks"]
+    assert [b["param"] for b in benchmarks] == ["keras.fit", "keras.fit+bs32", "pack2-f32", "pack2-im2col"]
+    for bench, row in zip(benchmarks, rows):
+        assert bench["stats"]["rounds"] == 2 and len(row["model_epoch_seconds"]) == 2
+        assert bench["stats"]["mean"] == pytest.approx(np.mean(row["model_epoch_seconds"]), rel=1e-9)
+    for pack in rows[2:]:  # a pack's epoch is 2 model-epochs (with 2 figures, their median is their mean)
+        assert np.mean(pack["model_epoch_seconds"]) == pytest.approx(pack["epoch_s"] / 2, rel=1e-9)
     assert [r["device_data"] for r in rows[2:]] == [True, True]  # JAX: on the device
     assert [r["conv_implementation"] for r in rows[2:]] == ["grouped", "im2col"]
     # The same members, weights and batches however the convolutions are computed (host-fed packs train as
@@ -173,13 +193,21 @@ def test_speed_benchmark_writes_its_table(tmp_path):
 @pytest.mark.slow
 def test_conv_benchmark_checks_and_times_every_formulation(tmp_path):
     result = _pytest("benchmarks/bench_conv.py", "-m", "speed", "--kt-results", str(tmp_path),
+                     "--benchmark-json", str(tmp_path / "bench.json"),
                      env={"KT_CONV_MEMBERS": "3", "KT_CONV_BATCH": "2", "KT_CONV_WIDTHS": "4,8,8",
                           "KT_CONV_REPEATS": "2", "KT_CONV_DTYPES": "float32"})  # bf16: the same code, twice the cost
     assert result.returncode == 0, result.stdout + result.stderr
     conv = json.loads((tmp_path / "conv.json").read_text())
     assert conv["finished"] and len(conv["rows"]) == 6  # six layers
-    assert set(conv["rows"][0]["seconds"]) == {"grouped", "grouped_nchw", "vmap", "im2col", "shifts", "one_member",
-                                               "big_batch"}
+    names = ["grouped", "grouped_nchw", "vmap", "im2col", "shifts", "one_member", "big_batch"]
+    assert list(conv["rows"][0]["seconds"]) == names
+    # One benchmark per formulation, whose rounds are its seconds over the six layers, one per repeat.
+    benchmarks = json.loads((tmp_path / "bench.json").read_text())["benchmarks"]
+    assert [b["param"] for b in benchmarks] == [f"float32-{name}" for name in names]
+    for bench, name in zip(benchmarks, names):
+        repeats = [sum(per) for per in zip(*(r["repeat_seconds"][name] for r in conv["rows"]))]
+        assert bench["stats"]["rounds"] == 2
+        assert (bench["stats"]["min"], bench["stats"]["max"]) == pytest.approx((min(repeats), max(repeats)))
     assert re.search(r"\| float32 +\| all layers", (tmp_path / "conv.md").read_text())
 
 
@@ -236,6 +264,8 @@ def test_a_suite_run_fails_on_claims_its_profile_decides_that_are_not_reproduced
 def _load_test_post():
     import importlib.util
 
+    if str(ROOT / "benchmarks") not in sys.path:  # where pytest puts it when it collects the benchmarks
+        sys.path.insert(0, str(ROOT / "benchmarks"))
     spec = importlib.util.spec_from_file_location("test_post", ROOT / "benchmarks" / "test_post.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -277,9 +307,11 @@ class _Study:
 
 
 class _Benchmark:
-    extra_info = {}
+    """pytest-benchmark's fixture as `--benchmark-disable` leaves it."""
 
-    def pedantic(self, function, args, rounds, iterations):
+    extra_info, disabled = {}, True
+
+    def pedantic(self, function, args=(), rounds=1, iterations=1):
         return function(*args)
 
 
