@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+import kt_dropout
 from kt_dropout.cli.app import main
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.errors import MissingPackage
@@ -110,7 +111,7 @@ def test_to_dataframe_holds_the_rows_export_writes(store, capsys):
         assert list(frame.columns) == list(exported[0])
         assert [{column: _cell(value) for column, value in row.items()} for row in frame.to_dict("records")] == [
             {column: "" if value == "nan" else value for column, value in row.items()} for row in exported]  # NaN: both
-    runs = store.to_dataframe()
+    runs = kt_dropout.ResultStore(store.root, create=False).to_dataframe()  # what the package exposes
     assert runs.loc[runs["name"] == "bn", "verdict_accuracy"].tolist() == pytest.approx([0.51, 0.5])
     assert runs["seed"].dtype.kind == "i" and runs["batchnorm"].dtype == bool
 
