@@ -3,6 +3,7 @@
 - `DropoutVGGHyperModel` and `search()`: the post's network as a Keras Tuner search space.
 - `VGGConfig`, `build_model`, `Recipe`, `compile_model`, `train`: the network and the post's recipe.
 - `RunRecord`: what `train` returns, and what the results store keeps, for one run.
+- `ResultStore`: a results store's runs (`records()`, `to_dataframe()`), as `reproduce` and the suite keep them.
 - `load_cifar10`: CIFAR-10 from a path, `$KT_DROPOUT_DATA`, Keras's cache or Keras's download.
 - `kt_dropout.study.experiments`, `kt_dropout.study.runner`, `kt_dropout.study.report`: the post as a reproducibility suite.
 
@@ -19,6 +20,7 @@ from kt_dropout.config import Recipe, VGGConfig
 
 if TYPE_CHECKING:
     from kt_dropout.data.cifar10 import DataError, load_cifar10
+    from kt_dropout.study.results import ResultStore
     from kt_dropout.model import build_model, compile_model
     from kt_dropout.training.record import RunRecord
     from kt_dropout.training.run import train
@@ -30,6 +32,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "DataError": "kt_dropout.data.cifar10",
     "DropoutVGGHyperModel": "kt_dropout.tuning.hypermodel",
+    "ResultStore": "kt_dropout.study.results",
     "RunRecord": "kt_dropout.training.record",
     "SearchFailedError": "kt_dropout.tuning.search",
     "SearchResult": "kt_dropout.tuning.search",
@@ -44,6 +47,7 @@ __all__ = [
     "DataError",
     "DropoutVGGHyperModel",
     "Recipe",
+    "ResultStore",
     "RunRecord",
     "SearchFailedError",
     "SearchResult",

@@ -7,6 +7,7 @@
     kt-dropout report kt_results           rewrite the report from stored runs
     kt-dropout status kt_results           what is done, being trained and left, with an ETA
     kt-dropout compare REF OTHER           pair two studies' runs: do their accuracies and verdicts agree?
+    kt-dropout export kt_results           the stored runs as CSV, one row per run (--epochs: per run-epoch)
 
 Each command is a `Command` in a module of its own; this one builds the parser from them, starts Keras for
 those that need it and turns their errors into exit statuses: a `KtDropoutError` (the user's to fix) is one
@@ -28,6 +29,7 @@ import warnings
 from kt_dropout.cli.command import PROG, Command
 from kt_dropout.cli.console import eprint
 from kt_dropout.cli.experiments import Experiments
+from kt_dropout.cli.export import Export
 from kt_dropout.cli.parser import Parser
 from kt_dropout.cli.reproduce import Reproduce
 from kt_dropout.cli.results import Compare, Merge, Report, Status
@@ -40,7 +42,7 @@ from kt_dropout.training.budget import EXIT_INCOMPLETE
 # What needs Keras (and so a backend) is imported inside the command that uses it: `--help`, the parser's
 # errors and the commands that need no backend answer at once, without starting TensorFlow or JAX.
 COMMANDS: tuple[Command, ...] = (Experiments(), Train(), Search(), Reproduce(), Report(), Status(), Merge(),
-                                 Compare())
+                                 Compare(), Export())
 
 
 def build_parser(commands=COMMANDS) -> argparse.ArgumentParser:

@@ -27,6 +27,8 @@ from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.errors import FileError, FileMissingError, StoreError, file_error
 from kt_dropout.storage.atomic import check_writable_folder, create_text, write_text
 from kt_dropout.storage.documents import DamagedFile, read_json
+from kt_dropout.storage.tables import dataframe
+from kt_dropout.study.rows import table
 from kt_dropout.training.record import KEY_LENGTH, RunRecord, canonical_json
 
 MANIFEST_NAME = "store.json"
@@ -224,6 +226,16 @@ class ResultStore:
     def records(self) -> list[RunRecord]:
         """Every readable record, failed runs included, in key order."""
         return [r for r in map(self._load, self._run_files()) if r is not None]
+
+    def to_dataframe(self, epochs: bool = False):
+        """The stored runs as a pandas DataFrame: one row per run (key fields, the verdict metric, best epoch
+        and accuracies, timings, the network's and recipe's fields), or with `epochs` one per run and epoch
+        (key fields, `epoch` and every logged metric) -- the rows `kt-dropout export` writes (`study.rows`).
+
+        Raises:
+            MissingPackage: pandas is not installed (the `pandas` extra).
+        """
+        return dataframe(*table(self.records(), epochs=epochs))
 
     def find(
         self, *, config: VGGConfig | None = None, recipe: Recipe | None = None, epochs: int | None = None,

@@ -8,7 +8,6 @@ that case and warns when only some trials failed, keeping them in the result.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import warnings
 
@@ -17,6 +16,8 @@ import keras_tuner
 from tabulate import tabulate
 
 from kt_dropout.config import VGGConfig
+from kt_dropout.storage.atomic import write_text
+from kt_dropout.storage.tables import columns_of, csv_text, dataframe
 from kt_dropout.tuning.hypermodel import tidy
 
 OBJECTIVE = keras_tuner.Objective("val_accuracy", direction="max")  # what every search maximizes
@@ -43,20 +44,26 @@ class SearchResult:
             status, every hyperparameter, val_accuracy (best epoch's),
             best_epoch (1-based), seconds (wall time of the trial), error (the
             exception of a failed trial; the traceback is its `trial.message`).
+        ranked: every trial in Keras Tuner's order of the best (`Oracle.get_best_trials`'s): the completed ones
+            by score, ties in the oracle's order, then the others.
     """
 
     tuner: keras_tuner.Tuner
     best_trial: keras_tuner.engine.trial.Trial | None
     trials: list[dict]
+    ranked: tuple = ()
 
     @classmethod
     def from_trials(cls, tuner: keras_tuner.Tuner, trials) -> "SearchResult":
         trials = list(trials)
-        completed = [trial for trial in trials if trial.status == _COMPLETED]
+        # sorted() is stable: the first of tied trials stays first, as in Keras Tuner.
+        completed = sorted((trial for trial in trials if trial.status == _COMPLETED), key=lambda trial: trial.score,
+                           reverse=True)
         rows = sorted(
             map(_row, trials), key=lambda row: (row["val_accuracy"] is None, -(row["val_accuracy"] or 0.0))
         )
-        return cls(tuner, max(completed, key=lambda trial: trial.score, default=None), rows)
+        ranked = (*completed, *(trial for trial in trials if trial.status != _COMPLETED))
+        return cls(tuner, completed[0] if completed else None, rows, ranked)
 
     @property
     def best_hyperparameters(self) -> keras_tuner.HyperParameters | None:
@@ -83,7 +90,7 @@ class SearchResult:
 
     @property
     def columns(self) -> list[str]:
-        return list(dict.fromkeys(name for row in self.trials for name in row))
+        return columns_of(self.trials)
 
     def to_table(self) -> str:
         """The trials as a GitHub-flavoured Markdown table."""
@@ -109,10 +116,31 @@ class SearchResult:
 
     def to_csv(self, path) -> None:
         """Writes the trials, one row each, with a header; empty cells for missing values."""
-        with open(path, "w", newline="") as file:
-            writer = csv.DictWriter(file, fieldnames=self.columns)
-            writer.writeheader()
-            writer.writerows(self.trials)
+        write_text(path, csv_text(self.trials, self.columns))
+
+    def to_dataframe(self):
+        """The trials as a pandas DataFrame, one row each, best first: the columns of `trials` (trial_id,
+        status, one per hyperparameter, val_accuracy, best_epoch, ...), missing values NaN or None.
+
+        Raises:
+            MissingPackage: pandas is not installed (the `pandas` extra).
+        """
+        return dataframe(self.trials, self.columns)
+
+    def results_summary(self, num_trials: int = 10) -> None:
+        """Prints the best `num_trials` trials as Keras Tuner's `Tuner.results_summary` does (the project folder,
+        the objective, then each trial's own `Trial.summary()`: hyperparameters and score; failed trials fill up
+        when fewer completed), then the tie for the best, if any. From this result's trials, so that a worker of
+        a distributed search summarizes the trials it ran without asking the chief's oracle."""
+        print("Results summary")
+        print(f"Results in {self.tuner.project_dir}")
+        print(f"Showing {num_trials} best trials")
+        print(OBJECTIVE)
+        for trial in self.ranked[:num_trials]:
+            print()
+            trial.summary()
+        if self.tie:
+            print(f"\n{self.tie}")
 
 
 def trial_line(trial) -> str:

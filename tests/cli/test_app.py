@@ -25,10 +25,11 @@ OWN_FLAGS = {
     "status": ["results", "--json"],
     "merge": ["results", "a", "b"],
     "compare": ["ref", "other", "--claims", "C1"],
+    "export": ["results", "--epochs", "-o", "runs.csv", "--force"],
 }
 # What each command needs: a backend for training; none for listing constants or reading results stores.
 NEEDS_BACKEND = {"experiments": False, "train": True, "search": True, "reproduce": True, "report": False,
-                 "status": False, "merge": False, "compare": False}
+                 "status": False, "merge": False, "compare": False, "export": False}
 
 
 @pytest.fixture(autouse=True)

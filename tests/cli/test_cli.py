@@ -79,9 +79,9 @@ def test_help_and_experiments_start_no_backend(tmp_path):
 
 
 def test_store_commands_start_no_backend(tmp_path):
-    """`status` (reading a plan, runs and a checkpoint's state), `report`, `compare` and `merge` read files only:
-    they answer without importing Keras, Keras Tuner or a backend (so without TensorFlow's start-up lines), and
-    the report draws its figures without a display."""
+    """`status` (reading a plan, runs and a checkpoint's state), `report`, `compare`, `merge` and `export` read
+    files only: they answer without importing Keras, Keras Tuner or a backend (so without TensorFlow's start-up
+    lines), and the report draws its figures without a display."""
     runs = [_run(seed, 2) for seed in (0, 1, 2)]
     plan = Plan("smoke", ("batchnorm",), (0, 1, 2), 2, Recipe(), runs[0].key.backend, "data", "synthetic",
                 tuple(PlannedRun("bn", run.key.seed, run.key.digest()) for run in runs))
@@ -99,7 +99,8 @@ def test_store_commands_start_no_backend(tmp_path):
         "from kt_dropout import cli\n"
         "with contextlib.redirect_stdout(io.StringIO()) as out:\n"
         "    codes = [cli.main(argv) for argv in (['status', 'a'], ['status', 'a', '--json'], ['report', 'a'],\n"
-        "                                         ['compare', 'a', 'b'], ['merge', 'merged', 'a', 'b'])]\n"
+        "                                         ['compare', 'a', 'b'], ['merge', 'merged', 'a', 'b'],\n"
+        "                                         ['export', 'b', '--epochs'])]\n"
         "import matplotlib\n"
         f"print(codes, sorted(m for m in {BACKEND_MODULES!r} if m in sys.modules), matplotlib.get_backend().lower())\n"
         "print(out.getvalue())\n"
@@ -110,10 +111,10 @@ def test_store_commands_start_no_backend(tmp_path):
                             timeout=120)
     assert result.returncode == 0 and result.stderr == "", result.stderr
     first, output = result.stdout.split("\n", 1)
-    assert first == "[0, 0, 0, 0, 0] [] agg"
+    assert first == "[0, 0, 0, 0, 0, 0] [] agg"
     for fragment in ("bn               0, 1            2 (1 epochs)", '"partial": [\n        {\n         "seed": 2,',
                      "report written to a/report/report.md", "## Paired runs (2: seeds [0, 1])",
-                     "3 run(s) merged into merged/store; it holds 3"):
+                     "3 run(s) merged into merged/store; it holds 3", f"{runs[2].key.digest()},bn,"):
         assert fragment in output, output
 
 
@@ -126,7 +127,7 @@ def assert_usage_error(result, command, *fragments):
 
 
 @pytest.mark.parametrize("command, flags", [
-    ([], ["experiments", "train", "search", "reproduce", "report", "merge", "compare"]),
+    ([], ["experiments", "train", "search", "reproduce", "report", "merge", "compare", "export"]),
     (["experiments"], []),
     (["train"], ["--config", "--nfilters", "--no-batchnorm", "--dropout-conv", "--input-shape", "--learning-rate",
                  "--selection", "--holdout", "--precision", "--seeding", "--seed", "--data", "--synthetic", "--output",

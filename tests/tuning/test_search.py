@@ -134,6 +134,44 @@ def test_a_tie_for_the_best_is_named_with_the_trial_keras_tuner_picked():
     assert alone.tie is None and str(alone) == alone.to_table()
 
 
+def test_results_summary_prints_what_keras_tuner_prints_then_the_tie(first, capsys):
+    _, _, result, _ = first
+    result.tuner.results_summary(1)
+    theirs = capsys.readouterr().out
+    result.results_summary(1)
+    assert capsys.readouterr().out == theirs + (f"\n{result.tie}\n" if result.tie else "")
+    assert re.findall(r"Trial (\d+) summary", theirs) == [result.best_trial.trial_id]
+    assert theirs.startswith(f"Results summary\nResults in {result.tuner.project_dir}\nShowing 1 best trials\n"
+                             "Objective(name=\"val_accuracy\", direction=\"max\")\n")
+    result.tuner.results_summary()
+    theirs = capsys.readouterr().out
+    result.results_summary()
+    assert capsys.readouterr().out == theirs + (f"\n{result.tie}\n" if result.tie else "")
+
+
+def test_results_summary_ranks_as_keras_tuner_ties_and_failed_trials_included(first, capsys):
+    failed = keras_tuner.engine.trial.Trial(keras_tuner.HyperParameters(), trial_id="4", status="FAILED",
+                                            message="Traceback ...\nValueError: deliberate")
+    tied = SearchResult.from_trials(first[2].tuner, [failed, _trial("0", 0.25), _trial("1", 0.5), _trial("3", 0.5)])
+    tied.results_summary(5)
+    summary = capsys.readouterr().out
+    assert re.findall(r"Trial (\d) summary", summary) == ["1", "3", "0", "4"]
+    assert "Showing 5 best trials" in summary and "Score: 0.25\n" in summary and "ValueError: deliberate" in summary
+    assert summary.endswith(f"\n\n{tied.tie}\n")
+    tied.results_summary(1)
+    assert re.findall(r"Trial (\d) summary", capsys.readouterr().out) == ["1"]
+
+
+def test_to_dataframe_holds_the_trials(first):
+    pytest.importorskip("pandas")
+    _, _, result, _ = first
+    frame = result.to_dataframe()
+    assert list(frame.columns) == result.columns
+    for column in ("trial_id", "status", "dropout_dense", "val_accuracy", "best_epoch", "seconds", "epochs"):
+        assert frame[column].tolist() == [row[column] for row in result.trials]
+    assert frame["error"].isna().all()
+
+
 @pytest.mark.parametrize("tuner, trials", [("grid", 2), ("bayesian", 2), ("hyperband", 1)])
 def test_other_tuners(tmp_path, tuner, trials):
     result = run(tmp_path, tuner=tuner, hypermodel=CountingHyperModel(space=DENSE_ONLY))
