@@ -79,15 +79,20 @@ def _compile_jax_fast(config):
     """The CPU tests compile the same tiny networks again and again, in the test processes and in the CLI and
     suite subprocesses they start (on JAX); JAX's persistent compilation cache, shared through the environment,
     compiles each once (a JAX `kt-dropout train` subprocess: 27 s cold, 11 s warm), and without XLA's slow
-    optimizations, which tiny networks do not repay. Not for GPU-length work
+    optimizations where tiny networks do not repay them. Not for GPU-length work
     (`-m gpu`/`-m speed`), whose timings should not depend on an earlier session, nor over a user's own cache."""
     if _selects_gpu_length_work(config):
         return
     cache = config.rootpath / ".pytest_cache" / "jax-compilation-cache"
     os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(cache))
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
-    # Unoptimized, a JAX `kt-dropout train` subprocess of 3 epochs took 10.5 s of CPU instead of 18 s (cold cache).
-    os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+    # The JAX subprocesses of a suite that trains on another backend itself (the CLI, resume and suite tests)
+    # train tiny networks on a few hundred images, where compiling dominates: unoptimized, a `kt-dropout
+    # reproduce batchnorm` smoke subprocess took 26 s of CPU instead of 44 s. Not in a process that trains on
+    # JAX itself: unoptimized grouped convolutions run far slower (test_train_pack_learns took 521 s on a busy
+    # machine, against 20 s in CI).
+    if os.environ.get("KERAS_BACKEND", "tensorflow") != "jax":
+        os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
 
 
 #: Markers of GPU-length jobs, each run only when the `-m` expression names it (never in a plain `pytest`).

@@ -73,9 +73,9 @@ class Reproduce(Command):
     def add_arguments(self, parser) -> None:
         parser.add_argument("experiments", nargs="*", type=_experiment, metavar="EXPERIMENT",
                             help=f"experiments to train: {', '.join(EXPERIMENTS)} [the profile's]")
-        parser.add_argument("--profile", choices=list(PROFILES), default="quick",
+        parser.add_argument("--profile", choices=list(PROFILES),
                             help="smoke: tiny networks on synthetic data; quick: 15 epochs; full: the post's "
-                                 "250 [quick]")
+                                 "250 [quick on a GPU or TPU, smoke without]")
         parser.add_argument("--seeds", type=_seeds, metavar="N|auto",
                             help="seeds per configuration, or auto: planned per claim for 80%% power from a pooled "
                                  "variance (see --max-seeds) [the profile's]")
@@ -161,7 +161,7 @@ def _reproduce(args) -> int:
     variance = [r for store in args.variance_from or () for r in open_store(Path(store)).records()]
     results = Path(args.results)
     settings = StudySettings(
-        args.profile, results / STORE_FOLDER, experiments=args.experiments, epochs=args.epochs,
+        args.profile or _default_profile(), results / STORE_FOLDER, experiments=args.experiments, epochs=args.epochs,
         seeds=None if auto else args.seeds,
         data_path=args.data, train_size=args.train_size, test_size=args.test_size, selection=args.selection,
         precision=args.precision, deterministic=args.deterministic, pack_size=1 if args.no_pack else args.pack_size,
@@ -227,6 +227,18 @@ def _reproduce(args) -> int:
     judge = sequential_outcome if args.until_decided else claim_outcome
     outcomes = [judge(v, profile) for v in decided.values() if v.claim.id in profile.claims]
     return reproduce_exit_status(records, outcomes, profile)
+
+
+def _default_profile() -> str:
+    """quick where a GPU or TPU trains; on a CPU, where quick takes hours, the smoke study, said so."""
+    from kt_dropout.training.distribution import accelerators
+
+    if accelerators():
+        return "quick"
+    eprint(f"{PROG} reproduce: no GPU or TPU here: the smoke profile (tiny networks on synthetic data, nothing to "
+           "download: a machinery check that decides nothing); --profile quick trains the post's networks on "
+           "CIFAR-10 (on a GPU)")
+    return "smoke"
 
 
 def reproduce_exit_status(records: list, outcomes, profile) -> int:

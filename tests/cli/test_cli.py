@@ -397,9 +397,11 @@ def test_search_rejects_a_bad_space(tmp_path):
 
 @pytest.fixture(scope="module")
 def reproduced(tmp_path_factory):
-    """`reproduce batchnorm` on the smoke profile: 2 configurations x 2 seeds, one epoch."""
+    """`reproduce batchnorm` on the smoke profile, the default without a GPU: 2 configurations x 2 seeds, one
+    epoch."""
     cwd = tmp_path_factory.mktemp("reproduce")
-    result = run_cli("reproduce", "batchnorm", *SMOKE, "--results", "tmp", cwd=cwd)
+    assert SMOKE[:2] == ["--profile", "smoke"]
+    result = run_cli("reproduce", "batchnorm", *SMOKE[2:], "--results", "tmp", cwd=cwd)
     return cwd, result
 
 
@@ -413,6 +415,8 @@ def test_reproduce_trains_decides_and_reports(reproduced):
               r"images", r"  profile +smoke \(.*\)",
               r"  plan +4 runs x 1 epochs = 4 model-epochs to train; 0 runs already stored"]
     assert all(re.search(f"^{line}$", result.stderr, re.MULTILINE) for line in banner), result.stderr
+    assert result.stderr.startswith("kt-dropout reproduce: no GPU or TPU here: the smoke profile (tiny networks on "
+                                    "synthetic data, nothing to download"), result.stderr
     assert "training 1 epochs" in result.stderr
     assert not START_UP_NOISE.search(result.stderr), result.stderr
     # Two packs (vanilla has no BatchNorm: another shape) of two seeds each: two model-epochs per epoch.
@@ -555,7 +559,8 @@ def test_reproduce_refuses_gpu_length_work_on_a_cpu_before_anything_unless_allow
     code = (
         "import os, sys\n"
         "from kt_dropout import cli\n"
-        "print('exit', cli.main(['reproduce', '--results', 'res']), os.listdir('.'), file=sys.stderr, flush=True)\n"
+        "print('exit', cli.main(['reproduce', '--profile', 'quick', '--results', 'res']), os.listdir('.'),"
+        " file=sys.stderr, flush=True)\n"
         "print('exit', cli.main(['reproduce', 'batchnorm', '--profile', 'full', '--allow-cpu', '--data', 'nowhere',"
         " '--results', 'res']), file=sys.stderr)\n"
     )
