@@ -111,7 +111,7 @@ def tensorboard_of(args):
     if args.tensorboard is None:
         return None
     from kt_dropout.storage.atomic import check_writable_folder
-    from kt_dropout.training.tensorboard import require
+    from kt_dropout.storage.tensorboard import require
 
     require()
     check_writable_folder(args.tensorboard)

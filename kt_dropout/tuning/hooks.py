@@ -177,7 +177,7 @@ class TensorBoardTrials(TrialHook):
     their own. A trial continued from its checkpoint continues its run's steps."""
 
     def __init__(self, folder, hypermodel):
-        from kt_dropout.training.tensorboard import TensorBoardLogs
+        from kt_dropout.storage.tensorboard import TensorBoardLogs
 
         hp = keras_tuner.HyperParameters()
         hypermodel.declare_hyperparameters(hp)

@@ -159,10 +159,10 @@ def test_experiments_lists_everything(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_writes_a_record_and_refuses_to_overwrite_it(tmp_path):
+def test_train_writes_a_record_and_refuses_to_overwrite_it(tmp_path, read_tensorboard):
     (tmp_path / "tmp").mkdir()
     args = ["train", *TINY, "--epochs", "2", "--precision", "mixed_bfloat16", "--output", "tmp/run.json",
-            "--train-size", "96", "--time-budget", "1s"]  # the first epoch (compiling) takes longer
+            "--train-size", "96", "--time-budget", "1s", "--tensorboard", "tb"]  # the first epoch (compiling) takes longer
     result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 75, result.stderr
     assert re.search(r"^time budget spent: 1 of 2 epochs done, 1 to go \(about \d+ s at [\d.]+ s/epoch\); "
@@ -192,6 +192,16 @@ def test_train_writes_a_record_and_refuses_to_overwrite_it(tmp_path):
     assert record.key.data == data_fingerprint(first_per_class(synthetic_cifar10(128, 64), train_size=96))
     assert os.listdir(tmp_path / "tmp") == ["run.json"]  # no temp file left behind
     assert output.stat().st_mode & 0o777 == 0o666 & ~umask()  # an ordinary file, not the private temp file
+    # TensorBoard: the run's epochs once each, the first from the stopped process, the second from the resumed one
+    runs = read_tensorboard(tmp_path / "tb")
+    assert sorted(runs) == [".", "custom/seed0"] and runs["."]["metrics"] == ["val_accuracy", "val_loss"]
+    assert runs["custom/seed0"]["scalars"] == {
+        name: [(1, pytest.approx(record.history[name][0])), (2, pytest.approx(record.history[name][1]))]
+        for name in ("loss", "accuracy", "val_loss", "val_accuracy")} | {
+        "learning_rate": [(1, pytest.approx(1e-3)), (2, pytest.approx(1e-3))]}
+    assert runs["custom/seed0"]["hparams"] == {
+        "config": "custom", "dropout_conv_1": 0.0, "dropout_conv_2": 0.0, "dropout_conv_3": 0.0, "dropout_dense": 0.0,
+        "ndense": 16, "nfilters": "4,8,8", "batchnorm": True, "learning_rate": pytest.approx(1e-3), "seed": 0}
 
     before = output.read_bytes()
     again = run_cli(*args, cwd=tmp_path)
