@@ -372,11 +372,11 @@ def test_space_specs():
 
 
 @pytest.mark.slow
-def test_search_prints_and_writes_the_trials(tmp_path):
+def test_search_prints_and_writes_the_trials(tmp_path, read_tensorboard):
     result = run_cli(
         "search", *TINY, "--max-trials", 2, "--epochs", 1, "--seed", 1, "--directory", "kts", "--csv", "trials.csv",
         "--space", "dropout_dense=0.0,0.5", "--space", "dropout_conv_1=0",
-        "--space", "dropout_conv_2=none", "--space", "dropout_conv_3=none",
+        "--space", "dropout_conv_2=none", "--space", "dropout_conv_3=none", "--tensorboard", "tb",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
@@ -397,6 +397,14 @@ def test_search_prints_and_writes_the_trials(tmp_path):
     assert {t["dropout_dense"] for t in trials} == {"0.0", "0.5"}
     assert {t["dropout_conv_1"] for t in trials} == {"0.0"}
     assert "dropout_conv_2" not in trials[0]  # not tuned: from the base network
+    tensorboard = read_tensorboard(tmp_path / "tb")  # a run per trial, with its hyperparameters and its epoch
+    assert tensorboard["."] == {"hparams": ["dropout_conv_1", "dropout_dense"], "metrics": ["val_accuracy", "val_loss"]}
+    assert sorted(tensorboard) == [".", "trial_0", "trial_1"]
+    for trial in trials:
+        run = tensorboard[f"trial_{trial['trial_id']}"]
+        assert run["hparams"] == {"dropout_conv_1": 0.0, "dropout_dense": float(trial["dropout_dense"])}
+        assert run["scalars"]["val_accuracy"] == [(1, pytest.approx(float(trial["val_accuracy"])))]
+        assert sorted(run["scalars"]) == ["accuracy", "learning_rate", "loss", "val_accuracy", "val_loss"]
 
 
 def test_search_rejects_a_bad_space(tmp_path):
@@ -408,13 +416,13 @@ def test_search_rejects_a_bad_space(tmp_path):
 def reproduced(tmp_path_factory):
     """`reproduce batchnorm` on the smoke profile: 2 configurations x 2 seeds, one epoch."""
     cwd = tmp_path_factory.mktemp("reproduce")
-    result = run_cli("reproduce", "batchnorm", *SMOKE, "--results", "tmp", cwd=cwd)
+    result = run_cli("reproduce", "batchnorm", *SMOKE, "--results", "tmp", "--tensorboard", "tb", cwd=cwd)
     return cwd, result
 
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("reproduced")  # one worker builds the module's smoke study once
-def test_reproduce_trains_decides_and_reports(reproduced):
+def test_reproduce_trains_decides_and_reports(reproduced, read_tensorboard):
     cwd, result = reproduced
     assert result.returncode == 0, result.stderr
     banner = ["kt-dropout reproduce: batchnorm", r"  backend +jax on CPU only", r"  precision +float32",
@@ -435,6 +443,15 @@ def test_reproduce_trains_decides_and_reports(reproduced):
     assert report.is_file() and "C1" in report.read_text()
     assert "first 96 of 128 train images, balanced over classes" in report.read_text()
     assert str(report.relative_to(cwd)) in result.stdout
+    # TensorBoard: every run of the two packs its own, with its stored epoch and its configuration
+    tensorboard = read_tensorboard(cwd / "tb")
+    records = [RunRecord.from_json(json.loads(path.read_text()), source=path) for path in runs]
+    assert sorted(tensorboard) == sorted([".", *(f"{r.name}/seed{r.key.seed}" for r in records)])
+    for record in records:
+        run = tensorboard[f"{record.name}/seed{record.key.seed}"]
+        assert run["scalars"]["val_accuracy"] == [(1, pytest.approx(record.history["val_accuracy"][0]))]
+        assert run["hparams"]["config"] == record.name and run["hparams"]["seed"] == record.key.seed
+        assert run["hparams"]["batchnorm"] == record.key.config.batchnorm
 
 
 @pytest.mark.slow
