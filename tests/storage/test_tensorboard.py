@@ -59,3 +59,4 @@ def test_tensorboard_without_its_package_names_the_extra(command, tmp_path, monk
     with pytest.raises(MissingPackage, match=r'^TensorBoard logs need the tensorboard package: pip install '
                                              r'"kt-dropout\[tensorboard\]"$'):
         tensorboard_of(args)
+
