@@ -13,7 +13,7 @@ scratch replaces what its folder held.
 
 from __future__ import annotations
 
-import itertools
+import contextlib
 import math
 import os
 import struct
@@ -26,7 +26,6 @@ METRICS = ("val_accuracy", "val_loss")  # what the HParams dashboard compares ru
 EVENTS_PREFIX = "events.out.tfevents."
 EXPERIMENT_FILE = EVENTS_PREFIX + "hparams"  # DIR's experiment: the hyperparameters' and metrics' names
 _HPARAMS_TAG = "_hparams_/"
-_files = itertools.count()
 
 
 def require() -> None:
@@ -50,8 +49,9 @@ class TensorBoardLogs:
         config = hp.hparams_config_pb(hparams=[hp.HParam(name) for name in hparams],
                                       metrics=[hp.Metric(name) for name in METRICS])
         temporary = self.folder / f".{EXPERIMENT_FILE}.{os.getpid()}.tmp"
-        _writing(self.folder, lambda: _write_events(temporary, [_event(0, config)]))
-        os.replace(temporary, self.folder / EXPERIMENT_FILE)
+        with _writing(self.folder):
+            _RecordFile(temporary, [_event(0, config)]).close()
+            os.replace(temporary, self.folder / EXPERIMENT_FILE)
 
     def run(self, name: str, hparams: dict) -> RunLog:
         """The run `name` (a subfolder; "/" nests it) with `hparams` (names to bool, number or text)."""
@@ -63,43 +63,45 @@ class RunLog:
 
     def __init__(self, folder: Path, name: str, hparams: dict):
         self.folder, self.name, self.hparams = folder, name, hparams
-        self._writer = None
+        self._file, self._last = None, 0
 
     def epoch(self, step: int, values: dict) -> None:
-        """Writes epoch `step`'s (1-based) finite `values` (name to number)."""
+        """Writes epoch `step`'s (1-based) finite `values` (name to number). A step not after the last one
+        written starts the run again there (a trial's next execution), as a new `RunLog` would."""
         from tensorboard.plugins.scalar.summary_v2 import scalar_pb
 
-        if self._writer is None:
-            self._open(step)
-        for tag, value in values.items():
-            if value is not None and math.isfinite(float(value)):
-                _writing(self.folder, lambda: self._writer.write(_event(step, scalar_pb(tag, float(value)))))
-        _writing(self.folder, self._writer.flush)
+        with _writing(self.folder):
+            if step <= self._last:
+                self.close()
+            if self._file is None:
+                self._open(step)
+            for tag, value in values.items():
+                if value is not None and math.isfinite(float(value)):
+                    self._file.write(_event(step, scalar_pb(tag, float(value))))
+            self._file.flush()
+        self._last = step
 
     def _open(self, first_step: int) -> None:
         """A new event file: the HParams session, then the steps before `first_step` that the run's old files
-        hold (once each); the old files are removed."""
+        hold (once each, the newest file's); the old files are removed."""
         from tensorboard.plugins.hparams.summary_v2 import hparams_pb
 
-        old = sorted(self.folder.glob(EVENTS_PREFIX + "*"))
+        old = sorted(self.folder.glob(EVENTS_PREFIX + "*"))  # oldest first: named by the time they were made
         kept = {}
-        for path in old:
-            for event in _read_events(path):
-                values = event.summary.value
-                if values and event.step < first_step and not values[0].tag.startswith(_HPARAMS_TAG):
-                    kept[(values[0].tag, event.step)] = event
+        for event in (event for path in old for event in _read_events(path)):
+            values = event.summary.value
+            if values and event.step < first_step and not values[0].tag.startswith(_HPARAMS_TAG):
+                kept[(values[0].tag, event.step)] = event
         session = _event(0, hparams_pb(self.hparams, trial_id=self.name))
-        path = self.folder / f"{EVENTS_PREFIX}{time.time():.0f}.{os.getpid()}.{next(_files)}"
-        self._writer = _writing(self.folder, lambda: _RecordFile(path))
-        for event in [session, *sorted(kept.values(), key=lambda event: event.step)]:
-            _writing(self.folder, lambda: self._writer.write(event))
+        path = self.folder / f"{EVENTS_PREFIX}{time.time_ns():020d}.{os.getpid()}"
+        self._file = _RecordFile(path, [session, *sorted(kept.values(), key=lambda event: event.step)])
         for stale in old:
             stale.unlink(missing_ok=True)
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        if self._file is not None:
+            self._file.close()
+            self._file, self._last = None, 0
 
 
 def _event(step: int, summary):
@@ -112,12 +114,14 @@ class _RecordFile:
     """An event file: TFRecord framing (`tensorboard`'s `RecordWriter`) of `Event`s, the first naming the
     format as TensorBoard expects."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, events: list):
         from tensorboard.compat.proto import event_pb2
         from tensorboard.summary.writer.record_writer import RecordWriter
 
+        path.parent.mkdir(parents=True, exist_ok=True)
         self._records = RecordWriter(open(path, "wb"))
-        self.write(event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
+        for event in [event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"), *events]:
+            self.write(event)
 
     def write(self, event) -> None:
         self._records.write(event.SerializeToString())
@@ -127,13 +131,6 @@ class _RecordFile:
 
     def close(self) -> None:
         self._records.close()
-
-
-def _write_events(path: Path, events: list) -> None:
-    records = _RecordFile(path)
-    for event in events:
-        records.write(event)
-    records.close()
 
 
 def _read_events(path: Path) -> list:
@@ -155,10 +152,10 @@ def _read_events(path: Path) -> list:
     return events
 
 
-def _writing(folder: Path, write):
-    """`write()`, with the folder made first; an `OSError` becomes a one-line `FileError` naming `folder`."""
+@contextlib.contextmanager
+def _writing(folder: Path):
+    """Turns an `OSError` into a one-line `FileError` naming `folder`."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        return write()
+        yield
     except OSError as error:
         raise file_error(error, f"cannot write TensorBoard logs to {folder}: {error.strerror or error}") from None

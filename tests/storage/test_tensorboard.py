@@ -8,7 +8,7 @@ import pytest
 
 from kt_dropout.cli.app import build_parser
 from kt_dropout.cli.flags import tensorboard_of
-from kt_dropout.errors import MissingPackage
+from kt_dropout.errors import FileError, MissingPackage
 from kt_dropout.storage.tensorboard import METRICS, TensorBoardLogs
 
 
@@ -31,9 +31,17 @@ def test_a_run_started_again_keeps_its_steps_before_and_replaces_the_rest(tmp_pa
                                  "hparams": {"rate": pytest.approx(0.2), "batchnorm": True}}
     again = logs.run("net/seed0", {"rate": 0.2, "batchnorm": True})
     again.epoch(1, {"loss": 7.0})
+    again.epoch(2, {"loss": 6.0})
+    again.epoch(1, {"loss": 5.0})  # the same run trained again (a trial's next execution): it starts over
     again.close()
-    assert read_tensorboard(tmp_path)["net/seed0"]["scalars"] == {"loss": [(1, 7.0)]}
+    assert read_tensorboard(tmp_path)["net/seed0"]["scalars"] == {"loss": [(1, 5.0)]}
     assert len(os.listdir(tmp_path / "net" / "seed0")) == 1  # the old event files are gone
+
+
+def test_a_folder_that_cannot_be_written_is_named_in_one_line(tmp_path):
+    (tmp_path / "file").write_text("")
+    with pytest.raises(FileError, match=r"^cannot write TensorBoard logs to .*/file/tb: Not a directory$"):
+        TensorBoardLogs(tmp_path / "file" / "tb", ["rate"])
 
 
 def test_runs_are_written_without_tensorflow(tmp_path, read_tensorboard):
