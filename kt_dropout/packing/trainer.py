@@ -320,7 +320,8 @@ def train_pack(
     ]
 
 
-def _logging(trainer: PackTrainer, runs: list, on_epoch: Callable[[int, dict], None] | None) -> Callable[[int, dict], None]:
+def _logging(trainer: PackTrainer, runs: list,
+             on_epoch: Callable[[int, dict], None] | None) -> Callable[[int, dict], None]:
     """`on_epoch`, after writing each member that trained the epoch (one whose history reaches it: not one that
     diverged before) to its TensorBoard run (`tensorboard.RunLog`)."""
     def logged(epoch: int, logs: dict) -> None:

@@ -16,8 +16,8 @@ from kt_dropout.training.checkpoints import Checkpointing
 from kt_dropout.training.distribution import data_parallel, describe
 from kt_dropout.training.memory import releasing_traced_gradients
 from kt_dropout.training.record import RunRecord
-from kt_dropout.training.tensorboard import TensorBoardRun, config_run
 from kt_dropout.training.recording import make_record, run_key
+from kt_dropout.training.tensorboard import TensorBoardRun, config_run
 
 
 def train(
@@ -58,7 +58,7 @@ def train(
             deletes the checkpoint once it has stored the record.
         callbacks: Keras callbacks, passed to `fit` after the recipe's.
         tensorboard: a folder to write the run to as TensorBoard's run `NAME/seedSEED`
-            (`training.tensorboard`: every epoch's metrics, the configuration as HParams); a resumed run
+            (`storage.tensorboard`: every epoch's metrics, the configuration as HParams); a resumed run
             continues its steps.
     """
     recipe = recipe or Recipe()

@@ -1,4 +1,5 @@
-"""What a search does around each trial, one concern per hook: seeding, timing, heartbeats, progress, reporting.
+"""What a search does around each trial, one concern per hook: seeding, timing, heartbeats, progress, reporting,
+TensorBoard runs.
 
 Keras Tuner calls its tuner's `on_trial_begin`, `on_epoch_end` and
 `on_trial_end` around every trial; `tuners.HookedTuner` passes each call on to
@@ -14,6 +15,7 @@ import keras
 import keras_tuner
 
 from kt_dropout import _compat
+from kt_dropout.storage.tensorboard import TensorBoardLogs
 from kt_dropout.training.progress import Progress, format_logs
 from kt_dropout.tuning import cluster
 from kt_dropout.tuning.hypermodel import tidy
@@ -172,13 +174,11 @@ class ProgressReport(TrialHook):
 
 
 class TensorBoardTrials(TrialHook):
-    """Writes each trial to its own TensorBoard run, `trial_ID` in `folder` (`training.tensorboard`): every
+    """Writes each trial to its own TensorBoard run, `trial_ID` in `folder` (`storage.tensorboard`): every
     epoch's metrics and the trial's learning rate, its hyperparameters as HParams; the runs of a pack each
     their own. A trial continued from its checkpoint continues its run's steps."""
 
     def __init__(self, folder, hypermodel):
-        from kt_dropout.storage.tensorboard import TensorBoardLogs
-
         hp = keras_tuner.HyperParameters()
         hypermodel.declare_hyperparameters(hp)
         self.logs, self.hypermodel = TensorBoardLogs(folder, list(hp.values)), hypermodel

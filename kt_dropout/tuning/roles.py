@@ -286,8 +286,8 @@ class WorkerSearch(SearchRole):
 
     def hooks(self, tuner, progress: Progress) -> list[TrialHook]:
         report = ProgressReport(progress, self.trial_epochs(tuner))  # no count of ended trials: it is the chief's
-        return [*_seeding(self.settings.seed), Heartbeats(tuner.oracle), TrialTiming(), self.report, *self.tensorboard(),
-                report]
+        return [*_seeding(self.settings.seed), Heartbeats(tuner.oracle), TrialTiming(), self.report,
+                *self.tensorboard(), report]
 
     def search(self, tuner, fit: _Fit) -> None:
         tuner.search(*fit.args, **fit.kwargs, verbose=self.settings.verbose)  # the chief judges failures in a row

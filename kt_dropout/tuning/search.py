@@ -91,11 +91,12 @@ def search(
             resumed search continues: every N epochs ("5") or every so long
             ("10m"); None: never.
         callbacks: Keras callbacks for every trial's `fit`, as Keras Tuner's
-            `search(callbacks=...)` takes them (each trial gets copies; a
-            `keras.callbacks.TensorBoard` writes a subfolder per trial); not
-            with `trials_per_step > 1`, whose trials train as one model.
+            `search(callbacks=...)` takes them (each trial gets copies; on
+            TensorFlow a `keras.callbacks.TensorBoard` gets a subfolder per
+            trial); not with `trials_per_step > 1`, whose trials train as one
+            model.
         tensorboard: a folder to write every trial to as its own TensorBoard
-            run, `trial_ID` (`training.tensorboard`, on every backend): each
+            run, `trial_ID` (`storage.tensorboard`, on every backend): each
             epoch's metrics, the hyperparameters as HParams; packed trials too.
         **tuner_kwargs: passed to the tuner (e.g. `executions_per_trial`,
             `max_consecutive_failed_trials`).

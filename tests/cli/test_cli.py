@@ -162,7 +162,8 @@ def test_experiments_lists_everything(tmp_path):
 def test_train_writes_a_record_and_refuses_to_overwrite_it(tmp_path, read_tensorboard):
     (tmp_path / "tmp").mkdir()
     args = ["train", *TINY, "--epochs", "2", "--precision", "mixed_bfloat16", "--output", "tmp/run.json",
-            "--train-size", "96", "--time-budget", "1s", "--tensorboard", "tb"]  # the first epoch (compiling) takes longer
+            "--train-size", "96", "--time-budget", "1s",  # the first epoch (compiling) takes longer
+            "--tensorboard", "tb"]
     result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 75, result.stderr
     assert re.search(r"^time budget spent: 1 of 2 epochs done, 1 to go \(about \d+ s at [\d.]+ s/epoch\); "
