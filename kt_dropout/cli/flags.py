@@ -98,6 +98,26 @@ def add_checkpoint_flag(parser: argparse.ArgumentParser, where: str) -> None:
                              f"[{DEFAULT_CHECKPOINT_EVERY}]")
 
 
+def add_tensorboard_flag(parser: argparse.ArgumentParser, runs: str) -> None:
+    parser.add_argument("--tensorboard", metavar="DIR",
+                        help=f"write {runs} to DIR as TensorBoard runs: every epoch's metrics and the "
+                             "hyperparameters (HParams), on every backend; `tensorboard --logdir DIR` shows them "
+                             '(needs pip install "kt-dropout[tensorboard]")')
+
+
+def tensorboard_of(args):
+    """--tensorboard's folder, once the `tensorboard` package and the folder are known to be usable; None without
+    the flag."""
+    if args.tensorboard is None:
+        return None
+    from kt_dropout.storage.atomic import check_writable_folder
+    from kt_dropout.storage.tensorboard import require
+
+    require()
+    check_writable_folder(args.tensorboard)
+    return args.tensorboard
+
+
 def add_budget_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-budget", type=flag_type(parse_duration), metavar="DURATION",
                         help="stop at the last epoch boundary within DURATION (e.g. 9m, 1.5h) from the start, "

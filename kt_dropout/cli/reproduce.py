@@ -15,6 +15,8 @@ from kt_dropout.cli.flags import (
     add_budget_flag,
     add_checkpoint_flag,
     add_size_flags,
+    add_tensorboard_flag,
+    tensorboard_of,
 )
 from kt_dropout.cli.parser import did_you_mean, flag_type, positive_int
 from kt_dropout.cli.results import STORE_FOLDER, open_store
@@ -123,6 +125,7 @@ class Reproduce(Command):
         add_checkpoint_flag(parser, "each pack (or run) saves its checkpoint in RESULTS/store/checkpoints/ "
                                     "(rerunning the command continues from it; deleted once its runs are stored)")
         add_budget_flag(parser)
+        add_tensorboard_flag(parser, "every run trained (DIR/CONFIG/seedSEED; those of a pack each their own)")
 
     def needs_backend(self, args) -> bool:
         return args.devices is None  # with --devices the children train; the parent must not hold the GPUs
@@ -166,6 +169,7 @@ def _reproduce(args) -> int:
         data_path=args.data, train_size=args.train_size, test_size=args.test_size, selection=args.selection,
         precision=args.precision, deterministic=args.deterministic, pack_size=1 if args.no_pack else args.pack_size,
         shard=args.shard, checkpoint_every=args.checkpoint_every, allow_cpu=args.allow_cpu,
+        tensorboard=tensorboard_of(args),
         time_budget=budget.TimeBudget(args.time_budget) if args.time_budget else None,
     )
     profile, experiments = settings.profile, list(settings.experiments)

@@ -14,10 +14,12 @@ from kt_dropout.cli.flags import (
     add_data_flags,
     add_network_flags,
     add_recipe_flags,
+    add_tensorboard_flag,
     config_changes,
     config_of,
     data_of,
     recipe_of,
+    tensorboard_of,
 )
 from kt_dropout.cli.outputs import check_output
 from kt_dropout.cli.parser import did_you_mean, positive_int
@@ -96,6 +98,7 @@ class Search(Command):
         parser.add_argument("--csv", metavar="FILE", help="also write the trials table as CSV")
         add_checkpoint_flag(parser, "each trial saves its checkpoint PROJECT/trial_ID/checkpoint.npz; a trial "
                                     "interrupted mid-way continues from it when the search is resumed")
+        add_tensorboard_flag(parser, "every trial (DIR/trial_ID; those of a pack each their own)")
         parser.add_argument("--verbose", "-v", action="store_true", help="Keras Tuner's and Keras's progress output")
         cluster_flags = parser.add_argument_group(
             "distributed search (Keras Tuner's chief/worker engine; every process gets the same search flags)")
@@ -127,6 +130,7 @@ class Search(Command):
             raise UsageError("--tuner-id names a worker: it needs --worker")
         if args.csv:
             check_output(Path(args.csv), "--csv")
+        tensorboard = None if args.chief else tensorboard_of(args)  # the chief trains nothing
         role = cluster.configure(args.chief, args.worker, args.tuner_id) if args.chief or args.worker else None
         data, source = (None, None) if role == "chief" else data_of(args, base)  # the chief trains nothing
         try:
@@ -136,7 +140,7 @@ class Search(Command):
                 verbose=1 if args.verbose else 0, distributed=role is not None,
                 lost_worker_seconds=args.lost_worker_seconds, connect_timeout=args.connect_timeout,
                 trials_per_step=args.trials_per_step, data_parallel=args.data_parallel, progress=STDERR,
-                data_source=source, checkpoint_every=args.checkpoint_every,
+                data_source=source, checkpoint_every=args.checkpoint_every, tensorboard=tensorboard,
             )
         except SearchFailedError as error:
             lines = str(error).splitlines()

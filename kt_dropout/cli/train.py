@@ -12,10 +12,12 @@ from kt_dropout.cli.flags import (
     add_data_flags,
     add_network_flags,
     add_recipe_flags,
+    add_tensorboard_flag,
     config_name,
     config_of,
     data_of,
     recipe_of,
+    tensorboard_of,
 )
 from kt_dropout.cli.outputs import check_output
 from kt_dropout.config import parse_every
@@ -74,6 +76,7 @@ class Train(Command):
         add_checkpoint_flag(parser, "the run saves its checkpoint FILE.json.checkpoint.npz (beside --output; "
                                     "rerunning the command continues from it; deleted once the record is written)")
         add_budget_flag(parser)
+        add_tensorboard_flag(parser, "the run (DIR/CONFIG/seedSEED)")
 
     def run(self, args) -> int:
         """Trains one configuration (continuing its checkpoint, if any) and writes its run record as JSON."""
@@ -91,6 +94,7 @@ class Train(Command):
         config, recipe = config_of(args), recipe_of(args)
         output = Path(args.output)
         check_output(output, "--output", args.force)
+        tensorboard = tensorboard_of(args)
         time_budget = budget.TimeBudget(args.time_budget) if args.time_budget else None
         checkpointing = Checkpointing(checkpoint_of(output), **parse_every("--checkpoint-every", args.checkpoint_every),
                                       stop=time_budget and time_budget.stop, reason="time budget spent")
@@ -105,7 +109,7 @@ class Train(Command):
                             config, data, recipe=recipe, seed=args.seed, name=config_name(config),
                             data_fingerprint=data_fingerprint(data), verbose=1 if args.verbose else 0,
                             callbacks=[progress.keras_callback()], distributed=args.data_parallel,
-                            checkpointing=checkpointing,
+                            checkpointing=checkpointing, tensorboard=tensorboard,
                         )
                 except TrainingIncomplete as stopped:
                     print_incomplete(stopped)

@@ -38,6 +38,7 @@ from kt_dropout.training.memory import releasing_traced_gradients
 from kt_dropout.training.order import epoch_order
 from kt_dropout.training.record import RunRecord
 from kt_dropout.training.recording import make_record, run_key
+from kt_dropout.training.tensorboard import config_run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -285,13 +286,14 @@ def train_pack(
     members: list[Member], data, *, recipe: Recipe | None = None, epochs: int | None = None,
     data_fingerprint: str = "unknown", on_epoch: Callable[[int, dict], None] | None = None,
     steps_per_execution: int = 1, device_data: bool | None = None, conv_implementation: str = "grouped",
-    checkpointing: Checkpointing | None = None,
+    checkpointing: Checkpointing | None = None, tensorboard=None,
 ) -> list[RunRecord]:
     """Trains a pack and returns one `RunRecord` per member, in order.
 
     A member whose training or validation loss turns NaN or infinite is
     recorded as failed at that epoch, with the reason; the others train on (members never share weights).
     `checkpointing`: see `PackTrainer.train` (the checkpoint is left for the caller to delete).
+    `tensorboard`: a folder to write each member to as its own TensorBoard run, as `training.train` writes a run.
     """
     recipe = recipe or Recipe()
     epochs = recipe.epochs if epochs is None else check_positive_int("epochs", epochs)
@@ -299,7 +301,15 @@ def train_pack(
         members, data, recipe, steps_per_execution=steps_per_execution, device_data=device_data,
         conv_implementation=conv_implementation, data_fingerprint=data_fingerprint,
     )
-    seconds = trainer.train(epochs, on_epoch, checkpointing)
+    if tensorboard is None:
+        seconds = trainer.train(epochs, on_epoch, checkpointing)
+    else:
+        runs = [config_run(tensorboard, m.name, m.config, recipe, m.seed) for m in members]
+        try:
+            seconds = trainer.train(epochs, _logging(trainer, runs, on_epoch), checkpointing)
+        finally:
+            for run in runs:
+                run.close()
     per_member = [s / len(members) for s in seconds]  # the pack's time, shared by its members
     return [
         make_record(
@@ -308,3 +318,18 @@ def train_pack(
         )
         for m, history in zip(members, trainer.histories)
     ]
+
+
+def _logging(trainer: PackTrainer, runs: list,
+             on_epoch: Callable[[int, dict], None] | None) -> Callable[[int, dict], None]:
+    """`on_epoch`, after writing each member that trained the epoch (one whose history reaches it: not one that
+    diverged before) to its TensorBoard run (`tensorboard.RunLog`)."""
+    def logged(epoch: int, logs: dict) -> None:
+        for run, history in zip(runs, trainer.histories):
+            if len(history["loss"]) == epoch:
+                run.epoch(epoch, {**{name: values[-1] for name, values in history.items()},
+                                  "learning_rate": trainer.recipe.learning_rate})
+        if on_epoch is not None:
+            on_epoch(epoch, logs)
+
+    return logged

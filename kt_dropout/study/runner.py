@@ -247,12 +247,12 @@ class Study:
                 pack, self.data, recipe=settings.recipe, epochs=settings.epochs, data_fingerprint=self.fingerprint,
                 on_epoch=lambda epoch, logs: progress.epoch(len(logs["val_accuracy"]), self._epoch_text(
                     epoch, logs["val_accuracy"])),
-                checkpointing=checkpointing, **self.pack_options,
+                checkpointing=checkpointing, tensorboard=settings.tensorboard, **self.pack_options,
             )
         m = pack[0]
         return [train(
             m.config, self.data, recipe=settings.recipe, seed=m.seed, epochs=settings.epochs, name=m.name,
-            data_fingerprint=self.fingerprint, verbose=0, checkpointing=checkpointing,
+            data_fingerprint=self.fingerprint, verbose=0, checkpointing=checkpointing, tensorboard=settings.tensorboard,
             callbacks=[progress.keras_callback(lambda epoch, epochs, logs: self._epoch_text(epoch, [logs["val_accuracy"]]))],
         )]
 

@@ -68,6 +68,8 @@ class StudySettings:
         time_budget: stop at the last epoch boundary that fits it (and start no pack whose first epoch would
             not fit), checkpoint and raise `runner.StudyIncomplete`; training then stays stopped.
         allow_cpu: train a profile other than smoke on a machine without a GPU or TPU.
+        tensorboard: a folder to write every run trained to as its own TensorBoard run, `CONFIG/seedSEED`
+            (`training.tensorboard`); None: none.
 
     Raises:
         SettingError: (a `ConfigError`, so a ValueError) naming the first field that cannot be used, when made. Counts must be
@@ -91,6 +93,7 @@ class StudySettings:
     checkpoint_every: str = DEFAULT_CHECKPOINT_EVERY
     time_budget: TimeBudget | None = None
     allow_cpu: bool = False
+    tensorboard: Path | str | None = None
     recipe: Recipe = dataclasses.field(init=False, repr=False)
 
     def __post_init__(self):

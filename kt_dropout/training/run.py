@@ -17,6 +17,7 @@ from kt_dropout.training.distribution import data_parallel, describe
 from kt_dropout.training.memory import releasing_traced_gradients
 from kt_dropout.training.record import RunRecord
 from kt_dropout.training.recording import make_record, run_key
+from kt_dropout.training.tensorboard import TensorBoardRun, config_run
 
 
 def train(
@@ -33,6 +34,7 @@ def train(
     on_model: Callable[[keras.Model], None] | None = None,
     distributed: bool = False,
     checkpointing: Checkpointing | None = None,
+    tensorboard=None,
 ) -> RunRecord:
     """Trains one configuration with `keras.Model.fit` and returns its `RunRecord`.
 
@@ -54,6 +56,10 @@ def train(
             checkpoint exists continues from it (`resumable.fit`: the same history, best epoch and weights
             as a run never stopped). Stopping early raises `checkpoints.TrainingIncomplete`. The caller
             deletes the checkpoint once it has stored the record.
+        callbacks: Keras callbacks, passed to `fit` after the recipe's.
+        tensorboard: a folder to write the run to as TensorBoard's run `NAME/seedSEED`
+            (`storage.tensorboard`: every epoch's metrics, the configuration as HParams); a resumed run
+            continues its steps.
     """
     recipe = recipe or Recipe()
     epochs = recipe.epochs if epochs is None else check_positive_int("epochs", epochs)
@@ -62,6 +68,8 @@ def train(
         keras.utils.set_random_seed(seed)
         model = build_compiled(config, recipe, seed)
         extra = [TestScorer(splits.x_test, splits.y_test, recipe.batch_size)] if splits.x_test is not None else []
+        if tensorboard is not None:
+            extra.append(TensorBoardRun(config_run(tensorboard, name, config, recipe, seed)))
         key = run_key(config, recipe, seed, epochs, data_fingerprint)
         with releasing_traced_gradients():
             history, epoch_seconds = resumable.fit(

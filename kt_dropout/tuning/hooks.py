@@ -1,4 +1,5 @@
-"""What a search does around each trial, one concern per hook: seeding, timing, heartbeats, progress, reporting.
+"""What a search does around each trial, one concern per hook: seeding, timing, heartbeats, progress, reporting,
+TensorBoard runs.
 
 Keras Tuner calls its tuner's `on_trial_begin`, `on_epoch_end` and
 `on_trial_end` around every trial; `tuners.HookedTuner` passes each call on to
@@ -14,9 +15,12 @@ import keras
 import keras_tuner
 
 from kt_dropout import _compat
+from kt_dropout.storage.tensorboard import TensorBoardLogs
 from kt_dropout.training.progress import Progress, format_logs
 from kt_dropout.tuning import cluster
+from kt_dropout.tuning.hypermodel import tidy
 from kt_dropout.tuning.result import OBJECTIVE, trial_line
+from kt_dropout.tuning.trial_checkpoints import trial_name
 
 
 class TrialHook:
@@ -167,3 +171,34 @@ class ProgressReport(TrialHook):
         ended = "" if self.oracle is None or not self.oracle.max_trials else (
             f"{len(_compat.ended_trial_ids(self.oracle))}/{self.oracle.max_trials} trials ended, ")
         self.progress.line(f"{trial_line(trial)} | {ended}{self.progress.status()}")
+
+
+class TensorBoardTrials(TrialHook):
+    """Writes each trial to its own TensorBoard run, `trial_ID` in `folder` (`storage.tensorboard`): every
+    epoch's metrics and the trial's learning rate, its hyperparameters as HParams; the runs of a pack each
+    their own. A trial continued from its checkpoint continues its run's steps."""
+
+    def __init__(self, folder, hypermodel):
+        hp = keras_tuner.HyperParameters()
+        hypermodel.declare_hyperparameters(hp)
+        self.logs, self.hypermodel = TensorBoardLogs(folder, list(hp.values)), hypermodel
+        self._runs: dict = {}
+
+    def on_trial_begin(self, trial) -> None:
+        values = {name: tidy(value) for name, value in trial.hyperparameters.values.items()}
+        learning_rate = self.hypermodel.recipe_from_hp(trial.hyperparameters.copy()).learning_rate
+        self._runs[trial.trial_id] = (self.logs.run(trial_name(trial), values), learning_rate)
+
+    def on_epoch_end(self, trial, epoch: int, logs: dict) -> None:
+        self._write(trial, epoch + 1, logs)
+
+    def on_pack_epoch_end(self, trials: list, epoch: int, logs: dict) -> None:
+        for k, trial in enumerate(trials):
+            self._write(trial, epoch, {name: values[k] for name, values in logs.items()})
+
+    def _write(self, trial, epoch: int, logs: dict) -> None:
+        run, learning_rate = self._runs[trial.trial_id]
+        run.epoch(epoch, {**logs, "learning_rate": learning_rate})
+
+    def on_trial_ended(self, trial) -> None:
+        self._runs.pop(trial.trial_id)[0].close()

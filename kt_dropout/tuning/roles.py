@@ -24,7 +24,15 @@ from kt_dropout.training import distribution
 from kt_dropout.training.progress import Progress, data_line, plan_line, print_banner
 from kt_dropout.tuning import cluster, project
 from kt_dropout.tuning.cluster import LeasedOracle
-from kt_dropout.tuning.hooks import Heartbeats, ProgressReport, TrialHook, TrialSeed, TrialTiming, WorkerReport
+from kt_dropout.tuning.hooks import (
+    Heartbeats,
+    ProgressReport,
+    TensorBoardTrials,
+    TrialHook,
+    TrialSeed,
+    TrialTiming,
+    WorkerReport,
+)
 from kt_dropout.tuning.hypermodel import DropoutVGGHyperModel
 from kt_dropout.tuning.identity import search_identity
 from kt_dropout.tuning.packed_trials import PackedTrials
@@ -57,6 +65,8 @@ class SearchSettings:
     inputs: tuple  # search's x, y, validation_data and data
     data_source: str | None
     progress: object  # the stream to report on; None: silent
+    callbacks: list = dataclasses.field(default_factory=list)  # Keras callbacks for each fit of a trial alone
+    tensorboard: object = None  # the folder of the trials' TensorBoard runs; None: none
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,7 +120,7 @@ class SearchRole:
         if s.trials_per_step > 1:
             return _Fit((dataset,), {"selection": selection, "epochs": s.epochs}, text, dataset)
         splits = prepare_splits(dataset, s.hypermodel.recipe.replace(selection=selection), s.hypermodel.base)
-        kwargs = {"validation_data": (splits.x_val, splits.y_val), "epochs": s.epochs}
+        kwargs = {"validation_data": (splits.x_val, splits.y_val), "epochs": s.epochs, "callbacks": s.callbacks}
         return _Fit((splits.x_train, splits.y_train), kwargs, text, dataset)
 
     def locked(self):
@@ -181,7 +191,12 @@ class SearchRole:
     def hooks(self, tuner, progress: Progress) -> list[TrialHook]:
         """What each trial calls as it runs (`tuning.hooks`), in order."""
         report = ProgressReport(progress, self.trial_epochs(tuner), tuner.oracle)
-        return [*_seeding(self.settings.seed), TrialTiming(), report]
+        return [*_seeding(self.settings.seed), TrialTiming(), *self.tensorboard(), report]
+
+    def tensorboard(self) -> list[TrialHook]:
+        """The hook that writes the trials' TensorBoard runs, if the search writes them."""
+        s = self.settings
+        return [] if s.tensorboard is None else [TensorBoardTrials(s.tensorboard, s.hypermodel)]
 
     def search(self, tuner, fit: _Fit) -> RuntimeError | None:
         """Runs the tuner's search; returns Keras Tuner's error if it stopped for too many failed trials in a
@@ -271,7 +286,8 @@ class WorkerSearch(SearchRole):
 
     def hooks(self, tuner, progress: Progress) -> list[TrialHook]:
         report = ProgressReport(progress, self.trial_epochs(tuner))  # no count of ended trials: it is the chief's
-        return [*_seeding(self.settings.seed), Heartbeats(tuner.oracle), TrialTiming(), self.report, report]
+        return [*_seeding(self.settings.seed), Heartbeats(tuner.oracle), TrialTiming(), self.report,
+                *self.tensorboard(), report]
 
     def search(self, tuner, fit: _Fit) -> None:
         tuner.search(*fit.args, **fit.kwargs, verbose=self.settings.verbose)  # the chief judges failures in a row

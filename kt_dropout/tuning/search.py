@@ -53,6 +53,8 @@ def search(
     progress=None,
     data_source: str | None = None,
     checkpoint_every: str | int | None = DEFAULT_CHECKPOINT_EVERY,
+    callbacks: list | None = None,
+    tensorboard=None,
     **tuner_kwargs,
 ) -> SearchResult:
     """Searches dropout rates (or whatever `space` tunes) of the post's network, maximizing `val_accuracy`.
@@ -88,6 +90,14 @@ def search(
         checkpoint_every: how often a trial saves its epoch checkpoint, which a
             resumed search continues: every N epochs ("5") or every so long
             ("10m"); None: never.
+        callbacks: Keras callbacks for every trial's `fit`, as Keras Tuner's
+            `search(callbacks=...)` takes them (each trial gets copies; on
+            TensorFlow a `keras.callbacks.TensorBoard` gets a subfolder per
+            trial); not with `trials_per_step > 1`, whose trials train as one
+            model.
+        tensorboard: a folder to write every trial to as its own TensorBoard
+            run, `trial_ID` (`storage.tensorboard`, on every backend): each
+            epoch's metrics, the hyperparameters as HParams; packed trials too.
         **tuner_kwargs: passed to the tuner (e.g. `executions_per_trial`,
             `max_consecutive_failed_trials`).
 
@@ -122,6 +132,10 @@ def search(
     if trials_per_step > 1 and data_parallel:
         raise ConfigError("data_parallel: splits one model's batches over devices; a packed search (trials_per_step > 1) "
                          "trains many models on one device instead: choose one")
+    if trials_per_step > 1 and callbacks:
+        raise ConfigError("callbacks: a packed search (trials_per_step > 1) trains its trials as one model, which "
+                          "Keras callbacks cannot follow trial by trial; use trials_per_step=1 (or tensorboard= for "
+                          "TensorBoard runs)")
     check_positive_int("max_trials", max_trials)
     if "executions_per_trial" in tuner_kwargs:
         check_positive_int("executions_per_trial", tuner_kwargs["executions_per_trial"])
@@ -135,6 +149,7 @@ def search(
         checkpoint_schedule=checkpoint_schedule, verbose=verbose, data_parallel=data_parallel,
         lost_worker_seconds=lost_worker_seconds, connect_timeout=connect_timeout, tuner_kwargs=tuner_kwargs,
         inputs=(x, y, validation_data, data), data_source=data_source, progress=progress,
+        callbacks=list(callbacks or []), tensorboard=tensorboard,
     )
     return role(settings).run()
 

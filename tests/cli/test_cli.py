@@ -160,10 +160,11 @@ def test_experiments_lists_everything(tmp_path):
 
 
 @pytest.mark.slow
-def test_train_writes_a_record_and_refuses_to_overwrite_it(tmp_path):
+def test_train_writes_a_record_and_refuses_to_overwrite_it(tmp_path, read_tensorboard):
     (tmp_path / "tmp").mkdir()
     args = ["train", *TINY, "--epochs", "2", "--precision", "mixed_bfloat16", "--output", "tmp/run.json",
-            "--train-size", "96", "--time-budget", "1s"]  # the first epoch (compiling) takes longer
+            "--train-size", "96", "--time-budget", "1s",  # the first epoch (compiling) takes longer
+            "--tensorboard", "tb"]
     result = run_cli(*args, cwd=tmp_path)
     assert result.returncode == 75, result.stderr
     assert re.search(r"^time budget spent: 1 of 2 epochs done, 1 to go \(about \d+ s at [\d.]+ s/epoch\); "
@@ -193,6 +194,16 @@ def test_train_writes_a_record_and_refuses_to_overwrite_it(tmp_path):
     assert record.key.data == data_fingerprint(first_per_class(synthetic_cifar10(128, 64), train_size=96))
     assert os.listdir(tmp_path / "tmp") == ["run.json"]  # no temp file left behind
     assert output.stat().st_mode & 0o777 == 0o666 & ~umask()  # an ordinary file, not the private temp file
+    # TensorBoard: the run's epochs once each, the first from the stopped process, the second from the resumed one
+    runs = read_tensorboard(tmp_path / "tb")
+    assert sorted(runs) == [".", "custom/seed0"] and runs["."]["metrics"] == ["val_accuracy", "val_loss"]
+    assert runs["custom/seed0"]["scalars"] == {
+        name: [(1, pytest.approx(record.history[name][0])), (2, pytest.approx(record.history[name][1]))]
+        for name in ("loss", "accuracy", "val_loss", "val_accuracy")} | {
+        "learning_rate": [(1, pytest.approx(1e-3)), (2, pytest.approx(1e-3))]}
+    assert runs["custom/seed0"]["hparams"] == {
+        "config": "custom", "dropout_conv_1": 0.0, "dropout_conv_2": 0.0, "dropout_conv_3": 0.0, "dropout_dense": 0.0,
+        "ndense": 16, "nfilters": "4,8,8", "batchnorm": True, "learning_rate": pytest.approx(1e-3), "seed": 0}
 
     before = output.read_bytes()
     again = run_cli(*args, cwd=tmp_path)
@@ -363,11 +374,11 @@ def test_space_specs():
 
 
 @pytest.mark.slow
-def test_search_prints_and_writes_the_trials(tmp_path):
+def test_search_prints_and_writes_the_trials(tmp_path, read_tensorboard):
     result = run_cli(
         "search", *TINY, "--max-trials", 2, "--epochs", 1, "--seed", 1, "--directory", "kts", "--csv", "trials.csv",
         "--space", "dropout_dense=0.0,0.5", "--space", "dropout_conv_1=0",
-        "--space", "dropout_conv_2=none", "--space", "dropout_conv_3=none",
+        "--space", "dropout_conv_2=none", "--space", "dropout_conv_3=none", "--tensorboard", "tb",
         cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr
@@ -388,6 +399,14 @@ def test_search_prints_and_writes_the_trials(tmp_path):
     assert {t["dropout_dense"] for t in trials} == {"0.0", "0.5"}
     assert {t["dropout_conv_1"] for t in trials} == {"0.0"}
     assert "dropout_conv_2" not in trials[0]  # not tuned: from the base network
+    tensorboard = read_tensorboard(tmp_path / "tb")  # a run per trial, with its hyperparameters and its epoch
+    assert tensorboard["."] == {"hparams": ["dropout_conv_1", "dropout_dense"], "metrics": ["val_accuracy", "val_loss"]}
+    assert sorted(tensorboard) == [".", "trial_0", "trial_1"]
+    for trial in trials:
+        run = tensorboard[f"trial_{trial['trial_id']}"]
+        assert run["hparams"] == {"dropout_conv_1": 0.0, "dropout_dense": float(trial["dropout_dense"])}
+        assert run["scalars"]["val_accuracy"] == [(1, pytest.approx(float(trial["val_accuracy"])))]
+        assert sorted(run["scalars"]) == ["accuracy", "learning_rate", "loss", "val_accuracy", "val_loss"]
 
 
 def test_search_rejects_a_bad_space(tmp_path):
@@ -401,13 +420,13 @@ def reproduced(tmp_path_factory):
     epoch."""
     cwd = tmp_path_factory.mktemp("reproduce")
     assert SMOKE[:2] == ["--profile", "smoke"]
-    result = run_cli("reproduce", "batchnorm", *SMOKE[2:], "--results", "tmp", cwd=cwd)
+    result = run_cli("reproduce", "batchnorm", *SMOKE[2:], "--results", "tmp", "--tensorboard", "tb", cwd=cwd)
     return cwd, result
 
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("reproduced")  # one worker builds the module's smoke study once
-def test_reproduce_trains_decides_and_reports(reproduced):
+def test_reproduce_trains_decides_and_reports(reproduced, read_tensorboard):
     cwd, result = reproduced
     assert result.returncode == 0, result.stderr
     banner = ["kt-dropout reproduce: batchnorm", r"  backend +jax on CPU only", r"  precision +float32",
@@ -430,6 +449,15 @@ def test_reproduce_trains_decides_and_reports(reproduced):
     assert report.is_file() and "C1" in report.read_text()
     assert "first 96 of 128 train images, balanced over classes" in report.read_text()
     assert str(report.relative_to(cwd)) in result.stdout
+    # TensorBoard: every run of the two packs its own, with its stored epoch and its configuration
+    tensorboard = read_tensorboard(cwd / "tb")
+    records = [RunRecord.from_json(json.loads(path.read_text()), source=path) for path in runs]
+    assert sorted(tensorboard) == sorted([".", *(f"{r.name}/seed{r.key.seed}" for r in records)])
+    for record in records:
+        run = tensorboard[f"{record.name}/seed{record.key.seed}"]
+        assert run["scalars"]["val_accuracy"] == [(1, pytest.approx(record.history["val_accuracy"][0]))]
+        assert run["hparams"]["config"] == record.name and run["hparams"]["seed"] == record.key.seed
+        assert run["hparams"]["batchnorm"] == record.key.config.batchnorm
 
 
 @pytest.mark.slow

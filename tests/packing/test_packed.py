@@ -17,10 +17,10 @@ from kt_dropout.packing.model import (
     member_weights,
     pack_weights,
 )
+from kt_dropout.packing import trainer as trainer_module
 from kt_dropout.packing.trainer import Member, PackTrainer, plan_packs, train_pack
 from kt_dropout.training import checkpoints
 from kt_dropout.training.checkpoints import Checkpointing, TrainingIncomplete
-from kt_dropout.training.recording import make_record
 from kt_dropout.training.resumable import EpochOrder
 
 TINY = VGGConfig(nfilters=(4, 8, 8), ndense=16)
@@ -203,22 +203,36 @@ def test_train_pack_records_each_member():
         assert r.best_val_accuracy == max(r.history["val_accuracy"])
 
 
-def test_a_member_whose_validation_loss_diverges_fails_alone():
+def test_a_member_whose_validation_loss_diverges_fails_alone(tmp_path, monkeypatch, read_tensorboard):
     """Member 0's BatchNorm statistics made NaN (what blown-up ones look like): training uses each batch's own
-    statistics, so its training loss stays finite, but its validation loss is NaN; member 1 trains on."""
-    trainer = PackTrainer([Member("a", TINY, 0), Member("b", TINY, 1)], _data(64, 32), Recipe(batch_size=32))
-    for layer in trainer.model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            variance = np.array(layer.moving_variance)
-            variance[: len(variance) // 2] = np.nan  # the first of the two members' equal groups of channels
-            layer.moving_variance.assign(variance)
-    trainer.train(2)
-    first, second = trainer.histories
-    assert np.isfinite(first["loss"]).all() and np.isnan(first["val_loss"]).all() and len(first["loss"]) == 1
-    assert np.isfinite(second["val_loss"]).all() and len(second["loss"]) == 2
-    record = make_record(name="a", config=TINY, recipe=Recipe(), seed=0, epochs=2, data_fingerprint="fp",
-                         history=first, epoch_seconds=[1.0])
-    assert record.status == "failed" and record.error == "val_loss became nan in epoch 1; training was stopped there"
+    statistics, so its training loss stays finite, but its validation loss is NaN; member 1 trains on. Each
+    member's TensorBoard run holds its record's history: member 0's ends at epoch 1."""
+
+    class Diverging(PackTrainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            for layer in self.model.layers:
+                if isinstance(layer, keras.layers.BatchNormalization):
+                    variance = np.array(layer.moving_variance)
+                    variance[: len(variance) // 2] = np.nan  # the first of the two members' equal groups of channels
+                    layer.moving_variance.assign(variance)
+
+    monkeypatch.setattr(trainer_module, "PackTrainer", Diverging)
+    first, second = train_pack([Member("a", TINY, 0), Member("b", TINY.replace(dropout_dense=0.5), 1)], _data(64, 32),
+                               recipe=Recipe(batch_size=32), epochs=2, tensorboard=tmp_path)
+    assert np.isfinite(first.history["loss"]).all() and np.isnan(first.history["val_loss"]).all()
+    assert first.epochs_run == 1 and first.status == "failed"
+    assert first.error == "val_loss became nan in epoch 1; training was stopped there"
+    assert np.isfinite(second.history["val_loss"]).all() and second.epochs_run == 2 and second.status == "ok"
+    runs = read_tensorboard(tmp_path)
+    assert sorted(runs) == [".", "a/seed0", "b/seed1"]
+    for record in (first, second):
+        run = runs[f"{record.name}/seed{record.key.seed}"]
+        expected = {name: [(epoch, pytest.approx(value)) for epoch, value in enumerate(values, 1) if np.isfinite(value)]
+                    for name, values in record.history.items()}
+        expected["learning_rate"] = [(epoch, pytest.approx(1e-3)) for epoch in range(1, record.epochs_run + 1)]
+        assert run["scalars"] == {name: points for name, points in expected.items() if points}  # a's val_loss: none
+        assert run["hparams"]["dropout_dense"] == record.key.config.dropout_dense
 
 
 def test_one_hot_labels_train_a_pack_as_class_indices_do():

@@ -3,6 +3,7 @@
 import io
 import re
 
+import keras
 import keras_tuner
 import numpy as np
 import pytest
@@ -47,10 +48,10 @@ def packed_search(tmp_path, space, **kwargs):
     return search(data=DATA, hypermodel=hypermodel, directory=tmp_path, **options)
 
 
-def test_trials_train_in_packs_and_each_keeps_its_own_best_epoch_and_checkpoint(tmp_path):
+def test_trials_train_in_packs_and_each_keeps_its_own_best_epoch_and_checkpoint(tmp_path, read_tensorboard):
     space = {"dropout_conv_1": (0.0, 0.5), "dropout_conv_2": None, "dropout_conv_3": None, "dropout_dense": (0.0, 0.5)}
     reported = io.StringIO()
-    result = packed_search(tmp_path, space, tuner="random", progress=reported)
+    result = packed_search(tmp_path, space, tuner="random", progress=reported, tensorboard=tmp_path / "tb")
 
     assert sorted(row["trial_id"] for row in result.trials) == ["0", "1", "2", "3"]
     assert all(row["status"] == "COMPLETED" and row["pack_size"] == 2 and row["epochs"] == 2 for row in result.trials)
@@ -71,6 +72,15 @@ def test_trials_train_in_packs_and_each_keeps_its_own_best_epoch_and_checkpoint(
         assert abs(np.mean(predicted == y_val) - trial.score) <= 1 / len(y_val)  # packed vs single-model round-off
         assert 0 <= trial.best_step < RECIPE.epochs
     assert result.best_trial.score == max(trial.score for trial in result.tuner.oracle.trials.values())
+    # TensorBoard: each member of a pack its own run, with its own hyperparameters and epochs
+    tensorboard = read_tensorboard(tmp_path / "tb")
+    assert sorted(tensorboard) == [".", "trial_0", "trial_1", "trial_2", "trial_3"]
+    for trial in result.tuner.oracle.trials.values():
+        run = tensorboard[f"trial_{trial.trial_id}"]
+        assert run["hparams"] == pytest.approx(trial.hyperparameters.values)
+        assert run["scalars"]["learning_rate"] == [(1, pytest.approx(1e-3)), (2, pytest.approx(1e-3))]
+        val = run["scalars"]["val_accuracy"]
+        assert [step for step, _ in val] == [1, 2] and max(value for _, value in val) == pytest.approx(trial.score)
 
 
 def test_trials_of_different_shapes_train_in_separate_packs(tmp_path):
@@ -127,6 +137,7 @@ def test_failed_trials_in_a_row_stop_the_search(tmp_path, trainer):
     ({"trials_per_step": 0}, "trials_per_step: must be"),
     ({"tuner": "hyperband"}, "Hyperband continues trials"),
     ({"executions_per_trial": 2}, "executions_per_trial: a packed search"),
+    ({"callbacks": [keras.callbacks.History()]}, "callbacks: a packed search"),
 ])
 def test_packed_search_refuses_what_it_cannot_do(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):

@@ -76,14 +76,29 @@ def check_result(result: SearchResult, trials: int):
     assert predictions.shape == (5, 10)
 
 
+class EpochsSeen(keras.callbacks.Callback):
+    """Keeps each epoch's end it sees in `SEEN`, with the metrics logged and whether it had the model: a class
+    attribute, since Keras Tuner gives each trial copies of the search's callbacks."""
+
+    SEEN = []
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.SEEN.append((epoch, sorted(logs), isinstance(self.model, keras.Model)))
+
+
 @pytest.fixture(scope="module")
 def first(tmp_path_factory):
     """One real random search, shared: (its directory, builds it made, its result, what it reported)."""
     directory = tmp_path_factory.mktemp("search")
     hypermodel = CountingHyperModel()
     reported = io.StringIO()
-    result = run(directory, hypermodel=hypermodel, progress=reported, data_source="DATA")
+    result = run(directory, hypermodel=hypermodel, progress=reported, data_source="DATA", callbacks=[EpochsSeen()])
     return directory, hypermodel.builds, result, reported.getvalue()
+
+
+def test_the_search_passes_its_callbacks_to_every_trials_fit(first):
+    assert [epoch for epoch, _, _ in EpochsSeen.SEEN] == [0, 0]  # two trials of one epoch
+    assert all({"loss", "val_accuracy"} <= set(logs) and model for _, logs, model in EpochsSeen.SEEN)
 
 
 def copy_of(first, tmp_path):
