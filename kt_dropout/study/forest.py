@@ -82,8 +82,9 @@ def _panel(ax, verdict: ClaimVerdict) -> None:
         threshold = c.comparison.threshold
         ax.plot([threshold] * 2, [y - 0.35, y + 0.35], color="black", linewidth=1.5)
         xs.append(threshold)
-        if c.ci_low is None:
-            ax.text(threshold, y, f"  {c.status}: {c.reason}", va="center", fontsize=8, color=STATUS_COLOURS[c.status])
+        if c.ci_low is None:  # why, in the numbers' column right of the axes: over the axes it covered the threshold
+            ax.annotate(f"{c.status}: {c.reason}", (1.01, y), xycoords=("axes fraction", "data"), va="center",
+                        fontsize=8, color=STATUS_COLOURS[c.status])
             continue
         colour = STATUS_COLOURS[c.status]
         ax.plot([c.ci_low, c.ci_high], [y, y], color=colour, linewidth=3, linestyle="--" if early else "-")

@@ -353,7 +353,7 @@ def best_accuracy_figure(groups: dict[str, list[RunRecord]], metric: str, holdou
     ax.invert_yaxis()
     circle = "the best holdout accuracy" if holdout else "the best epoch's, selected on the test set as in the post"
     ax.set_xlabel(f"{metric} (open circle: {circle})")
-    ax.set_title("Accuracy per configuration: seeds (dots), mean ± sd (diamond)")
+    ax.set_title("Accuracy per configuration: seeds (dots), mean ± sd (diamond), best epoch (open circle)")
     ax.grid(axis="x", alpha=0.3)
     return fig
 
