@@ -11,12 +11,11 @@ claims are decided in each study on the paired runs only, side by side.
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 from tabulate import tabulate
 
 from kt_dropout.errors import ConfigError, StoreError
 from kt_dropout.study.experiments import CLAIMS
-from kt_dropout.study.verdicts import decide_all, metric_value
+from kt_dropout.study.verdicts import PAIRED, decide_all, metric_value, t_test_of
 from kt_dropout.training.record import RunRecord
 
 METRIC = "accuracy"  # selection-free: see verdicts
@@ -50,7 +49,7 @@ def _difference_row(label: str, pairs: list[Pair]) -> list:
     elif np.ptp(b - a) == 0:
         notes.append("the same difference in every pair: no interval")
     else:
-        interval = stats.ttest_rel(b, a).confidence_interval(0.95)
+        interval = t_test_of(PAIRED, b, a).confidence_interval(0.95)
         low, high = interval.low, interval.high
     means = (float(np.mean(v)) if len(v) else None for v in (a, b, b - a))
     return [label, len(a), *means, low, high, "; ".join(notes)]

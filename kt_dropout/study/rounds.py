@@ -20,7 +20,6 @@ from collections.abc import Callable
 
 import keras
 import numpy as np
-from scipy import stats
 
 from kt_dropout.study import planned
 from kt_dropout.study.design import design_test, plan_claim
@@ -34,7 +33,7 @@ from kt_dropout.study.sequential import (
     claim_decision,
     looks,
 )
-from kt_dropout.study.verdicts import PAIRED, values_by_seed
+from kt_dropout.study.verdicts import t_test_of, values_by_seed
 
 
 def deciding_claims(settings) -> list[Claim]:
@@ -134,7 +133,7 @@ def sequential_verdict(claim: Claim, runs_by_config: dict, planned_seeds: int, e
         for k, n in enumerate(taken):
             x, y = np.array([a[s] for s in range(n)]) - c.threshold, np.array([b[s] for s in range(n)])
             with np.errstate(divide="ignore", invalid="ignore"):  # no spread at all: no statistic, no crossing
-                result = stats.ttest_rel(x, y) if test == PAIRED else stats.ttest_ind(x, y, equal_var=False)
+                result = t_test_of(test, x, y)
             t[i, k], df[i, k], differences[i, k] = result.statistic, result.df, x.mean() + c.threshold - y.mean()
     status, statuses, k = claim_decision(t, df, taken, planned_seeds)
     return SequentialVerdict(claim, status, tuple(statuses), tuple(float(d) for d in differences[:, k]), taken[k],

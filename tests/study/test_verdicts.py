@@ -27,6 +27,7 @@ from kt_dropout.study.verdicts import (
     metric_value,
     minimum_detectable,
     summarize_config,
+    t_test_of,
 )
 from kt_dropout.study import design
 from kt_dropout.training.recording import make_record
@@ -319,3 +320,15 @@ def test_an_insufficient_comparison_says_why_it_cannot_be_computed():
     diverged = {"x": [short([0.2, 0.4]), short([0.3, math.nan], 1)], "y": two}
     assert compare(Comparison("x", "y"), diverged).reason == (
         "need at least 2 runs a side: only 1 of x's 2 successful runs have a finite accuracy")
+
+
+
+def test_seeds_that_all_score_alike_are_compared_without_scipys_precision_warning(recwarn):
+    """Smoke runs on 64 test images often score alike (7/64 for every seed): scipy warned "precision loss" on
+    every command that decides claims, though a sample of equal values has its exact sd, 0."""
+    data = {"x": [short([0.2, 0.109375], s) for s in range(3)],
+            "y": [short([0.1, v], s, "y") for s, v in enumerate([0.05, 0.0625, 0.03])]}
+    verdict = compare(Comparison("x", "y"), data)
+    assert verdict.test == "Welch" and verdict.ci_low is not None
+    assert np.isfinite(t_test_of("paired", [0.109375] * 3, [0.05, 0.0625, 0.03]).statistic)
+    assert not [w for w in recwarn if "Precision loss" in str(w.message)]
