@@ -117,7 +117,7 @@ def _metric_words(records: list[RunRecord], holdout: bool) -> str:
     """The verdict metric as this study has it: the window shrinks to a study shorter than `FINAL_WINDOW`."""
     if holdout:
         return "test accuracy at the holdout-chosen epoch"
-    return f"test accuracy, mean of {window_words(min(r.key.epochs for r in records))}"
+    return f"test accuracy, mean of {window_words(min((r.key.epochs for r in records), default=None))}"
 
 
 def _introduced_configs() -> dict[str, set[str]]:
@@ -183,9 +183,9 @@ def _claims_overview(verdicts: list[ClaimVerdict], level: str, out_dir: Path, me
     if not verdicts:
         return "## Claims\n\nNo experiment has any runs."
     rule = (
-        f"Verdict metric: {METRICS['accuracy']} -- selection-free; in this study, {metric}. The post's number, the best test accuracy over "
-        "epochs, selects its epoch on the test set and is optimistic; it is shown beside every verdict, and where "
-        "it would give another verdict the claim says so. "
+        f"Verdict metric: {METRICS['accuracy']} -- selection-free; in this study, {metric}. The post's number, "
+        "the best test accuracy over epochs, selects its epoch on the test set and is optimistic; it is shown "
+        "beside every verdict, and where it would give another verdict the claim says so. "
         f"Each comparison is a {level} t interval of the difference of means over seeds, with the test the "
         "design fixes before any results: **Welch**, or **paired** by seed only for runs seeded \"per-layer\" "
         "at the same seeds where the seeding benchmark measured that such runs correlate (the column `test` "
