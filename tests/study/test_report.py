@@ -215,8 +215,7 @@ def test_curves_have_whole_epochs_one_colour_per_configuration_and_a_legend_off_
         assert len(set(shown.values())) == len(shown), experiment.name  # told apart within the figure
         for name, colour in shown.items():
             assert colours.setdefault(name, colour) == colour  # the same colour in every figure
-        if shown:
-            legend, axes = ax.get_legend().get_window_extent(), ax.get_window_extent()
-            assert not legend.overlaps(axes), experiment.name
+        legend, axes = ax.get_legend().get_window_extent(), ax.get_window_extent()
+        assert not legend.overlaps(axes), experiment.name
         plt.close(fig)
     assert set(colours) == set(short_groups)
