@@ -46,8 +46,8 @@ def _difference_row(label: str, pairs: list[Pair]) -> list:
     notes = [] if len(a) == len(pairs) else [f"{len(pairs) - len(a)} pair(s) without a finite {METRIC}"]
     if len(a) < 2:
         notes.append("fewer than 2 pairs: no interval")
-    elif np.ptp(b - a) == 0:
-        notes.append("the same difference in every pair: no interval")
+    elif np.ptp(b - a) == 0:  # e.g. a study trained twice, deterministically
+        notes.append(f"{'equal' if b[0] == a[0] else 'the same difference'} in every pair: no interval")
     else:
         interval = t_test_of(PAIRED, b, a).confidence_interval(0.95)
         low, high = interval.low, interval.high

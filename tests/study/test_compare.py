@@ -92,5 +92,7 @@ def test_pairs_without_a_number_are_counted_out_and_named(tmp_path):
     b = ResultStore(_store(tmp_path / "b", runs | {("bn", 2): float("nan")}, "float32"), create=False).records()
     row = _row(comparison(a, b, ["C1"]), "bn")
     assert row[1] == "2"
-    assert row[-1] == "1 pair(s) without a finite accuracy; the same difference in every pair: no interval"
-    assert _row(comparison(a, a, ["C1"]), "bn")[-1] == "the same difference in every pair: no interval"
+    assert row[-1] == "1 pair(s) without a finite accuracy; equal in every pair: no interval"
+    assert _row(comparison(a, a, ["C1"]), "bn")[-1] == "equal in every pair: no interval"
+    shifted = ResultStore(_store(tmp_path / "c", {("bn", s): 0.75 for s in range(3)}, "float32"), create=False)
+    assert _row(comparison(a, shifted.records(), ["C1"]), "bn")[-1] == "the same difference in every pair: no interval"
