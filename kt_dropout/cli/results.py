@@ -149,8 +149,8 @@ class Compare(StoreCommand):
     help = "pair two studies' runs: do accuracies and verdicts agree?"
     description = ("Pairs the successful runs of two studies by configuration name, seed, epochs and data, whatever "
                    "else differs (e.g. float32 against mixed_bfloat16), and prints as Markdown the paired difference "
-                   "OTHER - REFERENCE of the accuracy per configuration and over all pairs with 95% t intervals, then "
-                   "each claim decided in both on the paired runs only.")
+                   "OTHER - REFERENCE of the accuracy per configuration and over all pairs with 95% t intervals (a "
+                   "note says why a number is missing), then each claim decided in both on the paired runs only.")
 
     def add_arguments(self, parser) -> None:
         parser.add_argument("reference", metavar="REF", help="results folder or store of the reference study")

@@ -11,12 +11,11 @@ claims are decided in each study on the paired runs only, side by side.
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 from tabulate import tabulate
 
 from kt_dropout.errors import ConfigError, StoreError
 from kt_dropout.study.experiments import CLAIMS
-from kt_dropout.study.verdicts import decide_all, metric_value
+from kt_dropout.study.verdicts import PAIRED, decide_all, metric_value, t_test_of
 from kt_dropout.training.record import RunRecord
 
 METRIC = "accuracy"  # selection-free: see verdicts
@@ -39,13 +38,21 @@ def paired_runs(reference: list[RunRecord], other: list[RunRecord]) -> list[Pair
 
 
 def _difference_row(label: str, pairs: list[Pair]) -> list:
-    values = [(metric_value(r, METRIC), metric_value(o, METRIC)) for r, o in pairs]
-    a, b = np.array([v for v in values if None not in v], dtype=float).reshape(-1, 2).T  # runs too short: left out
+    """One row of the table: the pairs where both runs have a finite metric, their means, the interval of the
+    difference, and why a number is missing."""
+    values = np.array([(metric_value(r, METRIC), metric_value(o, METRIC)) for r, o in pairs], dtype=float)
+    a, b = values[np.isfinite(values).all(axis=1)].reshape(-1, 2).T
     low = high = None
-    if len(a) >= 2 and np.ptp(b - a) > 0:
-        interval = stats.ttest_rel(b, a).confidence_interval(0.95)
+    notes = [] if len(a) == len(pairs) else [f"{len(pairs) - len(a)} pair(s) without a finite {METRIC}"]
+    if len(a) < 2:
+        notes.append("fewer than 2 pairs: no interval")
+    elif np.ptp(b - a) == 0:  # e.g. a study trained twice, deterministically
+        notes.append(f"{'equal' if b[0] == a[0] else 'the same difference'} in every pair: no interval")
+    else:
+        interval = t_test_of(PAIRED, b, a).confidence_interval(0.95)
         low, high = interval.low, interval.high
-    return [label, len(a), *(float(np.mean(v)) if len(v) else None for v in (a, b, b - a)), low, high]
+    means = (float(np.mean(v)) if len(v) else None for v in (a, b, b - a))
+    return [label, len(a), *means, low, high, "; ".join(notes)]
 
 
 def comparison(reference: list[RunRecord], other: list[RunRecord], claims=DEFAULT_CLAIMS) -> str:
@@ -66,7 +73,7 @@ def comparison(reference: list[RunRecord], other: list[RunRecord], claims=DEFAUL
     rows.append(_difference_row("all pairs", pairs))
     differences = tabulate(
         rows, headers=["configuration", "pairs", "reference", "other", "other - reference", "95% CI low",
-                       "95% CI high"], tablefmt="github", floatfmt="+.4f",
+                       "95% CI high", "note"], tablefmt="github", floatfmt="+.4f",
     )
     chosen = [CLAIMS[c] for c in claims]
     verdicts = zip(decide_all([r for r, _ in pairs], chosen), decide_all([o for _, o in pairs], chosen))

@@ -94,11 +94,28 @@ EXPERIMENTS: dict[str, Experiment] = {
 #: end of training, long enough to average out the epoch-to-epoch wobble that selecting a maximum exploits.
 FINAL_WINDOW = 5
 
+
+def final_window(epochs: int) -> int:
+    """The window of a study of `epochs`: `FINAL_WINDOW`, or every epoch of a shorter study (a 2-epoch smoke
+    study averages both), so that every study, however short, has a verdict metric."""
+    return min(FINAL_WINDOW, epochs)
+
+
+def window_words(epochs: int | None) -> str:
+    """How the window of a study of `epochs` (None: not known) reads in a report: "the last 5 epochs", or
+    "every epoch (a 2-epoch study is shorter than the 5-epoch window)"."""
+    if epochs is None or epochs >= FINAL_WINDOW:
+        return f"the last {FINAL_WINDOW} epochs"
+    return f"every epoch (a {epochs}-epoch study is shorter than the {FINAL_WINDOW}-epoch window)"
+
+
 METRICS = {
-    "accuracy": f"test accuracy, mean of the last {FINAL_WINDOW} epochs (holdout mode: at the holdout-chosen epoch)",
+    "accuracy": f"test accuracy, mean of the last {FINAL_WINDOW} epochs, or of every epoch of a shorter study "
+                "(holdout mode: at the holdout-chosen epoch)",
     "best_accuracy": "best test accuracy over epochs (test-selected, optimistic: the post's number)",
     "best_epoch": "epoch of the best validation accuracy",
-    "late_degradation": f"peak validation accuracy minus its mean over the last {FINAL_WINDOW} epochs",
+    "late_degradation": f"peak validation accuracy minus its mean over the last {FINAL_WINDOW} epochs (or every "
+                        "epoch of a shorter study)",
 }
 
 SUPERIORITY, NONINFERIORITY = "superiority", "non-inferiority"

@@ -17,7 +17,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
 from matplotlib.lines import Line2D  # noqa: E402
 
-from kt_dropout.study.experiments import FINAL_WINDOW  # noqa: E402
+from kt_dropout.study.experiments import window_words  # noqa: E402
 from kt_dropout.study.verdicts import (  # noqa: E402
     CONTRADICTED,
     EARLY_TRAINING,
@@ -30,13 +30,17 @@ from kt_dropout.study.verdicts import (  # noqa: E402
 #: Okabe & Ito (2008), "Color Universal Design": bluish green, vermillion, blue, grey.
 STATUS_COLOURS = {SUPPORTED: "#009E73", CONTRADICTED: "#D55E00", UNRESOLVED: "#0072B2", INSUFFICIENT: "#999999"}
 STATUS_MARKERS = {SUPPORTED: "o", CONTRADICTED: "X", UNRESOLVED: "D", INSUFFICIENT: "s"}
-#: Each metric's difference a − b, in its own units.
-UNITS = {
-    "accuracy": f"difference a − b in test accuracy (mean of the last {FINAL_WINDOW} epochs)",
-    "late_degradation": f"difference a − b of late drops: peak accuracy minus the mean of the last {FINAL_WINDOW} "
-                        "epochs",
-    "best_epoch": "difference a − b in epochs: epoch of the best validation accuracy",
-}
+
+
+def units(metric: str, epochs: int) -> str:
+    """A metric's difference a − b, in its own units, for runs of `epochs`."""
+    return {
+        "accuracy": f"difference a − b in test accuracy (mean of {window_words(epochs)})",
+        "late_degradation": f"difference a − b of late drops: peak accuracy minus the mean of {window_words(epochs)}",
+        "best_epoch": "difference a − b in epochs: epoch of the best validation accuracy",
+    }[metric]
+
+
 ROW_INCHES, PANEL_INCHES = 0.42, 1.15  # each comparison's row, and each panel's title and axis label
 
 
@@ -78,8 +82,9 @@ def _panel(ax, verdict: ClaimVerdict) -> None:
         threshold = c.comparison.threshold
         ax.plot([threshold] * 2, [y - 0.35, y + 0.35], color="black", linewidth=1.5)
         xs.append(threshold)
-        if c.ci_low is None:
-            ax.text(threshold, y, f"  {c.status}: {c.reason}", va="center", fontsize=8, color=STATUS_COLOURS[c.status])
+        if c.ci_low is None:  # why, in the numbers' column right of the axes: over the axes it covered the threshold
+            ax.annotate(f"{c.status}: {c.reason}", (1.01, y), xycoords=("axes fraction", "data"), va="center",
+                        fontsize=8, color=STATUS_COLOURS[c.status])
             continue
         colour = STATUS_COLOURS[c.status]
         ax.plot([c.ci_low, c.ci_high], [y, y], color=colour, linewidth=3, linestyle="--" if early else "-")
@@ -96,7 +101,7 @@ def _panel(ax, verdict: ClaimVerdict) -> None:
     ax.set_yticks(range(len(verdict.comparisons)), [str(c.comparison) for c in verdict.comparisons], fontsize=9)
     ax.axvline(0, color="gray", linewidth=0.8, linestyle=":")
     metrics = sorted({c.metric for c in verdict.comparisons})
-    ax.set_xlabel("; ".join(UNITS[m] for m in metrics), fontsize=9)
+    ax.set_xlabel("; ".join(units(m, verdict.epochs) for m in metrics), fontsize=9)
     ax.set_title(f"{verdict.claim.id} {verdict.label} — {verdict.claim.text}", loc="left", fontsize=10,
                  color=STATUS_COLOURS.get(verdict.evidence, "black"), wrap=True)
     ax.grid(axis="x", alpha=0.3)

@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
+from matplotlib import ticker  # noqa: E402
 import numpy as np  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
@@ -21,12 +22,13 @@ from kt_dropout.storage.atomic import check_writable_folder  # noqa: E402
 from kt_dropout.study.experiments import (  # noqa: E402
     CONFIGS,
     EXPERIMENTS,
-    FINAL_WINDOW,
     METRICS,
     POST_EPOCHS,
     Experiment,
     claims_for,
+    final_window,
     resolve_experiments,
+    window_words,
 )
 from kt_dropout.study.forest import plot_forest  # noqa: E402
 from kt_dropout.study.profiles import CIFAR10_TITLE, PROFILES  # noqa: E402
@@ -50,9 +52,20 @@ SELECTION_MODES = {
 }
 BEST_ACCURACY_FIGURE = "best-accuracy.png"
 FOREST_FIGURE = "forest.png"
-#: One colour per configuration, the same in every figure: tab20's strong colours for the first ten
-#: (vanilla ... wide, those the first experiments compare), its pale ones after.
-COLOURS = {name: plt.get_cmap("tab20")((2 * i) % 20 + (i // 10) % 2) for i, name in enumerate(CONFIGS)}
+#: Okabe & Ito (2008), "Color Universal Design": colour-blind-safe (yellow left out: too pale on white).
+BLACK, ORANGE, SKY_BLUE, GREEN, BLUE, VERMILLION, PURPLE = (
+    "#000000", "#E69F00", "#56B4E9", "#009E73", "#0072B2", "#D55E00", "#CC79A7")
+#: One colour per configuration, the same in every figure, distinct within each experiment (one figure): the
+#: baselines (bn, wide) black; a wide network's dropout the colour of the 512-unit network with the same dropout;
+#: per block, the lighter colour for rate 0.2 and the darker for 0.5.
+COLOURS = {
+    "vanilla": VERMILLION, "bn": BLACK, "conv0.2": BLUE, "conv0.5": ORANGE, "half": GREEN,
+    "dense0.2": SKY_BLUE, "dense0.5": PURPLE, "conv0.2+dense0.2": GREEN, "conv0.2+dense0.5": VERMILLION,
+    "wide": BLACK, "wide+dense0.5": PURPLE, "wide+dense0.75": SKY_BLUE, "wide+conv0.2+dense0.5": VERMILLION,
+    "wide+conv0.2+dense0.75": ORANGE,
+    "block1-0.2": SKY_BLUE, "block1-0.5": BLUE, "block2-0.2": ORANGE, "block2-0.5": VERMILLION,
+    "block3-0.2": GREEN, "block3-0.5": PURPLE,
+}
 
 
 def write_report(
@@ -79,22 +92,32 @@ def write_report(
     shown = [e for e in resolve_experiments(list(experiments or [])) if any(n in groups for n in introduced[e.name])]
     verdicts = {v.claim.id: v for v in decide_all(records, [c for e in shown for c in claims_for(e.name)], confidence)}
     holdout = any(is_holdout(r) for r in records)
+    metric = _metric_words(records, holdout)
     level = f"{confidence:.0%}"
 
     ordered = sorted(verdicts.values(), key=lambda v: int(v.claim.id[1:]))
-    sections = [_header(records, profile, data), _claims_overview(ordered, level, out_dir)]
+    sections = [_header(records, profile, data), _claims_overview(ordered, level, out_dir, metric)]
     for experiment in shown:
-        figure = _plot_curves(experiment, groups, out_dir, holdout)
+        figure = f"curves-{experiment.name}.png"
+        _save(curves_figure(experiment, groups, holdout), out_dir / figure)
         claims = [verdicts[c.id] for c in claims_for(experiment.name)]
         sections.append(_experiment_section(experiment, groups, figure, claims, level, holdout))
     if groups:
-        _plot_best_accuracy(groups, out_dir / BEST_ACCURACY_FIGURE, holdout)
-        sections.append(f"## Accuracy of every configuration\n\n![accuracy per configuration]({BEST_ACCURACY_FIGURE})")
+        _save(best_accuracy_figure(groups, metric, holdout), out_dir / BEST_ACCURACY_FIGURE)
+        sections.append(f"## Accuracy of every configuration\n\n![accuracy per configuration: each seed's {metric}, "
+                        f"their mean ± sd, and the best accuracy over epochs]({BEST_ACCURACY_FIGURE})")
     sections.append(_failed_runs(records))
 
     path = out_dir / "report.md"
     path.write_text("\n\n".join(sections) + "\n", encoding="utf-8")
     return path
+
+
+def _metric_words(records: list[RunRecord], holdout: bool) -> str:
+    """The verdict metric as this study has it: the window shrinks to a study shorter than `FINAL_WINDOW`."""
+    if holdout:
+        return "test accuracy at the holdout-chosen epoch"
+    return f"test accuracy, mean of {window_words(min((r.key.epochs for r in records), default=None))}"
 
 
 def _introduced_configs() -> dict[str, set[str]]:
@@ -156,13 +179,13 @@ def _seeds(records: list[RunRecord]) -> str:
     return f"{len(seeds)} ({', '.join(map(str, seeds))})" if seeds else "0"
 
 
-def _claims_overview(verdicts: list[ClaimVerdict], level: str, out_dir: Path) -> str:
+def _claims_overview(verdicts: list[ClaimVerdict], level: str, out_dir: Path, metric: str) -> str:
     if not verdicts:
         return "## Claims\n\nNo experiment has any runs."
     rule = (
-        f"Verdict metric: {METRICS['accuracy']} -- selection-free. The post's number, the best test accuracy over "
-        "epochs, selects its epoch on the test set and is optimistic; it is shown beside every verdict, and where "
-        "it would give another verdict the claim says so. "
+        f"Verdict metric: {METRICS['accuracy']} -- selection-free; in this study, {metric}. The post's number, "
+        "the best test accuracy over epochs, selects its epoch on the test set and is optimistic; it is shown "
+        "beside every verdict, and where it would give another verdict the claim says so. "
         f"Each comparison is a {level} t interval of the difference of means over seeds, with the test the "
         "design fixes before any results: **Welch**, or **paired** by seed only for runs seeded \"per-layer\" "
         "at the same seeds where the seeding benchmark measured that such runs correlate (the column `test` "
@@ -198,20 +221,21 @@ def _number(value, fmt: str) -> str:
 
 
 def _config_table(names: Iterable[str], groups: dict[str, list[RunRecord]], holdout: bool) -> str:
+    """Per configuration: its successful runs (seeds), failed runs, and the means of its metrics."""
     rows = []
     for name in names:
         s = summarize_config(groups.get(name, []))
         sd = "" if s["accuracy_sd"] is None else f" ± {s['accuracy_sd']:.4f}"
-        accuracy = _number(s["accuracy_mean"], ".4f") + sd
+        missing = "" if s["n_metric"] == s["n"] else f" ({s['n_metric']} of {s['n']} runs: the others not finite)"
+        accuracy = _number(s["accuracy_mean"], ".4f") + sd + missing
         rows.append((
             name, s["n"], s["failed"], accuracy, _number(s["best_accuracy_mean"], ".4f"),
             _number(s["best_epoch_mean"], ".1f"), _number(s["seconds_per_epoch_mean"], ".2f"),
         ))
-    accuracy_header = (
-        "test acc. at the holdout-chosen epoch (mean ± sd)" if holdout
-        else f"test acc., last {FINAL_WINDOW} epochs (mean ± sd)"
-    )
     best_header = "best holdout acc." if holdout else "best test acc. (test-selected, the post's)"
+    epochs = min(r.key.epochs for runs in groups.values() for r in runs)
+    accuracy_header = ("test acc. at the holdout-chosen epoch" if holdout
+                       else f"test acc., last {final_window(epochs)} epochs") + " (mean ± sd)"
     headers = ["configuration", "seeds", "failed", accuracy_header, best_header, "best epoch", "s/epoch"]
     return tabulate(rows, headers=headers, tablefmt="github", disable_numparse=True)
 
@@ -282,27 +306,27 @@ def _curves(runs: list[RunRecord]) -> np.ndarray:
     return table
 
 
-def _plot_curves(experiment: Experiment, groups: dict, out_dir: Path, holdout: bool) -> str:
-    """Mean validation accuracy per epoch over seeds, with the min-max band, one line per configuration."""
-    fig, ax = plt.subplots(figsize=(8, 5))
+def curves_figure(experiment: Experiment, groups: dict, holdout: bool):
+    """Mean validation accuracy per epoch over seeds, with the min-max band, one line per configuration in its
+    colour (`COLOURS`); whole epochs on the x axis, the legend outside the axes, where it covers no curve."""
+    fig, ax = plt.subplots(figsize=(9, 5))
     for name in experiment.configs:
         curves = _curves(groups.get(name, []))
         if curves.size == 0:
             continue
         epochs = np.arange(1, curves.shape[1] + 1)
-        colour = COLOURS.get(name)
-        ax.plot(epochs, np.nanmean(curves, axis=0), color=colour, label=f"{name} (n={len(curves)})")
-        low, high = np.nanmin(curves, axis=0), np.nanmax(curves, axis=0)
-        ax.fill_between(epochs, low, high, color=colour, alpha=0.2)
+        colour = COLOURS.get(name, "gray")
+        ax.plot(epochs, np.nanmean(curves, axis=0), color=colour, marker="o" if len(epochs) <= 20 else None,
+                markersize=4, label=f"{name} (n={len(curves)})")
+        ax.fill_between(epochs, np.nanmin(curves, axis=0), np.nanmax(curves, axis=0), color=colour, alpha=0.15)
     ax.set_title(f"{experiment.title}\nmean over seeds, band: min–max")
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
     ax.set_ylabel(_validation_label(holdout))
     ax.grid(alpha=0.3)
     if ax.lines:
-        ax.legend(loc="lower right")
-    name = f"curves-{experiment.name}.png"
-    _save(fig, out_dir / name)
-    return name
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+    return fig
 
 
 def _validation_label(holdout: bool) -> str:
@@ -310,32 +334,31 @@ def _validation_label(holdout: bool) -> str:
             else "test accuracy (the post selects epochs on it)")
 
 
-def _plot_best_accuracy(groups: dict[str, list[RunRecord]], path: Path, holdout: bool) -> None:
-    """Per configuration: each seed's verdict metric (dots), its mean ± sd (diamond), and the post's
-    test-selected best accuracy (open circle), to show how much the selection adds."""
+def best_accuracy_figure(groups: dict[str, list[RunRecord]], metric: str, holdout: bool):
+    """Per configuration: each seed's verdict metric (dots), its mean ± sd (diamond), and the best accuracy over
+    epochs (open circle: the post's, selected on the test set), to show how much the selection adds."""
     names = [n for n in CONFIGS if n in groups] + sorted(n for n in groups if n not in CONFIGS)
     fig, ax = plt.subplots(figsize=(8, 0.35 * len(names) + 1.8))
     for row, name in enumerate(names):
-        values = metric_values(groups[name], "accuracy")
-        if not values:
-            continue
         summary = summarize_config(groups[name])
-        colour = COLOURS.get(name, "black")
+        colour = COLOURS.get(name, "gray")
+        values = metric_values(groups[name], "accuracy")
         ax.plot(values, [row + 0.2] * len(values), "o", color=colour, alpha=0.6, markersize=4)
-        ax.errorbar(summary["accuracy_mean"], row, xerr=summary["accuracy_sd"] or 0.0, fmt="D", color=colour,
-                    capsize=3, markersize=5)
-        ax.plot(summary["best_accuracy_mean"], row, "o", mfc="none", color=colour, markersize=7)
+        if values:
+            ax.errorbar(summary["accuracy_mean"], row, xerr=summary["accuracy_sd"] or 0.0, fmt="D", color=colour,
+                        capsize=3, markersize=5)
+        if summary["best_accuracy_mean"] is not None:
+            ax.plot(summary["best_accuracy_mean"], row, "o", mfc="none", color=colour, markersize=7)
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
-    ax.set_xlabel("test accuracy at the holdout-chosen epoch" if holdout
-                  else f"test accuracy, mean of the last {FINAL_WINDOW} epochs (open circle: best epoch, selected "
-                  "on the test set as in the post)")
-    ax.set_title("Accuracy per configuration: seeds (dots), mean ± sd (diamond)")
+    circle = "the best holdout accuracy" if holdout else "the best epoch's, selected on the test set as in the post"
+    ax.set_xlabel(f"{metric} (open circle: {circle})")
+    ax.set_title("Accuracy per configuration: seeds (dots), mean ± sd (diamond), best epoch (open circle)")
     ax.grid(axis="x", alpha=0.3)
-    _save(fig, path)
+    return fig
 
 
 def _save(fig, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=100, bbox_inches="tight")  # long claim labels and titles stay inside the picture
+    fig.savefig(path, dpi=100, bbox_inches="tight")  # long claim labels, titles and legends stay inside the picture
     plt.close(fig)

@@ -20,12 +20,10 @@ from collections.abc import Callable
 
 import keras
 import numpy as np
-from scipy import stats
 
 from kt_dropout.study import planned
 from kt_dropout.study.design import design_test, plan_claim
-from kt_dropout.errors import ConfigError
-from kt_dropout.study.experiments import FINAL_WINDOW, Claim, claims_for
+from kt_dropout.study.experiments import Claim, claims_for
 from kt_dropout.study.plans import write_plan
 from kt_dropout.study.runner import Study, StudyIncomplete
 from kt_dropout.study.sequential import (
@@ -35,7 +33,7 @@ from kt_dropout.study.sequential import (
     claim_decision,
     looks,
 )
-from kt_dropout.study.verdicts import PAIRED, values_by_seed
+from kt_dropout.study.verdicts import t_test_of, values_by_seed
 
 
 def deciding_claims(settings) -> list[Claim]:
@@ -135,7 +133,7 @@ def sequential_verdict(claim: Claim, runs_by_config: dict, planned_seeds: int, e
         for k, n in enumerate(taken):
             x, y = np.array([a[s] for s in range(n)]) - c.threshold, np.array([b[s] for s in range(n)])
             with np.errstate(divide="ignore", invalid="ignore"):  # no spread at all: no statistic, no crossing
-                result = stats.ttest_rel(x, y) if test == PAIRED else stats.ttest_ind(x, y, equal_var=False)
+                result = t_test_of(test, x, y)
             t[i, k], df[i, k], differences[i, k] = result.statistic, result.df, x.mean() + c.threshold - y.mean()
     status, statuses, k = claim_decision(t, df, taken, planned_seeds)
     return SequentialVerdict(claim, status, tuple(statuses), tuple(float(d) for d in differences[:, k]), taken[k],
@@ -150,9 +148,6 @@ def run_rounds(study: Study, design: dict, say: Callable[[str], None],
     reached. The time budget or a SIGTERM raises `StudyIncomplete` from the round, with `.study` the round's
     study."""
     settings = study.settings
-    if settings.recipe.selection == "test" and settings.epochs < FINAL_WINDOW:
-        raise ConfigError(f"--until-decided: the verdict metric is the mean of the last {FINAL_WINDOW} epochs; "
-                          f"{settings.epochs} epochs give none")
     claims = [c for c in deciding_claims(settings) if c.id in design["claims"]]
     names = list(dict.fromkeys(n for c in claims for n in c.configs))
     test = design_test(settings.recipe.seeding)

@@ -1,7 +1,8 @@
 """Deciding the post's claims from stored runs, with confidence intervals over seeds.
 
 Metric: by default selection-free (`experiments.METRICS["accuracy"]`): the mean
-test accuracy over the last `FINAL_WINDOW` epochs, or in holdout mode the test
+test accuracy over the last `FINAL_WINDOW` epochs (every epoch of a shorter
+study: `experiments.final_window`), or in holdout mode the test
 accuracy at the epoch the holdout chose. The post's number, the best test
 accuracy over epochs, picks its epoch on the test set and is optimistic -- by
 different amounts for different configurations -- so it is reported beside the
@@ -37,6 +38,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import warnings
 from collections import defaultdict
 from typing import Iterable
 
@@ -46,10 +48,10 @@ from scipy import optimize, stats
 from kt_dropout.errors import ConfigError
 from kt_dropout.study.experiments import (
     CLAIMS,
-    FINAL_WINDOW,
     METRICS,
     Claim,
     Comparison,
+    final_window,
 )
 from kt_dropout.training.record import RunRecord
 
@@ -70,16 +72,17 @@ def is_holdout(record: RunRecord) -> bool:
 def metric_value(record: RunRecord, metric: str) -> float | None:
     """One run's value of a metric of `METRICS`; None when the run is too short for it."""
     curve = record.history.get("val_accuracy", ())
+    window = final_window(record.key.epochs)
     if metric == "accuracy":
         if is_holdout(record):
             return record.test_accuracy
-        return float(np.mean(curve[-FINAL_WINDOW:])) if len(curve) >= FINAL_WINDOW else None
+        return float(np.mean(curve[-window:])) if len(curve) >= window else None
     if metric == "best_accuracy":
         return record.best_val_accuracy
     if metric == "best_epoch":
         return record.best_epoch
     if metric == "late_degradation":
-        return float(max(curve) - np.mean(curve[-FINAL_WINDOW:])) if len(curve) >= FINAL_WINDOW else None
+        return float(max(curve) - np.mean(curve[-window:])) if len(curve) >= window else None
     raise ConfigError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
 
 
@@ -98,13 +101,15 @@ def _mean(values) -> float | None:
 
 
 def summarize_config(runs: Iterable[RunRecord]) -> dict:
-    """n, mean and sd (ddof=1) of the verdict metric, and means of the post's best accuracy, best epoch, s/epoch."""
+    """n (successful runs), failed runs, how many have the verdict metric (`n_metric`: not one that diverged to
+    NaN) with its mean and sd (ddof=1), and means of the post's best accuracy, best epoch, s/epoch."""
     runs = list(runs)
     accuracy = metric_values(runs, "accuracy")
     ok = [r for r in runs if r.status == "ok"]
     seconds = [r.seconds_per_epoch for r in ok if r.seconds_per_epoch is not None]
     return {
-        "n": len(accuracy),
+        "n": len(ok),
+        "n_metric": len(accuracy),
         "failed": sum(r.status != "ok" for r in runs),
         "accuracy_mean": _mean(accuracy),
         "accuracy_sd": float(np.std(accuracy, ddof=1)) if len(accuracy) >= MIN_RUNS else None,
@@ -197,6 +202,14 @@ def _design_test(runs_by_config: dict[str, list[RunRecord]], comparison: Compari
     return design.design_test(schemes.pop() if len(schemes) == 1 else "mixed")
 
 
+def _too_few(name: str, values: dict, runs: list[RunRecord], metric: str) -> str:
+    """Why `name` has too few values: too few successful runs, or runs without a finite value of `metric`."""
+    ok = sum(r.status == "ok" for r in runs)
+    if len(values) == ok:
+        return f"{name} has {ok} successful run{'' if ok == 1 else 's'}"
+    return f"only {len(values)} of {name}'s {ok} successful runs have a finite {metric}"
+
+
 def compare(
     comparison: Comparison, runs_by_config: dict[str, list[RunRecord]], confidence: float = 0.95,
     metric: str | None = None,
@@ -207,10 +220,11 @@ def compare(
     a, b = (values_by_seed(runs_by_config.get(name, []), metric) for name in (comparison.a, comparison.b))
     base = dict(comparison=comparison, metric=metric, n_a=len(a), n_b=len(b), mean_a=_mean(list(a.values())),
                 mean_b=_mean(list(b.values())))
-    short = [name for name, s in ((comparison.a, a), (comparison.b, b)) if len(s) < MIN_RUNS]
+    short = [_too_few(name, values, runs_by_config.get(name, []), metric)
+             for name, values in ((comparison.a, a), (comparison.b, b)) if len(values) < MIN_RUNS]
     if short:
-        return ComparisonVerdict(**base, status=INSUFFICIENT,
-                                 reason=f"need at least {MIN_RUNS} successful runs of {' and '.join(short)}")
+        return ComparisonVerdict(**base, status=INSUFFICIENT, reason=f"need at least {MIN_RUNS} runs a side: "
+                                 + "; ".join(short))
     paired = a.keys() == b.keys() and _design_test(runs_by_config, comparison) == PAIRED
     x, y = np.array([a[s] for s in sorted(a)]), np.array([b[s] for s in (sorted(a) if paired else sorted(b))])
     base.update(difference=float(x.mean() - y.mean()), test=PAIRED if paired else WELCH)
@@ -218,7 +232,7 @@ def compare(
     if not all(np.isfinite(sds)) or max(sds) < NO_SPREAD:
         return ComparisonVerdict(**base, status=INSUFFICIENT, reason="no spread between seeds: no interval")
     threshold = comparison.threshold
-    t_test = stats.ttest_rel if paired else functools.partial(stats.ttest_ind, equal_var=False)
+    t_test = functools.partial(t_test_of, PAIRED if paired else WELCH)
     result = t_test(x, y)
     ci = result.confidence_interval(confidence)
     se = (ci.high - ci.low) / (2 * stats.t.ppf(0.5 + confidence / 2, result.df))
@@ -229,6 +243,15 @@ def compare(
         mdd=minimum_detectable(se, result.df, alpha),
         seeds_needed=_seeds_needed(base["difference"], threshold, base["test"], x, y),
     )
+
+
+def t_test_of(test: str, x, y, **kwargs):
+    """scipy's paired or Welch t test of `x` against `y`. Accuracies on a few test images are often equal
+    across seeds (every smoke run of a configuration at 7/64): scipy handles a sample of equal values (its sd
+    is 0) but warns of "precision loss" for it on every command that decides claims; that warning is not shown."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "Precision loss occurred", RuntimeWarning)
+        return stats.ttest_rel(x, y, **kwargs) if test == PAIRED else stats.ttest_ind(x, y, equal_var=False, **kwargs)
 
 
 def _seeds_needed(difference: float, threshold: float, test: str, x, y) -> int | None:

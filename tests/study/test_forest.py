@@ -84,3 +84,11 @@ def test_the_figure_is_written_and_nothing_is_without_comparisons(tmp_path):
     assert image.shape[0] > 200 and image.shape[1] > 600 and image[..., :3].std() > 0.05
     assert forest_figure([]) is None and not plot_forest([], tmp_path / "none.png")
     assert not (tmp_path / "none.png").exists()
+
+
+def test_why_a_comparison_has_no_interval_is_written_beside_the_panel_not_over_it():
+    verdict = decide(CLAIMS["C1"], {"bn": _runs("bn", [0.80, 0.81], 250), "vanilla": []})
+    (ax,) = forest_figure([verdict]).axes
+    (why,) = [t for t in ax.texts if "vanilla has 0 successful runs" in t.get_text()]
+    assert why.get_text().startswith("insufficient: need at least 2 runs a side")
+    assert why.xy[0] > 1 and why.xycoords == ("axes fraction", "data")  # right of the axes, as the numbers are

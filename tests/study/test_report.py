@@ -2,38 +2,39 @@ import os
 import re
 
 import matplotlib.image
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+from matplotlib.colors import to_hex
 
 from kt_dropout.config import Recipe
 from kt_dropout.study import design
-from kt_dropout.study.experiments import CONFIGS, FINAL_WINDOW
-from kt_dropout.study.report import write_report
-from kt_dropout.study.verdicts import decide_all
+from kt_dropout.study.experiments import CONFIGS, EXPERIMENTS, FINAL_WINDOW
+from kt_dropout.study.report import COLOURS, best_accuracy_figure, curves_figure, write_report
+from kt_dropout.study.verdicts import decide_all, group_by_name
 from kt_dropout.training.recording import make_record
 
 EPOCHS = 15
 PEAKS = {"vanilla": 0.70, "bn": 0.80, "conv0.2": 0.83, "conv0.5": 0.74}
 
 
-def curve(name, seed):
-    """A learning curve rising to about PEAKS[name]; vanilla's falls off late, as in the post."""
+def curve(name, seed, epochs=EPOCHS):
+    """A learning curve rising to about PEAKS[name] (0.75 for others); vanilla's falls off late, as in the post."""
     rng = np.random.default_rng([seed, sum(map(ord, name))])
-    epochs = np.arange(1, EPOCHS + 1)
-    values = PEAKS[name] * (1 - np.exp(-epochs / 2)) + rng.normal(0, 0.005, EPOCHS)
-    if name == "vanilla":
+    values = PEAKS.get(name, 0.75) * (1 - np.exp(-np.arange(1, epochs + 1) / 2)) + rng.normal(0, 0.005, epochs)
+    if name == "vanilla" and epochs == EPOCHS:
         values[-3:] -= [0.03, 0.05, 0.08]
     return values.tolist()
 
 
-def record(name, seed, selection="test", status="ok", error=None):
-    val = curve(name, seed)
-    history = {"loss": [1.0] * EPOCHS, "accuracy": val, "val_loss": [1.0] * EPOCHS, "val_accuracy": val}
+def record(name, seed, selection="test", status="ok", error=None, epochs=EPOCHS):
+    val = curve(name, seed, epochs)
+    history = {"loss": [1.0] * epochs, "accuracy": val, "val_loss": [1.0] * epochs, "val_accuracy": val}
     if selection == "holdout":
         history["test_accuracy"] = [v - 0.01 for v in val]
     return make_record(
-        name=name, config=CONFIGS[name], recipe=Recipe(epochs=EPOCHS, selection=selection), seed=seed, epochs=EPOCHS,
-        data_fingerprint="cifar10-abc", history=history, epoch_seconds=[3.0] + [1.5] * (EPOCHS - 1),
+        name=name, config=CONFIGS[name], recipe=Recipe(epochs=epochs, selection=selection), seed=seed, epochs=epochs,
+        data_fingerprint="cifar10-abc", history=history, epoch_seconds=[3.0] + [1.5] * (epochs - 1),
         status=status, error=error,
     )
 
@@ -132,7 +133,7 @@ def test_holdout_records_are_reported_as_such(tmp_path):
     records = [record(name, seed, selection="holdout") for name in ("vanilla", "bn") for seed in range(2)]
     markdown = write_report(records, tmp_path).read_text()
     assert "holdout split; test accuracy at the selected epoch" in markdown
-    assert "test acc. at the holdout-chosen epoch" in markdown
+    assert "test acc. at the holdout-chosen epoch (mean ± sd)" in markdown
     best = [max(curve("bn", seed)) - 0.01 for seed in range(2)]
     assert f"{np.mean(best):.4f} ± " in table_row(section(markdown, "Batch normalization"), "bn")
     assert "`conv-dropout`" not in markdown  # bn alone does not pull in the experiments comparing against it
@@ -158,3 +159,63 @@ def test_a_read_only_report_folder_is_refused_before_any_figure(records, tmp_pat
         assert list(out.iterdir()) == []
     finally:
         out.chmod(0o700)
+
+
+# --- a study shorter than the verdict window (the smoke profile's 2 epochs), and the figures -----------------
+
+
+SHORT = 2  # the smoke profile's epochs: shorter than FINAL_WINDOW
+
+
+@pytest.fixture(scope="module")
+def short_groups():
+    """Every configuration, 2 seeds of 2 epochs each, as the smoke profile trains them."""
+    return group_by_name(record(name, seed, epochs=SHORT) for name in CONFIGS for seed in range(2))
+
+
+def test_a_study_shorter_than_the_window_has_seeds_intervals_and_says_its_window(short_groups, tmp_path):
+    records = [r for runs in short_groups.values() for r in runs]
+    markdown = write_report(records, tmp_path, experiments=["batchnorm"]).read_text()
+    window = "mean of every epoch (a 2-epoch study is shorter than the 5-epoch window)"
+    assert window in markdown and re.search(r"\| test acc\., last 2 epochs \(mean ± sd\) +\|", markdown)
+    bn = [np.mean(curve("bn", seed, SHORT)) for seed in range(2)]
+    cells = [c.strip() for c in table_row(section(markdown, "Batch normalization"), "bn").split("|")[1:-1]]
+    assert cells[1:4] == ["2", "0", f"{np.mean(bn):.4f} ± {np.std(bn, ddof=1):.4f}"]
+    c1 = markdown[markdown.index("### C1"):markdown.index("### C10")]
+    assert "insufficient" not in c1 and re.search(r"\| 2/2 +\| [+-]0\.\d{4} \[[+-]0\.\d{4}, [+-]0\.\d{4}\]", c1)
+
+
+def marks(ax, ys):
+    """(marker, colour) of every line drawn at exactly these y values."""
+    return [(line.get_marker(), to_hex(line.get_color())) for line in ax.lines
+            if np.array_equal(np.asarray(line.get_ydata(), dtype=float), ys)]
+
+
+def test_the_accuracy_figure_has_what_its_caption_says_for_every_configuration(short_groups):
+    fig = best_accuracy_figure(short_groups, "test accuracy", holdout=False)
+    ax = fig.axes[0]
+    names = [t.get_text() for t in ax.get_yticklabels()]
+    assert sorted(names) == sorted(short_groups)
+    for row, name in enumerate(names):
+        colour = to_hex(COLOURS[name])
+        assert marks(ax, [row + 0.2] * 2) == [("o", colour)], name  # a dot per seed
+        assert {("D", colour), ("o", colour)} <= set(marks(ax, [row])), name  # the mean, the post's open circle
+    plt.close(fig)
+
+
+def test_curves_have_whole_epochs_one_colour_per_configuration_and_a_legend_off_the_data(short_groups):
+    colours = {}
+    for experiment in EXPERIMENTS.values():
+        fig = curves_figure(experiment, short_groups, holdout=False)
+        fig.canvas.draw()
+        ax = fig.axes[0]
+        low, high = ax.get_xlim()
+        assert [t for t in ax.get_xticks() if low <= t <= high] == [1, 2], experiment.name  # no 1.2, 1.4, ...
+        shown = {line.get_label().split(" ")[0]: to_hex(line.get_color()) for line in ax.lines}
+        assert len(set(shown.values())) == len(shown), experiment.name  # told apart within the figure
+        for name, colour in shown.items():
+            assert colours.setdefault(name, colour) == colour  # the same colour in every figure
+        legend, axes = ax.get_legend().get_window_extent(), ax.get_window_extent()
+        assert not legend.overlaps(axes), experiment.name
+        plt.close(fig)
+    assert set(colours) == set(short_groups)

@@ -27,6 +27,7 @@ from kt_dropout.study.verdicts import (
     metric_value,
     minimum_detectable,
     summarize_config,
+    t_test_of,
 )
 from kt_dropout.study import design
 from kt_dropout.training.recording import make_record
@@ -282,6 +283,8 @@ def test_summarize_config():
     assert summary["accuracy_sd"] == pytest.approx(np.std(A, ddof=1))
     assert summary["best_accuracy_mean"] == pytest.approx(0.95)
     assert summary["best_epoch_mean"] == 20 - FINAL_WINDOW and summary["seconds_per_epoch_mean"] == 1.0
+    diverged = summarize_config([run("x", 0.8), run("x", math.nan, seed=1)])
+    assert diverged["n"] == 2 and diverged["n_metric"] == 1  # a seed trained, though its metric is not finite
     single = summarize_config([run("x", 0.8)])
     assert single["n"] == 1 and single["accuracy_sd"] is None
     assert summarize_config([])["accuracy_mean"] is None
@@ -291,3 +294,41 @@ def test_every_claim_declares_margins_and_a_horizon():
     for claim in CLAIMS.values():
         assert claim.min_epochs >= 1 and claim.horizon and claim.margins, claim.id
         assert all(c.margin >= 0 and c.kind in ("superiority", "non-inferiority") for c in claim.comparisons)
+
+
+def short(values, seed=0, name="x"):
+    """A run as long as `values` (its val_accuracy per epoch): shorter than FINAL_WINDOW, as the smoke study's."""
+    epochs = len(values)
+    history = {"loss": [1.0] * epochs, "accuracy": values, "val_loss": [1.0] * epochs, "val_accuracy": values}
+    return make_record(name=name, config=VGGConfig(), recipe=Recipe(epochs=epochs), seed=seed, epochs=epochs,
+                       data_fingerprint="d", history=history, epoch_seconds=[1.0] * epochs)
+
+
+def test_a_study_shorter_than_the_window_averages_every_epoch_and_is_decided():
+    assert metric_value(short([0.2, 0.4]), "accuracy") == pytest.approx(0.3)
+    assert metric_value(short([0.2, 0.4]), "late_degradation") == pytest.approx(0.1)
+    data = {"x": [short([0.2, 0.40 + s / 100], s) for s in range(2)],
+            "y": [short([0.1, 0.30 + s / 50], s, "y") for s in range(2)]}
+    verdict = compare(Comparison("x", "y"), data)
+    assert verdict.n_a == verdict.n_b == 2 and verdict.ci_low is not None
+
+
+def test_an_insufficient_comparison_says_why_it_cannot_be_computed():
+    two = [short([0.2, 0.4], s, "y") for s in range(2)]
+    verdict = compare(Comparison("x", "y"), {"x": [short([0.2, 0.4])], "y": two})
+    assert verdict.status == "insufficient" and verdict.reason == "need at least 2 runs a side: x has 1 successful run"
+    diverged = {"x": [short([0.2, 0.4]), short([0.3, math.nan], 1)], "y": two}
+    assert compare(Comparison("x", "y"), diverged).reason == (
+        "need at least 2 runs a side: only 1 of x's 2 successful runs have a finite accuracy")
+
+
+
+def test_seeds_that_all_score_alike_are_compared_without_scipys_precision_warning(recwarn):
+    """Smoke runs on 64 test images often score alike (7/64 for every seed): scipy warned "precision loss" on
+    every command that decides claims, though a sample of equal values has its exact sd, 0."""
+    data = {"x": [short([0.2, 0.109375], s) for s in range(3)],
+            "y": [short([0.1, v], s, "y") for s, v in enumerate([0.05, 0.0625, 0.03])]}
+    verdict = compare(Comparison("x", "y"), data)
+    assert verdict.test == "Welch" and verdict.ci_low is not None
+    assert np.isfinite(t_test_of("paired", [0.109375] * 3, [0.05, 0.0625, 0.03]).statistic)
+    assert not [w for w in recwarn if "Precision loss" in str(w.message)]
