@@ -10,7 +10,7 @@ from test_cli import ENV, START_UP_NOISE, run_cli
 from kt_dropout.study.results import ResultStore
 from kt_dropout.study.status import format_status, store_status
 
-ROUNDS = ["reproduce", "batchnorm", "--profile", "smoke", "--epochs", "5", "--train-size", "96", "--until-decided",
+ROUNDS = ["reproduce", "batchnorm", "--profile", "smoke", "--epochs", "2", "--train-size", "96", "--until-decided",
           "--max-seeds", "4", "--results", "r"]
 
 
@@ -47,7 +47,7 @@ def rounds_run(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.xdist_group("rounds")
 def test_until_decided_trains_a_pilot_plans_from_it_runs_a_second_round_and_stops(rounds_run):
-    """Smoke (synthetic data, 5 epochs, bn and vanilla): the first round is C1's and C10's pilot (3 seeds), their
+    """Smoke (synthetic data, 2 epochs, bn and vanilla): the first round is C1's and C10's pilot (3 seeds), their
     plan comes from its runs (capped at 4: not powerable), the second round takes them to 4 seeds, where each
     claim is decided or not reproduced, and the command stops. A rerun resumes: it trains nothing and decides
     the same. Status shows the plan."""
@@ -55,7 +55,7 @@ def test_until_decided_trains_a_pilot_plans_from_it_runs_a_second_round_and_stop
     assert result.returncode == 0, result.stderr
     assert not START_UP_NOISE.search(result.stderr), result.stderr
     assert re.search(r"^  C1: 3 seeds per configuration: a pilot \(no runs to estimate its variance from yet\); "
-                     r"30 model-epochs, ~0.0 GPU h$", result.stderr, re.MULTILINE), result.stderr
+                     r"12 model-epochs, ~0.0 GPU h$", result.stderr, re.MULTILINE), result.stderr
     out = result.stdout.splitlines()
     assert [line for line in out if line.startswith("round: ")] == [
         "round: bn seeds 0-2, vanilla seeds 0-2 (undecided: C1, C10)",
@@ -64,7 +64,7 @@ def test_until_decided_trains_a_pilot_plans_from_it_runs_a_second_round_and_stop
                for line in out), result.stdout
     claims = [line for line in out if re.match(r"  C1 |  C10 ", line)]
     assert len(claims) == 2 and all(re.match(
-        r"  C1?0? (supported|contradicted|not reproduced) \(early training, 5 epochs\) (at \d of 4 planned seeds|"
+        r"  C1?0? (supported|contradicted|not reproduced) \(early training, 2 epochs\) (at \d of 4 planned seeds|"
         r"with 4 seeds): ", line) for line in claims), result.stdout
     assert len(list((cwd / "r" / "store").glob("*.json"))) == 2 * 4 + 1
     again = run_cli(*ROUNDS, cwd=cwd)
@@ -72,4 +72,4 @@ def test_until_decided_trains_a_pilot_plans_from_it_runs_a_second_round_and_stop
     assert [line for line in again.stdout.splitlines() if re.match(r"  C1 |  C10 ", line)] == claims
     status = format_status(store_status(ResultStore(cwd / "r" / "store", create=False)))
     assert re.search(r"^  C1: 4 seeds per configuration \(the most\): NOT POWERABLE within them \(bn > vanilla \+ "
-                     r"0.01\); MDD [\d.]+ beyond the thresholds; 40 model-epochs, ~0.0 GPU h$", status, re.MULTILINE)
+                     r"0.01\); MDD [\d.]+ beyond the thresholds; 16 model-epochs, ~0.0 GPU h$", status, re.MULTILINE)
