@@ -12,6 +12,7 @@ from kt_dropout.cli.flags import (
     add_data_flags,
     add_network_flags,
     add_recipe_flags,
+    check_class_names,
     config_name,
     config_of,
     data_of,
@@ -75,6 +76,11 @@ class Train(Command):
                                     "rerunning the command continues from it; deleted once the record is written)")
         add_budget_flag(parser)
 
+    def check(self, args) -> None:
+        config_of(args), recipe_of(args)  # a bad field: its ConfigError
+        check_class_names(args)
+        check_output(Path(args.output), "--output", args.force)
+
     def run(self, args) -> int:
         """Trains one configuration (continuing its checkpoint, if any) and writes its run record as JSON."""
         from kt_dropout.data.cifar10 import data_fingerprint
@@ -90,7 +96,6 @@ class Train(Command):
 
         config, recipe = config_of(args), recipe_of(args)
         output = Path(args.output)
-        check_output(output, "--output", args.force)
         time_budget = budget.TimeBudget(args.time_budget) if args.time_budget else None
         checkpointing = Checkpointing(checkpoint_of(output), **parse_every("--checkpoint-every", args.checkpoint_every),
                                       stop=time_budget and time_budget.stop, reason="time budget spent")

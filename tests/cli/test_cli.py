@@ -57,25 +57,53 @@ def run_cli(*args, cwd):
 BACKEND_MODULES = ("keras", "keras_tuner", "tensorflow", "jax", "torch")
 
 
-def test_help_and_experiments_start_no_backend(tmp_path):
-    """`--help`, parser errors (a bad `--shard` among them) and `experiments` answer without importing Keras,
-    Keras Tuner or a backend."""
+# Parse errors and the usage errors that the flags make together, each with what its one line says: all refused
+# before any backend starts.
+USAGE_ERRORS = {
+    ("search", "--tuner", "nope"): "argument --tuner: invalid choice: 'nope'",
+    ("reproduce", "--shard", "3/2"): "argument --shard: expected I/N with 1 <= I <= N (shards count from 1), got '3/2'",
+    ("reproduce", "--no-pack", "--pack-size", "3"): "--no-pack conflicts with --pack-size 3",
+    ("reproduce", "--until-decided", "--seeds", "3"): "--seeds 3 conflicts with it",
+    ("reproduce", "--max-seeds", "3"): "--max-seeds plans seeds: it needs --seeds auto",
+    ("reproduce", "--seeds", "auto", "--variance-from", "nowhere"): "nowhere: neither a results folder",
+    ("reproduce", "--results", "file/r"): "cannot write to file/r/report-quick: file is not a folder",
+    ("reproduce", "--devices", "0,1", "--no-pack", "--pack-size", "2"): "--no-pack conflicts with --pack-size 2",
+    ("train", "--synthetic", "8", "8", "--class-names", "a,b"): "--class-names: names the class folders",
+    ("train", "--dropout-dense", "1.5"): "dropout_dense: a dropout rate must be in [0, 1), got 1.5",
+    ("train", "-o", "file/run.json"): "file: not a folder for the output",
+    ("search", "--csv", "missing/trials.csv"): "missing: no such folder for the output",
+    ("search", "--tuner-id", "w1"): "--tuner-id names a worker: it needs --worker",
+    ("search", "--space", "dropout_dense=0.1", "--space", "dropout_dense=0.2"): "--space given more than once",
+}
+
+
+def test_help_usage_errors_and_experiments_start_no_backend(tmp_path):
+    """`--help`, parser errors (a bad `--shard` among them), the usage errors of flags that conflict or name
+    files that cannot be used, and `experiments` answer without importing Keras, Keras Tuner or a backend:
+    each error is its one line at once, not after TensorFlow's start-up."""
+    (tmp_path / "file").write_text("")
     code = (
         "import contextlib, io, sys\n"
         "from kt_dropout import cli\n"
-        "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
-        "    for argv in (['--help'], ['search', '--tuner', 'nope'], ['reproduce', '--shard', '3/2']):\n"
+        f"for argv in [['--help'], *map(list, {list(USAGE_ERRORS)!r})]:\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):\n"
         "        try:\n"
-        "            cli.main(argv)\n"
-        "        except SystemExit:\n"
-        "            pass\n"
+        "            code = cli.main(argv)\n"
+        "        except SystemExit as exit:\n"
+        "            code = exit.code\n"
+        "    print(code, (err.getvalue().splitlines() or [''])[-1])\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
         "    assert cli.main(['experiments']) == 0\n"
         f"print(sorted(m for m in {BACKEND_MODULES!r} if m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=ENV, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    helped, *answers, imported = result.stdout.splitlines()
+    assert helped == "0 " and imported == "[]", result.stdout
+    for ((command, *_), message), answer in zip(USAGE_ERRORS.items(), answers, strict=True):
+        assert answer.startswith(f"2 kt-dropout {command}: error: ") and message in answer, answer
 
 
 def test_store_commands_start_no_backend(tmp_path):
@@ -268,7 +296,7 @@ def test_train_rejects_bad_input(tmp_path, args, fragments):
 @pytest.mark.parametrize("output, fragments", [
     ("out", ["out is a folder", "--output"]),
     ("taken.json", ["taken.json already exists", "--force"]),
-    ("file.txt/run.json", ["file.txt: no such folder"]),
+    ("file.txt/run.json", ["file.txt: not a folder for the output"]),
 ])
 def test_train_refuses_an_output_it_could_not_write_before_training(tmp_path, output, fragments):
     (tmp_path / "out").mkdir()
