@@ -127,7 +127,8 @@ class Reproduce(Command):
         if args.no_pack and args.pack_size is not None and args.pack_size > 1:
             raise UsageError(f"--no-pack conflicts with --pack-size {args.pack_size}")
         if args.until_decided and args.seeds not in (None, "auto"):
-            raise UsageError(f"--until-decided plans its seeds: --seeds {args.seeds} conflicts with it (use --max-seeds)")
+            raise UsageError(f"--until-decided plans its seeds: --seeds {args.seeds} conflicts with it "
+                             "(use --max-seeds)")
         for flag, value in (("--max-seeds", args.max_seeds), ("--variance-from", args.variance_from)):
             if value is not None and not _auto(args):
                 raise UsageError(f"{flag} plans seeds: it needs --seeds auto or --until-decided")

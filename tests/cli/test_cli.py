@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import os
 import queue
 import re
@@ -19,7 +20,7 @@ from kt_dropout.cli.app import build_parser, main
 from kt_dropout.cli.flags import config_name, config_of
 from kt_dropout.cli.results import one_study
 from kt_dropout.cli.search import space_item
-from kt_dropout.cli.startup import _EARLY_LOG_LINE, _stderr_without
+from kt_dropout.cli.startup import _EARLY_LOG_LINE, TF_LOGGER, _stderr_without, start_keras
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.data.cifar10 import data_fingerprint, first_per_class, synthetic_cifar10
 from kt_dropout.errors import UsageError
@@ -832,3 +833,14 @@ def test_start_up_lines_are_filtered_out_of_stderr_and_the_rest_kept(capfd):
         os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
                     b"I0000 00:00:1795988950.146782   12353 port.cc:153] oneDNN custom operations are on.\n" + error)
     assert capfd.readouterr().err == error.decode()
+
+
+def test_tensorflows_python_warnings_are_left_out_once_keras_is_started_and_its_errors_kept(monkeypatch, caplog):
+    """E.g. its tf.function retracing warning, which a study training more than five models in one process gave
+    on the TensorFlow backend: start_keras leaves TensorFlow's Python logger at errors, as absl's."""
+    tensorflow = logging.getLogger(TF_LOGGER)
+    monkeypatch.setattr(tensorflow, "level", tensorflow.level)  # put back after the test
+    start_keras()
+    tensorflow.warning("5 out of the last 5 calls to <function ...> triggered tf.function retracing.")
+    tensorflow.error("a real error")
+    assert [(r.name, r.levelname, r.message) for r in caplog.records] == [(TF_LOGGER, "ERROR", "a real error")]
