@@ -20,7 +20,8 @@ from kt_dropout.cli.app import build_parser, main
 from kt_dropout.cli.flags import config_name, config_of
 from kt_dropout.cli.results import one_study
 from kt_dropout.cli.search import space_item
-from kt_dropout.cli.startup import _EARLY_LOG_LINE, TF_LOGGER, _stderr_without, start_keras
+from kt_dropout.cli import startup
+from kt_dropout.cli.startup import _EARLY_LOG_LINE, TF_LOGGER, _stderr_without
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.data.cifar10 import data_fingerprint, first_per_class, synthetic_cifar10
 from kt_dropout.errors import UsageError
@@ -839,8 +840,10 @@ def test_tensorflows_python_warnings_are_left_out_once_keras_is_started_and_its_
     """E.g. its tf.function retracing warning, which a study training more than five models in one process gave
     on the TensorFlow backend: start_keras leaves TensorFlow's Python logger at errors, as absl's."""
     tensorflow = logging.getLogger(TF_LOGGER)
-    monkeypatch.setattr(tensorflow, "level", tensorflow.level)  # put back after the test
-    start_keras()
+    monkeypatch.setattr(tensorflow, "level", tensorflow.level)  # put back after the test, as the variables it sets
+    monkeypatch.setenv(startup.TF_LOG_LEVEL_VAR, "3")
+    monkeypatch.setenv(startup.TF_ONEDNN_VAR, "0")
+    startup.start_keras()
     tensorflow.warning("5 out of the last 5 calls to <function ...> triggered tf.function retracing.")
     tensorflow.error("a real error")
     assert [(r.name, r.levelname, r.message) for r in caplog.records] == [(TF_LOGGER, "ERROR", "a real error")]
