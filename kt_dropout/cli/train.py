@@ -52,6 +52,17 @@ def print_incomplete(stopped) -> None:
     print("incomplete: rerun the same command to continue")
 
 
+def resumed_epochs(path: Path, key) -> int:
+    """The epochs of the run `key` (a `RunKey`) that its checkpoint at `path` holds, for the banner and the
+    progress; 0 without one that training would continue (it sets such a file aside, with a warning)."""
+    from kt_dropout.training.checkpoints import CheckpointError, continuable
+
+    try:
+        return continuable(path, owner="fit", run_keys=[key.digest()], epochs=key.epochs).epochs_done
+    except CheckpointError:  # none (not readable), or not this run's
+        return 0
+
+
 class Train(Command):
     name = "train"
     help = "train one configuration"
@@ -92,6 +103,7 @@ class Train(Command):
             plan_line,
             print_banner,
         )
+        from kt_dropout.training.recording import run_key
         from kt_dropout.training.run import train
 
         config, recipe = config_of(args), recipe_of(args)
@@ -101,14 +113,18 @@ class Train(Command):
                                       stop=time_budget and time_budget.stop, reason="time budget spent")
         with Lock(output, f"the run record {output}"):  # a second train into it is refused, not overwritten
             data, source = data_of(args, config)
+            fingerprint = data_fingerprint(data)
+            done = resumed_epochs(checkpointing.path, run_key(config, recipe, args.seed, recipe.epochs, fingerprint))
             print_banner(f"{PROG} train", precision=recipe.precision, data=data_line(source, data),
-                         plan=plan_line(1, recipe.epochs, "run"))
+                         plan=plan_line(1, recipe.epochs, "run"),
+                         resumed=f"from epoch {done}, its checkpoint {checkpointing.path}: {recipe.epochs - done} "
+                                 "epochs to train" if done else None)
             with stops.training():  # a SIGTERM from the model's build until the record is written: a request
                 try:
-                    with Progress(recipe.epochs, epoch_lines=not args.verbose) as progress:
+                    with Progress(recipe.epochs, epoch_lines=not args.verbose, done=done) as progress:
                         record = train(
                             config, data, recipe=recipe, seed=args.seed, name=config_name(config),
-                            data_fingerprint=data_fingerprint(data), verbose=1 if args.verbose else 0,
+                            data_fingerprint=fingerprint, verbose=1 if args.verbose else 0,
                             callbacks=[progress.keras_callback()], distributed=args.data_parallel,
                             checkpointing=checkpointing,
                         )

@@ -656,6 +656,12 @@ def test_sigterm_stops_train_at_an_epoch_boundary_and_the_rerun_ends_as_an_unint
     assert os.listdir(tmp_path) == ["run.json.checkpoint.npz"]
     resumed = run_cli(*args, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
+    n = int(done.group(1))  # the banner says it resumed; progress counts from there, ending at 40/40
+    assert re.search(rf"^  resumed +from epoch {n}, its checkpoint run.json.checkpoint.npz: {40 - n} epochs to train$",
+                     resumed.stderr, re.MULTILINE), resumed.stderr
+    epochs = [line for line in resumed.stderr.splitlines() if line.startswith("epoch ")]
+    assert epochs[0].startswith(f"epoch {n + 1}/40 ") and f"| {n + 1}/40 model-epochs, ETA " in epochs[0], epochs
+    assert re.fullmatch(r"epoch 40/40 .* \| 40/40 model-epochs", epochs[-1]), epochs
     straight = run_cli(*args[:-1], "straight.json", cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr
     records = [json.loads((tmp_path / name).read_text()) for name in ("run.json", "straight.json")]
