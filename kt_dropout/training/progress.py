@@ -151,11 +151,18 @@ class Progress:
 
     def skip(self, model_epochs: int) -> None:
         """Planned model-epochs that will not train: they leave the total."""
-        if self.total is None or model_epochs <= 0:
-            return
-        self.total = max(self.done, self.total - model_epochs)
+        if self.total is not None and model_epochs > 0:
+            self._retotal(max(self.done, self.total - model_epochs))
+
+    def restore(self, model_epochs: int) -> None:
+        """Model-epochs skipped before that will train after all: they come back into the total."""
+        if self.total is not None and model_epochs > 0:
+            self._retotal(self.total + model_epochs)
+
+    def _retotal(self, total: int) -> None:
+        self.total = total
         if self._bar is not None:
-            self._bar.total = self.total
+            self._bar.total = total
             self._bar.refresh()
 
     def seconds_per_model_epoch(self) -> tuple[float, bool] | None:
