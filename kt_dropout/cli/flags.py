@@ -100,7 +100,7 @@ def add_checkpoint_flag(parser: argparse.ArgumentParser, where: str) -> None:
 
 def add_budget_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-budget", type=flag_type(parse_duration), metavar="DURATION",
-                        help="stop at the last epoch boundary within DURATION (e.g. 9m, 1.5h) from the start, "
+                        help="stop at the last epoch boundary within DURATION (e.g. 9m, 1.5h) from the command's start, "
                              f"checkpoint, print what is done and left, and exit {budget.EXIT_INCOMPLETE} (incomplete: "
                              "rerun the command to continue)")
 

@@ -211,7 +211,9 @@ def _reproduce(args) -> int:
               "writes the report")
         return budget.EXIT_INCOMPLETE
     except StudyIncomplete as stopped:
-        why = stops.requested() or f"time budget spent ({format_seconds(args.time_budget)})"
+        spent = settings.time_budget
+        why = stops.requested() or (f"time budget spent ({format_seconds(spent.elapsed())} of "
+                                    f"{format_seconds(spent.seconds)} since the command started)")
         print(f"{why}: stopped at an epoch boundary, checkpoint saved")
         for line in getattr(stopped, "study", study).remaining():
             print(f"  {line}")
