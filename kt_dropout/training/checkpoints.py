@@ -292,18 +292,18 @@ class Checkpointing:
         stopping: its runs' records can still be stored at its end."""
         if epochs_done >= epochs:
             return
-        reason = stops.requested() or (self.reason if self.stop is not None and self.stop(epoch_seconds) else None)
-        if reason is not None or self.due(epochs_done):
+        stopping = stops.requested() or (self.reason if self.stop is not None and self.stop(epoch_seconds) else None)
+        if stopping is not None or self.due(epochs_done):
             try:
                 save()
             except OSError as error:  # a full disk, a folder made read-only: the runs' records can still be stored
                 warnings.warn(f"{self.path}: checkpoint not saved ({reason(error)}); training goes on"
-                              + (f", not stopping for {reason}: that would lose its epochs" if reason else ""),
+                              + (f", not stopping for {stopping}: that would lose its epochs" if stopping else ""),
                               RuntimeWarning, stacklevel=2)
-                reason = None
+                stopping = None
             self._last_save = time.monotonic()
-        if reason is not None:
-            raise TrainingIncomplete(epochs_done, epochs, self.path, reason)
+        if stopping is not None:
+            raise TrainingIncomplete(epochs_done, epochs, self.path, stopping)
 
     def due(self, epochs_done: int) -> bool:
         """Whether to save after `epochs_done` epochs (counting from the run's first epoch)."""
