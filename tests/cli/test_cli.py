@@ -211,7 +211,9 @@ def test_train_writes_a_record_and_refuses_to_overwrite_it(tmp_path):
     epochs = [line for line in (result.stderr + resumed.stderr).splitlines() if line.startswith("epoch ")]
     assert len(epochs) == 2 and all("val_accuracy" in line for line in epochs)
     assert re.fullmatch(r"epoch 1/2 .* \| 1/2 model-epochs, ETA [\d:]+ \(first epoch includes compile\)", epochs[0])
-    assert re.fullmatch(r"epoch 2/2 .* \| 1/2 model-epochs, ETA [\d:]+ \(first epoch includes compile\)", epochs[1])
+    assert re.fullmatch(r"epoch 2/2 .* \| 2/2 model-epochs", epochs[1])  # resumed: it counts from epoch 1, and says so
+    assert re.search(r"^  resumed +from epoch 1, its checkpoint tmp/run.json.checkpoint.npz: 1 epochs to train$",
+                     resumed.stderr, re.MULTILINE), resumed.stderr
     assert not START_UP_NOISE.search(result.stderr), result.stderr  # JAX, with TensorFlow installed or not
     assert "best val_accuracy" in resumed.stdout
     output = tmp_path / "tmp" / "run.json"
