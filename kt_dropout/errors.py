@@ -10,6 +10,11 @@ keeps working.
 
 from __future__ import annotations
 
+import os
+import re
+
+_ERRNO = re.compile(r"\[Errno -?\d+\] ")  # how Python writes an OSError's number, also inside other errors' text
+
 
 class KtDropoutError(Exception):
     """The base of every error that a user's input or environment causes and the user can fix."""
@@ -65,3 +70,14 @@ def file_error(error: OSError, message: str) -> FileError:
     kinds = {FileNotFoundError: FileMissingError, NotADirectoryError: NotAFolderError, PermissionError: FileAccessError}
     kind = next((mine for builtin, mine in kinds.items() if isinstance(error, builtin)), FileError)
     return kind(message)
+
+
+def reason(error: BaseException) -> str:
+    """What went wrong, in words, for a message that names the file or address itself: an `OSError`'s
+    ("Permission denied"; the system's words for its number, as `socket.create_server` adds the address to
+    them) without Python's "[Errno 13]" and the path it repeats; any other error's text without an "[Errno N]"
+    it quotes (Keras's failed download does); else the error's type."""
+    number = getattr(error, "errno", None)
+    if isinstance(number, int) and number > 0:
+        return os.strerror(number)
+    return getattr(error, "strerror", None) or _ERRNO.sub("", str(error)) or type(error).__name__

@@ -93,9 +93,10 @@ def _start_backend(args) -> None:
 
 
 def _run(command: Command, args) -> int:
-    """The command, after Keras if it needs it, with its exit status: a user's error as one line (2), a bug with
-    its traceback (1)."""
+    """The command, after its checks (`Command.check`) and Keras if it needs it, with its exit status: a user's
+    error as one line (2), a bug with its traceback (1)."""
     try:
+        command.check(args)
         if command.needs_backend(args):
             _start_backend(args)
         return command.run(args)

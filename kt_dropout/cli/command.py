@@ -26,6 +26,11 @@ class Command:
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """Declares the command's flags and arguments on its own `parser`."""
 
+    def check(self, args: argparse.Namespace) -> None:
+        """Refuses what the flags get wrong together (flags that conflict, an output that could not be written)
+        with a `KtDropoutError`, before any backend starts: a usage error in a second, not after TensorFlow's
+        or JAX's start-up. Reads files at most; imports no Keras."""
+
     def needs_backend(self, args: argparse.Namespace) -> bool:
         """Whether `run(args)` needs Keras, and so a backend, started first (`startup.start_keras`). Commands
         that only read or list files answer False, so that they start neither TensorFlow nor JAX."""

@@ -120,7 +120,7 @@ def tensorboard_of(args):
 
 def add_budget_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-budget", type=flag_type(parse_duration), metavar="DURATION",
-                        help="stop at the last epoch boundary within DURATION (e.g. 9m, 1.5h) from the start, "
+                        help="stop at the last epoch boundary within DURATION (e.g. 9m, 1.5h) from the command's start, "
                              f"checkpoint, print what is done and left, and exit {budget.EXIT_INCOMPLETE} (incomplete: "
                              "rerun the command to continue)")
 
@@ -155,6 +155,13 @@ def config_changes(config: VGGConfig) -> str:
     return ", ".join(changes) or "(the defaults)"
 
 
+def check_class_names(args) -> None:
+    """--class-names names an image folder's classes: refused with --synthetic."""
+    if args.synthetic and args.class_names:
+        raise UsageError("--class-names: names the class folders of an image folder given with --data, "
+                         "not --synthetic's classes")
+
+
 def data_of(args, config: VGGConfig):
     """`((x_train, y_train), (x_test, y_test))` from --synthetic, --data or the standard lookup, cut to
     --train-size/--test-size, and where it came from in words, for the banner."""
@@ -167,9 +174,6 @@ def data_of(args, config: VGGConfig):
     )
 
     if args.synthetic:
-        if args.class_names:
-            raise UsageError("--class-names: names the class folders of an image folder given with --data, "
-                             "not --synthetic's classes")
         n_train, n_test = args.synthetic
         whole = synthetic_cifar10(n_train, n_test, image_size=config.input_shape[0], num_classes=config.num_classes)
         source = "synthetic_cifar10 (--synthetic)"

@@ -22,5 +22,6 @@ def check_output(path: Path, flag: str, force: bool = True) -> None:
     if path.exists() and not force:
         raise UsageError(f"{path} already exists; pass --force to overwrite it")
     if not path.parent.is_dir():
-        raise UsageError(f"{path.parent}: no such folder for the output")
+        problem = "not a folder" if path.parent.exists() else "no such folder"
+        raise UsageError(f"{path.parent}: {problem} for the output")
     check_writable_folder(path.parent)

@@ -24,6 +24,7 @@ from kt_dropout.config import Recipe
 from kt_dropout.errors import UsageError
 from kt_dropout.study.experiments import EXPERIMENTS, claims_for
 from kt_dropout.study.profiles import DEFAULT_MAX_SEEDS, DEFAULT_PACK_SIZE, PROFILES
+from kt_dropout.study.shards import parse_shard
 from kt_dropout.training import budget, stops
 
 DEFAULT_RESULTS = "kt_results"
@@ -50,12 +51,6 @@ def _experiment(name: str) -> str:
 
 def _seeds(text: str) -> int | str:
     return text if text == "auto" else positive_int(text)
-
-
-def _shard(text: str) -> tuple[int, int]:
-    from kt_dropout.study.shards import parse_shard  # imports Keras: only when the flag is given
-
-    return flag_type(parse_shard)(text)
 
 
 def _devices(text: str):
@@ -99,7 +94,7 @@ class Reproduce(Command):
                                  "with the estimated time (hours to weeks)")
         spread = parser.add_argument_group("one study over several processes (all may share one RESULTS: each "
                                            "run is leased in RESULTS/store/leases/ while it trains)")
-        spread.add_argument("--shard", type=_shard, metavar="I/N",
+        spread.add_argument("--shard", type=flag_type(parse_shard), metavar="I/N",
                             help="train only shard I of N (1 <= I <= N): the study's packs are planned over all of "
                                  "its runs and shard I takes every N-th from the I-th, the same share on every "
                                  "machine (give all shards the same flags); for a Slurm job array. Then merge and "
@@ -127,6 +122,25 @@ class Reproduce(Command):
         add_budget_flag(parser)
         add_tensorboard_flag(parser, "every run trained (DIR/CONFIG/seedSEED; those of a pack each their own)")
 
+    def check(self, args) -> None:
+        """Conflicting flags, a --variance-from that is not a store and a report folder that could not be written
+        are refused before anything starts (a backend, the --devices children, hours of training)."""
+        from kt_dropout.storage.atomic import check_writable_folder
+
+        if args.no_pack and args.pack_size is not None and args.pack_size > 1:
+            raise UsageError(f"--no-pack conflicts with --pack-size {args.pack_size}")
+        if args.until_decided and args.seeds not in (None, "auto"):
+            raise UsageError(f"--until-decided plans its seeds: --seeds {args.seeds} conflicts with it "
+                             "(use --max-seeds)")
+        for flag, value in (("--max-seeds", args.max_seeds), ("--variance-from", args.variance_from)):
+            if value is not None and not _auto(args):
+                raise UsageError(f"{flag} plans seeds: it needs --seeds auto or --until-decided")
+        for store in args.variance_from or ():
+            open_store(Path(store))
+        # Without --profile the report's folder is known once the backend has looked for a GPU: its parent here.
+        check_writable_folder(_report_dir(args, args.profile) if args.profile else Path(args.results))
+        tensorboard_of(args)
+
     def needs_backend(self, args) -> bool:
         return args.devices is None  # with --devices the children train; the parent must not hold the GPUs
 
@@ -142,9 +156,17 @@ class Reproduce(Command):
         return devices.run_per_device(devices.without_flag(args.argv, "--devices"), chosen)
 
 
+def _auto(args) -> bool:
+    """Whether the seeds are planned by power (--seeds auto, --until-decided)."""
+    return args.seeds == "auto" or args.until_decided
+
+
+def _report_dir(args, profile: str) -> Path:
+    return Path(args.results) / f"report-{profile}"
+
+
 def _reproduce(args) -> int:
     """Trains what the experiments need (reusing stored runs), decides their claims, writes the report."""
-    from kt_dropout.storage.atomic import check_writable_folder
     from kt_dropout.study.outcomes import claim_outcome, sequential_outcome
     from kt_dropout.study.report import write_report
     from kt_dropout.study.runner import AcceleratorRequired, RunsHeld, StudyIncomplete, open_study
@@ -152,15 +174,7 @@ def _reproduce(args) -> int:
     from kt_dropout.study.verdicts import decide_all
     from kt_dropout.training.progress import format_seconds
 
-    if args.no_pack and args.pack_size is not None and args.pack_size > 1:
-        raise UsageError(f"--no-pack conflicts with --pack-size {args.pack_size}")
-    if args.until_decided and args.seeds not in (None, "auto"):
-        raise UsageError(f"--until-decided plans its seeds: --seeds {args.seeds} conflicts with it (use --max-seeds)")
-    auto = args.seeds == "auto" or args.until_decided
-    for flag, value in (("--max-seeds", args.max_seeds), ("--variance-from", args.variance_from)):
-        if value is not None and not auto:
-            raise UsageError(f"{flag} plans seeds: it needs --seeds auto or --until-decided")
-    # read before any data or training: a bad STORE is a usage error at once
+    auto = _auto(args)
     variance = [r for store in args.variance_from or () for r in open_store(Path(store)).records()]
     results = Path(args.results)
     settings = StudySettings(
@@ -173,8 +187,7 @@ def _reproduce(args) -> int:
         time_budget=budget.TimeBudget(args.time_budget) if args.time_budget else None,
     )
     profile, experiments = settings.profile, list(settings.experiments)
-    report_dir = results / f"report-{profile.name}"
-    check_writable_folder(report_dir)  # before the store is made and hours of training, not after
+    report_dir = _report_dir(args, profile.name)
     try:
         study = open_study(settings)
     except AcceleratorRequired as error:
@@ -204,7 +217,9 @@ def _reproduce(args) -> int:
               "writes the report")
         return budget.EXIT_INCOMPLETE
     except StudyIncomplete as stopped:
-        why = stops.requested() or f"time budget spent ({format_seconds(args.time_budget)})"
+        spent = settings.time_budget
+        why = stops.requested() or (f"time budget spent ({format_seconds(spent.elapsed())} of "
+                                    f"{format_seconds(spent.seconds)} since the command started)")
         print(f"{why}: stopped at an epoch boundary, checkpoint saved")
         for line in getattr(stopped, "study", study).remaining():
             print(f"  {line}")

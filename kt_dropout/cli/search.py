@@ -15,6 +15,7 @@ from kt_dropout.cli.flags import (
     add_network_flags,
     add_recipe_flags,
     add_tensorboard_flag,
+    check_class_names,
     config_changes,
     config_of,
     data_of,
@@ -119,6 +120,16 @@ class Search(Command):
         add_recipe_flags(parser, "epochs per trial")
         add_data_flags(parser)
 
+    def check(self, args) -> None:
+        space_of(args.space), config_of(args), recipe_of(args)  # a bad field: its ConfigError
+        if args.tuner_id is not None and args.worker is None:
+            raise UsageError("--tuner-id names a worker: it needs --worker")
+        check_class_names(args)
+        if args.csv:
+            check_output(Path(args.csv), "--csv")
+        if not args.chief:  # the chief trains nothing
+            tensorboard_of(args)
+
     def run(self, args) -> int:
         """Runs a Keras Tuner search and prints its trials, best first."""
         from kt_dropout.training.progress import STDERR
@@ -126,10 +137,6 @@ class Search(Command):
         from kt_dropout.tuning.search import SearchFailedError, SearchIncomplete, search
 
         space, base, recipe = space_of(args.space), config_of(args), recipe_of(args)
-        if args.tuner_id is not None and args.worker is None:
-            raise UsageError("--tuner-id names a worker: it needs --worker")
-        if args.csv:
-            check_output(Path(args.csv), "--csv")
         tensorboard = None if args.chief else tensorboard_of(args)  # the chief trains nothing
         role = cluster.configure(args.chief, args.worker, args.tuner_id) if args.chief or args.worker else None
         data, source = (None, None) if role == "chief" else data_of(args, base)  # the chief trains nothing

@@ -15,6 +15,7 @@ file descriptors.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import re
 import sys
@@ -26,6 +27,7 @@ from kt_dropout.errors import BackendNotInstalled
 BACKEND_EXTRAS = {"tensorflow": "tensorflow", "jax": "jax", "jaxlib": "jax", "torch": "torch"}
 TF_LOG_LEVEL_VAR = "TF_CPP_MIN_LOG_LEVEL"
 TF_ONEDNN_VAR = "TF_ENABLE_ONEDNN_OPTS"
+TF_LOGGER = "tensorflow"  # the Python logger of TensorFlow's warnings (`tf.get_logger()`)
 DEFAULT_TF_LOG_LEVEL = "3"  # TensorFlow's errors too: on GPUs it logs harmless ones ("Unable to register cuDNN factory")
 
 # What absl's C++ logging writes before it is set up: its banner, and INFO lines
@@ -39,11 +41,14 @@ _EARLY_LOG_LINE = re.compile(
 def start_keras() -> None:
     """Imports Keras, and so its backend, the quiet way; a backend that is not installed raises
     `BackendNotInstalled` naming the extra that installs it. `TF_CPP_MIN_LOG_LEVEL` keeps a value the user set
-    (below 1 shows every line); absl's Python logging, which Keras uses for warnings, shows errors only."""
+    (below 1 shows every line); absl's Python logging, which Keras uses for warnings, shows errors only, and so
+    does TensorFlow's Python logger, whose tf.function retracing warning comes from every new model's first
+    epochs after the fifth in one process (a study trains many): each model traces its own functions anew."""
     os.environ.setdefault(TF_LOG_LEVEL_VAR, DEFAULT_TF_LOG_LEVEL)
     from absl import logging as absl_logging
 
     absl_logging.set_verbosity(absl_logging.ERROR)
+    logging.getLogger(TF_LOGGER).setLevel(logging.ERROR)  # TensorFlow's get_logger() takes it, imported or not
     quiet = os.environ[TF_LOG_LEVEL_VAR].strip() not in ("", "0")  # at 0 the user asked for every line
     try:
         with _stderr_without(_EARLY_LOG_LINE) if quiet else contextlib.nullcontext():

@@ -13,6 +13,7 @@ from kt_dropout.cli.flags import (
     add_network_flags,
     add_recipe_flags,
     add_tensorboard_flag,
+    check_class_names,
     config_name,
     config_of,
     data_of,
@@ -53,6 +54,17 @@ def print_incomplete(stopped) -> None:
     print("incomplete: rerun the same command to continue")
 
 
+def resumed_epochs(path: Path, key) -> int:
+    """The epochs of the run `key` (a `RunKey`) that its checkpoint at `path` holds, for the banner and the
+    progress; 0 without one that training would continue (it sets such a file aside, with a warning)."""
+    from kt_dropout.training.checkpoints import CheckpointError, continuable
+
+    try:
+        return continuable(path, owner="fit", run_keys=[key.digest()], epochs=key.epochs).epochs_done
+    except CheckpointError:  # none (not readable), or not this run's
+        return 0
+
+
 class Train(Command):
     name = "train"
     help = "train one configuration"
@@ -78,6 +90,12 @@ class Train(Command):
         add_budget_flag(parser)
         add_tensorboard_flag(parser, "the run (DIR/CONFIG/seedSEED)")
 
+    def check(self, args) -> None:
+        config_of(args), recipe_of(args)  # a bad field: its ConfigError
+        check_class_names(args)
+        check_output(Path(args.output), "--output", args.force)
+        tensorboard_of(args)
+
     def run(self, args) -> int:
         """Trains one configuration (continuing its checkpoint, if any) and writes its run record as JSON."""
         from kt_dropout.data.cifar10 import data_fingerprint
@@ -89,25 +107,29 @@ class Train(Command):
             plan_line,
             print_banner,
         )
+        from kt_dropout.training.recording import run_key
         from kt_dropout.training.run import train
 
         config, recipe = config_of(args), recipe_of(args)
         output = Path(args.output)
-        check_output(output, "--output", args.force)
         tensorboard = tensorboard_of(args)
         time_budget = budget.TimeBudget(args.time_budget) if args.time_budget else None
         checkpointing = Checkpointing(checkpoint_of(output), **parse_every("--checkpoint-every", args.checkpoint_every),
                                       stop=time_budget and time_budget.stop, reason="time budget spent")
         with Lock(output, f"the run record {output}"):  # a second train into it is refused, not overwritten
             data, source = data_of(args, config)
+            fingerprint = data_fingerprint(data)
+            done = resumed_epochs(checkpointing.path, run_key(config, recipe, args.seed, recipe.epochs, fingerprint))
             print_banner(f"{PROG} train", precision=recipe.precision, data=data_line(source, data),
-                         plan=plan_line(1, recipe.epochs, "run"))
+                         plan=plan_line(1, recipe.epochs, "run"),
+                         resumed=f"from epoch {done}, its checkpoint {checkpointing.path}: {recipe.epochs - done} "
+                                 "epochs to train" if done else None)
             with stops.training():  # a SIGTERM from the model's build until the record is written: a request
                 try:
-                    with Progress(recipe.epochs, epoch_lines=not args.verbose) as progress:
+                    with Progress(recipe.epochs, epoch_lines=not args.verbose, done=done) as progress:
                         record = train(
                             config, data, recipe=recipe, seed=args.seed, name=config_name(config),
-                            data_fingerprint=data_fingerprint(data), verbose=1 if args.verbose else 0,
+                            data_fingerprint=fingerprint, verbose=1 if args.verbose else 0,
                             callbacks=[progress.keras_callback()], distributed=args.data_parallel,
                             checkpointing=checkpointing, tensorboard=tensorboard,
                         )

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from kt_dropout.config import check_positive_int
-from kt_dropout.errors import FileMissingError
+from kt_dropout.errors import FileMissingError, reason
 from kt_dropout.data.files import (
     BATCHES_DIR,
     CIFAR10_CLASSES,
@@ -248,8 +248,8 @@ def _download_with_keras() -> Dataset:
     except Exception as exc:  # Keras reports a failed download as a bare Exception ("URL fetch failure ...")
         raise DataError(
             f"CIFAR-10 not found: no path given, ${DATA_ENV_VAR} not set, none of {', '.join(_CACHE_ENTRIES)} in "
-            f"Keras's cache {_keras_cache()}, and the download from {CIFAR10_URL} failed ({exc}). Point at a copy "
-            f"({KNOWN_LAYOUTS}) with kt-dropout's --data PATH, pytest's --kt-data PATH or ${DATA_ENV_VAR}=PATH"
+            f"Keras's cache {_keras_cache()}, and the download from {CIFAR10_URL} failed ({reason(exc)}). Point at a "
+            f"copy ({KNOWN_LAYOUTS}) with kt-dropout's --data PATH, pytest's --kt-data PATH or ${DATA_ENV_VAR}=PATH"
         ) from exc
     if keras.config.image_data_format() == "channels_first":
         x_train, x_test = x_train.transpose(0, 2, 3, 1), x_test.transpose(0, 2, 3, 1)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from kt_dropout.errors import DataError, MissingPackage
+from kt_dropout.errors import DataError, MissingPackage, reason
 
 try:
     from PIL import Image
@@ -129,7 +129,7 @@ def _read_npz(path: Path) -> Dataset:
     except DataError:
         raise
     except _NPZ_ERRORS as exc:
-        raise DataError(f"{path}: damaged .npz ({exc})") from exc
+        raise DataError(f"{path}: damaged .npz ({reason(exc)})") from exc
     missing = [key for key in _NPZ_KEYS if key not in arrays]
     if missing:
         raise DataError(f"{path}: {', '.join(missing)} missing (the file has: {', '.join(present) or 'nothing'})")
@@ -191,7 +191,7 @@ def _read_tar(path: Path, md5: str | None) -> Dataset:
                     raw = tar.extractfile(member).read()  # archive errors stay apart from pickle errors
                     batches[name] = _read_batch(raw, f"{path}: {member.name}")
     except _ARCHIVE_ERRORS as exc:
-        raise DataError(f"{path}: not a readable tar.gz archive, or truncated ({exc})") from exc
+        raise DataError(f"{path}: not a readable tar.gz archive, or truncated ({reason(exc)})") from exc
     return _assemble_batches(batches, str(path))
 
 
@@ -351,7 +351,7 @@ def _read_image(path: Path) -> np.ndarray:
     except DataError:
         raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"{path}: unreadable image ({exc})") from exc
+        raise DataError(f"{path}: unreadable image ({reason(exc)})") from exc
 
 
 def height_by_width(shape: tuple) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO, Callable
 
 from kt_dropout import _compat
-from kt_dropout.errors import NotAFolderError, file_error
+from kt_dropout.errors import NotAFolderError, file_error, reason
 
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")  # gs://bucket/..., ram://..., hdfs://...
 
@@ -122,7 +122,7 @@ def check_writable_folder(folder) -> None:
         fd, probe = tempfile.mkstemp(dir=existing, prefix=".probe.", suffix=".tmp")
     except OSError as e:
         where = "" if existing == folder else f" (in {existing})"
-        raise file_error(e, f"cannot write to {folder}: {e.strerror or e}{where}") from e
+        raise file_error(e, f"cannot write to {folder}: {reason(e)}{where}") from e
     os.close(fd)
     os.unlink(probe)
 

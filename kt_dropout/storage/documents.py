@@ -16,7 +16,7 @@ import json
 import os
 from pathlib import Path
 
-from kt_dropout.errors import StoreError
+from kt_dropout.errors import StoreError, reason
 
 # Larger than any record this package writes (a 250-epoch run's record with its history is about 60 kB);
 # read in whole, a 200 MB file took 1.16 GB of memory.
@@ -49,7 +49,7 @@ def read_json(path, what: str, *, max_bytes: int = MAX_DOCUMENT_BYTES) -> dict:
     except FileNotFoundError:
         raise
     except OSError as error:
-        raise DamagedFile(path, f"cannot be read as {what} ({error.strerror or error})") from None
+        raise DamagedFile(path, f"cannot be read as {what} ({reason(error)})") from None
     if not data.strip():
         raise DamagedFile(path, f"is empty where {what} should be")
     try:

@@ -39,7 +39,7 @@ import warnings
 from pathlib import Path
 from typing import NamedTuple
 
-from kt_dropout.errors import FileAccessError, FileError, file_error
+from kt_dropout.errors import FileAccessError, FileError, file_error, reason
 from kt_dropout.storage.atomic import create_text, write_text
 from kt_dropout.storage.documents import DamagedFile, read_json
 from kt_dropout.storage.processes import pid_namespace, process_start, running
@@ -171,7 +171,7 @@ class Lock:
                 return True
         except OSError as e:  # FileNotFoundError stays one (`file_error`): the folder is gone, `leases` makes it again
             self._token = None
-            raise file_error(e, f"{self.what}: cannot create the lock file {self.path}: {e.strerror or e}") from None
+            raise file_error(e, f"{self.what}: cannot create the lock file {self.path}: {reason(e)}") from None
         self._token = None
         return False
 
@@ -237,7 +237,7 @@ class Lock:
                     (os.rmdir if self.path.is_dir() else os.unlink)(self.path)
                 except OSError as e:
                     raise file_error(e, f"{self.what}: cannot remove the lock file {self.path}: "
-                                        f"{e.strerror or e}") from None
+                                        f"{reason(e)}") from None
         except FileNotFoundError:  # the folder is gone, and the lock with it
             pass
 
@@ -254,7 +254,7 @@ class Lock:
             try:
                 fd = os.open(guard, os.O_RDWR | os.O_CREAT, 0o666)
             except OSError as e:
-                raise file_error(e, f"{self.what}: cannot lock {self.path}: {e.strerror or e} (creating its guard "
+                raise file_error(e, f"{self.what}: cannot lock {self.path}: {reason(e)} (creating its guard "
                                     f"file {guard.name})") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
@@ -263,7 +263,7 @@ class Lock:
                 current = False
             except OSError as e:
                 os.close(fd)
-                raise file_error(e, f"{self.what}: cannot lock {self.path}: {e.strerror or e} (flock on its guard "
+                raise file_error(e, f"{self.what}: cannot lock {self.path}: {reason(e)} (flock on its guard "
                                     f"file {guard.name}: leases need a filesystem with file locks)") from None
             if current:
                 break

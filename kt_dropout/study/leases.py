@@ -27,7 +27,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kt_dropout.errors import KtDropoutError
+from kt_dropout.errors import KtDropoutError, reason
 from kt_dropout.storage.locks import Lock, LockHeld, holder_line
 from kt_dropout.study.results import LEASES_FOLDER
 
@@ -108,7 +108,7 @@ class Claims:
                         failing.discard(key)
                     except (OSError, KtDropoutError) as error:
                         if key not in failing:
-                            warnings.warn(f"cannot renew the lease {lock.path} ({error}); trying again in "
+                            warnings.warn(f"cannot renew the lease {lock.path} ({reason(error)}); trying again in "
                                           f"{self.seconds / RENEWALS_PER_LEASE:.0f} s", stacklevel=1)
                         failing.add(key)
 

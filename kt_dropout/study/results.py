@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Iterable, NamedTuple
 
 from kt_dropout.config import Recipe, VGGConfig
-from kt_dropout.errors import FileError, FileMissingError, StoreError, file_error
+from kt_dropout.errors import FileError, FileMissingError, StoreError, file_error, reason
 from kt_dropout.storage.atomic import check_writable_folder, create_text, write_text
 from kt_dropout.storage.documents import DamagedFile, read_json
 from kt_dropout.storage.tables import dataframe
@@ -81,14 +81,16 @@ def _try_read(path: Path) -> tuple[RunRecord | None, str | None]:
     """`(record, None)`, or `(None, what is wrong)` naming the file."""
     try:
         return _read_record(path), None
-    except (OSError, ValueError) as e:  # either names the file
+    except ValueError as e:  # names the file
         return None, str(e)
+    except OSError as e:  # gone since it was listed
+        return None, f"{path}: {reason(e)}"
 
 
 def _folder_error(error: OSError, what: str, folder: Path) -> FileError:
     """A `FileError` of the same kind (`FileAccessError`, a PermissionError, ...) with a message that names the
     folder."""
-    return file_error(error, f"cannot {what} results store folder {folder}: {error.strerror or error}")
+    return file_error(error, f"cannot {what} results store folder {folder}: {reason(error)}")
 
 
 def check_mergeable(stores: Iterable["ResultStore"]) -> None:
@@ -210,7 +212,7 @@ class ResultStore:
             try:
                 fcntl.flock(manifest, fcntl.LOCK_EX)
             except OSError as error:
-                warnings.warn(f"{path}: cannot be locked ({error.strerror or error}); a failed run is replaced "
+                warnings.warn(f"{path}: cannot be locked ({reason(error)}); a failed run is replaced "
                               "without a lock, so two processes replacing it at once may both write it",
                               stacklevel=3)
             yield

@@ -183,15 +183,27 @@ class Study:
             return packs + self._plan([m for m in free if m not in taken])
 
         trained: set[Member] = set()
+        theirs: set[Member] = set()  # runs other processes stored or hold: out of this process's total
         epochs = self.settings.epochs
         with Progress(len(missing) * epochs, self.progress) as progress, Claims(self.store.root) as claims:
+
+            def leave(members: Iterable[Member]) -> None:  # each once, so that a --devices child ends at 8/8, not 8/16
+                new = [m for m in members if m not in trained and m not in theirs]
+                theirs.update(new)
+                progress.skip(len(new) * epochs)
+
             resumable.extend(self._resumable(missing, claims))
-            packs = claimed_packs(claims, missing, key=self._key, done=done, plan=plan,
-                                  gone=lambda members: progress.skip(len(members) * epochs))
+            packs = claimed_packs(claims, missing, key=self._key, done=done, plan=plan, gone=leave)
             try:
                 for number, (pack, planned) in enumerate(packs, 1):
+                    back = theirs.intersection(pack)  # held by a process that stopped without storing them
+                    theirs.difference_update(back)
+                    progress.restore(len(back) * epochs)
                     trained.update(pack)
-                    self._train_pack(pack, f"[{number}/{number - 1 + planned}]", progress)
+                    label = f"[{number}/{number - 1 + planned}]"
+                    seconds = self._train_pack(pack, label, progress)
+                    leave(m for m in missing if done(m) or claims.holder(self._key(m)) is not None)
+                    progress.line(f"{label} done in {seconds:.1f} s | {progress.status()}")
             except StudyIncomplete:
                 self._stopped = True  # unstored runs are not failed ones: a later call says they are incomplete
                 self._attempted.difference_update(k for k in map(self._key, missing) if self.store.get(k) is None)
@@ -202,14 +214,18 @@ class Study:
                     self.rate = measured[0]
             left = [m for m in missing if m not in trained and not done(m)]
             self._attempted.difference_update(map(self._key, left))  # a later call takes them if their holder stops
+            if theirs:
+                progress.line(f"{len(theirs) * epochs} model-epochs of runs that other processes stored or hold are "
+                              "left out of this process's count")
             held = held_line(claims, left, self._key)
             if held:
                 progress.line(held)
         if held:
             raise RunsHeld(held, self.model_epochs())
 
-    def _train_pack(self, pack: list[Member], label: str, progress: Progress) -> None:
-        """Trains one pack (or run) from its checkpoint if it has one, stores its runs, deletes the checkpoint."""
+    def _train_pack(self, pack: list[Member], label: str, progress: Progress) -> float:
+        """Trains one pack (or run) from its checkpoint if it has one, stores its runs, deletes the checkpoint;
+        returns the seconds it took."""
         path = self._checkpoint_path(pack)
         first = progress.first_epoch_seconds(len(pack))
         names = ", ".join(f"{m.name}/seed{m.seed}" for m in pack)
@@ -236,7 +252,7 @@ class Study:
             raise StudyIncomplete(self.model_epochs()) from None
         _delete_checkpoint(path)
         progress.skip((self.settings.epochs - max(r.epochs_run for r in records)) * len(pack))  # all diverged: stopped
-        progress.line(f"{label} done in {time.perf_counter() - start:.1f} s | {progress.status()}")
+        return time.perf_counter() - start
 
     def _fit(self, pack: list[Member], progress: Progress, path: Path) -> list[RunRecord]:
         settings, budget = self.settings, self.settings.time_budget

@@ -31,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from kt_dropout.config import check_positive_int
-from kt_dropout.errors import KtDropoutError, file_error
+from kt_dropout.errors import KtDropoutError, file_error, reason
 from kt_dropout.storage.atomic import write_with
 from kt_dropout.training import stops
 
@@ -215,7 +215,7 @@ def _entries(path, names: list[str] | None = None) -> dict[str, np.ndarray]:
     except ValueError:
         problem = "garbage: not an .npz archive"
     except OSError as error:
-        problem = error.strerror or type(error).__name__
+        problem = reason(error)
     raise CheckpointError(f"{path}: not a readable checkpoint ({problem})")
 
 
@@ -234,7 +234,7 @@ def set_aside(path, error: CheckpointError, then: str = "training from scratch")
     try:
         os.rename(path, aside)
     except OSError as problem:
-        raise file_error(problem, f"{error}; it cannot be set aside as {aside.name}: {problem.strerror or problem}; "
+        raise file_error(problem, f"{error}; it cannot be set aside as {aside.name}: {reason(problem)}; "
                                   "move it away to train its runs from scratch") from None
     warnings.warn(f"{error}; set aside as {aside.name}, {then}", RuntimeWarning, stacklevel=2)
     return aside
@@ -292,18 +292,18 @@ class Checkpointing:
         stopping: its runs' records can still be stored at its end."""
         if epochs_done >= epochs:
             return
-        reason = stops.requested() or (self.reason if self.stop is not None and self.stop(epoch_seconds) else None)
-        if reason is not None or self.due(epochs_done):
+        stopping = stops.requested() or (self.reason if self.stop is not None and self.stop(epoch_seconds) else None)
+        if stopping is not None or self.due(epochs_done):
             try:
                 save()
             except OSError as error:  # a full disk, a folder made read-only: the runs' records can still be stored
-                warnings.warn(f"{self.path}: checkpoint not saved ({error.strerror or error}); training goes on"
-                              + (f", not stopping for {reason}: that would lose its epochs" if reason else ""),
+                warnings.warn(f"{self.path}: checkpoint not saved ({reason(error)}); training goes on"
+                              + (f", not stopping for {stopping}: that would lose its epochs" if stopping else ""),
                               RuntimeWarning, stacklevel=2)
-                reason = None
+                stopping = None
             self._last_save = time.monotonic()
-        if reason is not None:
-            raise TrainingIncomplete(epochs_done, epochs, self.path, reason)
+        if stopping is not None:
+            raise TrainingIncomplete(epochs_done, epochs, self.path, stopping)
 
     def due(self, epochs_done: int) -> bool:
         """Whether to save after `epochs_done` epochs (counting from the run's first epoch)."""

@@ -87,7 +87,8 @@ def plan_line(runs: int, epochs: int, what: str = "runs") -> str:
 
 
 class Progress:
-    """Progress of one job of `total` model-epochs (None: not known in advance), reported to `stream`.
+    """Progress of one job of `total` model-epochs (None: not known in advance), `done` of them already (a run
+    resumed from its checkpoint counts from there), reported to `stream`.
 
     Call `begin(label)` when a run, pack or trial starts (its first epoch includes compiling),
     `epoch(model_epochs, text)` after each of its epochs, and `skip(model_epochs)` for planned
@@ -96,8 +97,8 @@ class Progress:
     lines nor bar (when Keras prints its own), only `line`s.
     """
 
-    def __init__(self, total: int | None, stream=STDERR, *, epoch_lines: bool = True):
-        self.total, self.done, self.stream, self.label = total, 0, stream, ""
+    def __init__(self, total: int | None, stream=STDERR, *, epoch_lines: bool = True, done: int = 0):
+        self.total, self.done, self.stream, self.label = total, done, stream, ""
         self._timed = {True: [0.0, 0], False: [0.0, 0]}  # first epoch of a unit or not: seconds, model-epochs
         self._first = True
         self._clock = self._last_epoch = time.perf_counter()
@@ -105,7 +106,7 @@ class Progress:
         self._bar = None
         if self._epoch_lines and _isatty(stream):
             counts = "{percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt}" if total is not None else "{n_fmt}"
-            self._bar = tqdm(total=total, file=stream, dynamic_ncols=True, leave=True,
+            self._bar = tqdm(total=total, initial=done, file=stream, dynamic_ncols=True, leave=True,
                              bar_format="{desc} " + counts + " model-epochs [{elapsed}{postfix}]")
             self._stop = threading.Event()
             self._ticker = threading.Thread(target=self._tick, daemon=True)
@@ -150,11 +151,18 @@ class Progress:
 
     def skip(self, model_epochs: int) -> None:
         """Planned model-epochs that will not train: they leave the total."""
-        if self.total is None or model_epochs <= 0:
-            return
-        self.total = max(self.done, self.total - model_epochs)
+        if self.total is not None and model_epochs > 0:
+            self._retotal(max(self.done, self.total - model_epochs))
+
+    def restore(self, model_epochs: int) -> None:
+        """Model-epochs skipped before that will train after all: they come back into the total."""
+        if self.total is not None and model_epochs > 0:
+            self._retotal(self.total + model_epochs)
+
+    def _retotal(self, total: int) -> None:
+        self.total = total
         if self._bar is not None:
-            self._bar.total = self.total
+            self._bar.total = total
             self._bar.refresh()
 
     def seconds_per_model_epoch(self) -> tuple[float, bool] | None:

@@ -30,7 +30,7 @@ import warnings
 import keras_tuner
 
 from kt_dropout._compat import bound_oracle_client_calls, keep_serving, requeue_trial, running_trials
-from kt_dropout.errors import ConfigError, KtDropoutError
+from kt_dropout.errors import ConfigError, KtDropoutError, reason
 from kt_dropout.tuning.identity import differences, with_known_data
 
 ENV_TUNER_ID, ENV_IP, ENV_PORT = ENV_NAMES = ("KERASTUNER_TUNER_ID", "KERASTUNER_ORACLE_IP", "KERASTUNER_ORACLE_PORT")
@@ -97,9 +97,8 @@ def check_port_free() -> None:
         with socket.create_server((host, port)):
             pass
     except OSError as error:
-        why = os.strerror(error.errno) if error.errno and error.errno > 0 else str(error)
-        raise ConfigError(f"distributed search: the chief cannot serve at {address()}: {why} (another process on "
-                      f"port {port}?)") from None
+        raise ConfigError(f"distributed search: the chief cannot serve at {address()}: {reason(error)} (another "
+                          f"process on port {port}?)") from None
 
 
 def introduce(client, identity: dict, connect_timeout: float = CONNECT_TIMEOUT) -> None:

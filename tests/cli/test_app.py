@@ -1,7 +1,9 @@
 """The CLI's dispatcher: commands that declare their own flags and backend, and its exit statuses by error."""
 
+import gzip
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -192,6 +194,20 @@ def test_each_error_is_a_kt_dropout_error_and_the_builtin_its_callers_catch(erro
 def test_a_system_error_becomes_the_users_of_its_kind_naming_the_file_without_errno(system, kind):
     error = errors.file_error(system, f"cannot write to out: {system.strerror}")
     assert type(error) is kind and str(error) == f"cannot write to out: {system.strerror}"
+
+
+def test_the_reason_of_an_error_is_said_without_errno_nor_the_path_it_repeats(tmp_path):
+    with pytest.raises(IsADirectoryError) as opened:
+        open(tmp_path)  # noqa: SIM115 - a real error of the system: "[Errno 21] Is a directory: '...'"
+    assert errors.reason(opened.value) == "Is a directory"
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        with pytest.raises(OSError) as bound:  # "[Errno 98] Address already in use (while attempting to bind ...)"
+            socket.create_server(taken.getsockname())
+    assert errors.reason(bound.value) == "Address already in use"
+    assert errors.reason(gzip.BadGzipFile("Not a gzipped file (b'PK')")) == "Not a gzipped file (b'PK')"  # no errno
+    keras_download = Exception("URL fetch failure on URL: None -- [Errno -2] Name or service not known")
+    assert errors.reason(keras_download) == "URL fetch failure on URL: None -- Name or service not known"
+    assert errors.reason(EOFError()) == "EOFError"
 
 
 def test_the_old_homes_of_the_errors_still_export_them():

@@ -2,6 +2,7 @@
 
 import csv
 import json
+import logging
 import os
 import queue
 import re
@@ -19,7 +20,8 @@ from kt_dropout.cli.app import build_parser, main
 from kt_dropout.cli.flags import config_name, config_of
 from kt_dropout.cli.results import one_study
 from kt_dropout.cli.search import space_item
-from kt_dropout.cli.startup import _EARLY_LOG_LINE, _stderr_without
+from kt_dropout.cli import startup
+from kt_dropout.cli.startup import _EARLY_LOG_LINE, TF_LOGGER, _stderr_without
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.data.cifar10 import data_fingerprint, first_per_class, synthetic_cifar10
 from kt_dropout.errors import UsageError
@@ -57,25 +59,53 @@ def run_cli(*args, cwd):
 BACKEND_MODULES = ("keras", "keras_tuner", "tensorflow", "jax", "torch")
 
 
-def test_help_and_experiments_start_no_backend(tmp_path):
-    """`--help`, parser errors (a bad `--shard` among them) and `experiments` answer without importing Keras,
-    Keras Tuner or a backend."""
+# Parse errors and the usage errors that the flags make together, each with what its one line says: all refused
+# before any backend starts.
+USAGE_ERRORS = {
+    ("search", "--tuner", "nope"): "argument --tuner: invalid choice: 'nope'",
+    ("reproduce", "--shard", "3/2"): "argument --shard: expected I/N with 1 <= I <= N (shards count from 1), got '3/2'",
+    ("reproduce", "--no-pack", "--pack-size", "3"): "--no-pack conflicts with --pack-size 3",
+    ("reproduce", "--until-decided", "--seeds", "3"): "--seeds 3 conflicts with it",
+    ("reproduce", "--max-seeds", "3"): "--max-seeds plans seeds: it needs --seeds auto",
+    ("reproduce", "--seeds", "auto", "--variance-from", "nowhere"): "nowhere: neither a results folder",
+    ("reproduce", "--results", "file/r"): "cannot write to file/r/report-quick: file is not a folder",
+    ("reproduce", "--devices", "0,1", "--no-pack", "--pack-size", "2"): "--no-pack conflicts with --pack-size 2",
+    ("train", "--synthetic", "8", "8", "--class-names", "a,b"): "--class-names: names the class folders",
+    ("train", "--dropout-dense", "1.5"): "dropout_dense: a dropout rate must be in [0, 1), got 1.5",
+    ("train", "-o", "file/run.json"): "file: not a folder for the output",
+    ("search", "--csv", "missing/trials.csv"): "missing: no such folder for the output",
+    ("search", "--tuner-id", "w1"): "--tuner-id names a worker: it needs --worker",
+    ("search", "--space", "dropout_dense=0.1", "--space", "dropout_dense=0.2"): "--space given more than once",
+}
+
+
+def test_help_usage_errors_and_experiments_start_no_backend(tmp_path):
+    """`--help`, parser errors (a bad `--shard` among them), the usage errors of flags that conflict or name
+    files that cannot be used, and `experiments` answer without importing Keras, Keras Tuner or a backend:
+    each error is its one line at once, not after TensorFlow's start-up."""
+    (tmp_path / "file").write_text("")
     code = (
         "import contextlib, io, sys\n"
         "from kt_dropout import cli\n"
-        "with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):\n"
-        "    for argv in (['--help'], ['search', '--tuner', 'nope'], ['reproduce', '--shard', '3/2']):\n"
+        f"for argv in [['--help'], *map(list, {list(USAGE_ERRORS)!r})]:\n"
+        "    err = io.StringIO()\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(err):\n"
         "        try:\n"
-        "            cli.main(argv)\n"
-        "        except SystemExit:\n"
-        "            pass\n"
+        "            code = cli.main(argv)\n"
+        "        except SystemExit as exit:\n"
+        "            code = exit.code\n"
+        "    print(code, (err.getvalue().splitlines() or [''])[-1])\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
         "    assert cli.main(['experiments']) == 0\n"
         f"print(sorted(m for m in {BACKEND_MODULES!r} if m in sys.modules))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=ENV, capture_output=True, text=True,
                             timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    helped, *answers, imported = result.stdout.splitlines()
+    assert helped == "0 " and imported == "[]", result.stdout
+    for ((command, *_), message), answer in zip(USAGE_ERRORS.items(), answers, strict=True):
+        assert answer.startswith(f"2 kt-dropout {command}: error: ") and message in answer, answer
 
 
 def test_store_commands_start_no_backend(tmp_path):
@@ -183,7 +213,9 @@ def test_train_writes_a_record_and_refuses_to_overwrite_it(tmp_path, read_tensor
     epochs = [line for line in (result.stderr + resumed.stderr).splitlines() if line.startswith("epoch ")]
     assert len(epochs) == 2 and all("val_accuracy" in line for line in epochs)
     assert re.fullmatch(r"epoch 1/2 .* \| 1/2 model-epochs, ETA [\d:]+ \(first epoch includes compile\)", epochs[0])
-    assert re.fullmatch(r"epoch 2/2 .* \| 1/2 model-epochs, ETA [\d:]+ \(first epoch includes compile\)", epochs[1])
+    assert re.fullmatch(r"epoch 2/2 .* \| 2/2 model-epochs", epochs[1])  # resumed: it counts from epoch 1, and says so
+    assert re.search(r"^  resumed +from epoch 1, its checkpoint tmp/run.json.checkpoint.npz: 1 epochs to train$",
+                     resumed.stderr, re.MULTILINE), resumed.stderr
     assert not START_UP_NOISE.search(result.stderr), result.stderr  # JAX, with TensorFlow installed or not
     assert "best val_accuracy" in resumed.stdout
     output = tmp_path / "tmp" / "run.json"
@@ -280,7 +312,7 @@ def test_train_rejects_bad_input(tmp_path, args, fragments):
 @pytest.mark.parametrize("output, fragments", [
     ("out", ["out is a folder", "--output"]),
     ("taken.json", ["taken.json already exists", "--force"]),
-    ("file.txt/run.json", ["file.txt: no such folder"]),
+    ("file.txt/run.json", ["file.txt: not a folder for the output"]),
 ])
 def test_train_refuses_an_output_it_could_not_write_before_training(tmp_path, output, fragments):
     (tmp_path / "out").mkdir()
@@ -660,6 +692,12 @@ def test_sigterm_stops_train_at_an_epoch_boundary_and_the_rerun_ends_as_an_unint
     assert os.listdir(tmp_path) == ["run.json.checkpoint.npz"]
     resumed = run_cli(*args, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
+    n = int(done.group(1))  # the banner says it resumed; progress counts from there, ending at 40/40
+    assert re.search(rf"^  resumed +from epoch {n}, its checkpoint run.json.checkpoint.npz: {40 - n} epochs to train$",
+                     resumed.stderr, re.MULTILINE), resumed.stderr
+    epochs = [line for line in resumed.stderr.splitlines() if line.startswith("epoch ")]
+    assert epochs[0].startswith(f"epoch {n + 1}/40 ") and f"| {n + 1}/40 model-epochs, ETA " in epochs[0], epochs
+    assert re.fullmatch(r"epoch 40/40 .* \| 40/40 model-epochs", epochs[-1]), epochs
     straight = run_cli(*args[:-1], "straight.json", cwd=tmp_path)
     assert straight.returncode == 0, straight.stderr
     records = [json.loads((tmp_path / name).read_text()) for name in ("run.json", "straight.json")]
@@ -838,3 +876,16 @@ def test_start_up_lines_are_filtered_out_of_stderr_and_the_rest_kept(capfd):
         os.write(2, b"WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
                     b"I0000 00:00:1795988950.146782   12353 port.cc:153] oneDNN custom operations are on.\n" + error)
     assert capfd.readouterr().err == error.decode()
+
+
+def test_tensorflows_python_warnings_are_left_out_once_keras_is_started_and_its_errors_kept(monkeypatch, caplog):
+    """E.g. its tf.function retracing warning, which a study training more than five models in one process gave
+    on the TensorFlow backend: start_keras leaves TensorFlow's Python logger at errors, as absl's."""
+    tensorflow = logging.getLogger(TF_LOGGER)
+    monkeypatch.setattr(tensorflow, "level", tensorflow.level)  # put back after the test, as the variables it sets
+    monkeypatch.setenv(startup.TF_LOG_LEVEL_VAR, "3")
+    monkeypatch.setenv(startup.TF_ONEDNN_VAR, "0")
+    startup.start_keras()
+    tensorflow.warning("5 out of the last 5 calls to <function ...> triggered tf.function retracing.")
+    tensorflow.error("a real error")
+    assert [(r.name, r.levelname, r.message) for r in caplog.records] == [(TF_LOGGER, "ERROR", "a real error")]

@@ -297,7 +297,7 @@ def test_a_failed_renewal_is_named_once_and_the_leases_are_renewed_again_after_i
         return renew(lock)
 
     monkeypatch.setattr(Lock, "renew", failing_once)
-    with pytest.warns(UserWarning, match=r"cannot renew the lease .*run1\.lock \(\[Errno 13\] Permission denied\)"):
+    with pytest.warns(UserWarning, match=r"cannot renew the lease .*run1\.lock \(Permission denied\)"):
         with Claims(tmp_path, seconds=0.5) as claims:
             assert claims.claim({"run1": "the run run1"}) == ["run1"]
             lease = tmp_path / "leases" / "run1.lock"

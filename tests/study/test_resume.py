@@ -73,7 +73,8 @@ def test_stopped_and_killed_reproduce_resumes_from_its_checkpoints(tmp_path):
     stopped = _reproduce(tmp_path, "--time-budget", "1s")
     assert stopped.returncode == BUDGET_SPENT, stopped.stderr
     assert _trained(stopped.stderr) == {"bn/seed0, bn/seed1": ""}  # C2 needs bn first (CLAIM_PRIORITY)
-    assert "time budget spent (00:01): stopped at an epoch boundary, checkpoint saved" in stopped.stdout
+    assert re.search(r"^time budget spent \([\d:]+ of 00:01 since the command started\): stopped at an epoch "
+                     "boundary, checkpoint saved$", stopped.stdout, re.MULTILINE), stopped.stdout
     assert "  done: 0 of 4 runs stored, 2 of 12 model-epochs\n" in stopped.stdout, stopped.stdout
     assert re.search(r"^  remaining: 4 runs, 10 model-epochs, about [\d:]+ at [\d.]+ s per model-epoch measured "
                      r"here\nrerun the same command to continue$", stopped.stdout, re.MULTILINE), stopped.stdout
