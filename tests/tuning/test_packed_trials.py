@@ -125,7 +125,6 @@ def test_failed_trials_in_a_row_stop_the_search(tmp_path, trainer):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"trials_per_step": 0}, "trials_per_step: must be"),
-    ({"tuner": "hyperband"}, "Hyperband continues trials"),
     ({"executions_per_trial": 2}, "executions_per_trial: a packed search"),
 ])
 def test_packed_search_refuses_what_it_cannot_do(tmp_path, kwargs, message):
