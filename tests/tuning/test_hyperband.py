@@ -1,6 +1,12 @@
 """Keras Tuner's Hyperband with packed trials and epoch checkpoints: its rounds train as packs, continued trials
 start from the trials they continue, and a bracket killed mid-way resumes from its checkpoints."""
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import keras_tuner
@@ -11,12 +17,11 @@ from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.data.cifar10 import synthetic_cifar10
 from kt_dropout.model import build_model
 from kt_dropout.packing.model import load_member
-from kt_dropout.packing.trainer import PackTrainer
-from kt_dropout.tuning import packed_trials
+from kt_dropout.packing.trainer import Member, PackTrainer
+from kt_dropout.training.checkpoints import CheckpointError, read_state
 from kt_dropout.tuning.hypermodel import DropoutVGGHyperModel
 from kt_dropout.tuning.result import OBJECTIVE
 from kt_dropout.tuning.roles import _oracle_seed
-from kt_dropout.tuning.search import search
 
 BASE = VGGConfig(nfilters=(4, 4, 4), ndense=8)
 RECIPE = Recipe(batch_size=32, epochs=3)
@@ -25,67 +30,102 @@ SPACE = {"dropout_conv_1": None, "dropout_conv_2": None, "dropout_conv_3": None,
 SEED = 0
 
 
-@pytest.fixture
-def packs(monkeypatch) -> list:
-    """Each pack the search trains: its members' names, the trial each continues (the folder of the weights it
-    starts from, checked to be in the pack, or None) and the epochs it trains, from and to."""
-    trained = []
+class Ordered(PackTrainer):
+    """Records the epoch (0-based) of each data order it trains in."""
 
-    class Recording(PackTrainer):
-        def train(self, epochs, on_epoch=None, checkpointing=None, initial_epoch=0):
-            trained.append(([m.name for m in self.members], [_started_from(self, k) for k in range(len(self.members))],
-                            initial_epoch, epochs))
-            return super().train(epochs, on_epoch, checkpointing, initial_epoch)
-
-    monkeypatch.setattr(packed_trials, "PackTrainer", Recording)
-    return trained
+    def epoch_orders(self):
+        self.ordered = [*getattr(self, "ordered", []), self.epoch]
+        return super().epoch_orders()
 
 
-def _started_from(trainer: PackTrainer, k: int) -> str | None:
-    """The folder of the weights file member `k` starts from, once its weights in the pack are checked to be
-    that file's."""
-    member = trainer.members[k]
-    if member.weights is None:
-        return None
-    model = build_model(member.config)
-    model.load_weights(member.weights)
-    starts = load_member(build_model(member.config), trainer.member_weights(k))
-    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), starts.get_weights()))
-    return Path(member.weights).parent.name
+def test_a_pack_member_continues_a_weights_file_at_its_initial_epoch(tmp_path):
+    """As Hyperband continues a trial: the member starts from the weights file (the other, from its seed's
+    initial weights) and trains epochs 1 and 2 of 3, in those epochs' data order."""
+    parent = build_model(BASE, seed=99)
+    parent.save_weights(tmp_path / "parent.weights.h5")
+    members = [Member("continued", BASE, 5, weights=str(tmp_path / "parent.weights.h5")), Member("fresh", BASE, 5)]
+    trainer = Ordered(members, DATA, RECIPE)
+    starts = [load_member(build_model(BASE), trainer.member_weights(k)).get_weights() for k in (0, 1)]
+    assert all(np.array_equal(a, b) for a, b in zip(starts[0], parent.get_weights()))
+    assert not all(np.array_equal(a, b) for a, b in zip(starts[1], parent.get_weights()))
+    seconds = trainer.train(3, initial_epoch=1)
+    assert trainer.ordered == [1, 2] and len(seconds) == 2
+    assert [len(history["val_accuracy"]) for history in trainer.histories] == [2, 2]
 
 
-def test_hyperband_trains_each_round_as_a_pack_and_records_what_one_by_one_hyperband_records(tmp_path, packs):
-    """max_epochs 3, factor 3: bracket 1 trains three 1-epoch trials, then continues the best for epochs 1-3;
-    bracket 0 trains two 3-epoch trials. With three trials per step each round is one pack; every trial is
-    recorded as Keras Tuner's Hyperband, given the same scores one trial at a time, records it."""
-    hypermodel = DropoutVGGHyperModel(SPACE, base=BASE, recipe=RECIPE)
-    result = search(data=DATA, hypermodel=hypermodel, tuner="hyperband", factor=3, directory=tmp_path / "packed",
-                    seed=SEED, verbose=0, trials_per_step=3)
-    trials = result.tuner.oracle.trials
-    parent = trials["0003"].hyperparameters.values["tuner/trial_id"]
-    assert packs == [(["trial_0000", "trial_0001", "trial_0002"], [None] * 3, 0, 1),
-                     (["trial_0003"], [f"trial_{parent}"], 1, 3),  # from the best weights of the trial it continues
-                     (["trial_0004", "trial_0005"], [None] * 2, 0, 3)]
+# `kt-dropout search` with Hyperband (max_epochs 3, factor 3), three trials per step, a checkpoint every epoch.
+# Bracket 1 trains three 1-epoch trials (0000-0002), then continues the best for epochs 1-3 (0003); bracket 0
+# trains two 3-epoch trials (0004, 0005): three packs, one per round.
+FLAGS = ["--tuner", "hyperband", "--trials-per-step", "3", "--epochs", "3", "--seed", str(SEED),
+         "--checkpoint-every", "1", "--synthetic", "64", "32", "--nfilters", "4", "4", "4", "--ndense", "8",
+         "--batch-size", "32", *(f"--space=dropout_conv_{block}=none" for block in (1, 2, 3)),
+         "--space", "dropout_dense=0.0:0.5:0.1", "--directory", "hb", "--project-name", "p"]
 
-    scores = {trial_id: trial.score for trial_id, trial in trials.items()}
+
+@pytest.mark.slow
+def test_a_bracket_killed_mid_way_resumes_its_trials_from_their_checkpoints(tmp_path):
+    """SIGKILL once trial 0003 (continued from its bracket's best 1-epoch trial) has checkpointed epoch 2 of 3;
+    the rerun reloads the oracle, trains 0003's last epoch only, then the rest of the search. Every trial ends
+    COMPLETED and as Keras Tuner's own Hyperband, given the same scores one trial at a time, records it; 0003
+    with its 2 epochs; the trials that had ended are left alone."""
+    env = {**os.environ, "KERAS_BACKEND": "jax", "TF_CPP_MIN_LOG_LEVEL": "3",
+           "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax-cache")}  # the rerun compiles what the first did
+    command = [sys.executable, "-m", "kt_dropout.cli", "search", *FLAGS]
+    project = tmp_path / "hb" / "p"
+    checkpoint = project / "trial_0003" / "pack_checkpoint.npz"
+    with open(tmp_path / "killed.log", "w") as log:
+        killed = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 240
+        while _epochs_done(checkpoint) < 2 and killed.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        killed.send_signal(signal.SIGKILL)
+        killed.wait(timeout=60)
+    log = (tmp_path / "killed.log").read_text()
+    assert _epochs_done(checkpoint) == 2, log
+    assert [line.split(" val_accuracy")[0] for line in log.splitlines() if line.startswith("trials ")] == [
+        "trials 0000, 0001, 0002 epoch 1/3", "trials 0003 epoch 2/3"], log  # a pack per round
+    assert [_trial(project, i)["status"] for i in range(4)] == ["COMPLETED"] * 3 + ["RUNNING"]
+    ended = [(project / f"trial_000{i}" / "trial.json").stat().st_mtime_ns for i in range(3)]
+
+    rerun = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr
+    epochs = [line.split(" val_accuracy")[0] for line in rerun.stderr.splitlines() if line.startswith("trials ")]
+    assert epochs == ["trials 0003 epoch 3/3", *(f"trials 0004, 0005 epoch {e}/3" for e in (1, 2, 3))], rerun.stderr
+    trials = {trial["trial_id"]: trial for trial in (_trial(project, i) for i in range(6))}
+    assert [_metric(trial, "epochs") for trial in trials.values()] == [1, 1, 1, 2, 3, 3]  # 0003: the whole trial's
+    assert [(project / f"trial_000{i}" / "trial.json").stat().st_mtime_ns for i in range(3)] == ended
+    assert not list(project.rglob("*checkpoint.npz"))  # deleted once their trials ended
 
     class OneByOne(keras_tuner.Hyperband):  # Keras Tuner's own Hyperband, each trial scored as the packed one was
         def run_trial(self, trial, *args, **kwargs):
-            return {OBJECTIVE.name: scores[trial.trial_id]}
+            return {OBJECTIVE.name: trials[trial.trial_id]["score"]}
 
+    hypermodel = DropoutVGGHyperModel(SPACE, base=BASE, recipe=RECIPE)
     alone = OneByOne(hypermodel=hypermodel, objective=OBJECTIVE, max_epochs=RECIPE.epochs, factor=3,
                      seed=_oracle_seed(SEED), directory=tmp_path, project_name="one_by_one")
-    alone.search()
-    expected = alone.oracle.trials
-    assert sorted(trials) == sorted(expected)
-    for trial_id, trial in trials.items():
-        values, statuses = trial.hyperparameters.values, (trial.status, expected[trial_id].status)
-        assert values == expected[trial_id].hyperparameters.values and statuses == ("COMPLETED", "COMPLETED")
-        assert trial.metrics.get_last_value("epochs") == values["tuner/epochs"] - values["tuner/initial_epoch"]
-        assert 0 <= trial.best_step < values["tuner/epochs"] - values["tuner/initial_epoch"]  # counted from its first
-    (continued,) = [row for row in result.trials if row["trial_id"] == "0003"]
-    assert continued["epochs"] == 2 and continued["best_epoch"] in (2, 3) and continued["pack_size"] == 1
-    model = result.tuner.load_model(trials["0003"])  # Keras Tuner builds it as Hyperband does: from its parent's
-    x_val, y_val = DATA[1]
-    accuracy = (model.predict(x_val, verbose=0).argmax(-1) == y_val).mean()
-    assert abs(accuracy - trials["0003"].score) <= 1 / len(y_val)  # packed vs single-model round-off
+    alone.search(verbose=0)
+    assert sorted(alone.oracle.trials) == sorted(trials)
+    for trial_id, expected in alone.oracle.trials.items():
+        values, trial = expected.hyperparameters.values, trials[trial_id]
+        assert trial["hyperparameters"]["values"] == values and (trial["status"], expected.status) == ("COMPLETED",) * 2
+        assert 0 <= trial["best_step"] < values["tuner/epochs"] - values["tuner/initial_epoch"]  # from its first
+    reloaded = OneByOne(hypermodel=hypermodel, objective=OBJECTIVE, max_epochs=RECIPE.epochs, factor=3,
+                        directory=tmp_path / "hb", project_name="p")  # Keras Tuner's own, on the search's project
+    model = reloaded.load_model(reloaded.oracle.get_trial("0003"))  # built as Hyperband builds a continued trial
+    accuracy = (model.predict(DATA[1][0], verbose=0).argmax(-1) == DATA[1][1]).mean()
+    assert abs(accuracy - trials["0003"]["score"]) <= 1 / len(DATA[1][1])  # packed vs single-model round-off
+
+
+def _trial(project: Path, number: int) -> dict:
+    return json.loads((project / f"trial_{number:04d}" / "trial.json").read_text())
+
+
+def _metric(trial: dict, name: str):
+    return trial["metrics"]["metrics"][name]["observations"][-1]["value"][0]
+
+
+def _epochs_done(checkpoint: Path) -> int:
+    try:
+        return read_state(checkpoint).epochs_done
+    except CheckpointError:  # not written yet
+        return 0
