@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import keras
 import keras_tuner
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ from kt_dropout.data.cifar10 import synthetic_cifar10
 from kt_dropout.model import build_model
 from kt_dropout.packing.model import load_member
 from kt_dropout.packing.trainer import Member, PackTrainer
-from kt_dropout.training.checkpoints import CheckpointError, read_state
+from kt_dropout.training.checkpoints import CheckpointError, Checkpointing, TrainingIncomplete, read_state
 from kt_dropout.tuning.hypermodel import DropoutVGGHyperModel
 from kt_dropout.tuning.result import OBJECTIVE
 from kt_dropout.tuning.roles import _oracle_seed
@@ -53,6 +54,23 @@ def test_a_pack_member_continues_a_weights_file_at_its_initial_epoch(tmp_path):
     assert [len(history["val_accuracy"]) for history in trainer.histories] == [2, 2]
 
 
+def test_a_trial_continued_by_hyperband_and_stopped_continues_its_checkpoint_alone(tmp_path):
+    """A trial trained alone from Hyperband's epoch 1 to 3 and stopped after epoch 2 trains epoch 3 only when it
+    is run again, with Hyperband's same `initial_epoch`, and returns its whole history (epochs 1 and 2)."""
+    hypermodel = DropoutVGGHyperModel(SPACE, base=BASE, recipe=RECIPE)
+    hp = keras_tuner.HyperParameters()
+    (x, y), validation = DATA
+    seen = []
+    callback = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: seen.append(epoch))
+    run = {"epochs": 3, "initial_epoch": 1, "validation_data": validation, "callbacks": [callback], "verbose": 0,
+           "identity": {"run_keys": ["k"], "names": ["trial_0003"]}}
+    stopping = Checkpointing(tmp_path / "checkpoint.npz", every_epochs=1, stop=lambda seconds: True)
+    with pytest.raises(TrainingIncomplete, match="2 of 3 epochs done"):
+        hypermodel.fit(hp, hypermodel.build(hp), x, y, checkpointing=stopping, **run)
+    history = hypermodel.fit(hp, hypermodel.build(hp), x, y, checkpointing=Checkpointing(stopping.path), **run)
+    assert seen == [1, 2] and history.epoch == [1, 2] and len(history.history["val_accuracy"]) == 2
+
+
 # `kt-dropout search` with Hyperband (max_epochs 3, factor 3), three trials per step, a checkpoint every epoch.
 # Bracket 1 trains three 1-epoch trials (0000-0002), then continues the best for epochs 1-3 (0003); bracket 0
 # trains two 3-epoch trials (0004, 0005): three packs, one per round.
@@ -76,8 +94,8 @@ def test_a_bracket_killed_mid_way_resumes_its_trials_from_their_checkpoints(tmp_
     with open(tmp_path / "killed.log", "w") as log:
         killed = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 240
-        while _epochs_done(checkpoint) < 2 and killed.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+        while not checkpoint.exists() and killed.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.01)  # written whole (renamed into place) after epoch 2, its first; epoch 3 is short
         killed.send_signal(signal.SIGKILL)
         killed.wait(timeout=60)
     log = (tmp_path / "killed.log").read_text()
