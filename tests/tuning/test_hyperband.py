@@ -14,6 +14,7 @@ import keras_tuner
 import numpy as np
 import pytest
 
+from kt_dropout._compat import checkpoint_path
 from kt_dropout.config import Recipe, VGGConfig
 from kt_dropout.data.cifar10 import synthetic_cifar10
 from kt_dropout.model import build_model
@@ -21,8 +22,11 @@ from kt_dropout.packing.model import load_member
 from kt_dropout.packing.trainer import Member, PackTrainer
 from kt_dropout.training.checkpoints import CheckpointError, Checkpointing, TrainingIncomplete, read_state
 from kt_dropout.tuning.hypermodel import DropoutVGGHyperModel
+from kt_dropout.tuning.packed_trials import PackedTrials
 from kt_dropout.tuning.result import OBJECTIVE
 from kt_dropout.tuning.roles import _oracle_seed
+from kt_dropout.tuning.trial_checkpoints import TrialCheckpoints
+from kt_dropout.tuning.tuners import tuner_class
 
 BASE = VGGConfig(nfilters=(4, 4, 4), ndense=8)
 RECIPE = Recipe(batch_size=32, epochs=3)
@@ -52,6 +56,30 @@ def test_a_pack_member_continues_a_weights_file_at_its_initial_epoch(tmp_path):
     seconds = trainer.train(3, initial_epoch=1)
     assert trainer.ordered == [1, 2] and len(seconds) == 2
     assert [len(history["val_accuracy"]) for history in trainer.histories] == [2, 2]
+
+
+def _hyperband_trial(trial_id: str, dropout: float, initial_epoch: int, epochs: int, parent=None):
+    hp = keras_tuner.HyperParameters()
+    values = {"dropout_dense": dropout, "tuner/epochs": epochs, "tuner/initial_epoch": initial_epoch,
+              **({"tuner/trial_id": parent} if parent else {})}
+    for name, value in values.items():
+        hp.Fixed(name, value)
+    return keras_tuner.engine.trial.Trial(hp, trial_id=trial_id, status="RUNNING")
+
+
+def test_a_step_packs_hyperbands_trials_by_their_epochs_and_continues_each_from_the_trial_it_continues(tmp_path):
+    """One step's trials as Hyperband gives them: a trial continued for epochs 1-3, two new ones for 0-3 and
+    one for 0-1 (another bracket): three packs, the continued one starting from its parent's best weights."""
+    packing = PackedTrials(3, None, SEED)
+    tuner = tuner_class(keras_tuner.Hyperband)(
+        hypermodel=DropoutVGGHyperModel(SPACE, base=BASE, recipe=RECIPE), objective=OBJECTIVE, max_epochs=3,
+        directory=tmp_path, trial_checkpoints=TrialCheckpoints(None), packing=packing)
+    trials = [_hyperband_trial("0005", 0.1, 0, 3), _hyperband_trial("0003", 0.2, 1, 3, parent="0002"),
+              _hyperband_trial("0004", 0.3, 0, 3), _hyperband_trial("0006", 0.4, 0, 1)]
+    packs = [([trial.trial_id for trial in pack.trials], [member.weights for member in pack.members],
+              pack.initial_epoch, pack.epochs) for pack in packing._packs(trials, "test", RECIPE.epochs)]
+    assert packs == [(["0003"], [checkpoint_path(tuner, "0002")], 1, 3),
+                     (["0004", "0005"], [None, None], 0, 3), (["0006"], [None], 0, 1)]
 
 
 def test_a_trial_continued_by_hyperband_and_stopped_continues_its_checkpoint_alone(tmp_path):
