@@ -99,6 +99,21 @@ def checkpoint_path(tuner, trial_id: str) -> str:
     return tuner._get_checkpoint_fname(trial_id)
 
 
+def save_build_config(tuner, trial_id: str, model) -> None:
+    """Writes what multi-backend Keras Tuner builds trial `trial_id`'s model from before loading its weights
+    (`build_config.json`), as `Tuner.run_trial` does after each fit: `Hyperband` reads it for a trial that
+    continues this one, and `Tuner.load_model` for a model not built by its `build`.
+
+    No public API. `Tuner._get_build_config_fname` and `keras_tuner.src.utils.save_json`, checked on Keras
+    Tuner 1.4.8.
+    """
+    from keras_tuner.src import utils
+    from keras_tuner.src.backend import config
+
+    if config.multi_backend():
+        utils.save_json(tuner._get_build_config_fname(trial_id), model.get_build_config())
+
+
 def continue_best_epoch(callbacks, best: float | None) -> None:
     """Tells the Keras Tuner callback that saves a trial's best epoch (for `load_model`) the best value the
     trial reached before it was resumed, so a worse later epoch does not overwrite that epoch's weights.

@@ -93,7 +93,8 @@ class Search(Command):
         parser.add_argument("--seed", type=int, help="seeds the tuner and every trial's initial state")
         parser.add_argument("--trials-per-step", type=positive_int, default=1, metavar="K",
                             help="train K trials at once as one packed model (those sharing a shape and learning "
-                                 "rate; each keeps its own weights and result); not with hyperband [1]")
+                                 "rate; each keeps its own weights and result); with hyperband, the trials of a "
+                                 "bracket's round [1]")
         parser.add_argument("--data-parallel", action="store_true",
                             help="train each trial over every local GPU (as train --data-parallel)")
         parser.add_argument("--csv", metavar="FILE", help="also write the trials table as CSV")

@@ -43,11 +43,14 @@ from kt_dropout.training.tensorboard import config_run
 
 @dataclasses.dataclass(frozen=True)
 class Member:
-    """One run of a pack: a named configuration and a seed."""
+    """One run of a pack: a named configuration and a seed; `weights`, a `Model.save_weights` file of a model of
+    `config` that the run continues instead of starting from its seed's initial weights (a trial that Hyperband
+    continues from an earlier one's best epoch); the seed still orders its data and draws its dropout masks."""
 
     name: str
     config: VGGConfig
     seed: int
+    weights: str | None = None
 
 
 def plan_packs(members: Iterable[Member], max_pack_size: int) -> list[list[Member]]:
@@ -149,6 +152,8 @@ class PackTrainer:
             keras.utils.set_random_seed(member.seed)
             # float32 weights, whatever the precision
             initial.append(build_model(member.config, seed=layer_seeds(self.recipe, member.seed)))
+            if member.weights is not None:
+                initial[-1].load_weights(member.weights)
         keras.utils.set_random_seed(self.seeds[0])
         per_layer = self.recipe.seeding == "per-layer"
         with precision_scope(self.recipe.precision):
@@ -214,8 +219,10 @@ class PackTrainer:
         return result
 
     def train(self, epochs: int, on_epoch: Callable[[int, dict], None] | None = None,
-              checkpointing: Checkpointing | None = None) -> list[float]:
-        """Up to `epochs` epochs; returns each epoch's seconds and fills `histories`, one per member.
+              checkpointing: Checkpointing | None = None, initial_epoch: int = 0) -> list[float]:
+        """Epochs `initial_epoch` to `epochs` (as `fit`'s arguments of those names: a run that continues
+        another's weights at its epoch, in that epoch's data order); returns each epoch's seconds and fills
+        `histories`, one per member, with the epochs trained here.
 
         A member's history stops at the epoch its training or validation loss became NaN or infinite
         (the others train on: members never share weights); training stops when
@@ -237,10 +244,10 @@ class PackTrainer:
                 alive, seconds = self._resume(checkpointing.path, epochs)
             except checkpoints.CheckpointError as error:  # the model is as built: the pack trains from scratch
                 checkpoints.set_aside(checkpointing.path, error)
-        self.epoch = len(seconds)
+        self.epoch = initial_epoch + len(seconds)
         this_process = []  # what a time budget may estimate the next epoch from: no epoch of another machine
         with stops.training() if checkpointing is not None else contextlib.nullcontext():  # SIGTERM: at an epoch's end
-            for epoch in range(len(seconds), epochs):
+            for epoch in range(self.epoch, epochs):
                 start = time.perf_counter()
                 logs = self.train_epoch()
                 seconds.append(time.perf_counter() - start)
@@ -256,18 +263,20 @@ class PackTrainer:
                     break
                 if checkpointing is not None:
                     checkpointing.after_epoch(epoch + 1, epochs, this_process,
-                                              lambda: self._save(checkpointing.path, epochs, alive, seconds))
+                                              lambda: self._save(checkpointing.path, epochs, alive, seconds,
+                                                                 initial_epoch))
         return seconds
 
     def run_keys(self, epochs: int) -> list[str]:
         """The members' run key digests for a training of `epochs` epochs, in member order."""
         return [run_key(m.config, self.recipe, m.seed, epochs, self.data_fingerprint).digest() for m in self.members]
 
-    def _save(self, path, epochs: int, alive: list[bool], seconds: list[float]) -> None:
+    def _save(self, path, epochs: int, alive: list[bool], seconds: list[float], initial_epoch: int) -> None:
         count = len(self.members)
         checkpoints.save(path, checkpoint_arrays.model_arrays(self.model), CheckpointState(
             owner="pack", run_keys=self.run_keys(epochs), names=[m.name for m in self.members],
-            seeds=[m.seed for m in self.members], epochs=epochs, epochs_done=len(seconds), epoch_seconds=seconds,
+            seeds=[m.seed for m in self.members], epochs=epochs, epochs_done=initial_epoch + len(seconds),
+            epoch_seconds=seconds,
             histories=self.histories, alive=alive, best=[None] * count, best_epochs=[None] * count,
         ))
 

@@ -60,9 +60,10 @@ class CheckpointState:
         names: the runs' names, in member order (empty likewise): for messages, and a search's trials.
         seeds: each member's data-order seed (`order.epoch_order`; a pack's members are built with it too).
         epochs: the epochs the runs train to in all.
-        epochs_done: the epochs trained so far.
-        epoch_seconds: each epoch's seconds so far (a pack's, for all its members).
-        histories: each member's per-epoch metrics so far.
+        epochs_done: the epochs done so far, the run's `initial_epoch` included (Keras' count, at which it goes on).
+        epoch_seconds: the seconds of each epoch trained so far (a pack's, for all its members): one per epoch
+            from `initial_epoch` on.
+        histories: each member's per-epoch metrics so far, from `initial_epoch` on.
         alive: whether each member still trains (in a pack, a member whose loss diverged stops alone).
         best: each member's best `val_accuracy` so far, where its trainer keeps its best epoch's weights
             (a fit run's `BestWeights`, in the "best/" arrays); else None.

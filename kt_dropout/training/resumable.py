@@ -95,7 +95,8 @@ def fit(
             run.resume(model)
         except checkpoints.CheckpointError as error:  # the model is as built: the run trains from scratch
             checkpoints.set_aside(checkpointing.path, error)
-    initial_epoch = fit_kwargs.pop("initial_epoch", 0) if run.epochs_done == 0 else run.epochs_done
+    given = fit_kwargs.pop("initial_epoch", 0)  # Hyperband's, for a trial it continues from another's epoch
+    initial_epoch = run.epochs_done or given  # resumed: where its checkpoint left off
     ordering = []
     if arrays:
         # shuffle=False: Keras would otherwise shuffle the batches with Python's `random` too

@@ -35,7 +35,8 @@ class TrialHook:
 
     def on_resumed(self, trials: list, epochs_done: int, epoch_seconds: list[float]) -> None:
         """After `on_trial_begin`, when the trials (one trained alone, or a pack's) continue a checkpoint that
-        holds `epochs_done` epochs, trained in `epoch_seconds` by the processes before this one."""
+        holds `epochs_done` epochs of theirs (a trial that Hyperband continues counts from its
+        `tuner/initial_epoch`), trained in `epoch_seconds` by the processes before this one."""
 
     def on_epoch_end(self, trial, epoch: int, logs: dict) -> None:
         """After each epoch of a trial trained alone."""

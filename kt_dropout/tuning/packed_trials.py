@@ -11,6 +11,12 @@ whose loss turned NaN fails alone; a pack that crashed is retried up to
 `max_retries_per_trial`). In a distributed search each worker packs the trials
 it asks the chief for.
 
+Hyperband trains trials for different epochs: a pack's trials also share their
+`tuner/initial_epoch` and `tuner/epochs`, so the trials of one round of a
+bracket pack together. A trial that continues another (`tuner/trial_id`)
+starts, as `keras_tuner.Hyperband` starts it, from that trial's best epoch's
+weights with a new optimizer, and trains its epochs in their data order.
+
 A pack saves its epoch checkpoint (`PackTrainer.train`'s) in its first trial's
 folder (`trial_checkpoints.PACK_CHECKPOINT`). A search killed mid-step gets the
 step's running trials back from Keras Tuner in its next step (`Oracle.reload`
@@ -28,7 +34,7 @@ import keras
 import keras_tuner
 import numpy as np
 
-from kt_dropout._compat import checkpoint_path, run_trial_and_judge
+from kt_dropout._compat import checkpoint_path, run_trial_and_judge, save_build_config
 from kt_dropout.config import Recipe
 from kt_dropout.model import build_model
 from kt_dropout.packing.model import load_member
@@ -42,6 +48,17 @@ from kt_dropout.tuning.trial_checkpoints import SearchIncomplete
 _HISTORY_KEYS = ("loss", "accuracy", "val_loss", "val_accuracy")
 _Status = keras_tuner.engine.trial.TrialStatus
 _ENDED = (_Status.COMPLETED, _Status.FAILED)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Pack:
+    """Trials trained together: one recipe, and the same epochs, `initial_epoch` to `epochs` (`fit`'s)."""
+
+    recipe: Recipe
+    initial_epoch: int
+    epochs: int
+    trials: list
+    members: list[Member]
 
 
 class PackedTrials:
@@ -70,8 +87,8 @@ class PackedTrials:
         self.tuner.oracle.verbose = verbose
         self.tuner.on_search_begin()
         while (trials := self._create_trials()) is not None:
-            for recipe, pack_trials, members in self._packs(trials, selection):
-                self._run_pack(recipe, pack_trials, members, data, epochs)
+            for pack in self._packs(trials, selection, epochs):
+                self._run_pack(pack, data)
         self.tuner.on_search_end()
 
     def _create_trials(self) -> list | None:
@@ -90,17 +107,22 @@ class PackedTrials:
             return None
         return [trial for trial in answers if trial.status == _Status.RUNNING]  # none: the oracle said wait (IDLE)
 
-    def _packs(self, trials, selection: str) -> list[tuple[Recipe, list, list[Member]]]:
-        """The trials grouped into packs: same recipe (one optimizer per pack), then same weight shapes."""
-        by_recipe: dict = {}
+    def _packs(self, trials, selection: str, epochs: int) -> list[_Pack]:
+        """The trials grouped into packs: same recipe (one optimizer per pack) and epochs, then same weight
+        shapes. A trial that Hyperband continues starts from the best epoch's weights of the trial it continues
+        (`tuner/trial_id`), as `keras_tuner.Hyperband` starts it."""
+        groups: dict = {}
         for trial in sorted(trials, key=lambda trial: trial.trial_id):  # a resumed step's come back reversed
             hp = trial.hyperparameters.copy()
             recipe = self.tuner.hypermodel.recipe_from_hp(hp).replace(selection=selection)
-            member = Member(trial_checkpoints.trial_name(trial), self.tuner.hypermodel.config_from_hp(hp), self._seed())
-            by_recipe.setdefault(recipe, {})[member] = trial
+            parent = hp.values.get("tuner/trial_id")
+            member = Member(trial_checkpoints.trial_name(trial), self.tuner.hypermodel.config_from_hp(hp), self._seed(),
+                            weights=None if parent is None else checkpoint_path(self.tuner, parent))
+            span = (hp.values.get("tuner/initial_epoch", 0), hp.values.get("tuner/epochs", epochs))
+            groups.setdefault((recipe, span), {})[member] = trial
         return [
-            (recipe, [members[member] for member in pack], pack)
-            for recipe, members in by_recipe.items()
+            _Pack(recipe, *span, [members[member] for member in pack], pack)
+            for (recipe, span), members in groups.items()
             for pack in plan_packs(members, self.trials_per_step)
         ]
 
@@ -108,7 +130,8 @@ class PackedTrials:
         """The search's seed for every trial, as in a sequential search; else a fresh one per trial."""
         return self.seed if self.seed is not None else int(np.random.default_rng().integers(2**31))
 
-    def _run_pack(self, recipe: Recipe, trials: list, members: list[Member], data, epochs: int) -> None:
+    def _run_pack(self, pack: _Pack, data) -> None:
+        trials = pack.trials
         ids = ", ".join(trial.trial_id for trial in trials)
         if stops.requested():  # a SIGTERM during the last epoch of the pack before
             raise SearchIncomplete(f"{stops.requested()}: trials {ids} not started")
@@ -120,7 +143,7 @@ class PackedTrials:
         if state is not None:
             self.tuner.on_trials_resumed(trials, state)
         try:
-            outcomes = self._train(members, data, recipe, epochs, trials, checkpointing, state)
+            outcomes = self._train(pack, data, checkpointing, state)
         except TrainingIncomplete as stopped:  # not a failure: Keras Tuner must neither end nor retry them
             raise SearchIncomplete(f"trials {ids} {stopped}") from None
         except Exception as error:  # the pack as a whole failed (e.g. out of memory): so did each of its trials
@@ -145,18 +168,22 @@ class PackedTrials:
         check_finite(outcome)
         return _as_history({key: outcome[key] for key in _HISTORY_KEYS})
 
-    def _train(self, members, data, recipe, epochs, trials, checkpointing: Checkpointing | None,
+    def _train(self, pack: _Pack, data, checkpointing: Checkpointing | None,
                state: CheckpointState | None) -> list[dict]:
         """Trains the pack, continuing its `checkpointing` checkpoint (`state`: its state) with the seeds it holds
         if there is one; after every epoch, writes the weights of each member whose val_accuracy rose (for
-        `load_model`)."""
+        `load_model`, and for a trial that Hyperband continues from it)."""
+        members, trials = pack.members, pack.trials
         if state is not None:  # a search without a seed drew them when the pack started
             members = [dataclasses.replace(member, seed=seed) for member, seed in zip(members, state.seeds)]
-        trainer = PackTrainer(members, data, recipe)
+        trainer = PackTrainer(members, data, pack.recipe)
         singles = [build_model(member.config) for member in members]  # to write each member's checkpoint
+        for trial, single in zip(trials, singles):
+            save_build_config(self.tuner, trial.trial_id, single)
 
         def after_epoch(epoch: int, logs: dict) -> None:
-            training = [k for k, history in enumerate(trainer.histories) if len(history["loss"]) == epoch]
+            trained = epoch - pack.initial_epoch
+            training = [k for k, history in enumerate(trainer.histories) if len(history["loss"]) == trained]
             for k in training:
                 history = trainer.histories[k]
                 val = history["val_accuracy"]
@@ -166,7 +193,7 @@ class PackedTrials:
             self.tuner.on_pack_epoch_end([trials[k] for k in training], epoch,
                                    {name: [float(values[k]) for k in training] for name, values in logs.items()})
 
-        trainer.train(epochs, after_epoch, checkpointing)
+        trainer.train(pack.epochs, after_epoch, checkpointing, pack.initial_epoch)
         return trainer.histories
 
 

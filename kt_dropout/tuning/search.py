@@ -7,8 +7,6 @@ README's "Search dropout rates (Keras Tuner)" tells the whole story.
 
 from __future__ import annotations
 
-import keras_tuner
-
 from kt_dropout.errors import ConfigError
 from kt_dropout.config import (
     DEFAULT_CHECKPOINT_EVERY,
@@ -83,7 +81,8 @@ def search(
             before its trial goes to another worker.
         connect_timeout: on a worker, how long each call waits for the chief.
         trials_per_step: trials trained at once, in packs
-            (`kt_dropout.tuning.packed_trials`); not with Hyperband.
+            (`kt_dropout.tuning.packed_trials`); with Hyperband, the trials of a
+            bracket's round pack together.
         data_parallel: train each trial's model over every local accelerator.
         progress: a text stream to report the search on; None: silent.
         data_source: where `data` came from, in words, for the banner.
@@ -124,9 +123,6 @@ def search(
     check_positive_number("connect_timeout", connect_timeout)
     role = roles.role_for(distributed, overwrite)
     kind = tuners.kind(tuner)
-    if trials_per_step > 1 and issubclass(kind, keras_tuner.Hyperband):
-        raise ConfigError("trials_per_step: Hyperband continues trials from their checkpoints one at a time; "
-                         "use trials_per_step=1 with it")
     if trials_per_step > 1 and tuner_kwargs.get("executions_per_trial", 1) != 1:
         raise ConfigError("executions_per_trial: a packed search runs each trial once; use trials_per_step=1")
     if trials_per_step > 1 and data_parallel:

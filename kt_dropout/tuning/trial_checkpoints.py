@@ -78,7 +78,7 @@ class TrialCheckpoints:
     def _checkpointing(self, tuner, trial) -> tuple[Checkpointing | None, CheckpointState | None]:
         """`checkpointing`'s; (None, None) for trials that cannot resume from a checkpoint (see `search`'s
         `checkpoint_every`)."""
-        if isinstance(tuner, keras_tuner.Hyperband) or tuner.executions_per_trial != 1:
+        if tuner.executions_per_trial != 1:
             return None, None
         return checkpointing(tuner, [trial], TRIAL_CHECKPOINT, self.every)
 

@@ -67,9 +67,10 @@ class HookedTuner:
 
     def on_trials_resumed(self, trials: list, state) -> None:
         """After `on_trial_begin`, when `trials` (one trained alone, or a pack's) continue the checkpoint whose
-        `checkpoints.CheckpointState` is `state`."""
+        `checkpoints.CheckpointState` is `state`: the trials trained its `epoch_seconds`' epochs (fewer than its
+        `epochs_done` for a trial that Hyperband continues from another's epoch)."""
         for hook in self.hooks:
-            hook.on_resumed(trials, state.epochs_done, state.epoch_seconds)
+            hook.on_resumed(trials, len(state.epoch_seconds), state.epoch_seconds)
 
     def on_pack_epoch_end(self, trials: list, epoch: int, logs: dict) -> None:
         """`PackedTrials`' hook after every epoch (1-based) of a pack, with the trials still training and their

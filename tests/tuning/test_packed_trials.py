@@ -135,7 +135,6 @@ def test_failed_trials_in_a_row_stop_the_search(tmp_path, trainer):
 
 @pytest.mark.parametrize("kwargs, message", [
     ({"trials_per_step": 0}, "trials_per_step: must be"),
-    ({"tuner": "hyperband"}, "Hyperband continues trials"),
     ({"executions_per_trial": 2}, "executions_per_trial: a packed search"),
     ({"callbacks": [keras.callbacks.History()]}, "callbacks: a packed search"),
 ])
