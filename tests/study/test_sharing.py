@@ -202,8 +202,8 @@ def test_two_processes_on_one_store_train_every_run_exactly_once(tmp_path):
     assert not (store.root / "leases").exists()  # every lease released, the emptied folder removed
     assert result.stdout.count("report written to r/report-smoke/report.md") == len(decided)
     report = (tmp_path / "r" / "report-smoke" / "report.md").read_text()  # the last one written: every run
-    assert re.search(r"^\| vanilla +\| 0 +\| 0 +\| — +\| 0\.\d+", report, re.MULTILINE), report
-    assert re.search(r"^\| bn +\| 0 +\| 0 +\| — +\| 0\.\d+", report, re.MULTILINE), report
+    assert re.search(r"^\| vanilla +\| 2 +\| 0 +\| 0\.\d+ ± 0\.\d+ +\| 0\.\d+", report, re.MULTILINE), report
+    assert re.search(r"^\| bn +\| 2 +\| 0 +\| 0\.\d+ ± 0\.\d+ +\| 0\.\d+", report, re.MULTILINE), report
 
 
 SHARD = ("reproduce", "batchnorm", "--profile", "smoke", "--seeds", "2", "--epochs", "1", "--results", "r")
