@@ -56,14 +56,12 @@ def pytest_addoption(parser):
 
 
 def pytest_configure(config):
-    """With `-n` (pytest-xdist), tests marked `xdist_group` (they share an expensive module fixture) run on one
-    worker. Set here, not as `--dist loadgroup` in addopts: pytest-benchmark turns itself off whenever `--dist`
-    is set, which would leave the GPU suite's own benchmark records empty."""
+    """GPU-length work refuses pytest-xdist; CPU tests compile JAX fast; `--kt-deterministic` is set up before
+    JAX starts. (`--dist loadgroup`, which keeps each `xdist_group` on one worker, is on the test command line, not
+    in addopts: a worker reads only the command line, and pytest-benchmark turns itself off under any `--dist`.)"""
     if getattr(config.option, "numprocesses", None) and _selects_gpu_length_work(config):
         raise pytest.UsageError("-m gpu and -m speed run in one process, without -n: pytest-xdist turns "
                                 "pytest-benchmark off, and the training fills the GPU by itself")
-    if getattr(config.option, "numprocesses", None) and config.option.dist == "load":
-        config.option.dist = "loadgroup"
     _compile_jax_fast(config)
     if config.getoption("--kt-deterministic"):  # before JAX starts its backend, which reads XLA_FLAGS once
         from kt_dropout.determinism import prepare_environment

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -39,6 +40,8 @@ def _kill_during_a_checkpoint_write(cwd, *flags) -> str:
                 process.send_signal(signal.SIGKILL)
                 break
             process.send_signal(signal.SIGCONT)
+        time.sleep(0.001)  # a temp file lives for its write and fsync (milliseconds); polling without a pause
+        # took a whole core from the tests beside it for the process's life
     process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL, "never killed while writing a checkpoint:\n" + log.read_text()
     return log.read_text()
