@@ -15,11 +15,11 @@ import sys
 
 import pytest
 
-TRIALS = 12
+TRIALS = 9
 # Measured on two CPU cores: a flat search's resident memory swings by up to ~30 MB from trial to trial (the
 # allocator keeps and returns pages in its own rhythm) and JAX's grew by ~20 MB once, early. Before the fix
 # every TensorFlow trial kept its traced model: +15 MB a trial here, +402 MB from trial 5 to 32, so the
-# 9 trials from 3 to 12 would grow by ~135 MB.
+# 6 trials from 3 to 9 would grow by ~90 MB.
 BOUND_MB = 64
 
 SCRIPT = f"""
