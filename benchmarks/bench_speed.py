@@ -72,6 +72,7 @@ from kt_dropout.packing.model import CONV_IMPLEMENTATIONS
 from kt_dropout.packing.trainer import Member, PackTrainer
 from kt_dropout.study.experiments import CONFIGS
 from kt_dropout.study.profiles import get_profile
+from kt_dropout.training.callbacks import EpochTimer
 from kt_dropout.training.recording import environment
 from kt_dropout.training.run import train
 
@@ -248,20 +249,6 @@ def _pack_row(size, variant, data, recipe, profile, settings, out) -> Iterator[d
     yield row
     del trainer
     gc.collect()
-
-
-class EpochTimer(keras.callbacks.Callback):
-    """Each epoch's seconds of a `fit`, as the packs time theirs."""
-
-    def __init__(self):
-        super().__init__()
-        self.seconds, self._start = [], None
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self._start = time.perf_counter()
-
-    def on_epoch_end(self, epoch, logs=None):
-        self.seconds.append(time.perf_counter() - self._start)
 
 
 def _ways(settings) -> list[tuple]:
