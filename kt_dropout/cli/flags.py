@@ -105,17 +105,16 @@ def add_tensorboard_flag(parser: argparse.ArgumentParser, runs: str) -> None:
                              '(needs pip install "kt-dropout[tensorboard]")')
 
 
-def tensorboard_of(args):
-    """--tensorboard's folder, once the `tensorboard` package and the folder are known to be usable; None without
-    the flag."""
+def check_tensorboard(args) -> None:
+    """That --tensorboard's folder can be written and the `tensorboard` package is there, before a command starts
+    its backend (`Command.check`); its `run` then takes `args.tensorboard` as it is."""
     if args.tensorboard is None:
-        return None
+        return
     from kt_dropout.storage.atomic import check_writable_folder
     from kt_dropout.storage.tensorboard import require
 
     require()
     check_writable_folder(args.tensorboard)
-    return args.tensorboard
 
 
 def add_budget_flag(parser: argparse.ArgumentParser) -> None:

@@ -16,7 +16,7 @@ from kt_dropout.cli.flags import (
     add_checkpoint_flag,
     add_size_flags,
     add_tensorboard_flag,
-    tensorboard_of,
+    check_tensorboard,
 )
 from kt_dropout.cli.parser import did_you_mean, flag_type, positive_int
 from kt_dropout.cli.results import STORE_FOLDER, open_store
@@ -139,7 +139,7 @@ class Reproduce(Command):
             open_store(Path(store))
         # Without --profile the report's folder is known once the backend has looked for a GPU: its parent here.
         check_writable_folder(_report_dir(args, args.profile) if args.profile else Path(args.results))
-        tensorboard_of(args)
+        check_tensorboard(args)
 
     def needs_backend(self, args) -> bool:
         return args.devices is None  # with --devices the children train; the parent must not hold the GPUs
@@ -183,7 +183,7 @@ def _reproduce(args) -> int:
         data_path=args.data, train_size=args.train_size, test_size=args.test_size, selection=args.selection,
         precision=args.precision, deterministic=args.deterministic, pack_size=1 if args.no_pack else args.pack_size,
         shard=args.shard, checkpoint_every=args.checkpoint_every, allow_cpu=args.allow_cpu,
-        tensorboard=tensorboard_of(args),
+        tensorboard=args.tensorboard,
         time_budget=budget.TimeBudget(args.time_budget) if args.time_budget else None,
     )
     profile, experiments = settings.profile, list(settings.experiments)

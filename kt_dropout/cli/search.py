@@ -16,11 +16,11 @@ from kt_dropout.cli.flags import (
     add_recipe_flags,
     add_tensorboard_flag,
     check_class_names,
+    check_tensorboard,
     config_changes,
     config_of,
     data_of,
     recipe_of,
-    tensorboard_of,
 )
 from kt_dropout.cli.outputs import check_output
 from kt_dropout.cli.parser import did_you_mean, positive_int
@@ -129,7 +129,7 @@ class Search(Command):
         if args.csv:
             check_output(Path(args.csv), "--csv")
         if not args.chief:  # the chief trains nothing
-            tensorboard_of(args)
+            check_tensorboard(args)
 
     def run(self, args) -> int:
         """Runs a Keras Tuner search and prints its trials, best first."""
@@ -138,7 +138,7 @@ class Search(Command):
         from kt_dropout.tuning.search import SearchFailedError, SearchIncomplete, search
 
         space, base, recipe = space_of(args.space), config_of(args), recipe_of(args)
-        tensorboard = None if args.chief else tensorboard_of(args)  # the chief trains nothing
+        tensorboard = None if args.chief else args.tensorboard  # the chief trains nothing
         role = cluster.configure(args.chief, args.worker, args.tuner_id) if args.chief or args.worker else None
         data, source = (None, None) if role == "chief" else data_of(args, base)  # the chief trains nothing
         try:

@@ -14,11 +14,11 @@ from kt_dropout.cli.flags import (
     add_recipe_flags,
     add_tensorboard_flag,
     check_class_names,
+    check_tensorboard,
     config_name,
     config_of,
     data_of,
     recipe_of,
-    tensorboard_of,
 )
 from kt_dropout.cli.outputs import check_output
 from kt_dropout.config import parse_every
@@ -94,7 +94,7 @@ class Train(Command):
         config_of(args), recipe_of(args)  # a bad field: its ConfigError
         check_class_names(args)
         check_output(Path(args.output), "--output", args.force)
-        tensorboard_of(args)
+        check_tensorboard(args)
 
     def run(self, args) -> int:
         """Trains one configuration (continuing its checkpoint, if any) and writes its run record as JSON."""
@@ -112,7 +112,6 @@ class Train(Command):
 
         config, recipe = config_of(args), recipe_of(args)
         output = Path(args.output)
-        tensorboard = tensorboard_of(args)
         time_budget = budget.TimeBudget(args.time_budget) if args.time_budget else None
         checkpointing = Checkpointing(checkpoint_of(output), **parse_every("--checkpoint-every", args.checkpoint_every),
                                       stop=time_budget and time_budget.stop, reason="time budget spent")
@@ -131,7 +130,7 @@ class Train(Command):
                             config, data, recipe=recipe, seed=args.seed, name=config_name(config),
                             data_fingerprint=fingerprint, verbose=1 if args.verbose else 0,
                             callbacks=[progress.keras_callback()], distributed=args.data_parallel,
-                            checkpointing=checkpointing, tensorboard=tensorboard,
+                            checkpointing=checkpointing, tensorboard=args.tensorboard,
                         )
                 except TrainingIncomplete as stopped:
                     print_incomplete(stopped)

@@ -7,7 +7,6 @@ import sys
 import pytest
 
 from kt_dropout.cli.app import build_parser
-from kt_dropout.cli.flags import tensorboard_of
 from kt_dropout.errors import FileError, MissingPackage
 from kt_dropout.storage.tensorboard import METRICS, TensorBoardLogs
 
@@ -63,8 +62,9 @@ def test_runs_are_written_without_tensorflow(tmp_path, read_tensorboard):
 @pytest.mark.parametrize("command", ["train", "search", "reproduce"])
 def test_tensorboard_without_its_package_names_the_extra(command, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorboard.plugins.hparams.summary_v2", None)  # as if not installed
+    monkeypatch.chdir(tmp_path)  # the commands' default outputs, checked first, go here
     args = build_parser().parse_args([command, "--tensorboard", str(tmp_path / "tb")])
     with pytest.raises(MissingPackage, match=r'^TensorBoard logs need the tensorboard package: pip install '
                                              r'"kt-dropout\[tensorboard\]"$'):
-        tensorboard_of(args)
+        args.handler.check(args)  # each command checks it before its backend starts
 
